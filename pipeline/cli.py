@@ -1,0 +1,175 @@
+"""Command line: a thin layer over the Python API.
+
+Usage errors (bad config, bad input, existing output, ...) print one line and
+exit with code 2; ``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .blocks import PlanError
+from .config import ConfigError, load_config
+from .io import InputError, OutputError
+from .model import CheckpointError
+
+logger = logging.getLogger("pipeline")
+
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, InputError, OutputError, PlanError, CheckpointError, FileNotFoundError,
+)
+
+
+def _config_args(p: argparse.ArgumentParser, overwrite: bool = False) -> None:
+    p.add_argument("config", nargs="?", help="YAML config file (omitted: built-in defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set blocks.write_shape=[16,32,32]")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    overrides = list(args.set)
+    if getattr(args, "overwrite", False):
+        overrides.append("output.overwrite=true")
+    return load_config(args.config, overrides)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .run import plan_summary, setup
+
+    summary = plan_summary(setup(_load(args)))
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .run import predict
+
+    out = predict(_load(args), progress=not args.quiet)
+    print(f"embeddings and foreground written to {out}")
+    return 0
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .model import ModelSpec, count_parameters, init_model, save_checkpoint
+
+    data = {}
+    if args.spec:
+        p = Path(args.spec)
+        if not p.is_file():
+            raise ConfigError(f"model spec '{p}' does not exist (give a YAML file with ModelSpec fields)")
+        data = yaml.safe_load(p.read_text()) or {}
+    try:
+        spec = ModelSpec.model_validate(data)
+    except Exception as exc:  # noqa: BLE001 - pydantic ValidationError
+        raise ConfigError(f"model spec '{args.spec}': {str(exc).splitlines()[-2].strip()} ") from None
+    model = init_model(spec, seed=args.seed)
+    save_checkpoint(model, args.out, extra={"trained": False, "seed": args.seed})
+    print(f"wrote {args.out}: step {list(spec.step)}, context {list(spec.context)}, {count_parameters(model)} parameters")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from .model import checkpoint_digest, count_parameters, load_checkpoint
+
+    model, extra = load_checkpoint(args.checkpoint)
+    spec = model.spec
+    info = {
+        "checkpoint": args.checkpoint,
+        "digest": checkpoint_digest(args.checkpoint),
+        "ndim": spec.ndim,
+        "in_channels": spec.in_channels,
+        "embed_dim": spec.embed_dim,
+        "out_channels": spec.out_channels,
+        "levels": spec.levels,
+        "downsample": [list(f) for f in spec.downsample],
+        "step": list(spec.step),
+        "context": list(spec.context),
+        "min_input": list(spec.input_shape(spec.step)),
+        "parameters": count_parameters(model),
+        "normalisation": spec.normalisation.model_dump(),
+        **{k: v for k, v in extra.items() if k in ("trained", "delta_v", "delta_d", "metrics")},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:<13} {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="print the block plan and exit without computing")
+    _config_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("predict", help="write embeddings + foreground for the whole volume")
+    _config_args(p, overwrite=True)
+    p.set_defaults(func=cmd_predict)
+
+    m = sub.add_parser("model", help="create or inspect checkpoints")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    p = msub.add_parser("init", help="randomly initialised checkpoint from a spec")
+    p.add_argument("spec", nargs="?", help="YAML ModelSpec (default: small 3D U-Net)")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_model_init)
+    p = msub.add_parser("info", help="print step, context, channels, parameter count")
+    p.add_argument("checkpoint", help="checkpoint file or 'demo'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_info)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Any] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except USAGE_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

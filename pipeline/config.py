@@ -1,0 +1,233 @@
+"""Run configuration: frozen, validated pydantic models shared by YAML, CLI and API.
+
+Unknown keys are errors (with a suggestion for the nearest valid key), every
+model is immutable, and :func:`load_config` turns validation failures into a
+one-line :class:`ConfigError` that names the field, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix (exit code 2 on the CLI)."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+PositiveShape = tuple[Annotated[int, Field(gt=0)], ...]
+
+
+class InputConfig(Frozen):
+    """Where the raw volume is: a zarr array, or an OME-Zarr image (group with multiscales)."""
+
+    path: Path
+    dataset: str | None = Field(
+        None, description="array (or OME-Zarr image group) inside `path`; none: `path` itself"
+    )
+    scale_level: int = Field(0, ge=0, description="OME-Zarr multiscale level (0 = full resolution)")
+
+
+class OutputConfig(Frozen):
+    path: Path
+    overwrite: bool = Field(False, description="replace an existing output (never done silently)")
+
+
+class ModelConfig(Frozen):
+    checkpoint: str = Field("demo", description="checkpoint file, or `demo` for the bundled model")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["float32", "float64", "bfloat16"] = Field(
+        "float32", description="bfloat16 runs under autocast and is NOT exact across tiles"
+    )
+    channels_last: bool = Field(False, description="channels-last memory format for convolutions")
+
+
+class BlocksConfig(Frozen):
+    write_shape: PositiveShape | None = Field(
+        None, description="output block per axis, a multiple of the model step; none: automatic"
+    )
+    target_size: Annotated[int, Field(gt=0)] = Field(
+        64, description="preferred write size per axis when write_shape is automatic"
+    )
+    blocks_per_task: Annotated[int, Field(gt=0)] = 1
+
+
+class SerialClusterConfig(Frozen):
+    """Everything in this process, no Dask: for debugging and small volumes."""
+
+    kind: Literal["serial"]
+    torch_threads: int | None = Field(None, gt=0)
+
+
+class LocalClusterConfig(Frozen):
+    kind: Literal["local"] = "local"
+    n_workers: int = Field(2, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+    torch_threads: int | None = Field(
+        None, gt=0, description="torch threads per worker; none: cores / workers"
+    )
+    memory_limit: str = Field("auto", description="per worker, e.g. '4GiB'; 'auto' splits the machine")
+    dashboard_address: str | None = Field("127.0.0.1:0", description="none disables the dashboard")
+
+
+class LocalCudaClusterConfig(Frozen):
+    kind: Literal["local-cuda"]
+    devices: tuple[int, ...] | None = Field(None, description="GPU indices; none: all visible")
+    torch_threads: int | None = Field(None, gt=0)
+    dashboard_address: str | None = "127.0.0.1:0"
+
+
+class AddressClusterConfig(Frozen):
+    kind: Literal["address"]
+    address: str = Field(..., description="scheduler address, e.g. tls://host:8786")
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    torch_threads: int | None = Field(None, gt=0)
+
+
+ClusterConfig = Annotated[
+    SerialClusterConfig | LocalClusterConfig | LocalCudaClusterConfig | AddressClusterConfig,
+    Field(discriminator="kind"),
+]
+
+
+class ClusteringConfig(Frozen):
+    method: Literal["connectivity", "meanshift"] = "connectivity"
+    foreground_threshold: float = Field(0.5, gt=0, lt=1)
+    threshold: float | None = Field(
+        None, gt=0, description="connectivity: max embedding distance of neighbours; none: model default"
+    )
+    bandwidth: float | None = Field(None, gt=0, description="meanshift bandwidth; none: model default")
+    min_size: int = Field(0, ge=0, description="objects smaller than this (voxels) are removed, after merging")
+
+
+class MergeConfig(Frozen):
+    min_contact: int = Field(1, gt=0, description="meanshift: voxel pairs needed to merge two fragments")
+    max_distance: float | None = Field(
+        None, gt=0, description="meanshift: max distance of fragment mean embeddings; none: bandwidth"
+    )
+
+
+class Config(Frozen):
+    input: InputConfig
+    output: OutputConfig
+    model: ModelConfig = ModelConfig()
+    blocks: BlocksConfig = BlocksConfig()
+    cluster: ClusterConfig = LocalClusterConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    merge: MergeConfig = MergeConfig()
+
+    @field_validator("cluster", mode="before")
+    @classmethod
+    def _default_kind(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "kind" not in value:
+            return {**value, "kind": "local"}
+        return value
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """Field names of the (sub)model reached by ``loc``, for suggestions."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            # a discriminated union: pick the member named by the kind tag
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"] if not str(p).endswith("ClusterConfig")]
+    # discriminated unions insert the tag value into the location
+    loc = [p for p in loc if p not in ("serial", "local", "local-cuda", "address")]
+    where = ".".join(loc) or "config"
+    if error["type"] == "extra_forbidden":
+        key = loc[-1] if loc else "?"
+        known = _fields_at(Config, loc[:-1])
+        if loc and loc[0] == "cluster":
+            known = sorted(
+                {f for m in (SerialClusterConfig, LocalClusterConfig, LocalCudaClusterConfig, AddressClusterConfig) for f in m.model_fields}
+            )
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
+        return f"unknown key '{where}': {hint}"
+    if error["type"] == "missing":
+        return f"missing required key '{where}'"
+    value = error.get("input")
+    return f"{where}: {error['msg']} (got {value!r})"
+
+
+def validate_config(data: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        msgs = [_describe(e) for e in exc.errors()]
+        raise ConfigError("invalid config: " + "; ".join(msgs)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``[16,32,32]``, ``true``)."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set '{item}': expected key.sub=value, e.g. blocks.write_shape=[16,32,32]")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, Mapping):
+                raise ConfigError(f"--set '{item}': '{part}' is a value, not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist (give the path of a YAML file)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(data).__name__}")
+    return dict(data)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read, override and validate a YAML config."""
+    data = read_yaml(path) if path is not None else {}
+    return validate_config(apply_overrides(data, overrides))
