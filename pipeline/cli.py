@@ -173,3 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_train_config, train
+
+    out = train(load_train_config(args.config, tuple(args.set)), progress=not args.quiet)
+    print(f"checkpoint written to {out}")
+    return 0
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model with the discriminative loss")
+    p.add_argument("config", help="training YAML (see configs/train_demo.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_train)
+
+
+_EXTRA_COMMANDS.append(_add_train)

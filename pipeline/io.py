@@ -257,6 +257,10 @@ def create_array(
     )
 
 
+def open_group(path: str | Path, mode: str = "r+") -> zarr.Group:
+    return zarr.open_group(str(path), mode=mode)
+
+
 def open_array(path: str | Path, mode: str = "r+") -> zarr.Array:
     return zarr.open_array(str(path), mode=mode)
 

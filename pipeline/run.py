@@ -25,7 +25,16 @@ from . import __version__
 from .blocks import BlockPlan
 from .config import Config, InputConfig, load_config, validate_config
 from .deploy import open_client, torch_threads
-from .io import InputError, InputVolume, create_array, open_array, open_input, percentiles, prepare_output
+from .io import (
+    InputError,
+    InputVolume,
+    create_array,
+    open_array,
+    open_group,
+    open_input,
+    percentiles,
+    prepare_output,
+)
 from .model import ModelSpec, checkpoint_digest, load_checkpoint, resolve_checkpoint
 from .predict import NormStats, get_predictor
 
@@ -184,16 +193,17 @@ def execute(
     progress: bool,
     gpu: bool = False,
     window: int | None = None,
+    extra: Callable[[Sequence[int]], tuple[Any, ...]] | None = None,
 ) -> Iterator[Any]:
-    """Run ``fn(job, batch)`` for every batch, serially or on ``client``; yield results
-    as they complete. At most ``window`` tasks are in flight at a time."""
+    """Run ``fn(job, batch, *extra(batch))`` for every batch, serially or on
+    ``client``; yield results as they complete, at most ``window`` in flight."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="task", disable=not progress, leave=True)
     try:
         if client is None:
             for batch in batches:
-                yield fn(job, batch)
+                yield fn(job, batch, *(extra(batch) if extra else ()))
                 bar.update(1)
             return
         from distributed import as_completed
@@ -202,16 +212,19 @@ def execute(
         resources = {"model": 1} if gpu and any("model" in w.get("resources", {}) for w in workers) else None
         nthreads = sum(client.nthreads().values()) or 1
         window = window or max(16, 4 * nthreads)
-        job_future = client.scatter(job, broadcast=True)
+        job_future = client.scatter(job, broadcast=True, hash=False)
         it = iter(batches)
-        pending = as_completed()
-        for batch in _take(it, window):
-            pending.add(client.submit(fn, job_future, batch, pure=False, resources=resources))
+
+        def submit(batch: Sequence[int]) -> Any:
+            args = extra(batch) if extra else ()
+            return client.submit(fn, job_future, batch, *args, pure=False, resources=resources)
+
+        pending = as_completed([submit(b) for b in _take(it, window)])
         for fut in pending:
             result = fut.result()
             fut.release()
             for batch in _take(it, 1):
-                pending.add(client.submit(fn, job_future, batch, pure=False, resources=resources))
+                pending.add(submit(batch))
             bar.update(1)
             yield result
     finally:
@@ -280,3 +293,291 @@ def predict(
 def _client(cfg: Config, client: Any) -> Any:
     """Use the caller's client when given, else open (and later close) the configured one."""
     return nullcontext(client) if client is not None else open_client(cfg.cluster)
+
+
+# ------------------------------------------------------------------ segmentation
+
+
+@dataclass(frozen=True)
+class SegJob:
+    """A :class:`Job` plus the clustering and merge parameters."""
+
+    job: Job
+    method: str
+    foreground_threshold: float
+    threshold: float
+    bandwidth: float
+    min_contact: int
+    max_distance: float
+    embed_dim: int
+
+    @property
+    def stride(self) -> int:
+        return math.prod(self.job.plan.write_shape)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.job.output)
+
+
+def _face_axes(plan: BlockPlan) -> list[int]:
+    return [a for a, g in enumerate(plan.grid) if g > 1]
+
+
+def _plane(box: Any, axis: int) -> tuple[slice, ...]:
+    return tuple(s for i, s in enumerate(box.to_slices()) if i != axis)
+
+
+def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
+    """Predict + cluster blocks; write fragment ids and face planes. Returns per-block summaries."""
+    from .cluster import fragments
+    from .merge import fragment_ids
+
+    job = sj.job
+    pred = get_predictor(job.checkpoint, job.device, job.precision, job.channels_last, job.threads)
+    frag = open_array(sj.out / "scratch" / "fragments")
+    results = []
+    for lin in linears:
+        block = job.plan.block_at(lin)
+        out = pred(read_input(job, block.read), job.stats)
+        rel = block.valid.to_slices(relative_to=block.write)
+        emb, fg = out[(slice(0, -1), *rel)], out[(-1, *rel)]
+        local = fragments(sj.method, emb, fg, sj.foreground_threshold, sj.threshold, sj.bandwidth)
+        ids = fragment_ids(local, lin, sj.stride)
+        frag[block.valid.to_slices()] = ids
+        k = int(local.max())
+        sizes = np.bincount(local.ravel(), minlength=k + 1)[1:]
+        if sj.method == "meanshift":  # faces carry each fragment's mean embedding (the evidence)
+            sums = np.stack([np.bincount(local.ravel(), weights=e.ravel(), minlength=k + 1) for e in emb])
+            means = sums / np.maximum(np.bincount(local.ravel(), minlength=k + 1), 1)
+            face_emb = means[:, local]
+        else:
+            face_emb = emb
+        for a in _face_axes(job.plan):
+            i, g = block.index[a], job.plan.grid[a]
+            plane = _plane(block.valid, a)
+            for side, pos, boundary in ((1, 0, i - 1), (0, -1, i)):
+                if 0 <= boundary < g - 1:
+                    open_array(sj.out / "scratch" / f"face_lab_{a}")[(boundary, side, *plane)] = ids.take(pos, axis=a)
+                    open_array(sj.out / "scratch" / f"face_emb_{a}")[(boundary, side, slice(None), *plane)] = face_emb.take(pos, axis=a + 1)
+        results.append({"linear": lin, "count": k, "sizes": sizes.astype(np.int64)})
+    return results
+
+
+def pair_task(sj: SegJob, linears: Sequence[int]) -> np.ndarray:
+    """Accepted fragment pairs across the upper faces of the given blocks, reduced."""
+    from .merge import accept_by_evidence, components, face_pairs
+
+    edges = []
+    plan = sj.job.plan
+    for lin in linears:
+        block = plan.block_at(lin)
+        for a in _face_axes(plan):
+            i = block.index[a]
+            if i >= plan.grid[a] - 1:
+                continue
+            plane = _plane(block.valid, a)
+            lab = open_array(sj.out / "scratch" / f"face_lab_{a}", mode="r")
+            emb = open_array(sj.out / "scratch" / f"face_emb_{a}", mode="r")
+            la, lb = lab[(i, 0, *plane)], lab[(i, 1, *plane)]
+            ea, eb = emb[(i, 0, slice(None), *plane)], emb[(i, 1, slice(None), *plane)]
+            if sj.method == "connectivity":
+                pairs, _ = face_pairs(la, lb, ea, eb, sj.threshold)
+                edges.append(pairs)
+            else:
+                pairs, contact = face_pairs(la, lb)
+                if len(pairs):
+                    ma = _first_value(la, ea, pairs[:, 0])
+                    mb = _first_value(lb, eb, pairs[:, 1])
+                    edges.append(accept_by_evidence(pairs, contact, ma, mb, sj.min_contact, sj.max_distance))
+    return components(edges)
+
+
+def _first_value(lab: np.ndarray, emb: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The face value stored for each id (constant per fragment for meanshift faces)."""
+    flat = lab.ravel()
+    order = np.argsort(flat, kind="stable")
+    pos = order[np.searchsorted(flat[order], ids)]
+    return emb.reshape(emb.shape[0], -1)[:, pos].T
+
+
+def relabel_task(sj: SegJob, linears: Sequence[int], tables: Sequence[np.ndarray], dtype: str) -> list[dict[str, np.ndarray]]:
+    """Map fragment ids to global ids with each block's own table; write ``segmentation``."""
+    from .merge import object_stats
+
+    frag = open_array(sj.out / "scratch" / "fragments", mode="r")
+    seg = open_array(sj.out / "segmentation")
+    stats = []
+    for lin, table in zip(linears, tables, strict=True):
+        block = sj.job.plan.block_at(lin)
+        ids = frag[block.valid.to_slices()]
+        local = np.where(ids > 0, ids - np.uint64(lin) * np.uint64(sj.stride), 0).astype(np.int64)
+        labels = table[local].astype(dtype)
+        seg[block.valid.to_slices()] = labels
+        stats.append(object_stats(labels, block.valid.offset))
+    return stats
+
+
+def _tables_for(tables: Sequence[np.ndarray], linears: Sequence[int]) -> list[np.ndarray]:
+    return [tables[i] for i in linears]
+
+
+def _finalize(mapping: np.ndarray, counts: np.ndarray, stride: int, sizes: list[np.ndarray], min_size: int) -> tuple[list[np.ndarray], int]:
+    from .merge import global_tables
+
+    return global_tables(counts, stride, mapping, sizes, min_size)
+
+
+def reduce_tree(
+    client: Any, leaf: Callable[..., Any], combine: Callable[[Sequence[Any]], Any], job: Any,
+    batches: list[list[int]], *, fan_in: int = 8, desc: str, progress: bool,
+) -> Any:
+    """``combine`` over the leaf results, as a tree of tasks (no task sees all leaves).
+
+    Returns the root result as a future (or a value in serial mode)."""
+    from tqdm import tqdm
+
+    if client is None:
+        level = [leaf(job, b) for b in tqdm(batches, desc=desc, disable=not progress)]
+        while len(level) > 1:
+            level = [combine(level[i : i + fan_in]) for i in range(0, len(level), fan_in)]
+        return level[0] if level else combine([])
+    from distributed import as_completed
+
+    def _combine(*parts: Any) -> Any:
+        return combine(parts)
+
+    job_future = client.scatter(job, broadcast=True, hash=False)
+    nthreads = sum(client.nthreads().values()) or 1
+    window = max(16, 4 * nthreads)
+    it = iter(batches)
+    depth: dict[str, int] = {}
+    buckets: dict[int, list[Any]] = {}
+
+    def submit_leaf(batch: Sequence[int]) -> Any:
+        fut = client.submit(leaf, job_future, batch, pure=False)
+        depth[fut.key] = 0
+        return fut
+
+    bar = tqdm(total=len(batches), desc=desc, unit="task", disable=not progress)
+    pending = as_completed([submit_leaf(b) for b in _take(it, window)])
+    for fut in pending:
+        d = depth.pop(fut.key)
+        if d == 0:
+            bar.update(1)
+            for b in _take(it, 1):
+                pending.add(submit_leaf(b))
+        bucket = buckets.setdefault(d, [])
+        bucket.append(fut)
+        if len(bucket) == fan_in:
+            parent = client.submit(_combine, *bucket, pure=False)
+            depth[parent.key] = d + 1
+            buckets[d] = []
+            pending.add(parent)
+    bar.close()
+    rest = [f for d in sorted(buckets) for f in buckets[d]]
+    return rest[0] if len(rest) == 1 else client.submit(_combine, *rest, pure=False)
+
+
+def _default_threshold(cfg: Config, extra: dict[str, Any]) -> tuple[float, float]:
+    delta_v = float(extra.get("delta_v", 0.5))
+    delta_d = float(extra.get("delta_d", 1.5))
+    threshold = cfg.clustering.threshold or delta_d
+    bandwidth = cfg.clustering.bandwidth or (delta_v + delta_d) / 2
+    return threshold, bandwidth
+
+
+def segment(
+    config: Config | dict[str, Any] | str | Path, client: Any = None, progress: bool = False
+) -> Path:
+    """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when
+    more than 2**32 - 1 objects) and ``objects.csv`` to the output group."""
+    from .merge import combine_stats, components, label_dtype
+
+    cfg = as_config(config)
+    s = setup(cfg)
+    plan = s.plan
+    _, extra = load_checkpoint(s.checkpoint)
+    threshold, bandwidth = _default_threshold(cfg, extra)
+    group = prepare_output(cfg.output.path, cfg.output.overwrite)
+    scratch = group.create_group("scratch")
+    create_array(scratch, "fragments", plan.volume, plan.write_shape, "uint64")
+    E = s.spec.embed_dim
+    emb_dtype = "float64" if cfg.model.precision == "float64" else "float32"
+    for a in _face_axes(plan):
+        plane = [v for i, v in enumerate(plan.volume) if i != a]
+        pchunk = [w for i, w in enumerate(plan.write_shape) if i != a]
+        nb = plan.grid[a] - 1
+        create_array(scratch, f"face_lab_{a}", (nb, 2, *plane), (1, 1, *pchunk), "uint64")
+        create_array(scratch, f"face_emb_{a}", (nb, 2, E, *plane), (1, 1, E, *pchunk), emb_dtype)
+    meta = provenance(s)
+    meta["clustering"] = {"method": cfg.clustering.method, "threshold": threshold, "bandwidth": bandwidth}
+    group.attrs.update({"pipeline": meta, "complete": False})
+    sj = SegJob(make_job(s, torch_threads(cfg.cluster)), cfg.clustering.method,
+                cfg.clustering.foreground_threshold, threshold, bandwidth,
+                cfg.merge.min_contact, cfg.merge.max_distance or bandwidth, E)
+    batches = _chunks(len(plan), cfg.blocks.blocks_per_task)
+    t0 = time.perf_counter()
+    counts = np.zeros(len(plan), dtype=np.int64)
+    sizes: list[np.ndarray] = [np.zeros(0, np.int64)] * len(plan)
+    with _client(cfg, client) as c:
+        for results in execute(c, cluster_task, sj, batches, desc="predict+cluster", total=len(batches),
+                               progress=progress, gpu=True):
+            for r in results:
+                counts[r["linear"]] = r["count"]
+                if cfg.clustering.min_size:
+                    sizes[r["linear"]] = r["sizes"]
+        t1 = time.perf_counter()
+        root = reduce_tree(c, pair_task, components, sj, batches, desc="merge", progress=progress)
+        if c is None:
+            tables, n = _finalize(root, counts, sj.stride, sizes, cfg.clustering.min_size)
+        else:
+            fin = c.submit(_finalize, root, counts, sj.stride, sizes, cfg.clustering.min_size, pure=False)
+            n = c.submit(lambda x: x[1], fin).result()
+            tables_f = c.submit(lambda x: x[0], fin)
+        dtype = label_dtype(n)
+        create_array(group, "segmentation", plan.volume, plan.write_shape, dtype)
+        t2 = time.perf_counter()
+        if c is None:
+            def extra_args(batch: Sequence[int]) -> tuple[Any, ...]:
+                return (_tables_for(tables, batch), dtype)
+        else:
+            def extra_args(batch: Sequence[int]) -> tuple[Any, ...]:
+                return (c.submit(_tables_for, tables_f, batch, pure=False), dtype)
+        parts: list[dict[str, np.ndarray]] = []
+        for stats in execute(c, relabel_task, sj, batches, desc="relabel", total=len(batches),
+                             progress=progress, extra=extra_args):
+            parts.extend(stats)
+            if len(parts) > 64:
+                parts = [combine_stats(parts)]
+    objects = combine_stats(parts)
+    write_objects(Path(cfg.output.path) / "objects.csv", objects, s.volume.voxel_size)
+    import shutil
+
+    shutil.rmtree(Path(cfg.output.path) / "scratch", ignore_errors=True)
+    t3 = time.perf_counter()
+    group = open_group(cfg.output.path)
+    meta["timing_s"] = {"predict_cluster": round(t1 - t0, 3), "merge": round(t2 - t1, 3), "relabel": round(t3 - t2, 3)}
+    meta["objects"] = n
+    group.attrs.update({"pipeline": meta, "complete": True})
+    logger.info("segment: %d objects in %.1f s -> %s", n, t3 - t0, cfg.output.path)
+    return Path(cfg.output.path)
+
+
+def write_objects(path: Path, objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None) -> None:
+    """Objects table: id, voxel count, bounding box (start inclusive, end exclusive), centroid."""
+    nd = objects["lo"].shape[1] if objects["lo"].ndim == 2 and objects["lo"].shape[1] else 0
+    axes = "zyx"[-nd:] if nd else ""
+    header = ["id", "voxels"] + [f"bbox_start_{a}" for a in axes] + [f"bbox_end_{a}" for a in axes] + [f"centroid_{a}" for a in axes]
+    if voxel_size:
+        header += ["volume"]
+    lines = [",".join(header)]
+    vol = float(np.prod(voxel_size)) if voxel_size else None
+    for i in range(len(objects["id"])):
+        row = [str(int(objects["id"][i])), str(int(objects["count"][i]))]
+        row += [str(int(x)) for x in objects["lo"][i]] + [str(int(x)) for x in objects["hi"][i]]
+        row += [f"{x / objects['count'][i]:.3f}" for x in objects["sum"][i]]
+        if vol is not None:
+            row.append(f"{objects['count'][i] * vol:.6g}")
+        lines.append(",".join(row))
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,188 @@
+"""Cross-block merging of fragments into instances. Pure numpy; no Dask.
+
+Fragment ids are unique without any serial dependency between blocks::
+
+    id = block.linear * stride + local      (local = 1..k, stride = voxels per block)
+
+so any block's fragments can be numbered as soon as it is clustered, and the
+block of an id is ``(id - 1) // stride``.
+
+Candidate pairs are fragments that touch across a shared block face. With the
+``connectivity`` method a pair of face voxels is joined by the same rule as
+inside a block (both foreground, embedding distance below the threshold), so
+the blockwise result equals the whole-volume result. With ``meanshift`` a pair
+is accepted on evidence: enough contact voxels and close fragment mean
+embeddings (these agree across blocks because stitched embeddings are exact).
+
+Union-find is done by :func:`components` on edge lists, which can be applied
+as a tree reduction: its output (node -> root, root = smallest id) is itself a
+valid edge list for the next level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from .cluster import pair_close
+
+ID_DTYPE = np.uint64
+
+
+def fragment_ids(local: np.ndarray, linear: int, stride: int) -> np.ndarray:
+    """Block-local labels (0 = background) -> globally unique uint64 fragment ids."""
+    out = local.astype(ID_DTYPE)
+    fg = local > 0
+    out[fg] += ID_DTYPE(linear) * ID_DTYPE(stride)
+    return out
+
+
+def block_of(ids: np.ndarray, stride: int) -> np.ndarray:
+    return ((ids.astype(ID_DTYPE) - ID_DTYPE(1)) // ID_DTYPE(stride)).astype(np.int64)
+
+
+def face_pairs(
+    lab_a: np.ndarray,
+    lab_b: np.ndarray,
+    emb_a: np.ndarray | None = None,
+    emb_b: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fragment pairs joined across one face.
+
+    ``lab_a``/``lab_b``: fragment ids of the two facing voxel planes (same
+    shape); with embeddings ``(E, *plane)`` and a ``threshold`` only voxel pairs
+    passing the connectivity rule count. Returns ``(pairs (m, 2) uint64,
+    contact (m,) int64)``: unique pairs and how many voxel pairs join them.
+    """
+    link = (lab_a > 0) & (lab_b > 0)
+    if threshold is not None and emb_a is not None and emb_b is not None and link.any():
+        link &= pair_close(emb_a, emb_b, threshold)
+    if not link.any():
+        return np.zeros((0, 2), ID_DTYPE), np.zeros(0, np.int64)
+    pairs = np.stack([lab_a[link], lab_b[link]], axis=1).astype(ID_DTYPE)
+    uniq, contact = np.unique(pairs, axis=0, return_counts=True)
+    return uniq, contact.astype(np.int64)
+
+
+def accept_by_evidence(
+    pairs: np.ndarray,
+    contact: np.ndarray,
+    mean_a: np.ndarray,
+    mean_b: np.ndarray,
+    min_contact: int,
+    max_distance: float,
+) -> np.ndarray:
+    """Mean-shift merge rule: enough contact and close fragment mean embeddings."""
+    dist = np.linalg.norm(mean_a.astype(np.float64) - mean_b, axis=1)
+    return pairs[(contact >= min_contact) & (dist <= max_distance)]
+
+
+def components(edge_lists: Sequence[np.ndarray]) -> np.ndarray:
+    """Union-find over edges: returns ``(n, 2)`` uint64 ``[node, root]`` for every node
+    in the edges, root = the smallest id of its component. Associative: feed outputs
+    of several calls to another call to reduce as a tree."""
+    edges = [e for e in edge_lists if len(e)]
+    if not edges:
+        return np.zeros((0, 2), ID_DTYPE)
+    e = np.concatenate(edges).astype(ID_DTYPE)
+    nodes, inv = np.unique(e.ravel(), return_inverse=True)
+    inv = inv.reshape(-1, 2)
+    n = nodes.size
+    graph = sparse.coo_matrix((np.ones(len(inv), np.int8), (inv[:, 0], inv[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # nodes are sorted, so the first node of each component is its smallest id
+    root_of_comp = np.full(comp.max() + 1, n, dtype=np.int64)
+    np.minimum.at(root_of_comp, comp, np.arange(n))
+    return np.stack([nodes, nodes[root_of_comp[comp]]], axis=1)
+
+
+def global_tables(
+    counts: np.ndarray,
+    stride: int,
+    mapping: np.ndarray,
+    sizes: Sequence[np.ndarray] | None = None,
+    min_size: int = 0,
+) -> tuple[list[np.ndarray], int]:
+    """Per-block lookup tables ``local id -> global id`` (sequential ``1..N``).
+
+    ``counts[b]``: fragments in block ``b``; ``mapping``: ``[node, root]`` from
+    :func:`components`; ``sizes[b]``: voxel counts of block ``b``'s fragments
+    (needed only for ``min_size``, applied to whole merged objects). Global ids
+    follow the order of the objects' smallest fragment id. Returns
+    ``(tables, N)``; ``tables[b][0] == 0`` (background) and removed objects map to 0.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    # dense index of every fragment, in id order (block-major, then local)
+    blocks = np.repeat(np.arange(counts.size), counts)
+    local = np.arange(total) - starts[blocks] + 1
+    ids = blocks.astype(ID_DTYPE) * ID_DTYPE(stride) + local.astype(ID_DTYPE)
+    root_index = np.arange(total)
+    if len(mapping):
+        node_idx = np.searchsorted(ids, mapping[:, 0])
+        root_idx = np.searchsorted(ids, mapping[:, 1])
+        if np.any(ids[np.minimum(node_idx, total - 1)] != mapping[:, 0]):
+            raise ValueError("merge mapping names fragments that no block reported")
+        root_index[node_idx] = root_idx
+    keep_root = root_index == np.arange(total)  # objects, by their smallest fragment
+    if min_size and sizes is not None:
+        vox = np.concatenate([np.asarray(s, dtype=np.int64) for s in sizes]) if total else np.zeros(0, np.int64)
+        obj_size = np.bincount(root_index, weights=vox, minlength=total)
+        keep_root &= obj_size >= min_size
+    gid = np.zeros(total, dtype=np.int64)
+    gid[keep_root] = np.arange(1, int(keep_root.sum()) + 1)
+    final = gid[root_index]
+    tables = [np.concatenate([[0], final[starts[b] : starts[b + 1]]]) for b in range(counts.size)]
+    return tables, int(keep_root.sum())
+
+
+def label_dtype(n: int) -> str:
+    return "uint32" if n < 2**32 else "uint64"
+
+
+def object_stats(labels: np.ndarray, offset: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-object partial statistics of one block (labels > 0), in volume coordinates."""
+    ids, inv = np.unique(labels, return_inverse=True)
+    inv = inv.reshape(labels.shape)
+    keep = ids > 0
+    nd = labels.ndim
+    count = np.bincount(inv.ravel(), minlength=ids.size)
+    lo = np.zeros((ids.size, nd), np.int64)
+    hi = np.zeros((ids.size, nd), np.int64)
+    sums = np.zeros((ids.size, nd), np.float64)
+    for ax in range(nd):
+        coord = np.arange(labels.shape[ax]) + offset[ax]
+        shape = [1] * nd
+        shape[ax] = -1
+        c = np.broadcast_to(coord.reshape(shape), labels.shape).ravel()
+        sums[:, ax] = np.bincount(inv.ravel(), weights=c, minlength=ids.size)
+        lo_ax = np.full(ids.size, np.iinfo(np.int64).max)
+        np.minimum.at(lo_ax, inv.ravel(), c)
+        hi_ax = np.full(ids.size, -1)
+        np.maximum.at(hi_ax, inv.ravel(), c)
+        lo[:, ax], hi[:, ax] = lo_ax, hi_ax + 1
+    return {"id": ids[keep], "count": count[keep], "lo": lo[keep], "hi": hi[keep], "sum": sums[keep]}
+
+
+def combine_stats(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Aggregate partial statistics into one row per object id (associative)."""
+    parts = [p for p in parts if len(p["id"])]
+    if not parts:
+        return {"id": np.zeros(0, np.int64), "count": np.zeros(0, np.int64), "lo": np.zeros((0, 0), np.int64),
+                "hi": np.zeros((0, 0), np.int64), "sum": np.zeros((0, 0))}
+    ids = np.concatenate([p["id"] for p in parts])
+    uid, inv = np.unique(ids, return_inverse=True)
+    count = np.bincount(inv, weights=np.concatenate([p["count"] for p in parts])).astype(np.int64)
+    nd = parts[0]["lo"].shape[1]
+    lo = np.full((uid.size, nd), np.iinfo(np.int64).max)
+    hi = np.full((uid.size, nd), -1)
+    sums = np.zeros((uid.size, nd))
+    np.minimum.at(lo, inv, np.concatenate([p["lo"] for p in parts]))
+    np.maximum.at(hi, inv, np.concatenate([p["hi"] for p in parts]))
+    np.add.at(sums, inv, np.concatenate([p["sum"] for p in parts]))
+    return {"id": uid, "count": count, "lo": lo, "hi": hi, "sum": sums}

@@ -1,0 +1,296 @@
+"""Training with the discriminative loss on (image, instance labels) volumes.
+
+Random crops whose output window is larger than ``step`` on every axis (the
+paper's condition for consistent embeddings), augmentation (flips, in-plane 90
+degree rotations, elastic deformation, intensity scale/shift, gaussian noise),
+a validation split scored with AP@0.5 of the connectivity clustering, and
+checkpoints that carry the full spec (resumable).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from scipy import ndimage
+
+from .blocks import reflect_indices
+from .cluster import connectivity_fragments
+from .config import ConfigError, Frozen, read_yaml
+from .io import read_image
+from .loss import LossWeights, discriminative_loss
+from .model import ModelSpec, init_model, load_checkpoint, save_checkpoint
+from .predict import NormStats, Predictor, normalise, predict_whole
+
+logger = logging.getLogger(__name__)
+
+
+class VolumeSource(Frozen):
+    image: Path
+    labels: Path
+    image_dataset: str | None = None
+    labels_dataset: str | None = None
+    labels_are_mask: bool = Field(False, description="labels are a binary mask: use its connected components")
+
+
+class SyntheticSource(Frozen):
+    count: int = Field(8, gt=0)
+    shape: tuple[int, ...] = (32, 96, 96)
+    radius: tuple[float, float] = (4.0, 9.0)
+    anisotropy: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class AugmentConfig(Frozen):
+    flips: bool = True
+    rotations: bool = True
+    elastic: float = Field(0.5, ge=0, le=1, description="probability of an elastic deformation")
+    elastic_strength: float = Field(2.0, ge=0, description="displacement std in voxels")
+    intensity: bool = True
+    noise: float = Field(0.05, ge=0, description="max gaussian noise std (normalised units)")
+
+
+class LossConfig(Frozen):
+    delta_v: float = Field(0.5, gt=0)
+    delta_d: float = Field(1.5, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(0.001, ge=0)
+    foreground: float = Field(1.0, ge=0)
+
+
+class TrainConfig(Frozen):
+    model: ModelSpec = ModelSpec()
+    resume: Path | None = Field(None, description="checkpoint to continue from (its spec wins)")
+    data: tuple[VolumeSource, ...] = ()
+    synthetic: SyntheticSource | None = None
+    validation: tuple[VolumeSource, ...] = Field((), description="held-out volumes; none: last synthetic one")
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    output_shape: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
+        None, description="output window of a crop (multiple of step, > step); none: 2*step+step"
+    )
+    batch_size: int = Field(2, gt=0)
+    iterations: int = Field(1000, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    val_every: int = Field(200, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0)
+    out: Path = Path("model.pt")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.data and self.synthetic is None:
+            raise ValueError("give training volumes in 'data' or a 'synthetic' section")
+        return self
+
+
+def load_train_config(path: str | Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    from pydantic import ValidationError
+
+    from .config import apply_overrides
+
+    data = apply_overrides(read_yaml(path), overrides)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        msgs = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid training config '{path}': " + "; ".join(msgs)) from None
+
+
+# ------------------------------------------------------------------ data
+
+
+def norm_stats(image: np.ndarray, spec: ModelSpec) -> NormStats:
+    n = spec.normalisation
+    if n.kind == "scale":
+        return NormStats.from_values(n, 0, 1)
+    lo, hi = np.percentile(image, [n.low, n.high])
+    return NormStats.from_values(n, float(lo), float(hi))
+
+
+def load_volumes(sources: tuple[VolumeSource, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for src in sources:
+        img = read_image(src.image, src.image_dataset)
+        lab = read_image(src.labels, src.labels_dataset)
+        if img.shape != lab.shape:
+            raise ConfigError(f"image '{src.image}' {img.shape} and labels '{src.labels}' {lab.shape} differ in shape")
+        if src.labels_are_mask:
+            lab, _ = ndimage.label(lab > 0)
+        out.append((img, lab.astype(np.int64)))
+    return out
+
+
+def synthetic_volumes(src: SyntheticSource) -> list[tuple[np.ndarray, np.ndarray]]:
+    from .synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(shape=tuple(src.shape), radius=src.radius, anisotropy=src.anisotropy)
+    return [tuple(a.astype(np.int64) if i else a for i, a in enumerate(generate(spec, seed=src.seed + k)))  # type: ignore[misc]
+            for k in range(src.count)]
+
+
+def _read_reflected(arr: np.ndarray, start: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    idx = [np.asarray(reflect_indices(s, s + n, size)) for s, n, size in zip(start, shape, arr.shape)]
+    return arr[np.ix_(*idx)]
+
+
+class CropSampler:
+    """Random training crops: input ``output_shape + 2 * context``, labels on the output window."""
+
+    def __init__(self, volumes: list[tuple[np.ndarray, np.ndarray]], spec: ModelSpec, output_shape: tuple[int, ...],
+                 augment: AugmentConfig, rng: np.random.Generator) -> None:
+        self.volumes = [(normalise(img, norm_stats(img, spec)), lab) for img, lab in volumes]
+        self.spec = spec
+        self.out = output_shape
+        self.ctx = spec.context
+        self.aug = augment
+        self.rng = rng
+        self.weights = np.array([img.size for img, _ in self.volumes], dtype=float)
+        self.weights /= self.weights.sum()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        img, lab = self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
+        inp = tuple(o + 2 * c for o, c in zip(self.out, self.ctx))
+        start = tuple(int(self.rng.integers(0, max(1, s - o + 1))) - c for s, o, c in zip(img.shape, self.out, self.ctx))
+        x = _read_reflected(img, start, inp)
+        y = _read_reflected(lab, start, inp)
+        x, y = self._augment(x, y)
+        win = tuple(slice(c, c + o) for c, o in zip(self.ctx, self.out))
+        return x[None].astype(np.float32), y[win]
+
+    def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, rng, nd = self.aug, self.rng, x.ndim
+        if a.flips:
+            for ax in range(nd):
+                if rng.random() < 0.5:
+                    x, y = np.flip(x, ax), np.flip(y, ax)
+        if a.rotations and x.shape[-1] == x.shape[-2]:
+            k = int(rng.integers(0, 4))
+            x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+        if a.elastic and rng.random() < a.elastic:
+            x, y = elastic(x, y, a.elastic_strength, rng)
+        x = np.ascontiguousarray(x)
+        if a.intensity:
+            x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
+        if a.noise:
+            x = x + rng.normal(0, rng.uniform(0, a.noise), size=x.shape)
+        return x, np.ascontiguousarray(y)
+
+
+def elastic(x: np.ndarray, y: np.ndarray, strength: float, rng: np.random.Generator, spacing: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth random displacement (coarse gaussian field, cubic-upsampled); labels nearest."""
+    coarse = [max(2, s // spacing) for s in x.shape]
+    coords = list(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in x.shape], indexing="ij"))
+    for ax in range(x.ndim):
+        field = rng.normal(0, strength, size=coarse).astype(np.float32)
+        coords[ax] += ndimage.zoom(field, [s / c for s, c in zip(x.shape, coarse)], order=3)[tuple(slice(0, s) for s in x.shape)]
+    xs = ndimage.map_coordinates(x, coords, order=1, mode="reflect")
+    ys = ndimage.map_coordinates(y, coords, order=0, mode="reflect")
+    return xs, ys
+
+
+# ------------------------------------------------------------------ loop
+
+
+def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]], delta_d: float, device: str) -> dict[str, float]:
+    """AP@0.5 and avAP of the connectivity clustering on whole validation volumes."""
+    pred = Predictor(model, device=device)
+    pairs = []
+    for img, lab in volumes:
+        out = predict_whole(pred, img[None], norm_stats(img, model.spec))
+        pairs.append((connectivity_fragments(out[:-1], out[-1], 0.5, delta_d), lab))
+    from .metrics import evaluate_many
+
+    s = evaluate_many(pairs)
+    model.train()
+    return {"ap50": s.at(0.5)["ap"], "avap": s.avap}
+
+
+def train(cfg: TrainConfig, progress: bool = False) -> Path:
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    start_iter = 0
+    if cfg.resume:
+        model, extra = load_checkpoint(cfg.resume)
+        start_iter = int(extra.get("iterations", 0))
+        logger.info("resuming from %s at iteration %d", cfg.resume, start_iter)
+    else:
+        model = init_model(cfg.model, seed=cfg.seed)
+    spec = model.spec
+    out_shape = cfg.output_shape or tuple(3 * s for s in spec.step)
+    if len(out_shape) != spec.ndim or any(o % s or o <= s for o, s in zip(out_shape, spec.step)):
+        raise ConfigError(
+            f"output_shape {list(out_shape)} must be a multiple of step {list(spec.step)} and larger than it "
+            f"on every axis (e.g. {[2 * s for s in spec.step]})"
+        )
+    volumes = load_volumes(cfg.data)
+    if cfg.synthetic:
+        volumes += synthetic_volumes(cfg.synthetic)
+    val = load_volumes(cfg.validation)
+    if not val and len(volumes) > 1:
+        val = [volumes.pop()]
+    if any(img.ndim != spec.ndim for img, _ in volumes + val):
+        raise ConfigError(f"training volumes must be {spec.ndim}D like the model")
+    sampler = CropSampler(volumes, spec, out_shape, cfg.augment, rng)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    weights = LossWeights(**cfg.loss.model_dump())
+    amp = device == "cuda"
+    best, history = -1.0, []
+    t0 = time.perf_counter()
+    bar = tqdm(range(start_iter, start_iter + cfg.iterations), disable=not progress, desc="train")
+    metrics: dict[str, float] = {}
+    for it in bar:
+        batch = [sampler.sample() for _ in range(cfg.batch_size)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
+        y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss, parts = discriminative_loss(out.float(), y, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(parts["total"])
+        bar.set_postfix(loss=f"{parts['total']:.3f}", fg=f"{parts['fg']:.3f}")
+        done = it + 1
+        if val and (done % cfg.val_every == 0 or done == start_iter + cfg.iterations):
+            model.eval()
+            metrics = validate(model, val, cfg.loss.delta_d, device)
+            logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f",
+                        done, float(np.mean(history[-cfg.val_every:])), min(len(history), cfg.val_every),
+                        metrics["ap50"], metrics["avap"])
+            extra = _extra(cfg, done, metrics, time.perf_counter() - t0)
+            save_checkpoint(model.cpu(), cfg.out, extra)
+            if metrics["ap50"] > best:
+                best = metrics["ap50"]
+                save_checkpoint(model, Path(cfg.out).with_suffix(".best.pt"), extra)
+            model.to(device).train()
+    if not val:
+        save_checkpoint(model.cpu(), cfg.out, _extra(cfg, start_iter + cfg.iterations, metrics, time.perf_counter() - t0))
+    logger.info("trained %d iterations in %.0f s -> %s", cfg.iterations, time.perf_counter() - t0, cfg.out)
+    return Path(cfg.out)
+
+
+def _extra(cfg: TrainConfig, iterations: int, metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+    return {"trained": True, "iterations": iterations, "delta_v": cfg.loss.delta_v, "delta_d": cfg.loss.delta_d,
+            "metrics": metrics, "seed": cfg.seed, "train_seconds": round(seconds, 1)}
+
+
+def loss_curve(history: list[float], window: int = 10) -> list[float]:
+    """Moving average (for tests and logs)."""
+    return [float(np.mean(history[max(0, i - window + 1): i + 1])) for i in range(len(history))]
+
+
+__all__ = ["TrainConfig", "load_train_config", "train"]
