@@ -191,3 +191,72 @@ def _add_train(sub: Any) -> None:
 
 
 _EXTRA_COMMANDS.append(_add_train)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import segment
+
+    out = segment(_load(args), progress=not args.quiet)
+    print(f"segmentation written to {out}/segmentation, objects table {out}/objects.csv")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import open_label_array
+    from .metrics import contingency, scores
+
+    pred = open_label_array(args.pred, args.pred_dataset)
+    gt = open_label_array(args.gt, args.gt_dataset)
+    if pred.shape != gt.shape:
+        raise InputError(f"--pred {list(pred.shape)} and --gt {list(gt.shape)} differ in shape")
+    s = scores(contingency(pred, gt))
+    if args.json:
+        print(json.dumps({**s.summary(), "per_threshold": [
+            {"threshold": t, **s.at(t)} for t in s.thresholds]}, indent=2))
+        return 0
+    print(f"objects: predicted {s.n_pred}, ground truth {s.n_gt}; false splits {s.false_splits}, "
+          f"false merges {s.false_merges}")
+    print("threshold     AP  precision  recall     F1")
+    for t in s.thresholds:
+        r = s.at(t)
+        print(f"{t:9.2f} {r['ap']:6.3f} {r['precision']:10.3f} {r['recall']:7.3f} {r['f1']:6.3f}")
+    print(f"avAP(0.5:0.95) {s.avap:.3f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(Path(args.out), size=args.size, seed=args.seed, overwrite=args.overwrite,
+                      n_workers=args.workers, progress=not args.quiet)
+    print(f"demo volume: {result['input']}")
+    print(f"segmentation: {result['output']}/segmentation ({result['objects']} objects, "
+          f"ground truth {result['gt_objects']})")
+    print(f"AP@0.5 {result['ap50']:.3f}  AP@0.75 {result['ap75']:.3f}  avAP {result['avap']:.3f}  "
+          f"({result['seconds']:.1f} s)")
+    return 0
+
+
+def _add_more(sub: Any) -> None:
+    p = sub.add_parser("run", help="predict + cluster + merge + relabel: the global instance volume")
+    _config_args(p, overwrite=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="AP, precision, recall, F1 at IoU thresholds; splits and merges")
+    p.add_argument("--pred", required=True, help="zarr label array (or group with --pred-dataset)")
+    p.add_argument("--gt", required=True, help="zarr label array (or group with --gt-dataset)")
+    p.add_argument("--pred-dataset", default=None)
+    p.add_argument("--gt-dataset", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="generate a synthetic volume, segment it with the demo model, score it")
+    p.add_argument("--out", default="pipeline-demo", help="folder for the demo input and output")
+    p.add_argument("--size", type=int, nargs=3, default=[48, 128, 128], metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+_EXTRA_COMMANDS.append(_add_more)

@@ -290,3 +290,14 @@ def read_image(path: str | Path, dataset: str | None = None) -> np.ndarray:
         vol = open_input(InputConfig(path=p, dataset=dataset))
         return np.asarray(vol.array[...])
     return np.asarray(node[...])
+
+
+def open_label_array(path: str | Path, dataset: str | None = None) -> Any:
+    """A label array for evaluation: a zarr array, or ``dataset`` inside a group
+    (default ``segmentation``)."""
+    node = _open_node(Path(path), dataset)
+    if isinstance(node, zarr.Group):
+        if "segmentation" in node:
+            return node["segmentation"]
+        raise InputError(f"'{path}' is a group: name the label array with --pred-dataset/--gt-dataset")
+    return node

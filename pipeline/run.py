@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ class Job:
     threads: int | None
     stats: NormStats
     plan: BlockPlan
+    run_id: str = ""
+
+    def array(self, name: str, mode: str = "r+") -> Any:
+        """An output array, opened once per process and run."""
+        return _open_cached(str(Path(self.output) / name), mode, self.run_id)
 
 
 def as_config(config: Config | dict[str, Any] | str | Path) -> Config:
@@ -142,10 +148,15 @@ def plan_summary(s: Setup) -> dict[str, Any]:
 def make_job(s: Setup, threads: int | None) -> Job:
     m = s.config.model
     return Job(s.config.input, str(s.config.output.path), s.checkpoint, m.device, m.precision,
-               m.channels_last, threads, s.stats, s.plan)
+               m.channels_last, threads, s.stats, s.plan, uuid.uuid4().hex)
 
 
 # ------------------------------------------------------------------ task execution
+
+
+@lru_cache(maxsize=64)
+def _open_cached(path: str, mode: str, run_id: str) -> Any:
+    return open_array(path, mode=mode)
 
 
 @lru_cache(maxsize=8)
@@ -167,8 +178,8 @@ def read_input(job: Job, box: Any) -> np.ndarray:
 def predict_task(job: Job, linears: Sequence[int]) -> list[int]:
     """Predict blocks and write embeddings + foreground. Returns the block indices done."""
     pred = get_predictor(job.checkpoint, job.device, job.precision, job.channels_last, job.threads)
-    emb = open_array(Path(job.output) / "embeddings")
-    fg = open_array(Path(job.output) / "foreground")
+    emb = job.array("embeddings")
+    fg = job.array("foreground")
     for lin in linears:
         block = job.plan.block_at(lin)
         out = pred(read_input(job, block.read), job.stats)
@@ -335,7 +346,7 @@ def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
 
     job = sj.job
     pred = get_predictor(job.checkpoint, job.device, job.precision, job.channels_last, job.threads)
-    frag = open_array(sj.out / "scratch" / "fragments")
+    frag = job.array("scratch/fragments")
     results = []
     for lin in linears:
         block = job.plan.block_at(lin)
@@ -358,8 +369,8 @@ def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
             plane = _plane(block.valid, a)
             for side, pos, boundary in ((1, 0, i - 1), (0, -1, i)):
                 if 0 <= boundary < g - 1:
-                    open_array(sj.out / "scratch" / f"face_lab_{a}")[(boundary, side, *plane)] = ids.take(pos, axis=a)
-                    open_array(sj.out / "scratch" / f"face_emb_{a}")[(boundary, side, slice(None), *plane)] = face_emb.take(pos, axis=a + 1)
+                    job.array(f"scratch/face_lab_{a}")[(boundary, side, *plane)] = ids.take(pos, axis=a)
+                    job.array(f"scratch/face_emb_{a}")[(boundary, side, slice(None), *plane)] = face_emb.take(pos, axis=a + 1)
         results.append({"linear": lin, "count": k, "sizes": sizes.astype(np.int64)})
     return results
 
@@ -377,8 +388,8 @@ def pair_task(sj: SegJob, linears: Sequence[int]) -> np.ndarray:
             if i >= plan.grid[a] - 1:
                 continue
             plane = _plane(block.valid, a)
-            lab = open_array(sj.out / "scratch" / f"face_lab_{a}", mode="r")
-            emb = open_array(sj.out / "scratch" / f"face_emb_{a}", mode="r")
+            lab = sj.job.array(f"scratch/face_lab_{a}", mode="r")
+            emb = sj.job.array(f"scratch/face_emb_{a}", mode="r")
             la, lb = lab[(i, 0, *plane)], lab[(i, 1, *plane)]
             ea, eb = emb[(i, 0, slice(None), *plane)], emb[(i, 1, slice(None), *plane)]
             if sj.method == "connectivity":
@@ -405,8 +416,8 @@ def relabel_task(sj: SegJob, linears: Sequence[int], tables: Sequence[np.ndarray
     """Map fragment ids to global ids with each block's own table; write ``segmentation``."""
     from .merge import object_stats
 
-    frag = open_array(sj.out / "scratch" / "fragments", mode="r")
-    seg = open_array(sj.out / "segmentation")
+    frag = sj.job.array("scratch/fragments", mode="r")
+    seg = sj.job.array("segmentation")
     stats = []
     for lin, table in zip(linears, tables, strict=True):
         block = sj.job.plan.block_at(lin)

@@ -43,6 +43,7 @@ class SyntheticSource(Frozen):
     shape: tuple[int, ...] = (32, 96, 96)
     radius: tuple[float, float] = (4.0, 9.0)
     anisotropy: float = Field(1.0, gt=0)
+    density: float = Field(0.6, gt=0, le=1)
     seed: int = 0
 
 
@@ -131,7 +132,7 @@ def load_volumes(sources: tuple[VolumeSource, ...]) -> list[tuple[np.ndarray, np
 def synthetic_volumes(src: SyntheticSource) -> list[tuple[np.ndarray, np.ndarray]]:
     from .synthetic import SyntheticSpec, generate
 
-    spec = SyntheticSpec(shape=tuple(src.shape), radius=src.radius, anisotropy=src.anisotropy)
+    spec = SyntheticSpec(shape=tuple(src.shape), radius=src.radius, anisotropy=src.anisotropy, density=src.density)
     return [tuple(a.astype(np.int64) if i else a for i, a in enumerate(generate(spec, seed=src.seed + k)))  # type: ignore[misc]
             for k in range(src.count)]
 
@@ -246,6 +247,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     sampler = CropSampler(volumes, spec, out_shape, cfg.augment, rng)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations, eta_min=cfg.lr * 0.05)
     weights = LossWeights(**cfg.loss.model_dump())
     amp = device == "cuda"
     best, history = -1.0, []
@@ -262,6 +264,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         history.append(parts["total"])
         bar.set_postfix(loss=f"{parts['total']:.3f}", fg=f"{parts['fg']:.3f}")
         done = it + 1

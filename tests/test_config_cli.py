@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, apply_overrides, load_config, validate_config
+from pipeline.io import open_array, write_zarr
+
+from .conftest import make_checkpoint, random_volume
+
+BASE = {"input": {"path": "in.zarr", "dataset": "raw"}, "output": {"path": "out.zarr"}}
+
+
+def test_defaults_and_stable_keys():
+    cfg = validate_config({
+        "input": {"path": "volume.zarr", "dataset": "raw"},
+        "output": {"path": "result.zarr"},
+        "model": {"checkpoint": "model.pt"},
+        "blocks": {"write_shape": [32, 64, 64]},
+        "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1},
+    })
+    assert cfg.blocks.write_shape == (32, 64, 64)
+    assert validate_config(BASE).model.checkpoint == "demo"
+    with pytest.raises(Exception):
+        cfg.blocks.write_shape = (1, 1, 1)  # frozen
+
+
+@pytest.mark.parametrize("data,match", [
+    ({**BASE, "blocks": {"write_shap": [8, 8, 8]}}, "unknown key 'blocks.write_shap': did you mean 'write_shape'"),
+    ({**BASE, "clusterr": {}}, "unknown key 'clusterr': did you mean 'cluster'"),
+    ({**BASE, "cluster": {"kind": "local", "n_worker": 2}}, "did you mean 'n_workers'"),
+    ({**BASE, "blocks": {"write_shape": [8, -8, 8]}}, r"blocks.write_shape.1: Input should be greater than 0 \(got -8\)"),
+    ({**BASE, "cluster": {"kind": "cloud"}}, "cluster"),
+    ({"output": {"path": "x"}}, "missing required key 'input'"),
+])
+def test_bad_config_messages(data, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_config(data)
+
+
+def test_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(BASE))
+    cfg = load_config(p, ["blocks.write_shape=[16,32,32]", "cluster.kind=serial", "output.overwrite=true"])
+    assert cfg.blocks.write_shape == (16, 32, 32) and cfg.cluster.kind == "serial" and cfg.output.overwrite
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        apply_overrides(BASE, ["blocks.write_shape"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def _setup(tmp_path, shape=(12, 40, 40)):
+    make_checkpoint(tmp_path / "m.pt", downsample=[[1, 2, 2], [2, 2, 2]])
+    write_zarr(tmp_path / "in.zarr", random_volume(shape), chunks=(4, 16, 16), name="raw")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+           "output": {"path": str(tmp_path / "out.zarr")},
+           "model": {"checkpoint": str(tmp_path / "m.pt")},
+           "blocks": {"write_shape": [4, 16, 16]}, "cluster": {"kind": "serial"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "c.yaml"
+
+
+def test_cli_plan(tmp_path, capsys):
+    cfg = _setup(tmp_path)
+    assert main(["plan", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "blocks" in out and "[3, 3, 3]" in out and "redundancy" in out and "memory_per_block_mib" in out
+    assert not (tmp_path / "out.zarr").exists()  # plan computes nothing
+    assert main(["plan", str(cfg), "--set", "blocks.write_shape=[4,15,16]"]) == 2
+    err = capsys.readouterr().err
+    assert "axis 1: 15 -> use 12 or 16" in err and "Traceback" not in err
+
+
+def test_cli_predict_and_refuse_overwrite(tmp_path, capsys):
+    cfg = _setup(tmp_path)
+    assert main(["-q", "predict", str(cfg)]) == 0
+    emb = open_array(tmp_path / "out.zarr" / "embeddings")
+    assert emb.shape == (3, 12, 40, 40)
+    before = emb[...]
+    assert main(["-q", "predict", str(cfg)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    np.testing.assert_array_equal(open_array(tmp_path / "out.zarr" / "embeddings")[...], before)
+    assert main(["-q", "predict", str(cfg), "--overwrite"]) == 0
+
+
+def test_cli_model_init_info(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"ndim": 2, "downsample": [[2, 2]], "base_features": 4, "embed_dim": 4}))
+    assert main(["model", "init", str(spec), "--out", str(tmp_path / "m.pt")]) == 0
+    capsys.readouterr()
+    assert main(["model", "info", str(tmp_path / "m.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == [2, 2] and info["context"] == [8, 8] and info["out_channels"] == 5
+    assert main(["model", "info", "demo", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["ndim"] == 3 and info["trained"] is True
+    assert main(["model", "info", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True)
+    assert "predict" in out.stdout and "run" in out.stdout and "train" in out.stdout

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.loss import LossWeights, discriminative_loss, discriminative_terms
+from pipeline.metrics import evaluate
+
+
+def test_terms_hand_computed():
+    # 1D "image" of 4 voxels, 2D embeddings; instance 1 = voxels 0,1; instance 2 = voxels 2,3
+    emb = torch.tensor([[0.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    lab = torch.tensor([1, 1, 2, 2])
+    var, dist, reg = discriminative_terms(emb, lab, delta_v=0.5, delta_d=1.5)
+    # means: (1, 0) and (3, 0); instance 1 distances 1, 1 -> hinge (1-0.5)^2 = 0.25; instance 2: 0
+    assert math.isclose(float(var), (0.25 + 0.0) / 2)
+    # ||mu1 - mu2|| = 2 < 2*1.5 = 3 -> (3-2)^2 = 1 for both ordered pairs
+    assert math.isclose(float(dist), 1.0)
+    assert math.isclose(float(reg), (1 + 3) / 2)
+
+
+def test_background_cut_and_absent_instances():
+    emb = torch.zeros(2, 3, 3)
+    lab = torch.zeros(3, 3, dtype=torch.long)
+    assert all(float(t) == 0 for t in discriminative_terms(emb, lab, 0.5, 1.5))
+    lab[0, 0] = 7  # one instance (e.g. cut by the crop): no distance term
+    var, dist, reg = discriminative_terms(emb, lab, 0.5, 1.5)
+    assert float(var) == 0 and float(dist) == 0 and float(reg) == 0
+
+
+def test_batch_is_per_sample():
+    w = LossWeights(foreground=0.0, gamma=0.0)
+    out = torch.zeros(2, 3, 4)  # B=2, E=2 (+ fg), 4 voxels
+    out[0, 0] = torch.tensor([0.0, 2.0, 3.0, 3.0])
+    out[1, 0] = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    lab = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2]])  # same ids, different samples: not one instance
+    loss, parts = discriminative_loss(out, lab, w)
+    # sample 0: var 0.125, dist 1; sample 1: var 0, dist (3-0)^2 = 9 -> means 0.0625 and 5
+    assert math.isclose(parts["var"], 0.0625) and math.isclose(parts["dist"], 5.0)
+    sample1_alone, _ = discriminative_loss(out[1:], lab[1:], w)
+    assert math.isclose(float(sample1_alone), 9.0)
+
+
+def test_foreground_term_and_gradients():
+    out = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    lab = torch.tensor([[[0, 1], [1, 0]]])
+    loss, parts = discriminative_loss(out, lab, LossWeights(alpha=0, beta=0, gamma=0))
+    assert math.isclose(parts["fg"], math.log(2), rel_tol=1e-6)
+    loss.backward()
+    assert out.grad is not None and torch.isfinite(out.grad).all()
+    with pytest.raises(ValueError, match="do not match"):
+        discriminative_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, dtype=torch.long))
+
+
+def _two_objects():
+    gt = np.zeros((10, 10), int)
+    gt[1:4, 1:4] = 1  # 9 voxels
+    gt[5:9, 5:9] = 2  # 16 voxels
+    return gt
+
+
+def test_metrics_perfect():
+    gt = _two_objects()
+    s = evaluate(gt * 3, gt)  # ids differ, partition identical
+    assert s.at(0.5)["ap"] == 1.0 and s.avap == 1.0 and s.at(0.95)["f1"] == 1.0
+    assert s.false_splits == 0 and s.false_merges == 0
+
+
+def test_metrics_one_split():
+    gt = _two_objects()
+    p = gt.copy()
+    p[5:9, 7:9] = 3  # object 2 split in halves: IoU 0.5 each
+    s = evaluate(p, gt)
+    assert s.at(0.5) == {"ap": 2 / 3, "precision": 2 / 3, "recall": 1.0, "f1": 0.8, "tp": 2, "fp": 1, "fn": 0}
+    assert s.at(0.55)["ap"] == 1 / 4  # only object 1 matches: 1 / (1 + 2 + 1)
+    assert s.false_splits == 1 and s.false_merges == 0
+
+
+def test_metrics_one_merge():
+    gt = _two_objects()
+    p = np.where(gt > 0, 1, 0)  # both in one: IoUs 9/25 and 16/25
+    s = evaluate(p, gt)
+    assert s.at(0.5)["ap"] == 0.5 and s.at(0.35)["ap"] == 0.5 and s.at(0.7)["ap"] == 0.0
+    assert s.false_merges == 1 and s.false_splits == 0
+
+
+def test_metrics_one_missed():
+    gt = _two_objects()
+    p = np.where(gt == 2, 2, 0)
+    s = evaluate(p, gt)
+    assert s.at(0.5) == {"ap": 0.5, "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "tp": 1, "fp": 0, "fn": 1}
+
+
+def test_metrics_shifted_labels():
+    gt = _two_objects()
+    p = np.roll(gt, 1, axis=1)  # object 1: IoU 6/12 = 0.5; object 2: IoU 12/20 = 0.6
+    s = evaluate(p, gt)
+    assert s.at(0.5)["tp"] == 2 and s.at(0.55)["tp"] == 1 and s.at(0.65)["tp"] == 0
+    assert math.isclose(s.avap, (1.0 + 1 / 3 + 1 / 3) / 10)
+
+
+def test_metrics_optimal_assignment_below_half():
+    # at low thresholds one prediction overlaps two gts: assignment must be optimal
+    gt = np.array([[1, 1, 2, 2, 0, 0]])
+    p = np.array([[1, 1, 1, 2, 2, 2]])
+    s = evaluate(p, gt)
+    assert s.at(0.1)["tp"] == 2
