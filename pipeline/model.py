@@ -263,6 +263,30 @@ def init_model(spec: ModelSpec, seed: int = 0) -> UNet:
     return model
 
 
+def passthrough_model(ndim: int = 3, downsample: Any = None, gain: float = 10.0, embed_dim: int = 2) -> UNet:
+    """A valid-conv U-Net that copies its input (cropped by the context) to its output:
+    embedding 0 = ``gain * x`` (others 0), foreground logit ``40 * (x - 0.5)``.
+
+    With it the pipeline labels an existing foreground/probability map (values in
+    [0, 1]; different intensity levels become different embeddings): used by tests
+    and benchmarks to drive clustering and merging with known inputs."""
+    downsample = downsample or [[2] * ndim]
+    spec = ModelSpec(ndim=ndim, embed_dim=embed_dim, base_features=2, downsample=downsample,
+                     normalisation=Normalisation(kind="scale", offset=0.0, scale=1.0))
+    model = init_model(spec)
+    centre = (1,) * ndim
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for conv in [*model.down[0], *model.right[0]]:
+            if isinstance(conv, nn.Conv2d | nn.Conv3d):
+                conv.weight[(0, 0, *centre)] = 1.0
+        model.head.weight[(0, 0) + (0,) * ndim] = gain
+        model.head.weight[(spec.embed_dim, 0) + (0,) * ndim] = 40.0
+        model.head.bias[spec.embed_dim] = -20.0
+    return model.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

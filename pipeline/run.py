@@ -570,7 +570,10 @@ def segment(
     group = open_group(cfg.output.path)
     meta["timing_s"] = {"predict_cluster": round(t1 - t0, 3), "merge": round(t2 - t1, 3), "relabel": round(t3 - t2, 3)}
     meta["objects"] = n
-    group.attrs.update({"pipeline": meta, "complete": True})
+    attrs: dict[str, Any] = {"pipeline": meta, "complete": True}
+    if s.volume.ome is not None:
+        attrs["ome"] = ome_label_metadata(s.volume, cfg)
+    group.attrs.update(attrs)
     logger.info("segment: %d objects in %.1f s -> %s", n, t3 - t0, cfg.output.path)
     return Path(cfg.output.path)
 
@@ -592,3 +595,20 @@ def write_objects(path: Path, objects: dict[str, np.ndarray], voxel_size: Sequen
             row.append(f"{objects['count'][i] * vol:.6g}")
         lines.append(",".join(row))
     path.write_text("\n".join(lines) + "\n")
+
+
+def ome_label_metadata(vol: InputVolume, cfg: Config) -> dict[str, Any]:
+    """NGFF 0.5 metadata that makes the output group an OME-Zarr label image whose
+    single scale level is the ``segmentation`` array, with the input's axes and voxel size."""
+    axes = vol.ome["axes"] if vol.ome else [{"name": a, "type": "space"} for a in "zyx"[-vol.ndim:]]
+    scale = list(vol.voxel_size) if vol.voxel_size else [1.0] * vol.ndim
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": "segmentation",
+            "axes": axes,
+            "datasets": [{"path": "segmentation",
+                          "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }],
+        "image-label": {"version": "0.5", "source": {"image": str(cfg.input.path)}},
+    }

@@ -1,42 +1,18 @@
-"""Test helpers: hand-made checkpoints and volumes."""
+"""Test helpers: hand-made checkpoints and comparisons."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline.model import ModelSpec, Normalisation, init_model, save_checkpoint
+from pipeline.model import passthrough_model, save_checkpoint
 
 
 def passthrough_checkpoint(path: Path, ndim: int = 3, downsample=None, gain: float = 10.0, embed_dim: int = 2) -> Path:
-    """A valid-conv U-Net whose output copies its input (cropped by the context):
-    embedding channel 0 = ``gain * x``, other embeddings 0, foreground logit
-    ``40 * (x - 0.5)``. Lets tests draw foreground and embeddings directly in
-    the input volume (values >= 0)."""
-    downsample = downsample or [[2] * ndim]
-    spec = ModelSpec(ndim=ndim, embed_dim=embed_dim, base_features=2, downsample=downsample,
-                     normalisation=Normalisation(kind="scale", offset=0.0, scale=1.0))
-    model = init_model(spec)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        centre = (1,) * ndim
-
-        def pass_ch0(conv: torch.nn.Module) -> None:
-            conv.weight[(0, 0, *centre)] = 1.0
-
-        for m in model.down[0]:
-            if hasattr(m, "weight"):
-                pass_ch0(m)
-        for m in model.right[0]:
-            if hasattr(m, "weight"):
-                pass_ch0(m)
-        head = model.head
-        head.weight[(0, 0) + (0,) * ndim] = gain
-        head.weight[(spec.embed_dim, 0) + (0,) * ndim] = 40.0
-        head.bias[spec.embed_dim] = -20.0
+    """Checkpoint of :func:`pipeline.model.passthrough_model`: tests draw foreground and
+    embeddings directly in the input volume (values >= 0)."""
+    model = passthrough_model(ndim, downsample, gain, embed_dim)
     save_checkpoint(model, path, extra={"delta_v": 0.5, "delta_d": 1.5})
     return path
 

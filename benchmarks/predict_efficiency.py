@@ -1,0 +1,96 @@
+"""Prediction throughput of the pipeline against a bare torch loop over the same blocks.
+
+Both run on this machine in one process tree, one after the other:
+  bare      : all read blocks pre-loaded in memory, `model(block)` in a loop (torch threads = all cores)
+  serial    : pipeline.predict with cluster.kind=serial (reads zarr, writes zarr, same process)
+  dask      : pipeline.predict on a LocalCluster (1 worker, all cores as torch threads), cluster
+              started before timing
+Also: float32 vs channels_last vs bf16 autocast (bare loop time and blockwise-vs-whole exactness).
+
+    python benchmarks/predict_efficiency.py [--shape 48 192 192] [--write 16 64 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_of, machine, peak_rss_mib, synthetic_volume
+
+from pipeline.io import open_array, write_zarr
+from pipeline.model import load_checkpoint
+from pipeline.predict import Predictor, predict_tiled, predict_whole
+from pipeline.run import as_config, predict, setup
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", type=int, nargs=3, default=[48, 192, 192])
+    ap.add_argument("--write", type=int, nargs=3, default=[16, 64, 64])
+    ap.add_argument("--checkpoint", default="demo")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    print(f"machine: {machine()}")
+    tmp = Path(tempfile.mkdtemp())
+    image, _ = synthetic_volume(args.shape)
+    write_zarr(tmp / "in.zarr", image, chunks=args.write, name="raw")
+    cfg = as_config({"input": {"path": str(tmp / "in.zarr"), "dataset": "raw"},
+                     "output": {"path": str(tmp / "out.zarr"), "overwrite": True},
+                     "model": {"checkpoint": args.checkpoint},
+                     "blocks": {"write_shape": args.write}, "cluster": {"kind": "serial", "torch_threads": cores}})
+    s = setup(cfg)
+    plan = s.plan
+    print(f"volume {plan.volume}, write {plan.write_shape}, read {plan.read_shape}, blocks {len(plan)}, "
+          f"redundant compute (voxels read / written) {plan.redundancy:.2f}")
+    model = load_checkpoint(args.checkpoint)[0]
+    blocks = [s.volume.read(b.read) for b in plan]
+    voxels = int(np.prod(plan.volume))
+
+    def bare(pred: Predictor) -> None:
+        for b in blocks:
+            pred(b, s.stats)
+
+    results = {}
+    variants = {"float32": {}, "channels_last": {"channels_last": True}, "bf16 autocast": {"precision": "bfloat16"}}
+    ref64 = predict_whole(Predictor(load_checkpoint(args.checkpoint)[0], precision="float64"), image[None], s.stats)
+    for name, kw in variants.items():
+        pred = Predictor(load_checkpoint(args.checkpoint)[0], **kw)
+        bare(pred)  # warm-up
+        t = best_of(lambda pred=pred: bare(pred), args.repeats)
+        tiled = predict_tiled(pred, image[None], s.stats, plan.write_shape)
+        whole = predict_whole(pred, image[None], s.stats)
+        results[name] = t
+        print(f"bare loop {name:14s}: {t:7.2f} s  {voxels / t / 1e6:6.3f} Mvox/s   blockwise-vs-whole max|diff| "
+              f"{np.abs(tiled - whole).max():.2e}   vs float64 {np.abs(tiled - ref64).max():.2e}")
+    del model
+
+    t_serial = best_of(lambda: predict(cfg), args.repeats)
+    print(f"pipeline serial        : {t_serial:7.2f} s  {voxels / t_serial / 1e6:6.3f} Mvox/s  "
+          f"ratio to bare float32 {results['float32'] / t_serial:.3f}")
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1", resources={"model": 1}) as cluster, Client(cluster) as client:
+        dcfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy()})
+        predict(dcfg, client=client)  # warm-up: model load in the worker
+        t_dask = best_of(lambda: predict(dcfg, client=client), args.repeats)
+        worker_rss = max(client.run(lambda: __import__("psutil").Process().memory_info().rss).values()) / 2**20
+    print(f"pipeline dask (1 worker): {t_dask:7.2f} s  {voxels / t_dask / 1e6:6.3f} Mvox/s  "
+          f"ratio to bare float32 {results['float32'] / t_dask:.3f}")
+    emb = open_array(tmp / "out.zarr" / "embeddings")[...]
+    print(f"pipeline output vs whole-volume float32 max|diff| {np.abs(emb - predict_whole(Predictor(load_checkpoint(args.checkpoint)[0]), image[None], s.stats)[:-1]).max():.2e}")
+    print(f"peak RSS: client {peak_rss_mib():.0f} MiB, worker {worker_rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
