@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.cli import main
 from pipeline.config import ConfigError, apply_overrides, load_config, validate_config
@@ -27,7 +28,7 @@ def test_defaults_and_stable_keys():
     })
     assert cfg.blocks.write_shape == (32, 64, 64)
     assert validate_config(BASE).model.checkpoint == "demo"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.blocks.write_shape = (1, 1, 1)  # frozen
 
 

@@ -37,7 +37,7 @@ def test_batch_is_per_sample():
     out[0, 0] = torch.tensor([0.0, 2.0, 3.0, 3.0])
     out[1, 0] = torch.tensor([5.0, 5.0, 5.0, 5.0])
     lab = torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2]])  # same ids, different samples: not one instance
-    loss, parts = discriminative_loss(out, lab, w)
+    _loss, parts = discriminative_loss(out, lab, w)
     # sample 0: var 0.125, dist 1; sample 1: var 0, dist (3-0)^2 = 9 -> means 0.0625 and 5
     assert math.isclose(parts["var"], 0.0625) and math.isclose(parts["dist"], 5.0)
     sample1_alone, _ = discriminative_loss(out[1:], lab[1:], w)

@@ -71,7 +71,7 @@ def test_training_loss_decreases_and_resumes(tmp_path):
     finally:
         train_mod.discriminative_loss = orig
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
-    model, extra = load_checkpoint(tmp_path / "m.pt")
+    _model, extra = load_checkpoint(tmp_path / "m.pt")
     assert extra["iterations"] == 60 and extra["trained"] and "ap50" in extra["metrics"]
     assert (tmp_path / "m.best.pt").exists()
     resumed = train(cfg.model_copy(update={"resume": tmp_path / "m.pt", "iterations": 5, "val_every": 5,
