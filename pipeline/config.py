@@ -95,8 +95,38 @@ class AddressClusterConfig(Frozen):
     torch_threads: int | None = Field(None, gt=0)
 
 
+class AdaptiveConfig(Frozen):
+    minimum: int = Field(1, ge=0, description="fewest SLURM jobs")
+    maximum: int = Field(..., gt=0, description="most SLURM jobs")
+
+
+class SlurmClusterConfig(Frozen):
+    """Workers as SLURM jobs through dask-jobqueue; TLS with temporary credentials by default."""
+
+    kind: Literal["slurm"]
+    queue: str | None = Field(None, description="partition (#SBATCH -p)")
+    account: str | None = Field(None, description="#SBATCH -A")
+    cores: int = Field(1, gt=0, description="cores per job")
+    processes: int = Field(1, gt=0, description="worker processes per job")
+    memory: str = Field("4GiB", description="memory per job (always requested explicitly)")
+    walltime: str = "01:00:00"
+    gpus: int = Field(0, ge=0, description="GPUs per job (#SBATCH --gres=gpu:N)")
+    gres: str | None = Field(None, description="raw gres string, e.g. 'gpu:a100:1' (overrides gpus)")
+    job_extra_directives: tuple[str, ...] = Field((), description="more #SBATCH lines, e.g. ['--qos=high']")
+    job_script_prologue: tuple[str, ...] = Field((), description="shell lines before the worker starts")
+    interface: str | None = Field(None, description="network interface of workers and scheduler, e.g. ib0")
+    log_directory: Path = Field(Path("slurm-logs"), description="worker job logs")
+    jobs: int = Field(2, gt=0, description="jobs to start (ignored with adaptive)")
+    adaptive: AdaptiveConfig | None = None
+    max_worker_restarts: int = Field(3, ge=0, description="replace lost worker jobs at most this often")
+    tls: bool = Field(True, description="encrypt and authenticate with temporary TLS credentials")
+    dashboard_address: str | None = "127.0.0.1:0"
+    python: str | None = Field(None, description="python on the compute nodes; none: this interpreter")
+    torch_threads: int | None = Field(None, gt=0)
+
+
 ClusterConfig = Annotated[
-    SerialClusterConfig | LocalClusterConfig | LocalCudaClusterConfig | AddressClusterConfig,
+    SerialClusterConfig | LocalClusterConfig | LocalCudaClusterConfig | AddressClusterConfig | SlurmClusterConfig,
     Field(discriminator="kind"),
 ]
 
@@ -161,14 +191,15 @@ def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
 def _describe(error: Mapping[str, Any]) -> str:
     loc = [str(p) for p in error["loc"] if not str(p).endswith("ClusterConfig")]
     # discriminated unions insert the tag value into the location
-    loc = [p for p in loc if p not in ("serial", "local", "local-cuda", "address")]
+    loc = [p for p in loc if p not in ("serial", "local", "local-cuda", "address", "slurm")]
     where = ".".join(loc) or "config"
     if error["type"] == "extra_forbidden":
         key = loc[-1] if loc else "?"
         known = _fields_at(Config, loc[:-1])
         if loc and loc[0] == "cluster":
             known = sorted(
-                {f for m in (SerialClusterConfig, LocalClusterConfig, LocalCudaClusterConfig, AddressClusterConfig) for f in m.model_fields}
+                {f for m in (SerialClusterConfig, LocalClusterConfig, LocalCudaClusterConfig, AddressClusterConfig,
+                             SlurmClusterConfig) for f in m.model_fields}
             )
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(known)}"

@@ -19,11 +19,14 @@ from .config import (
     LocalClusterConfig,
     LocalCudaClusterConfig,
     SerialClusterConfig,
+    SlurmClusterConfig,
 )
 
 logger = logging.getLogger(__name__)
 
-AnyCluster = SerialClusterConfig | LocalClusterConfig | LocalCudaClusterConfig | AddressClusterConfig
+AnyCluster = (
+    SerialClusterConfig | LocalClusterConfig | LocalCudaClusterConfig | AddressClusterConfig | SlurmClusterConfig
+)
 
 
 class ClusterError(RuntimeError):
@@ -39,6 +42,8 @@ def torch_threads(cfg: AnyCluster) -> int | None:
         return max(1, cores // cfg.n_workers)
     if isinstance(cfg, SerialClusterConfig):
         return cores
+    if isinstance(cfg, SlurmClusterConfig):
+        return max(1, cfg.cores // cfg.processes)
     return None
 
 
@@ -68,6 +73,14 @@ def open_client(cfg: AnyCluster) -> Iterator[Any]:
         with client:
             logger.info("connected to %s (dashboard %s)", cfg.address, client.dashboard_link)
             yield client
+        return
+
+    if isinstance(cfg, SlurmClusterConfig):
+        with _slurm(cfg) as cluster, Client(cluster, security=cluster.security) as client:
+            logger.info("SLURM scheduler %s, dashboard %s, logs in %s", cluster.scheduler_address,
+                        client.dashboard_link, cfg.log_directory)
+            with SlurmGuard(cluster, cfg):
+                yield client
         return
 
     cluster = _local_cuda(cfg) if isinstance(cfg, LocalCudaClusterConfig) else _local(cfg)
@@ -107,3 +120,107 @@ def _local_cuda(cfg: LocalCudaClusterConfig) -> Any:
     if cfg.devices is not None:
         kwargs["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, cfg.devices))
     return LocalCUDACluster(**kwargs)
+
+
+def _slurm(cfg: SlurmClusterConfig) -> Any:
+    """A dask-jobqueue SLURMCluster: explicit memory, logs in ``log_directory``, TLS."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    if shutil.which("sbatch") is None:
+        raise ClusterError("cluster.kind 'slurm': no sbatch on PATH; run on a SLURM login node "
+                           "(or start a local one with deploy/local-slurm/start.sh)")
+    from dask_jobqueue import SLURMCluster
+
+    logs = Path(cfg.log_directory).resolve()
+    logs.mkdir(parents=True, exist_ok=True)
+    creds = logs / ".credentials"  # temporary TLS files for the workers, readable by this user only
+    creds.mkdir(mode=0o700, exist_ok=True)
+    creds.chmod(0o700)
+    directives = list(cfg.job_extra_directives)
+    if cfg.gres or cfg.gpus:
+        directives.append(f"--gres={cfg.gres or f'gpu:{cfg.gpus}'}")
+    cluster = SLURMCluster(
+        queue=cfg.queue,
+        account=cfg.account,
+        cores=cfg.cores,
+        processes=cfg.processes,
+        memory=cfg.memory,
+        walltime=cfg.walltime,
+        interface=cfg.interface,
+        log_directory=str(logs),
+        job_extra_directives=directives,
+        job_script_prologue=list(cfg.job_script_prologue),
+        worker_extra_args=["--resources", "model=1"],
+        python=cfg.python or sys.executable,
+        security=True if cfg.tls else None,
+        shared_temp_directory=str(creds),
+        scheduler_options={"dashboard_address": cfg.dashboard_address or ":0",
+                           **({"interface": cfg.interface} if cfg.interface else {})},
+    )
+    logger.debug("SLURM job script:\n%s", cluster.job_script())
+    if cfg.adaptive is not None:
+        cluster.adapt(minimum_jobs=cfg.adaptive.minimum, maximum_jobs=cfg.adaptive.maximum)
+    else:
+        cluster.scale(jobs=cfg.jobs)
+    return cluster
+
+
+class SlurmGuard:
+    """Replaces worker jobs that SLURM lost (cancelled, failed, timed out), at most
+    ``max_worker_restarts`` times, checking every ``interval`` seconds."""
+
+    def __init__(self, cluster: Any, cfg: SlurmClusterConfig, interval: float = 2.0) -> None:
+        import threading
+
+        self.cluster, self.cfg, self.interval = cluster, cfg, interval
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="slurm-guard", daemon=True)
+
+    def __enter__(self) -> SlurmGuard:
+        if self.cfg.adaptive is None:  # adaptive clusters manage their own size
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:
+                logger.exception("SLURM guard check failed")
+
+    def dead_jobs(self) -> list[str]:
+        import subprocess
+
+        jobs = {name: getattr(job, "job_id", None) for name, job in list(self.cluster.workers.items())}
+        ids = [j for j in jobs.values() if j]
+        if not ids:
+            return []
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=30)
+        alive = {line.split()[0] for line in out.stdout.splitlines()
+                 if line.split()[1:] and line.split()[1] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")}
+        return [name for name, j in jobs.items() if j and j not in alive]
+
+    def check(self) -> None:
+        dead = self.dead_jobs()
+        if not dead:
+            return
+        if self.restarts >= self.cfg.max_worker_restarts:
+            logger.error("SLURM lost worker jobs %s; restart limit %d reached, not replacing",
+                         dead, self.cfg.max_worker_restarts)
+            self._stop.set()
+            return
+        for name in dead:
+            self.cluster.worker_spec.pop(name, None)
+        self.restarts += len(dead)
+        logger.warning("SLURM lost worker jobs %s; submitting replacements (%d/%d)", dead, self.restarts,
+                       self.cfg.max_worker_restarts)
+        self.cluster.scale(jobs=self.cfg.jobs)

@@ -1,0 +1,108 @@
+"""The SLURM path against a real SLURM (started by .ci/run with deploy/local-slurm/start.sh).
+
+Skipped when no SLURM answers, unless PIPELINE_REQUIRE_SLURM=1 (set by CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pipeline.io import open_array, write_zarr
+from pipeline.run import segment
+
+from .helpers import passthrough_checkpoint
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed", "allocated"))
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if not _slurm_up():
+        if os.environ.get("PIPELINE_REQUIRE_SLURM") == "1":
+            pytest.fail("PIPELINE_REQUIRE_SLURM=1 but no SLURM answers (deploy/local-slurm/start.sh)")
+        pytest.skip("no SLURM here (start one with deploy/local-slurm/start.sh)")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slurm")
+    rng = np.random.default_rng(4)
+    fg = ndimage.gaussian_filter(rng.random((32, 96, 96)), 1.5) > 0.5
+    vol = fg.astype(np.float32) * np.where(rng.random(fg.shape) > 0.5, 1.0, 0.8).astype(np.float32)
+    vol = ndimage.maximum_filter(vol, 2) * fg  # patches of two intensity levels: merges and splits
+    write_zarr(tmp / "in.zarr", vol.astype(np.float32), chunks=(16, 32, 32), name="raw")
+    ckpt = passthrough_checkpoint(tmp / "pt.pt")
+    return tmp, ckpt
+
+
+def _config(tmp, ckpt, name, cluster):
+    return {"input": {"path": str(tmp / "in.zarr"), "dataset": "raw"},
+            "output": {"path": str(tmp / f"{name}.zarr")},
+            "model": {"checkpoint": str(ckpt)}, "blocks": {"write_shape": [8, 16, 16]}, "cluster": cluster}
+
+
+@pytest.fixture(scope="module")
+def local_result(data, client2):
+    tmp, ckpt = data
+    out = segment(_config(tmp, ckpt, "local", {"kind": "local"}), client=client2)
+    return open_array(out / "segmentation")[...]
+
+
+def _slurm_cluster(tmp, name, **kw):
+    return {"kind": "slurm", "jobs": 2, "cores": 1, "memory": "3GiB", "walltime": "00:20:00",
+            "log_directory": str(tmp / f"logs-{name}"), **kw}
+
+
+def test_slurm_run_equals_local(slurm, data, local_result):
+    tmp, ckpt = data
+    out = segment(_config(tmp, ckpt, "slurm", _slurm_cluster(tmp, "plain")))
+    seg = open_array(out / "segmentation")[...]
+    assert local_result.max() > 10
+    np.testing.assert_array_equal(seg, local_result)
+    logs = list((tmp / "logs-plain").glob("*.err"))
+    assert len(logs) >= 2, "expected 2 SLURM worker jobs"
+    assert any("tls://" in p.read_text() for p in logs), "workers must talk TLS"
+    time.sleep(1)
+    mine = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout
+    assert "dask-worker" not in mine, "worker jobs must be cancelled on teardown"
+
+
+def test_slurm_worker_job_cancelled_mid_run(slurm, data, local_result):
+    tmp, ckpt = data
+    out_dir = tmp / "fault.zarr"
+    cancelled: list[str] = []
+
+    def kill_one() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            frag = out_dir / "scratch" / "fragments" / "c"
+            done = sum(1 for _ in frag.rglob("*")) if frag.exists() else 0
+            jobs = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "dask-worker", "-o", "%i"],
+                                  capture_output=True, text=True).stdout.split()
+            if done >= 20 and len(jobs) >= 2:
+                subprocess.run(["scancel", jobs[0]], check=True)
+                cancelled.append(jobs[0])
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    out = segment(_config(tmp, ckpt, "fault", _slurm_cluster(tmp, "fault", max_worker_restarts=2)))
+    killer.join(timeout=5)
+    assert cancelled, "the run finished before a worker job could be cancelled"
+    np.testing.assert_array_equal(open_array(out / "segmentation")[...], local_result)
+    # the guard submitted a replacement job (2 original + 1)
+    assert len(list((tmp / "logs-fault").glob("*.err"))) >= 3
