@@ -9,6 +9,8 @@ size.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -29,6 +31,7 @@ from .deploy import open_client, torch_threads
 from .io import (
     InputError,
     InputVolume,
+    OutputError,
     create_array,
     open_array,
     open_group,
@@ -59,6 +62,7 @@ class Job:
     stats: NormStats
     plan: BlockPlan
     run_id: str = ""
+    marker: str = "done"
 
     def array(self, name: str, mode: str = "r+") -> Any:
         """An output array, opened once per process and run."""
@@ -118,7 +122,33 @@ def setup(config: Config) -> Setup:
     else:
         stats = NormStats.from_values(norm, 0.0, 1.0)
     ckpt = str(resolve_checkpoint(config.model.checkpoint).resolve())
+    warn_chunking(vol.chunks, plan)
     return Setup(config, vol, spec, plan, stats, ckpt)
+
+
+def chunks_per_block(chunks: Sequence[int], plan: BlockPlan) -> float:
+    """Average number of input chunks one block's read box touches."""
+    total = 1.0
+    for c, w, r, ctx, g in zip(chunks, plan.write_shape, plan.read_shape, plan.context, plan.grid, strict=True):
+        starts = [i * w - ctx for i in range(g)]
+        total *= sum((s + r - 1) // c - s // c + 1 for s in starts) / g
+    return total
+
+
+def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
+    """Explain the I/O cost of input chunks that do not fit the write blocks."""
+    if all(w % c == 0 for w, c in zip(plan.write_shape, chunks, strict=True)):
+        return
+    have = chunks_per_block(chunks, plan)
+    aligned = [max(c, round(w / c) * c) for w, c in zip(plan.write_shape, chunks, strict=True)]
+    aligned = [a if a % st == 0 else a * st // math.gcd(a, st) for a, st in zip(aligned, plan.step, strict=True)]
+    ideal = math.prod(-(-r // c) + 1 for r, c in zip(plan.read_shape, chunks, strict=True))
+    logger.warning(
+        "input chunks %s do not divide blocks.write_shape %s: each block reads %.1f chunks on average "
+        "(about %.1f with aligned blocks); set blocks.write_shape to a multiple of both the chunks and the "
+        "step, e.g. %s, or rechunk the input",
+        list(chunks), list(plan.write_shape), have, min(have, ideal), aligned,
+    )
 
 
 def plan_summary(s: Setup) -> dict[str, Any]:
@@ -145,10 +175,63 @@ def plan_summary(s: Setup) -> dict[str, Any]:
     }
 
 
-def make_job(s: Setup, threads: int | None) -> Job:
+def make_job(s: Setup, threads: int | None, marker: str) -> Job:
     m = s.config.model
     return Job(s.config.input, str(s.config.output.path), s.checkpoint, m.device, m.precision,
-               m.channels_last, threads, s.stats, s.plan, uuid.uuid4().hex)
+               m.channels_last, threads, s.stats, s.plan, uuid.uuid4().hex, marker)
+
+
+# ------------------------------------------------------------------ resume
+
+
+def resume_key(s: Setup, stage: str, params: dict[str, Any]) -> str:
+    """Hash of everything that determines a stage's block outputs."""
+    c = s.config
+    payload = {
+        "stage": stage, "plan": s.plan.digest(), "model": checkpoint_digest(s.checkpoint),
+        "input": [str(Path(c.input.path).resolve()), c.input.dataset, c.input.scale_level],
+        "stats": [s.stats.offset, s.stats.scale], "precision": c.model.precision, "params": params,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def open_output(s: Setup, key: str) -> tuple[Any, bool]:
+    """A new output group, or the unfinished one of an earlier identical run (resume).
+
+    Never replaces an existing output without ``output.overwrite``; refuses to resume
+    output made with a different plan, model or parameters."""
+    cfg = s.config
+    path = Path(cfg.output.path)
+    if path.exists() and not cfg.output.overwrite:
+        try:
+            group = open_group(path)
+            attrs = dict(group.attrs)
+        except Exception:  # noqa: BLE001 - not a zarr group: handled by prepare_output's message
+            attrs = {}
+        if attrs.get("complete") is False and "resume_key" in attrs:
+            if attrs["resume_key"] != key:
+                raise OutputError(
+                    f"output.path '{path}' holds an unfinished run made with a different plan, model or "
+                    f"parameters (key {attrs['resume_key']}, this run {key}); pass --overwrite to start "
+                    "again, or rerun with the original config to resume"
+                )
+            return group, True
+    group = prepare_output(path, cfg.output.overwrite)
+    group.attrs.update({"resume_key": key, "complete": False})
+    return group, False
+
+
+def pending_blocks(job: Job, resumed: bool) -> tuple[list[int], list[int]]:
+    """``(todo, done)`` block indices, from the stage's done-marker array."""
+    all_blocks = list(range(len(job.plan)))
+    if not resumed:
+        return all_blocks, []
+    done = np.asarray(job.array(job.marker, mode="r")[...]).ravel()
+    return [i for i in all_blocks if not done[i]], [i for i in all_blocks if done[i]]
+
+
+def mark_done(job: Job, block: Any) -> None:
+    job.array(job.marker)[tuple(slice(i, i + 1) for i in block.index)] = 1
 
 
 # ------------------------------------------------------------------ task execution
@@ -186,6 +269,7 @@ def predict_task(job: Job, linears: Sequence[int]) -> list[int]:
         rel = block.valid.to_slices(relative_to=block.write)
         emb[(slice(None), *block.valid.to_slices())] = out[(slice(0, -1), *rel)]
         fg[block.valid.to_slices()] = out[(-1, *rel)]
+        mark_done(job, block)
     return list(linears)
 
 
@@ -284,19 +368,24 @@ def predict(
     s = setup(cfg)
     plan = s.plan
     E = s.spec.embed_dim
-    group = prepare_output(cfg.output.path, cfg.output.overwrite)
-    dtype = "float64" if cfg.model.precision == "float64" else "float32"
-    create_array(group, "embeddings", (E, *plan.volume), (E, *plan.write_shape), dtype)
-    create_array(group, "foreground", plan.volume, plan.write_shape, dtype)
-    group.attrs.update({"pipeline": provenance(s)})
-    logger.info("predict: %d blocks of %s (read %s)", len(plan), plan.write_shape, plan.read_shape)
-    batches = _chunks(len(plan), cfg.blocks.blocks_per_task)
+    group, resumed = open_output(s, resume_key(s, "predict", {"channels_last": cfg.model.channels_last}))
+    if not resumed:
+        dtype = "float64" if cfg.model.precision == "float64" else "float32"
+        create_array(group, "embeddings", (E, *plan.volume), (E, *plan.write_shape), dtype)
+        create_array(group, "foreground", plan.volume, plan.write_shape, dtype)
+        create_array(group, "done", plan.grid, (1,) * plan.ndim, "uint8")
+        group.attrs.update({"pipeline": provenance(s)})
+    job = make_job(s, torch_threads(cfg.cluster), "done")
+    todo, done = pending_blocks(job, resumed)
+    logger.info("predict: %d blocks of %s (read %s), %d already done", len(plan), plan.write_shape,
+                plan.read_shape, len(done))
+    batches = [todo[i : i + cfg.blocks.blocks_per_task] for i in range(0, len(todo), cfg.blocks.blocks_per_task)]
     t0 = time.perf_counter()
     with _client(cfg, client) as c:
-        job = make_job(s, torch_threads(cfg.cluster))
         for _ in execute(c, predict_task, job, batches, desc="predict", total=len(batches),
                          progress=progress, gpu=True):
             pass
+    group.attrs.update({"complete": True, "resumed_blocks": len(done)})
     logger.info("predict: done in %.1f s -> %s", time.perf_counter() - t0, cfg.output.path)
     return Path(cfg.output.path)
 
@@ -371,8 +460,22 @@ def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
                 if 0 <= boundary < g - 1:
                     job.array(f"scratch/face_lab_{a}")[(boundary, side, *plane)] = ids.take(pos, axis=a)
                     job.array(f"scratch/face_emb_{a}")[(boundary, side, slice(None), *plane)] = face_emb.take(pos, axis=a + 1)
+        mark_done(job, block)
         results.append({"linear": lin, "count": k, "sizes": sizes.astype(np.int64)})
     return results
+
+
+def summary_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
+    """Summaries of blocks clustered by an earlier (interrupted) run, from their fragments."""
+    frag = sj.job.array("scratch/fragments", mode="r")
+    out = []
+    for lin in linears:
+        block = sj.job.plan.block_at(lin)
+        ids = frag[block.valid.to_slices()]
+        local = np.where(ids > 0, ids - np.uint64(lin) * np.uint64(sj.stride), 0).astype(np.int64)
+        sizes = np.bincount(local.ravel())[1:]
+        out.append({"linear": lin, "count": int(local.max()), "sizes": sizes.astype(np.int64)})
+    return out
 
 
 def pair_task(sj: SegJob, linears: Sequence[int]) -> np.ndarray:
@@ -510,34 +613,45 @@ def segment(
     plan = s.plan
     _, extra = load_checkpoint(s.checkpoint)
     threshold, bandwidth = _default_threshold(cfg, extra)
-    group = prepare_output(cfg.output.path, cfg.output.overwrite)
-    scratch = group.create_group("scratch")
-    create_array(scratch, "fragments", plan.volume, plan.write_shape, "uint64")
     E = s.spec.embed_dim
-    emb_dtype = "float64" if cfg.model.precision == "float64" else "float32"
-    for a in _face_axes(plan):
-        plane = [v for i, v in enumerate(plan.volume) if i != a]
-        pchunk = [w for i, w in enumerate(plan.write_shape) if i != a]
-        nb = plan.grid[a] - 1
-        create_array(scratch, f"face_lab_{a}", (nb, 2, *plane), (1, 1, *pchunk), "uint64")
-        create_array(scratch, f"face_emb_{a}", (nb, 2, E, *plane), (1, 1, E, *pchunk), emb_dtype)
+    params = {"method": cfg.clustering.method, "fg": cfg.clustering.foreground_threshold,
+              "threshold": threshold, "bandwidth": bandwidth}
+    group, resumed = open_output(s, resume_key(s, "segment", params))
     meta = provenance(s)
     meta["clustering"] = {"method": cfg.clustering.method, "threshold": threshold, "bandwidth": bandwidth}
-    group.attrs.update({"pipeline": meta, "complete": False})
-    sj = SegJob(make_job(s, torch_threads(cfg.cluster)), cfg.clustering.method,
+    if not resumed:
+        scratch = group.create_group("scratch")
+        create_array(scratch, "fragments", plan.volume, plan.write_shape, "uint64")
+        create_array(scratch, "done", plan.grid, (1,) * plan.ndim, "uint8")
+        emb_dtype = "float64" if cfg.model.precision == "float64" else "float32"
+        for a in _face_axes(plan):
+            plane = [v for i, v in enumerate(plan.volume) if i != a]
+            pchunk = [w for i, w in enumerate(plan.write_shape) if i != a]
+            nb = plan.grid[a] - 1
+            create_array(scratch, f"face_lab_{a}", (nb, 2, *plane), (1, 1, *pchunk), "uint64")
+            create_array(scratch, f"face_emb_{a}", (nb, 2, E, *plane), (1, 1, E, *pchunk), emb_dtype)
+        group.attrs.update({"pipeline": meta})
+    sj = SegJob(make_job(s, torch_threads(cfg.cluster), "scratch/done"), cfg.clustering.method,
                 cfg.clustering.foreground_threshold, threshold, bandwidth,
                 cfg.merge.min_contact, cfg.merge.max_distance or bandwidth, E)
-    batches = _chunks(len(plan), cfg.blocks.blocks_per_task)
+    todo, done = pending_blocks(sj.job, resumed)
+    if resumed:
+        logger.info("segment: resuming, %d of %d blocks already clustered", len(done), len(plan))
+    per = cfg.blocks.blocks_per_task
+    batches = _chunks(len(plan), per)
     t0 = time.perf_counter()
     counts = np.zeros(len(plan), dtype=np.int64)
     sizes: list[np.ndarray] = [np.zeros(0, np.int64)] * len(plan)
     with _client(cfg, client) as c:
-        for results in execute(c, cluster_task, sj, batches, desc="predict+cluster", total=len(batches),
-                               progress=progress, gpu=True):
-            for r in results:
-                counts[r["linear"]] = r["count"]
-                if cfg.clustering.min_size:
-                    sizes[r["linear"]] = r["sizes"]
+        stage1 = [(cluster_task, [todo[i : i + per] for i in range(0, len(todo), per)], True, "predict+cluster"),
+                  (summary_task, [done[i : i + 64] for i in range(0, len(done), 64)], False, "resume")]
+        for fn, fn_batches, gpu, desc in stage1:
+            for results in execute(c, fn, sj, fn_batches, desc=desc, total=len(fn_batches),
+                                   progress=progress, gpu=gpu):
+                for r in results:
+                    counts[r["linear"]] = r["count"]
+                    if cfg.clustering.min_size:
+                        sizes[r["linear"]] = r["sizes"]
         t1 = time.perf_counter()
         root = reduce_tree(c, pair_task, components, sj, batches, desc="merge", progress=progress)
         if c is None:
@@ -563,17 +677,18 @@ def segment(
                 parts = [combine_stats(parts)]
     objects = combine_stats(parts)
     write_objects(Path(cfg.output.path) / "objects.csv", objects, s.volume.voxel_size)
-    import shutil
-
-    shutil.rmtree(Path(cfg.output.path) / "scratch", ignore_errors=True)
     t3 = time.perf_counter()
     group = open_group(cfg.output.path)
     meta["timing_s"] = {"predict_cluster": round(t1 - t0, 3), "merge": round(t2 - t1, 3), "relabel": round(t3 - t2, 3)}
     meta["objects"] = n
-    attrs: dict[str, Any] = {"pipeline": meta, "complete": True}
+    meta["resumed_blocks"] = len(done)
+    attrs: dict[str, Any] = {"pipeline": meta, "complete": True, "resumed_blocks": len(done)}
     if s.volume.ome is not None:
         attrs["ome"] = ome_label_metadata(s.volume, cfg)
     group.attrs.update(attrs)
+    import shutil
+
+    shutil.rmtree(Path(cfg.output.path) / "scratch", ignore_errors=True)
     logger.info("segment: %d objects in %.1f s -> %s", n, t3 - t0, cfg.output.path)
     return Path(cfg.output.path)
 

@@ -60,6 +60,7 @@ class _Evil:
         return (print, ("code executed from checkpoint",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_cannot_run_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"format": "pipeline-unet", "obj": _Evil()}, path)

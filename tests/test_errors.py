@@ -1,0 +1,133 @@
+"""Every bad input gets a one-line, actionable error (exit code 2), and nothing is overwritten."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from pipeline.cli import main
+from pipeline.io import open_array, write_zarr
+from pipeline.run import segment
+
+from .conftest import make_checkpoint
+from .helpers import passthrough_checkpoint
+
+
+def _cfg(tmp_path, vol=None, name="c", **over):
+    if vol is not None:
+        write_zarr(tmp_path / "in.zarr", vol, chunks=tuple(min(8, s) for s in vol.shape), name="raw")
+    if not (tmp_path / "pt.pt").exists():
+        passthrough_checkpoint(tmp_path / "pt.pt")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+           "output": {"path": str(tmp_path / "out.zarr")},
+           "model": {"checkpoint": str(tmp_path / "pt.pt")},
+           "blocks": {"write_shape": [4, 8, 8]}, "cluster": {"kind": "serial"}}
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _fails(capsys, args, *needles):
+    assert main(["-q", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_missing_input_and_array(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    _fails(capsys, ["run", str(cfg)], "input.path", "does not exist")
+    cfg = _cfg(tmp_path, np.zeros((8, 8, 8), np.float32), input={"dataset": "raww"})
+    _fails(capsys, ["run", str(cfg)], "input.dataset", "raww", "available: raw")
+
+
+def test_wrong_dimensions_and_channels(tmp_path, capsys):
+    cfg = _cfg(tmp_path, np.zeros((16, 16), np.float32))
+    _fails(capsys, ["run", str(cfg)], "is 2D", "model", "3D")
+    zarr.create_array(str(tmp_path / "c4.zarr"), data=np.zeros((2, 8, 8, 8), np.float32))
+    cfg = _cfg(tmp_path, name="ch", input={"path": str(tmp_path / "c4.zarr"), "dataset": None})
+    _fails(capsys, ["run", str(cfg)], "2 channel(s)", "expects 1")
+
+
+def test_non_numeric_dtype(tmp_path, capsys):
+    g = zarr.open_group(str(tmp_path / "in.zarr"), mode="w")
+    g.create_array("raw", data=np.zeros((8, 8, 8), dtype=bool))
+    _fails(capsys, ["run", str(_cfg(tmp_path))], "dtype bool", "numeric")
+
+
+def test_nan_in_input(tmp_path, capsys):
+    vol = np.zeros((8, 16, 16), np.float32)
+    vol[5, 3, 3] = np.nan
+    vol[6, 3, 3] = np.inf
+    err = _fails(capsys, ["run", str(_cfg(tmp_path, vol))], "NaN/inf", "replace them")
+    assert "input" in err
+
+
+def test_all_zero_volume_gives_empty_result(tmp_path):
+    out = segment(yaml.safe_load(_cfg(tmp_path, np.zeros((8, 16, 16), np.float32)).read_text()))
+    assert open_array(out / "segmentation")[...].max() == 0
+    assert (out / "objects.csv").read_text().count("\n") == 1  # header only
+
+
+def test_volume_smaller_than_one_block(tmp_path):
+    vol = np.zeros((3, 5, 6), np.float32)
+    vol[1:3, 1:4, 2:5] = 1.0
+    out = segment(yaml.safe_load(_cfg(tmp_path, vol, blocks={"write_shape": [8, 16, 16]}).read_text()))
+    seg = open_array(out / "segmentation")[...]
+    assert seg.shape == (3, 5, 6) and seg.max() == 1 and (seg > 0).sum() == 2 * 3 * 3
+
+
+@pytest.mark.parametrize("shape,needle", [
+    ("[4,7,8]", "axis 1: 7 -> use 6 or 8"),
+    ("[1,8,8]", "axis 0: 1 -> use 2"),
+    ("[4,0,8]", "blocks.write_shape.1: Input should be greater than 0"),
+    ("[4,-8,8]", "greater than 0 (got -8)"),
+    ("[4,8]", "has 2 axes but the volume"),
+])
+def test_bad_write_shapes(tmp_path, capsys, shape, needle):
+    cfg = _cfg(tmp_path, np.zeros((8, 16, 16), np.float32))
+    _fails(capsys, ["run", str(cfg), "--set", f"blocks.write_shape={shape}"], needle)
+
+
+def test_misspelt_keys(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"input": {"path": "x", "datset": "raw"}, "output": {"path": "y"}}))
+    _fails(capsys, ["run", str(p)], "unknown key 'input.datset'", "did you mean 'dataset'")
+    p.write_text(yaml.safe_dump({"input": {"path": "x"}, "output": {"path": "y"}, "clustering": {"methd": "x"}}))
+    _fails(capsys, ["plan", str(p)], "did you mean 'method'")
+
+
+def test_corrupt_and_incompatible_checkpoints(tmp_path, capsys):
+    cfg = _cfg(tmp_path, np.zeros((8, 16, 16), np.float32))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    _fails(capsys, ["run", str(cfg), "--set", f"model.checkpoint={tmp_path / 'bad.pt'}"], "not a readable checkpoint")
+    make_checkpoint(tmp_path / "m2d.pt", ndim=2, downsample=[[2, 2]])
+    _fails(capsys, ["run", str(cfg), "--set", f"model.checkpoint={tmp_path / 'm2d.pt'}"], "model", "2D")
+
+
+def test_output_exists_and_unwritable(tmp_path, capsys):
+    cfg = _cfg(tmp_path, np.zeros((8, 16, 16), np.float32))
+    assert main(["-q", "run", str(cfg)]) == 0
+    before = open_array(tmp_path / "out.zarr" / "segmentation")[...]
+    _fails(capsys, ["run", str(cfg)], "already exists", "--overwrite")
+    np.testing.assert_array_equal(open_array(tmp_path / "out.zarr" / "segmentation")[...], before)
+    (tmp_path / "afile").write_text("x")
+    _fails(capsys, ["run", str(cfg), "--set", f"output.path={tmp_path / 'afile' / 'out.zarr'}"], "not writable")
+
+
+def test_misaligned_input_chunks_warn(tmp_path, caplog):
+    vol = np.zeros((8, 24, 24), np.float32)
+    write_zarr(tmp_path / "in.zarr", vol, chunks=(5, 7, 7), name="raw")
+    cfg = yaml.safe_load(_cfg(tmp_path).read_text())
+    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
+        segment(cfg)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "do not divide blocks.write_shape" in msg and "rechunk" in msg

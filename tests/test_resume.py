@@ -1,0 +1,88 @@
+"""Resume after the driver is killed (SIGKILL), and refusal of stale markers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from pipeline.cli import main
+from pipeline.io import open_array, open_group, write_zarr
+
+from .helpers import passthrough_checkpoint
+
+
+def _config(tmp_path, name, **over):
+    rng = np.random.default_rng(1)
+    if not (tmp_path / "in.zarr").exists():
+        fg = ndimage.gaussian_filter(rng.random((16, 64, 64)), 1.5) > 0.5
+        write_zarr(tmp_path / "in.zarr", fg.astype(np.float32), chunks=(16, 32, 32), name="raw")
+        passthrough_checkpoint(tmp_path / "pt.pt")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+           "output": {"path": str(tmp_path / f"{name}.zarr")},
+           "model": {"checkpoint": str(tmp_path / "pt.pt")},
+           "blocks": {"write_shape": [4, 8, 8]}, "cluster": {"kind": "serial"}, **over}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _done(out):
+    d = out / "scratch" / "done" / "c"
+    return sum(1 for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+
+
+@pytest.mark.parametrize("command", ["run", "predict"])
+def test_sigkill_then_rerun_resumes_and_matches(tmp_path, command):
+    ref_cfg = _config(tmp_path, "reference")
+    assert main(["-q", command, str(ref_cfg)]) == 0
+    cfg = _config(tmp_path, "crashed")
+    out = tmp_path / "crashed.zarr"
+    marker_dir = out / ("scratch/done/c" if command == "run" else "done/c")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", command, str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        n = sum(1 for p in marker_dir.rglob("*") if p.is_file()) if marker_dir.exists() else 0
+        if n >= 40:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert open_group(out).attrs["complete"] is False
+    # rerun the same command: resumes, skips the finished blocks, same result
+    assert main(["-q", command, str(cfg)]) == 0
+    attrs = open_group(out).attrs
+    assert attrs["complete"] is True and 40 <= attrs["resumed_blocks"] < 4 * 8 * 8
+    names = ["segmentation"] if command == "run" else ["embeddings", "foreground"]
+    for name in names:
+        np.testing.assert_array_equal(open_array(out / name)[...], open_array(tmp_path / "reference.zarr" / name)[...])
+    if command == "run":
+        assert (out / "objects.csv").read_text() == (tmp_path / "reference.zarr" / "objects.csv").read_text()
+
+
+def test_stale_markers_are_refused(tmp_path, capsys):
+    cfg = _config(tmp_path, "a")
+    out = tmp_path / "a.zarr"
+    from pipeline.config import load_config
+    from pipeline.run import open_output, resume_key, setup
+
+    s = setup(load_config(cfg))
+    open_output(s, resume_key(s, "segment", {"x": 1}))  # an unfinished run with other parameters
+    assert main(["-q", "run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "different plan, model or parameters" in err and "--overwrite" in err
+    assert main(["-q", "run", str(cfg), "--overwrite"]) == 0
+    assert open_group(out).attrs["complete"] is True
+    # a complete output is never replaced without --overwrite
+    assert main(["-q", "run", str(cfg)]) == 2
+    assert "already exists" in capsys.readouterr().err
