@@ -93,45 +93,55 @@ def meanshift(
     points: torch.Tensor,
     bandwidth: float,
     max_iter: int = 50,
-    max_seeds: int = 2048,
+    max_seeds: int = 512,
     chunk: int = 1 << 16,
+    max_points: int = 1 << 15,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat-kernel mean-shift of ``points`` ``(N, E)``. Returns ``(centres, assignment)``.
 
     Seeds are the occupied cells of a grid of ``bandwidth`` (bin seeding);
     converged seeds closer than ``bandwidth`` are merged, denser first; each
-    point goes to its nearest centre.
+    point goes to its nearest centre. Modes are sought on at most ``max_points``
+    points (an even, deterministic subsample); every point is then assigned.
     """
     if points.shape[0] == 0:
         return points.new_zeros((0, points.shape[1])), torch.zeros(0, dtype=torch.long, device=points.device)
+    everything = points
+    if points.shape[0] > max_points:
+        points = points[:: -(-points.shape[0] // max_points)]
     bins, counts = torch.unique(torch.round(points / bandwidth), dim=0, return_counts=True)
     if bins.shape[0] > max_seeds:  # keep the most populated bins
         bins = bins[torch.argsort(counts, descending=True)[:max_seeds]]
     seeds = bins * bandwidth
     bw2 = bandwidth**2
-    density = torch.zeros(seeds.shape[0], device=points.device)
-    for _ in range(max_iter):
-        total = torch.zeros_like(seeds)
-        density = torch.zeros(seeds.shape[0], device=points.device, dtype=points.dtype)
+    density = torch.zeros(seeds.shape[0], device=points.device, dtype=points.dtype)
+    active = torch.ones(seeds.shape[0], dtype=torch.bool, device=points.device)
+    for _ in range(max_iter):  # only seeds that still move are shifted
+        idx = torch.nonzero(active).flatten()
+        if idx.numel() == 0:
+            break
+        s = seeds[idx]
+        total = torch.zeros_like(s)
+        dens = torch.zeros(idx.numel(), device=points.device, dtype=points.dtype)
         for i in range(0, points.shape[0], chunk):
             p = points[i : i + chunk]
-            w = (torch.cdist(seeds, p) ** 2 <= bw2).to(points.dtype)  # (S, n)
+            w = (torch.cdist(s, p) ** 2 <= bw2).to(points.dtype)  # (S, n)
             total += w @ p
-            density += w.sum(1)
-        new = torch.where(density[:, None] > 0, total / density.clamp(min=1)[:, None], seeds)
-        shift = torch.linalg.vector_norm(new - seeds, dim=1).max()
-        seeds = new
-        if float(shift) < 1e-3 * bandwidth:
-            break
+            dens += w.sum(1)
+        new = torch.where(dens[:, None] > 0, total / dens.clamp(min=1)[:, None], s)
+        moved = torch.linalg.vector_norm(new - s, dim=1)
+        seeds[idx] = new
+        density[idx] = dens
+        active[idx] = moved >= 1e-3 * bandwidth
     order = torch.argsort(density, descending=True)
     keep: list[int] = []
     for i in order.tolist():
         if not keep or float(torch.cdist(seeds[i : i + 1], seeds[keep]).min()) >= bandwidth:
             keep.append(i)
     centres = seeds[keep]
-    assignment = torch.empty(points.shape[0], dtype=torch.long, device=points.device)
-    for i in range(0, points.shape[0], chunk):
-        assignment[i : i + chunk] = torch.cdist(points[i : i + chunk], centres).argmin(1)
+    assignment = torch.empty(everything.shape[0], dtype=torch.long, device=points.device)
+    for i in range(0, everything.shape[0], chunk):
+        assignment[i : i + chunk] = torch.cdist(everything[i : i + chunk], centres).argmin(1)
     return centres, assignment
 
 

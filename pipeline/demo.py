@@ -12,7 +12,7 @@ from .metrics import contingency, scores
 from .run import segment
 from .synthetic import SyntheticSpec, generate
 
-DEMO_SPEC = SyntheticSpec(shape=(48, 128, 128), radius=(5.0, 10.0), anisotropy=2.0, density=0.4)
+DEMO_SPEC = SyntheticSpec(shape=(48, 128, 128), radius=(5.0, 10.0), anisotropy=2.0, density=0.25, overlap=0.0)
 
 
 def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed: int = 7, overwrite: bool = False,

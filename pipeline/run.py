@@ -137,17 +137,19 @@ def chunks_per_block(chunks: Sequence[int], plan: BlockPlan) -> float:
 
 def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     """Explain the I/O cost of input chunks that do not fit the write blocks."""
-    if all(w % c == 0 for w, c in zip(plan.write_shape, chunks, strict=True)):
+    if all(w % c == 0 or c % w == 0 for w, c in zip(plan.write_shape, chunks, strict=True)):
         return
     have = chunks_per_block(chunks, plan)
-    aligned = [max(c, round(w / c) * c) for w, c in zip(plan.write_shape, chunks, strict=True)]
-    aligned = [a if a % st == 0 else a * st // math.gcd(a, st) for a, st in zip(aligned, plan.step, strict=True)]
-    ideal = math.prod(-(-r // c) + 1 for r, c in zip(plan.read_shape, chunks, strict=True))
+    aligned = []
+    for w, c, st in zip(plan.write_shape, chunks, plan.step, strict=True):
+        unit = c * st // math.gcd(c, st)  # a multiple of both the chunk and the step
+        aligned.append(max(unit, round(w / unit) * unit))
+    ideal = chunks_per_block(chunks, BlockPlan(plan.volume, aligned, plan.context, plan.step))
+    ratio = have * math.prod(chunks) / math.prod(plan.read_shape)
     logger.warning(
-        "input chunks %s do not divide blocks.write_shape %s: each block reads %.1f chunks on average "
-        "(about %.1f with aligned blocks); set blocks.write_shape to a multiple of both the chunks and the "
-        "step, e.g. %s, or rechunk the input",
-        list(chunks), list(plan.write_shape), have, min(have, ideal), aligned,
+        "input chunks %s do not fit blocks.write_shape %s: each block reads %.1f chunks (%.1fx the voxels it "
+        "needs); with blocks.write_shape %s it would read %.1f chunks of larger blocks; or rechunk the input",
+        list(chunks), list(plan.write_shape), have, ratio, aligned, ideal,
     )
 
 

@@ -44,6 +44,7 @@ class SyntheticSource(Frozen):
     radius: tuple[float, float] = (4.0, 9.0)
     anisotropy: float = Field(1.0, gt=0)
     density: float = Field(0.6, gt=0, le=1)
+    overlap: float = Field(0.15, ge=0, lt=1)
     seed: int = 0
 
 
@@ -132,7 +133,8 @@ def load_volumes(sources: tuple[VolumeSource, ...]) -> list[tuple[np.ndarray, np
 def synthetic_volumes(src: SyntheticSource) -> list[tuple[np.ndarray, np.ndarray]]:
     from .synthetic import SyntheticSpec, generate
 
-    spec = SyntheticSpec(shape=tuple(src.shape), radius=src.radius, anisotropy=src.anisotropy, density=src.density)
+    spec = SyntheticSpec(shape=tuple(src.shape), radius=src.radius, anisotropy=src.anisotropy, density=src.density,
+                         overlap=src.overlap)
     return [tuple(a.astype(np.int64) if i else a for i, a in enumerate(generate(spec, seed=src.seed + k)))  # type: ignore[misc]
             for k in range(src.count)]
 

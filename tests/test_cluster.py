@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from pipeline.cluster import connectivity_fragments, meanshift, meanshift_fragments
+from pipeline.io import open_array, write_zarr
+from pipeline.merge import accept_by_evidence, face_pairs
+from pipeline.run import segment
+
+from .helpers import passthrough_checkpoint, same_partition
+
+
+def test_connectivity_hand_made():
+    fg = np.array([[1, 1, 1, 0, 1],
+                   [0, 0, 1, 0, 1]], dtype=float)
+    emb = np.zeros((1, 2, 5))
+    emb[0, :, 2:] = 5.0  # column 2 differs from columns 0..1: split there
+    lab = connectivity_fragments(emb, fg, 0.5, 1.0)
+    assert lab.tolist() == [[1, 1, 2, 0, 3], [0, 0, 2, 0, 3]]
+
+
+def test_meanshift_finds_modes():
+    rng = np.random.default_rng(0)
+    modes = [(0, 0, 0), (3, 0, 0), (0, 3, 0)]
+    pts = torch.from_numpy(np.concatenate([rng.normal(size=(300, 3)) * 0.1 + m for m in modes]).astype(np.float32))
+    centres, assign = meanshift(pts, 1.0)
+    assert centres.shape == (3, 3)
+    assert sorted(np.bincount(assign.numpy()).tolist()) == [300, 300, 300]
+    for m in modes:
+        assert torch.cdist(torch.tensor([m], dtype=torch.float32), centres).min() < 0.05
+    # subsampled mode seeking gives the same assignment
+    _, assign2 = meanshift(pts, 1.0, max_points=200)
+    assert same_partition(assign.numpy() + 1, assign2.numpy() + 1)
+
+
+def test_meanshift_fragments_are_connected():
+    """Two far-apart objects with the same embedding are two fragments (step periodicity)."""
+    fg = np.zeros((20, 20))
+    fg[2:6, 2:6] = 1
+    fg[12:18, 12:18] = 1
+    fg[2:6, 6:10] = 1  # touches the first, different embedding
+    emb = np.zeros((2, 20, 20))
+    emb[0, 2:6, 6:10] = 4.0
+    lab = meanshift_fragments(emb, fg, 0.5, 1.0, device="cpu")
+    assert lab.max() == 3
+    assert len({lab[3, 3], lab[14, 14], lab[3, 8]}) == 3
+
+
+def test_evidence_rule():
+    pairs = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.uint64)
+    contact = np.array([10, 1, 10])
+    ma = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    mb = np.array([[0.1, 0.0], [0.0, 0.0], [3.0, 0.0]])
+    assert accept_by_evidence(pairs, contact, ma, mb, min_contact=2, max_distance=1.0).tolist() == [[1, 2]]
+    la = np.array([[1, 1, 0], [3, 0, 0]], dtype=np.uint64)
+    lb = np.array([[2, 2, 2], [4, 4, 0]], dtype=np.uint64)
+    p, c = face_pairs(la, lb)
+    assert p.tolist() == [[1, 2], [3, 4]] and c.tolist() == [2, 1]
+
+
+def test_meanshift_pipeline_merges_on_evidence(tmp_path):
+    """Objects of distinct embeddings spanning blocks and touching each other."""
+    vol = np.zeros((16, 32, 32), np.float32)
+    vol[2:14, 3:29, 3:15] = 0.6   # spans many blocks
+    vol[2:14, 3:29, 15:29] = 0.9  # touches the first across x = 15 (inside a block) and crosses x = 16
+    vol[4:8, 20:30, 20:30] = 0.0
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    vol[((zz - 8) ** 2 + (yy - 26) ** 2 + (xx - 25) ** 2) < 9] = 0.75
+    write_zarr(tmp_path / "in.zarr", vol, chunks=(16, 32, 32), name="raw")
+    ckpt = passthrough_checkpoint(tmp_path / "pt.pt")
+    out = segment({"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+                   "output": {"path": str(tmp_path / "o.zarr")}, "model": {"checkpoint": str(ckpt)},
+                   "blocks": {"write_shape": [8, 8, 8]}, "cluster": {"kind": "serial"},
+                   "clustering": {"method": "meanshift", "bandwidth": 0.5}})
+    seg = open_array(out / "segmentation")[...]
+    expected = np.zeros(vol.shape, np.int64)
+    for i, v in enumerate((0.6, 0.9, 0.75), start=1):
+        cc, _ = ndimage.label(vol == v)
+        expected[cc > 0] = i + 10 * cc[cc > 0]
+    assert same_partition(seg, expected)
