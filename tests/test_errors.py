@@ -130,4 +130,4 @@ def test_misaligned_input_chunks_warn(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.run"):
         segment(cfg)
     msg = " ".join(r.getMessage() for r in caplog.records)
-    assert "do not divide blocks.write_shape" in msg and "rechunk" in msg
+    assert "do not fit blocks.write_shape" in msg and "rechunk" in msg
