@@ -260,14 +260,30 @@ def read_input(job: Job, box: Any) -> np.ndarray:
     return data
 
 
+def prefetched(job: Job, linears: Sequence[int]) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(block, input)`` pairs; the next block's input is read in a background thread
+    while the caller computes on the current one (I/O overlaps compute)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = [job.plan.block_at(lin) for lin in linears]
+    if not blocks:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        nxt = pool.submit(read_input, job, blocks[0].read)
+        for i, block in enumerate(blocks):
+            data = nxt.result()
+            if i + 1 < len(blocks):
+                nxt = pool.submit(read_input, job, blocks[i + 1].read)
+            yield block, data
+
+
 def predict_task(job: Job, linears: Sequence[int]) -> list[int]:
     """Predict blocks and write embeddings + foreground. Returns the block indices done."""
     pred = get_predictor(job.checkpoint, job.device, job.precision, job.channels_last, job.threads)
     emb = job.array("embeddings")
     fg = job.array("foreground")
-    for lin in linears:
-        block = job.plan.block_at(lin)
-        out = pred(read_input(job, block.read), job.stats)
+    for block, data in prefetched(job, linears):
+        out = pred(data, job.stats)
         rel = block.valid.to_slices(relative_to=block.write)
         emb[(slice(None), *block.valid.to_slices())] = out[(slice(0, -1), *rel)]
         fg[block.valid.to_slices()] = out[(-1, *rel)]
@@ -439,9 +455,9 @@ def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
     pred = get_predictor(job.checkpoint, job.device, job.precision, job.channels_last, job.threads)
     frag = job.array("scratch/fragments")
     results = []
-    for lin in linears:
-        block = job.plan.block_at(lin)
-        out = pred(read_input(job, block.read), job.stats)
+    for block, data in prefetched(job, linears):
+        lin = block.linear
+        out = pred(data, job.stats)
         rel = block.valid.to_slices(relative_to=block.write)
         emb, fg = out[(slice(0, -1), *rel)], out[(-1, *rel)]
         local = fragments(sj.method, emb, fg, sj.foreground_threshold, sj.threshold, sj.bandwidth)
