@@ -32,7 +32,7 @@ from pipeline.io import open_array, open_group, write_zarr
 from pipeline.metrics import evaluate
 from pipeline.model import load_checkpoint, passthrough_model, save_checkpoint
 from pipeline.predict import Predictor, predict_whole
-from pipeline.run import as_config, segment, setup
+from pipeline.run import as_config, clustering_params, segment, setup
 
 
 def _cfg(tmp, name, write, ckpt="demo", **extra):
@@ -58,19 +58,20 @@ def main() -> None:
     cfg = _cfg(tmp, "x", args.write, cluster={"kind": "serial"})
     s = setup(cfg)
     model, extra = load_checkpoint("demo")
-    delta_v, delta_d = extra.get("delta_v", 0.5), extra.get("delta_d", 1.5)
+    fg_thr, threshold, bandwidth = clustering_params(cfg, extra)
+    print(f"clustering parameters: foreground {fg_thr}, connectivity threshold {threshold}, bandwidth {bandwidth}")
     out = predict_whole(Predictor(model), image[None], s.stats)
     emb, fg = out[:-1], out[-1]
     voxels = fg.size
 
     # 1. clustering throughput, blockwise (fragments only, no merge)
     print(f"\n[1] clustering throughput on {tuple(fg.shape)} in blocks of {tuple(args.write)}")
-    for method, fn, param in (("connectivity", connectivity_fragments, delta_d),
-                              ("meanshift", meanshift_fragments, (delta_v + delta_d) / 2)):
+    for method, fn, param in (("connectivity", connectivity_fragments, threshold),
+                              ("meanshift", meanshift_fragments, bandwidth)):
         t0 = time.perf_counter()
         for b in s.plan:
             sl = b.valid.to_slices()
-            fn(emb[(slice(None), *sl)], fg[sl], 0.5, param)
+            fn(emb[(slice(None), *sl)], fg[sl], fg_thr, param)
         dt = time.perf_counter() - t0
         print(f"  {method:12s}: {voxels / dt / 1e6:7.3f} Mvox/s ({dt:.2f} s)")
 

@@ -133,7 +133,7 @@ ClusterConfig = Annotated[
 
 class ClusteringConfig(Frozen):
     method: Literal["connectivity", "meanshift"] = "connectivity"
-    foreground_threshold: float = Field(0.5, gt=0, lt=1)
+    foreground_threshold: float | None = Field(None, gt=0, lt=1, description="none: model default, else 0.5")
     threshold: float | None = Field(
         None, gt=0, description="connectivity: max embedding distance of neighbours; none: model default"
     )

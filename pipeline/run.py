@@ -611,12 +611,17 @@ def reduce_tree(
     return rest[0] if len(rest) == 1 else client.submit(_combine, *rest, pure=False)
 
 
-def _default_threshold(cfg: Config, extra: dict[str, Any]) -> tuple[float, float]:
+def clustering_params(cfg: Config, extra: dict[str, Any]) -> tuple[float, float, float]:
+    """``(foreground_threshold, threshold, bandwidth)``: the config's values, else the ones
+    calibrated on validation data and stored in the checkpoint, else defaults from the
+    loss margins (threshold ``delta_d``, bandwidth ``(delta_v + delta_d) / 2``)."""
     delta_v = float(extra.get("delta_v", 0.5))
     delta_d = float(extra.get("delta_d", 1.5))
-    threshold = cfg.clustering.threshold or delta_d
+    calibrated = extra.get("clustering") or {}
+    fg = cfg.clustering.foreground_threshold or float(calibrated.get("foreground_threshold", 0.5))
+    threshold = cfg.clustering.threshold or float(calibrated.get("threshold", delta_d))
     bandwidth = cfg.clustering.bandwidth or (delta_v + delta_d) / 2
-    return threshold, bandwidth
+    return fg, threshold, bandwidth
 
 
 def segment(
@@ -630,13 +635,14 @@ def segment(
     s = setup(cfg)
     plan = s.plan
     _, extra = load_checkpoint(s.checkpoint)
-    threshold, bandwidth = _default_threshold(cfg, extra)
+    fg_threshold, threshold, bandwidth = clustering_params(cfg, extra)
     E = s.spec.embed_dim
-    params = {"method": cfg.clustering.method, "fg": cfg.clustering.foreground_threshold,
+    params = {"method": cfg.clustering.method, "fg": fg_threshold,
               "threshold": threshold, "bandwidth": bandwidth}
     group, resumed = open_output(s, resume_key(s, "segment", params))
     meta = provenance(s)
-    meta["clustering"] = {"method": cfg.clustering.method, "threshold": threshold, "bandwidth": bandwidth}
+    meta["clustering"] = {"method": cfg.clustering.method, "foreground_threshold": fg_threshold,
+                          "threshold": threshold, "bandwidth": bandwidth}
     if not resumed:
         scratch = group.create_group("scratch")
         create_array(scratch, "fragments", plan.volume, plan.write_shape, "uint64")
@@ -650,7 +656,7 @@ def segment(
             create_array(scratch, f"face_emb_{a}", (nb, 2, E, *plane), (1, 1, E, *pchunk), emb_dtype)
         group.attrs.update({"pipeline": meta})
     sj = SegJob(make_job(s, torch_threads(cfg.cluster), "scratch/done"), cfg.clustering.method,
-                cfg.clustering.foreground_threshold, threshold, bandwidth,
+                fg_threshold, threshold, bandwidth,
                 cfg.merge.min_contact, cfg.merge.max_distance or bandwidth, E)
     todo, done = pending_blocks(sj.job, resumed)
     if resumed:

@@ -202,18 +202,24 @@ def elastic(x: np.ndarray, y: np.ndarray, strength: float, rng: np.random.Genera
 # ------------------------------------------------------------------ loop
 
 
-def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]], delta_d: float, device: str) -> dict[str, float]:
-    """AP@0.5 and avAP of the connectivity clustering on whole validation volumes."""
-    pred = Predictor(model, device=device)
-    pairs = []
-    for img, lab in volumes:
-        out = predict_whole(pred, img[None], norm_stats(img, model.spec))
-        pairs.append((connectivity_fragments(out[:-1], out[-1], 0.5, delta_d), lab))
+def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]], delta_d: float, device: str) -> dict[str, Any]:
+    """AP@0.5 and avAP of the connectivity clustering on whole validation volumes, for a
+    small grid of (embedding threshold, foreground threshold); the best pair is returned
+    as ``clustering`` and stored in the checkpoint as the model's default parameters."""
     from .metrics import evaluate_many
 
-    s = evaluate_many(pairs)
+    pred = Predictor(model, device=device)
+    outs = [(predict_whole(pred, img[None], norm_stats(img, model.spec)), lab) for img, lab in volumes]
+    best: dict[str, Any] = {}
+    for threshold in (0.5 * delta_d, 0.75 * delta_d, delta_d, 1.25 * delta_d):
+        for fg in (0.4, 0.5, 0.6):
+            s = evaluate_many([(connectivity_fragments(o[:-1], o[-1], fg, threshold), lab) for o, lab in outs])
+            row = {"ap50": s.at(0.5)["ap"], "avap": s.avap,
+                   "clustering": {"threshold": round(threshold, 4), "foreground_threshold": fg}}
+            if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
+                best = row
     model.train()
-    return {"ap50": s.at(0.5)["ap"], "avap": s.avap}
+    return best
 
 
 def train(cfg: TrainConfig, progress: bool = False) -> Path:
@@ -273,9 +279,9 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         if val and (done % cfg.val_every == 0 or done == start_iter + cfg.iterations):
             model.eval()
             metrics = validate(model, val, cfg.loss.delta_d, device)
-            logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f",
+            logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f at %s",
                         done, float(np.mean(history[-cfg.val_every:])), min(len(history), cfg.val_every),
-                        metrics["ap50"], metrics["avap"])
+                        metrics["ap50"], metrics["avap"], metrics["clustering"])
             extra = _extra(cfg, done, metrics, time.perf_counter() - t0)
             save_checkpoint(model.cpu(), cfg.out, extra)
             if metrics["ap50"] > best:
@@ -289,8 +295,11 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
 
 
 def _extra(cfg: TrainConfig, iterations: int, metrics: dict[str, float], seconds: float) -> dict[str, Any]:
+    metrics = dict(metrics)
+    clustering = metrics.pop("clustering", None)
     return {"trained": True, "iterations": iterations, "delta_v": cfg.loss.delta_v, "delta_d": cfg.loss.delta_d,
-            "metrics": metrics, "seed": cfg.seed, "train_seconds": round(seconds, 1)}
+            "metrics": metrics, "seed": cfg.seed, "train_seconds": round(seconds, 1),
+            **({"clustering": clustering} if clustering else {})}
 
 
 def loss_curve(history: list[float], window: int = 10) -> list[float]:
