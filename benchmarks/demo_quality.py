@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, synthetic_volume  # noqa: E402
+from common import machine, synthetic_volume
 
-from pipeline.io import open_array, write_zarr  # noqa: E402
-from pipeline.metrics import evaluate, evaluate_many  # noqa: E402
-from pipeline.run import segment  # noqa: E402
+from pipeline.io import open_array, write_zarr
+from pipeline.metrics import evaluate, evaluate_many
+from pipeline.run import segment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc050-qcanet"
 
