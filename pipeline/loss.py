@@ -66,10 +66,12 @@ def discriminative_terms(
 
 
 def discriminative_loss(
-    output: torch.Tensor, labels: torch.Tensor, w: LossWeights = LossWeights()
+    output: torch.Tensor, labels: torch.Tensor, w: LossWeights = LossWeights(),
+    foreground: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss for a batch. ``output``: ``(B, E + 1, *S)`` (last channel:
-    foreground logit); ``labels``: ``(B, *S)``. Returns ``(loss, parts)``."""
+    foreground logit); ``labels``: ``(B, *S)``; ``foreground``: the foreground
+    target (default ``labels > 0``). Returns ``(loss, parts)``."""
     if output.shape[0] != labels.shape[0] or output.shape[2:] != labels.shape[1:]:
         raise ValueError(f"output {tuple(output.shape)} and labels {tuple(labels.shape)} do not match")
     emb, logit = output[:, :-1], output[:, -1]
@@ -81,7 +83,8 @@ def discriminative_loss(
             var, dist, reg, n = var + v, dist + d, reg + r, n + 1
     if n:
         var, dist, reg = var / n, dist / n, reg / n
-    fg = F.binary_cross_entropy_with_logits(logit, (labels > 0).to(logit.dtype))
+    target = (labels > 0) if foreground is None else foreground
+    fg = F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype))
     total = w.alpha * var + w.beta * dist + w.gamma * reg + w.foreground * fg
     parts = {k: float(v.detach()) for k, v in (("var", var), ("dist", dist), ("reg", reg), ("fg", fg), ("total", total))}
     return total, parts

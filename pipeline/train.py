@@ -74,6 +74,9 @@ class TrainConfig(Frozen):
     validation: tuple[VolumeSource, ...] = Field((), description="held-out volumes; none: last synthetic one")
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
+    foreground_target: Literal["mask", "interior"] = Field(
+        "mask", description="interior: voxels touching another instance are background, so touching "
+        "objects are apart in the foreground channel")
     output_shape: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
         None, description="output window of a crop (multiple of step, > step); none: 2*step+step"
     )
@@ -144,11 +147,28 @@ def _read_reflected(arr: np.ndarray, start: tuple[int, ...], shape: tuple[int, .
     return arr[np.ix_(*idx)]
 
 
+def interior(labels: np.ndarray) -> np.ndarray:
+    """Foreground without the voxels that touch a different instance (face neighbours)."""
+    fg = labels > 0
+    out = fg.copy()
+    for ax in range(labels.ndim):
+        a = [slice(None)] * labels.ndim
+        b = [slice(None)] * labels.ndim
+        a[ax], b[ax] = slice(0, -1), slice(1, None)
+        la, lb = labels[tuple(a)], labels[tuple(b)]
+        touch = (la != lb) & (la > 0) & (lb > 0)
+        out[tuple(a)] &= ~touch
+        out[tuple(b)] &= ~touch
+    return out
+
+
 class CropSampler:
-    """Random training crops: input ``output_shape + 2 * context``, labels on the output window."""
+    """Random training crops: input ``output_shape + 2 * context``, labels and foreground
+    target on the output window."""
 
     def __init__(self, volumes: list[tuple[np.ndarray, np.ndarray]], spec: ModelSpec, output_shape: tuple[int, ...],
-                 augment: AugmentConfig, rng: np.random.Generator) -> None:
+                 augment: AugmentConfig, rng: np.random.Generator, foreground_target: str = "mask") -> None:
+        self.foreground_target = foreground_target
         self.volumes = [(normalise(img, norm_stats(img, spec)), lab) for img, lab in volumes]
         self.spec = spec
         self.out = output_shape
@@ -158,7 +178,7 @@ class CropSampler:
         self.weights = np.array([img.size for img, _ in self.volumes], dtype=float)
         self.weights /= self.weights.sum()
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         img, lab = self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
         inp = tuple(o + 2 * c for o, c in zip(self.out, self.ctx))
         start = tuple(int(self.rng.integers(0, max(1, s - o + 1))) - c for s, o, c in zip(img.shape, self.out, self.ctx))
@@ -166,7 +186,8 @@ class CropSampler:
         y = _read_reflected(lab, start, inp)
         x, y = self._augment(x, y)
         win = tuple(slice(c, c + o) for c, o in zip(self.ctx, self.out))
-        return x[None].astype(np.float32), y[win]
+        fg = interior(y) if self.foreground_target == "interior" else y > 0
+        return x[None].astype(np.float32), y[win], fg[win]
 
     def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         a, rng, nd = self.aug, self.rng, x.ndim
@@ -252,7 +273,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         val = [volumes.pop()]
     if any(img.ndim != spec.ndim for img, _ in volumes + val):
         raise ConfigError(f"training volumes must be {spec.ndim}D like the model")
-    sampler = CropSampler(volumes, spec, out_shape, cfg.augment, rng)
+    sampler = CropSampler(volumes, spec, out_shape, cfg.augment, rng, cfg.foreground_target)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations, eta_min=cfg.lr * 0.05)
@@ -266,9 +287,10 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         batch = [sampler.sample() for _ in range(cfg.batch_size)]
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
         y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
+        fg = torch.from_numpy(np.stack([b[2] for b in batch])).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(x)
-        loss, parts = discriminative_loss(out.float(), y, weights)
+        loss, parts = discriminative_loss(out.float(), y, weights, fg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

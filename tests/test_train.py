@@ -41,7 +41,8 @@ def test_crop_sampler_keeps_image_and_labels_aligned():
     sampler = CropSampler([(img, lab)], spec, (8, 8), AugmentConfig(intensity=False, noise=0.0, elastic=1.0), rng)
     ctx = spec.context
     for _ in range(30):
-        x, y = sampler.sample()
+        x, y, fg = sampler.sample()
+        assert np.array_equal(fg, y > 0)
         assert x.shape == (1, 8 + 2 * ctx[0], 8 + 2 * ctx[1]) and y.shape == (8, 8)
         inner = x[0, ctx[0] : ctx[0] + 8, ctx[1] : ctx[1] + 8]
         assert ((inner > 50) == (y > 0)).mean() > 0.9
@@ -94,3 +95,18 @@ def test_output_window_must_exceed_step(tmp_path):
                       synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(2, 4), out=tmp_path / "m.pt")
     with pytest.raises(ConfigError, match="larger than it"):
         train(cfg)
+
+
+def test_interior_foreground_separates_touching_objects():
+    from scipy import ndimage
+
+    from pipeline.train import interior
+
+    lab = np.zeros((6, 10), np.int64)
+    lab[1:5, 1:5] = 1
+    lab[1:5, 5:9] = 2  # touches 1 along x = 4|5
+    fg = interior(lab)
+    assert not fg[1:5, 4].any() and not fg[1:5, 5].any()
+    assert fg[2, 2] and fg[2, 7] and ndimage.label(fg)[1] == 2
+    lab[lab == 2] = 0
+    assert np.array_equal(interior(lab), lab > 0)  # lone objects keep every voxel
