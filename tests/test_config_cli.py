@@ -107,3 +107,18 @@ def test_cli_model_init_info(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True)
     assert "predict" in out.stdout and "run" in out.stdout and "train" in out.stdout
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    gt = np.zeros((4, 10, 10), np.uint32)
+    gt[:, 1:4, 1:4] = 1
+    gt[:, 5:9, 5:9] = 2
+    pred = gt.copy()
+    pred[:, 5:9, 7:9] = 3  # one split
+    write_zarr(tmp_path / "gt.zarr", gt, chunks=(2, 10, 10))
+    write_zarr(tmp_path / "p.zarr", pred, chunks=(2, 10, 10), name="segmentation")
+    assert main(["evaluate", "--pred", str(tmp_path / "p.zarr"), "--gt", str(tmp_path / "gt.zarr"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ap50"] == pytest.approx(2 / 3) and res["false_splits"] == 1 and res["n_pred"] == 3
+    assert main(["evaluate", "--pred", str(tmp_path / "p.zarr"), "--gt", str(tmp_path / "gt.zarr")]) == 0
+    assert "avAP" in capsys.readouterr().out
