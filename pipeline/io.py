@@ -272,7 +272,7 @@ def write_json(path: str | Path, data: Any) -> None:
 def write_zarr(path: str | Path, data: np.ndarray, chunks: Sequence[int] | None = None, name: str | None = None) -> None:
     """Small helper for tests, demos and TIFF import: write a numpy array as zarr v3."""
     if name is None:
-        zarr.save_array(str(path), data, chunks=tuple(chunks) if chunks else "auto")
+        zarr.create_array(str(path), data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True)
         return
     g = zarr.open_group(str(path), mode="a")
     g.create_array(name, data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True)
