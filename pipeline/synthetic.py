@@ -9,7 +9,6 @@ Poisson (shot) and gaussian (read) noise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,8 +68,6 @@ def generate(spec: SyntheticSpec | None = None, seed: int = 0, **overrides: obje
         radii.append(r_eff)
         label += 1
         rot = _rotation(rng, ndim)
-        if ndim == 3:  # keep one axis of rotation in-plane-ish for anisotropic data
-            pass
         ext = np.ceil(np.max(semi) + 1).astype(int)
         lo = np.maximum(np.floor(c).astype(int) - ext, 0)
         hi = np.minimum(np.floor(c).astype(int) + ext + 1, shape)
@@ -133,9 +130,3 @@ def _render(labels: np.ndarray, depth: np.ndarray, spec: SyntheticSpec, rng: np.
     photons = spec.background + spec.photons * np.clip(img, 0, None)
     noisy = rng.poisson(photons).astype(np.float32) + rng.normal(0, spec.read_noise, size=img.shape)
     return np.clip(noisy, 0, 65535).astype(np.uint16)
-
-
-def shapes_2d_3d(seed: int = 0, ndim: int = 3, size: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A small volume for tests: 2D ``(96, 96)`` or 3D ``(32, 64, 64)`` by default."""
-    shape = tuple(size) if size else ((96, 96) if ndim == 2 else (32, 64, 64))
-    return generate(SyntheticSpec(shape=shape, radius=(4.0, 7.0)), seed=seed)

@@ -324,9 +324,4 @@ def _extra(cfg: TrainConfig, iterations: int, metrics: dict[str, float], seconds
             **({"clustering": clustering} if clustering else {})}
 
 
-def loss_curve(history: list[float], window: int = 10) -> list[float]:
-    """Moving average (for tests and logs)."""
-    return [float(np.mean(history[max(0, i - window + 1): i + 1])) for i in range(len(history))]
-
-
 __all__ = ["TrainConfig", "load_train_config", "train"]
