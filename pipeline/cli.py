@@ -99,7 +99,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         "min_input": list(spec.input_shape(spec.step)),
         "parameters": count_parameters(model),
         "normalisation": spec.normalisation.model_dump(),
-        **{k: v for k, v in extra.items() if k in ("trained", "delta_v", "delta_d", "metrics")},
+        **{k: v for k, v in extra.items() if k in ("trained", "iterations", "delta_v", "delta_d", "metrics", "clustering")},
     }
     if args.json:
         print(json.dumps(info, indent=2))
