@@ -165,7 +165,13 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = THR
 
 
 def evaluate_many(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Scores:
+    """Scores pooled over several volumes (ids of different volumes never collide)."""
     table = Contingency()
+    p_off = g_off = 0
     for p, g in pairs:
-        table.add(np.asarray(p), np.asarray(g))
+        p = np.asarray(p).astype(np.uint64)
+        g = np.asarray(g).astype(np.uint64)
+        table.add(np.where(p > 0, p + np.uint64(p_off), 0), np.where(g > 0, g + np.uint64(g_off), 0))
+        p_off += int(p.max(initial=0))
+        g_off += int(g.max(initial=0))
     return scores(table)

@@ -108,3 +108,11 @@ def test_metrics_optimal_assignment_below_half():
     p = np.array([[1, 1, 1, 2, 2, 2]])
     s = evaluate(p, gt)
     assert s.at(0.1)["tp"] == 2
+
+
+def test_evaluate_many_pools_volumes_without_id_collisions():
+    from pipeline.metrics import evaluate_many
+
+    gt = _two_objects()
+    s = evaluate_many([(gt, gt), (gt, gt)])
+    assert s.n_gt == 4 and s.n_pred == 4 and s.at(0.5)["ap"] == 1.0
