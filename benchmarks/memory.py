@@ -23,12 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 
 
-def make_volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], seed: int = 0) -> None:
+def make_volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], seed: int = 0,
+                dtype: str = "float32") -> None:
     """Blobs written chunk by chunk (bounded memory)."""
     import zarr
     from scipy import ndimage
 
-    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="float32", fill_value=0)
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     rng = np.random.default_rng(seed)
     grid = [range(0, s, c) for s, c in zip(shape, chunks)]
     import itertools
@@ -36,7 +37,7 @@ def make_volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], see
     for off in itertools.product(*grid):
         sl = tuple(slice(o, min(o + c, s)) for o, c, s in zip(off, chunks, shape))
         block = ndimage.gaussian_filter(rng.random([s.stop - s.start for s in sl], dtype=np.float32), 2.0) > 0.5
-        arr[sl] = block.astype(np.float32)
+        arr[sl] = block.astype(dtype)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -77,9 +78,9 @@ def child(args: argparse.Namespace) -> None:
                       "shape": list(seg.shape), "matches_scipy": check}))
 
 
-def run_size(shape, write, memory_limit, check=False):
+def run_size(shape, write, memory_limit, check=False, dtype="float32"):
     tmp = Path(tempfile.mkdtemp())
-    make_volume(tmp / "in.zarr", tuple(shape), tuple(write))
+    make_volume(tmp / "in.zarr", tuple(shape), tuple(write), dtype=dtype)
     cmd = [sys.executable, __file__, "--child", "--dir", str(tmp), "--write", *map(str, write),
            "--memory-limit", memory_limit] + (["--check"] if check else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -95,6 +96,8 @@ def main() -> None:
     ap.add_argument("--write", type=int, nargs=3, default=[32, 128, 128])
     ap.add_argument("--memory-limit", default="1GiB")
     ap.add_argument("--big", type=float, default=0.0, help="also run a volume this many times the workers' total memory")
+    ap.add_argument("--big-shape", type=int, nargs=3, help="explicit shape for the --big run")
+    ap.add_argument("--skip-scaling", action="store_true", help="only the --big run")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -102,25 +105,29 @@ def main() -> None:
     print(f"machine: {machine()}")
     small = args.base
     large = [small[0] * 2, small[1] * 2, small[2] * 2]  # 8x the voxels
-    r1 = run_size(small, args.write, args.memory_limit, check=True)
-    r2 = run_size(large, args.write, args.memory_limit, check=True)
-    for shape, r in ((small, r1), (large, r2)):
+    pairs = [] if args.skip_scaling else [(small, run_size(small, args.write, args.memory_limit, check=True)),
+                                          (large, run_size(large, args.write, args.memory_limit, check=True))]
+    for shape, r in pairs:
         print(f"volume {shape} ({np.prod(shape) / 1e6:.0f} Mvox): client {r['client_mib']:.0f} MiB, workers "
               f"{', '.join(f'{w:.0f}' for w in r['worker_mib'])} MiB, {r['seconds']:.1f} s, {r['objects']} objects "
               f"(== scipy.ndimage.label: {r['matches_scipy']})")
-    print(f"ratio large/small (8x voxels): client {r2['client_mib'] / r1['client_mib']:.2f}, worker "
-          f"{max(r2['worker_mib']) / max(r1['worker_mib']):.2f}")
+    if pairs:
+        r1, r2 = pairs[0][1], pairs[1][1]
+        print(f"ratio large/small (8x voxels): client {r2['client_mib'] / r1['client_mib']:.2f}, worker "
+              f"{max(r2['worker_mib']) / max(r1['worker_mib']):.2f}")
     if args.big:
-        limit_mib = float(args.memory_limit.rstrip("GiB")) * 1024 if args.memory_limit.endswith("GiB") else 1024
-        voxels = args.big * 2 * limit_mib * 2**20 / 4  # float32 input
-        side = round((voxels / 0.25) ** (1 / 3))
-        shape = [max(args.write[0], (side // 4) // args.write[0] * args.write[0]),
-                 side // args.write[1] * args.write[1], side // args.write[2] * args.write[2]]
-        r = run_size(shape, args.write, args.memory_limit, check=True)
-        gib = np.prod(shape) * 4 / 2**30
-        print(f"big volume {shape}: {gib:.2f} GiB float32 input vs 2 workers x {args.memory_limit}: client "
-              f"{r['client_mib']:.0f} MiB, workers {', '.join(f'{w:.0f}' for w in r['worker_mib'])} MiB, "
-              f"{r['seconds']:.0f} s, {r['objects']} objects, equals scipy.ndimage.label: {r['matches_scipy']}")
+        # float64 input: the most bytes per voxel, so the fewest voxels to exceed the workers' memory
+        limit_gib = float(args.memory_limit.removesuffix("GiB"))
+        voxels = args.big * 2 * limit_gib * 2**30 / 8
+        side = round((voxels / 0.25) ** (1 / 3))  # z is a quarter of y and x
+        shape = args.big_shape or [max(args.write[0], (side // 4) // args.write[0] * args.write[0]),
+                                   side // args.write[1] * args.write[1], side // args.write[2] * args.write[2]]
+        r = run_size(shape, args.write, args.memory_limit, check=True, dtype="float64")
+        gib = np.prod(shape) * 8 / 2**30
+        print(f"big volume {shape}: {gib:.2f} GiB float64 input vs 2 workers x {args.memory_limit} = "
+              f"{2 * limit_gib:.0f} GiB: client {r['client_mib']:.0f} MiB, workers "
+              f"{', '.join(f'{w:.0f}' for w in r['worker_mib'])} MiB, {r['seconds']:.0f} s, {r['objects']} objects, "
+              f"equals scipy.ndimage.label: {r['matches_scipy']}")
 
 
 if __name__ == "__main__":
