@@ -219,7 +219,10 @@ class SlurmGuard:
             self._stop.set()
             return
         for name in dead:
+            # forget the dead job entirely: closing it would scancel a job SLURM no longer
+            # knows, which fails and stops the cluster from starting the replacement
             self.cluster.worker_spec.pop(name, None)
+            self.cluster.workers.pop(name, None)
         self.restarts += len(dead)
         logger.warning("SLURM lost worker jobs %s; submitting replacements (%d/%d)", dead, self.restarts,
                        self.cfg.max_worker_restarts)

@@ -325,15 +325,22 @@ def execute(
         resources = {"model": 1} if gpu and any("model" in w.get("resources", {}) for w in workers) else None
         nthreads = sum(client.nthreads().values()) or 1
         window = window or max(16, 4 * nthreads)
-        job_future = client.scatter(job, broadcast=True, hash=False)
         it = iter(batches)
 
+        # the job (a few KB) travels with every task instead of being scattered once: scattered
+        # data lost with a worker cannot be recomputed and would cancel every task that needs it
         def submit(batch: Sequence[int]) -> Any:
             args = extra(batch) if extra else ()
-            return client.submit(fn, job_future, batch, *args, pure=False, resources=resources)
+            return client.submit(fn, job, batch, *args, pure=False, resources=resources)
 
         pending = as_completed([submit(b) for b in _take(it, window)])
+        seen: set[str] = set()
         for fut in pending:
+            # a result lost with a dead worker is recomputed and as_completed may report
+            # its future a second time: take each result once
+            if fut.key in seen:
+                continue
+            seen.add(fut.key)
             result = fut.result()
             fut.release()
             for batch in _take(it, 1):
@@ -579,7 +586,6 @@ def reduce_tree(
     def _combine(*parts: Any) -> Any:
         return combine(parts)
 
-    job_future = client.scatter(job, broadcast=True, hash=False)
     nthreads = sum(client.nthreads().values()) or 1
     window = max(16, 4 * nthreads)
     it = iter(batches)
@@ -587,13 +593,15 @@ def reduce_tree(
     buckets: dict[int, list[Any]] = {}
 
     def submit_leaf(batch: Sequence[int]) -> Any:
-        fut = client.submit(leaf, job_future, batch, pure=False)
+        fut = client.submit(leaf, job, batch, pure=False)
         depth[fut.key] = 0
         return fut
 
     bar = tqdm(total=len(batches), desc=desc, unit="task", disable=not progress)
     pending = as_completed([submit_leaf(b) for b in _take(it, window)])
     for fut in pending:
+        if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
+            continue
         d = depth.pop(fut.key)
         if d == 0:
             bar.update(1)

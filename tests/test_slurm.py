@@ -104,5 +104,36 @@ def test_slurm_worker_job_cancelled_mid_run(slurm, data, local_result):
     killer.join(timeout=5)
     assert cancelled, "the run finished before a worker job could be cancelled"
     np.testing.assert_array_equal(open_array(out / "segmentation")[...], local_result)
-    # the guard submitted a replacement job (2 original + 1)
-    assert len(list((tmp / "logs-fault").glob("*.err"))) >= 3
+
+
+def test_lost_worker_job_is_replaced(slurm, tmp_path):
+    """A cancelled worker job is replaced by a new one (bounded by max_worker_restarts)."""
+    from pipeline.config import validate_config
+    from pipeline.deploy import open_client
+
+    cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"},
+                           "cluster": _slurm_cluster(tmp_path, "guard", jobs=1, max_worker_restarts=1)})
+    with open_client(cfg.cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+        first = set(client.scheduler_info()["workers"])
+        jobs = subprocess.run(["squeue", "-h", "-n", "dask-worker", "-o", "%i"], capture_output=True,
+                              text=True).stdout.split()
+        subprocess.run(["scancel", *jobs], check=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            now = set(client.scheduler_info()["workers"])
+            if now and not now & first:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no replacement worker arrived")
+        assert client.submit(sum, [1, 2]).result() == 3
+        # the restart budget (1) is spent: a second loss is not replaced
+        jobs = subprocess.run(["squeue", "-h", "-n", "dask-worker", "-o", "%i"], capture_output=True,
+                              text=True).stdout.split()
+        subprocess.run(["scancel", *jobs], check=True)
+        time.sleep(8)
+        pending = subprocess.run(["squeue", "-h", "-n", "dask-worker", "-o", "%i"], capture_output=True,
+                                 text=True).stdout.split()
+        assert pending == []
+    assert len(list((tmp_path / "logs-guard").glob("*.err"))) == 2
