@@ -122,3 +122,17 @@ def test_cli_evaluate(tmp_path, capsys):
     assert res["ap50"] == pytest.approx(2 / 3) and res["false_splits"] == 1 and res["n_pred"] == 3
     assert main(["evaluate", "--pred", str(tmp_path / "p.zarr"), "--gt", str(tmp_path / "gt.zarr")]) == 0
     assert "avAP" in capsys.readouterr().out
+
+
+def test_shipped_configs_validate():
+    """configs/ and deploy/ examples stay true to the config models."""
+    from pathlib import Path
+
+    from pipeline.train import load_train_config
+
+    root = Path(__file__).resolve().parents[1]
+    assert load_config(root / "configs" / "example.yaml").cluster.kind == "local"
+    assert load_config(root / "configs" / "local-cuda.yaml").cluster.kind == "local-cuda"
+    section = yaml.safe_load((root / "deploy" / "jobqueue.yaml").read_text())
+    assert validate_config({**BASE, **section}).cluster.kind == "slurm"
+    assert load_train_config(root / "configs" / "train_demo.yaml").foreground_target == "interior"
