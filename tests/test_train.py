@@ -80,14 +80,19 @@ def test_training_loss_decreases_and_resumes(tmp_path):
     assert load_checkpoint(resumed)[1]["iterations"] == 65
 
 
-def test_training_is_deterministic(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_is_deterministic(tmp_path, workers):
+    """Same seed and number of data-loading workers: bitwise the same weights; another
+    seed: different weights (so the comparison can fail)."""
     kw = dict(model=ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2),
               synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8), iterations=5,
-              val_every=5, seed=3)
-    a = train(TrainConfig(**kw, out=tmp_path / "a.pt"))
-    b = train(TrainConfig(**kw, out=tmp_path / "b.pt"))
-    sa, sb = load_checkpoint(a)[0].state_dict(), load_checkpoint(b)[0].state_dict()
+              val_every=5, workers=workers)
+    a = train(TrainConfig(**kw, seed=3, out=tmp_path / "a.pt"))
+    b = train(TrainConfig(**kw, seed=3, out=tmp_path / "b.pt"))
+    c = train(TrainConfig(**kw, seed=4, out=tmp_path / "c.pt"))
+    sa, sb, sc = (load_checkpoint(p)[0].state_dict() for p in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
 def test_output_window_must_exceed_step(tmp_path):
@@ -110,3 +115,12 @@ def test_interior_foreground_separates_touching_objects():
     assert fg[2, 2] and fg[2, 7] and ndimage.label(fg)[1] == 2
     lab[lab == 2] = 0
     assert np.array_equal(interior(lab), lab > 0)  # lone objects keep every voxel
+
+
+def test_time_limit_stops_training_and_saves(tmp_path):
+    """A walltime-bound run stops at its time budget with a validated checkpoint."""
+    cfg = TrainConfig(model=ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2),
+                      synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8),
+                      iterations=1_000_000, val_every=1_000_000, time_limit_s=1.0, out=tmp_path / "m.pt")
+    extra = load_checkpoint(train(cfg))[1]
+    assert 0 < extra["iterations"] < 1_000_000 and "ap50" in extra["metrics"]
