@@ -2,8 +2,9 @@
 
 1. Clustering throughput per method (voxels/s) on the demo model's embeddings of a synthetic
    volume, block by block, plus each method's AP@0.5 against the ground truth.
-2. meanshift: agreement between the blockwise run and a single-block run (AP@0.5 of one
-   against the other). connectivity is identical by construction (and tested).
+2. Each method through the full pipeline, blockwise and as one block: AP against the ground
+   truth, and the agreement of the blockwise run with the single-block run (connectivity is
+   identical by construction and tested; agglomeration and meanshift are not).
 3. Label a binary volume: pipeline (pass-through model, connectivity) against
    dask_image.ndmeasure.label, same chunking, same LocalCluster, zarr in and out.
 4. Share of end-to-end `pipeline run` time spent outside the model.
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mib, synthetic_volume
 
-from pipeline.cluster import connectivity_fragments, meanshift_fragments
+from pipeline.cluster import METHODS, fragments
 from pipeline.io import open_array, open_group, write_zarr
 from pipeline.metrics import evaluate
 from pipeline.model import load_checkpoint, passthrough_model, save_checkpoint
@@ -58,27 +59,28 @@ def main() -> None:
     cfg = _cfg(tmp, "x", args.write, cluster={"kind": "serial"})
     s = setup(cfg)
     model, extra = load_checkpoint("demo")
-    fg_thr, threshold, bandwidth = clustering_params(cfg, extra)
-    print(f"clustering parameters: foreground {fg_thr}, connectivity threshold {threshold}, bandwidth {bandwidth}")
+    params = {m: clustering_params(_cfg(tmp, "x", args.write, clustering={"method": m}), extra) for m in METHODS}
+    for m, p in params.items():
+        print(f"clustering parameters {m}: {p.as_dict()}")
     out = predict_whole(Predictor(model), image[None], s.stats)
     emb, fg = out[:-1], out[-1]
     voxels = fg.size
 
     # 1. clustering throughput, blockwise (fragments only, no merge)
     print(f"\n[1] clustering throughput on {tuple(fg.shape)} in blocks of {tuple(args.write)}")
-    for method, fn, param in (("connectivity", connectivity_fragments, threshold),
-                              ("meanshift", meanshift_fragments, bandwidth)):
+    for method, p in params.items():
         t0 = time.perf_counter()
         for b in s.plan:
             sl = b.valid.to_slices()
-            fn(emb[(slice(None), *sl)], fg[sl], fg_thr, param)
+            fragments(method, emb[(slice(None), *sl)], fg[sl], p.foreground_threshold, p.threshold, p.bandwidth,
+                      p.merge_distance)
         dt = time.perf_counter() - t0
         print(f"  {method:12s}: {voxels / dt / 1e6:7.3f} Mvox/s ({dt:.2f} s)")
 
     # 2. quality and blockwise agreement of both methods through the full pipeline
     print("\n[2] pipeline run (serial), blockwise vs single block, vs ground truth")
     single = [-(-v // st) * st for v, st in zip(args.shape, s.plan.step)]
-    for method in ("connectivity", "meanshift"):
+    for method in METHODS:
         segs = {}
         for name, write in (("blockwise", args.write), ("single", single)):
             c = _cfg(tmp, f"{method}-{name}", write, cluster={"kind": "serial"}, clustering={"method": method})

@@ -4,7 +4,7 @@
 * the real BBBC050 nuclei in ../shared/data (16-cell stage: held out; 8-cell: used in training),
   ground truth = connected components of the mask; Otsu + connected components as a baseline.
 
-    python benchmarks/demo_quality.py [--method connectivity|meanshift] [--volumes 3]
+    python benchmarks/demo_quality.py [--method connectivity|agglomeration|meanshift] [--volumes 3]
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from pipeline.run import segment
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc050-qcanet"
 
 
-def run(tmp: Path, name: str, image: np.ndarray, method: str) -> np.ndarray:
+def run(tmp: Path, name: str, image: np.ndarray, method: str | None) -> np.ndarray:
     write_zarr(tmp / f"{name}-in.zarr", image, chunks=(16, 64, 64), name="raw")
     out = segment({"input": {"path": str(tmp / f"{name}-in.zarr"), "dataset": "raw"},
                    "output": {"path": str(tmp / f"{name}.zarr")}, "model": {"checkpoint": "demo"},
                    "blocks": {"write_shape": [16, 64, 64]}, "cluster": {"kind": "serial"},
-                   "clustering": {"method": method}})
+                   "clustering": {"method": method} if method else {}})
     return open_array(out / "segmentation")[...]
 
 
@@ -43,7 +43,7 @@ def line(name: str, s) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", default="connectivity")
+    ap.add_argument("--method", default=None, help="default: the model's calibrated method")
     ap.add_argument("--volumes", type=int, default=3)
     ap.add_argument("--shape", type=int, nargs=3, default=[48, 128, 128])
     args = ap.parse_args()

@@ -183,11 +183,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .train import calibrate, load_train_config
+
+    overrides = list(args.set)
+    if args.checkpoint:
+        overrides.append(f"resume={args.checkpoint}")
+    if args.out:
+        overrides.append(f"out={args.out}")
+    out = calibrate(load_train_config(args.config, tuple(overrides)))
+    print(f"calibrated checkpoint written to {out}")
+    return 0
+
+
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model with the discriminative loss")
     p.add_argument("config", help="training YAML (see configs/train_demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", help="choose a checkpoint's default clustering method and parameters on the "
+                       "validation volumes of a training config")
+    p.add_argument("config", help="training YAML whose validation volumes are used")
+    p.add_argument("--checkpoint", help="checkpoint to calibrate (default: the config's 'resume')")
+    p.add_argument("--out", help="where to write the calibrated checkpoint (default: the config's 'out')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_calibrate)
 
 
 _EXTRA_COMMANDS.append(_add_train)

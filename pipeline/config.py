@@ -132,19 +132,25 @@ ClusterConfig = Annotated[
 
 
 class ClusteringConfig(Frozen):
-    method: Literal["connectivity", "meanshift"] = "connectivity"
+    method: Literal["connectivity", "agglomeration", "meanshift"] | None = Field(
+        None, description="none: the method calibrated with the model, else connectivity")
     foreground_threshold: float | None = Field(None, gt=0, lt=1, description="none: model default, else 0.5")
     threshold: float | None = Field(
-        None, gt=0, description="connectivity: max embedding distance of neighbours; none: model default"
-    )
+        None, gt=0, description="connectivity/agglomeration: max embedding distance of neighbouring voxels; "
+        "none: model default")
+    merge_distance: float | None = Field(
+        None, gt=0, description="agglomeration: max distance of adjacent regions' mean embeddings; none: model default")
     bandwidth: float | None = Field(None, gt=0, description="meanshift bandwidth; none: model default")
-    min_size: int = Field(0, ge=0, description="objects smaller than this (voxels) are removed, after merging")
+    min_size: int | None = Field(None, ge=0, description="objects smaller than this (voxels) are removed, after "
+                                 "merging; none: the model's calibrated value, else 0")
 
 
 class MergeConfig(Frozen):
-    min_contact: int = Field(1, gt=0, description="meanshift: voxel pairs needed to merge two fragments")
+    min_contact: int = Field(1, gt=0, description="meanshift/agglomeration: voxel pairs needed to merge two "
+                             "fragments across a block face")
     max_distance: float | None = Field(
-        None, gt=0, description="meanshift: max distance of fragment mean embeddings; none: bandwidth"
+        None, gt=0, description="meanshift/agglomeration: max distance of fragment mean embeddings across a block "
+        "face; none: bandwidth (meanshift) or merge_distance (agglomeration)"
     )
 
 

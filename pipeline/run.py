@@ -432,6 +432,7 @@ class SegJob:
     foreground_threshold: float
     threshold: float
     bandwidth: float
+    merge_distance: float
     min_contact: int
     max_distance: float
     embed_dim: int
@@ -467,12 +468,13 @@ def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
         out = pred(data, job.stats)
         rel = block.valid.to_slices(relative_to=block.write)
         emb, fg = out[(slice(0, -1), *rel)], out[(-1, *rel)]
-        local = fragments(sj.method, emb, fg, sj.foreground_threshold, sj.threshold, sj.bandwidth)
+        local = fragments(sj.method, emb, fg, sj.foreground_threshold, sj.threshold, sj.bandwidth,
+                          sj.merge_distance)
         ids = fragment_ids(local, lin, sj.stride)
         frag[block.valid.to_slices()] = ids
         k = int(local.max())
         sizes = np.bincount(local.ravel(), minlength=k + 1)[1:]
-        if sj.method == "meanshift":  # faces carry each fragment's mean embedding (the evidence)
+        if sj.method != "connectivity":  # faces carry each fragment's mean embedding (the evidence)
             sums = np.stack([np.bincount(local.ravel(), weights=e.ravel(), minlength=k + 1) for e in emb])
             means = sums / np.maximum(np.bincount(local.ravel(), minlength=k + 1), 1)
             face_emb = means[:, local]
@@ -619,17 +621,44 @@ def reduce_tree(
     return rest[0] if len(rest) == 1 else client.submit(_combine, *rest, pure=False)
 
 
-def clustering_params(cfg: Config, extra: dict[str, Any]) -> tuple[float, float, float]:
-    """``(foreground_threshold, threshold, bandwidth)``: the config's values, else the ones
-    calibrated on validation data and stored in the checkpoint, else defaults from the
-    loss margins (threshold ``delta_d``, bandwidth ``(delta_v + delta_d) / 2``)."""
+@dataclass(frozen=True)
+class ClusteringParams:
+    method: str
+    foreground_threshold: float
+    threshold: float
+    merge_distance: float
+    bandwidth: float
+    min_size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def clustering_params(cfg: Config, extra: dict[str, Any]) -> ClusteringParams:
+    """The config's values, else the ones calibrated on validation data and stored in the
+    checkpoint (used only for the method they were calibrated for), else defaults from the
+    loss margins: connectivity threshold ``delta_d``, agglomeration threshold ``0.2 delta_d``
+    and merge distance ``4/3 delta_d``, bandwidth ``(delta_v + delta_d) / 2``."""
     delta_v = float(extra.get("delta_v", 0.5))
     delta_d = float(extra.get("delta_d", 1.5))
-    calibrated = extra.get("clustering") or {}
-    fg = cfg.clustering.foreground_threshold or float(calibrated.get("foreground_threshold", 0.5))
-    threshold = cfg.clustering.threshold or float(calibrated.get("threshold", delta_d))
-    bandwidth = cfg.clustering.bandwidth or (delta_v + delta_d) / 2
-    return fg, threshold, bandwidth
+    calibrated = dict(extra.get("clustering") or {})
+    calibrated.setdefault("method", "connectivity")  # checkpoints calibrated before agglomeration existed
+    c = cfg.clustering
+    method = c.method or calibrated["method"]
+    cal = calibrated if calibrated["method"] == method else {}
+    default_threshold = 0.2 * delta_d if method == "agglomeration" else delta_d
+
+    def pick(value: Any, key: str, default: Any) -> Any:
+        return value if value is not None else type(default)(cal.get(key, default))
+
+    return ClusteringParams(
+        method=method,
+        foreground_threshold=pick(c.foreground_threshold, "foreground_threshold", 0.5),
+        threshold=pick(c.threshold, "threshold", default_threshold),
+        merge_distance=pick(c.merge_distance, "merge_distance", 4 / 3 * delta_d),
+        bandwidth=pick(c.bandwidth, "bandwidth", (delta_v + delta_d) / 2),
+        min_size=pick(c.min_size, "min_size", 0),
+    )
 
 
 def segment(
@@ -643,14 +672,14 @@ def segment(
     s = setup(cfg)
     plan = s.plan
     _, extra = load_checkpoint(s.checkpoint)
-    fg_threshold, threshold, bandwidth = clustering_params(cfg, extra)
+    cp = clustering_params(cfg, extra)
     E = s.spec.embed_dim
-    params = {"method": cfg.clustering.method, "fg": fg_threshold,
-              "threshold": threshold, "bandwidth": bandwidth}
+    max_distance = cfg.merge.max_distance or (cp.merge_distance if cp.method == "agglomeration" else cp.bandwidth)
+    params = {**cp.as_dict(), "min_contact": cfg.merge.min_contact, "max_distance": max_distance}
     group, resumed = open_output(s, resume_key(s, "segment", params))
     meta = provenance(s)
-    meta["clustering"] = {"method": cfg.clustering.method, "foreground_threshold": fg_threshold,
-                          "threshold": threshold, "bandwidth": bandwidth}
+    meta["clustering"] = params
+    logger.info("segment: clustering %s", params)
     if not resumed:
         scratch = group.create_group("scratch")
         create_array(scratch, "fragments", plan.volume, plan.write_shape, "uint64")
@@ -663,9 +692,8 @@ def segment(
             create_array(scratch, f"face_lab_{a}", (nb, 2, *plane), (1, 1, *pchunk), "uint64")
             create_array(scratch, f"face_emb_{a}", (nb, 2, E, *plane), (1, 1, E, *pchunk), emb_dtype)
         group.attrs.update({"pipeline": meta})
-    sj = SegJob(make_job(s, torch_threads(cfg.cluster), "scratch/done"), cfg.clustering.method,
-                fg_threshold, threshold, bandwidth,
-                cfg.merge.min_contact, cfg.merge.max_distance or bandwidth, E)
+    sj = SegJob(make_job(s, torch_threads(cfg.cluster), "scratch/done"), cp.method, cp.foreground_threshold,
+                cp.threshold, cp.bandwidth, cp.merge_distance, cfg.merge.min_contact, max_distance, E)
     todo, done = pending_blocks(sj.job, resumed)
     if resumed:
         logger.info("segment: resuming, %d of %d blocks already clustered", len(done), len(plan))
@@ -682,14 +710,14 @@ def segment(
                                    progress=progress, gpu=gpu):
                 for r in results:
                     counts[r["linear"]] = r["count"]
-                    if cfg.clustering.min_size:
+                    if cp.min_size:
                         sizes[r["linear"]] = r["sizes"]
         t1 = time.perf_counter()
         root = reduce_tree(c, pair_task, components, sj, batches, desc="merge", progress=progress)
         if c is None:
-            tables, n = _finalize(root, counts, sj.stride, sizes, cfg.clustering.min_size)
+            tables, n = _finalize(root, counts, sj.stride, sizes, cp.min_size)
         else:
-            fin = c.submit(_finalize, root, counts, sj.stride, sizes, cfg.clustering.min_size, pure=False)
+            fin = c.submit(_finalize, root, counts, sj.stride, sizes, cp.min_size, pure=False)
             n = c.submit(lambda x: x[1], fin).result()
             tables_f = c.submit(lambda x: x[0], fin)
         dtype = label_dtype(n)

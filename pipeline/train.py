@@ -21,7 +21,6 @@ from pydantic import Field, model_validator
 from scipy import ndimage
 
 from .blocks import reflect_indices
-from .cluster import connectivity_fragments
 from .config import ConfigError, Frozen, read_yaml
 from .io import read_image
 from .loss import LossWeights, discriminative_loss
@@ -72,7 +71,9 @@ class TrainConfig(Frozen):
     resume: Path | None = Field(None, description="checkpoint to continue from (its spec wins)")
     data: tuple[VolumeSource, ...] = ()
     synthetic: SyntheticSource | None = None
-    validation: tuple[VolumeSource, ...] = Field((), description="held-out volumes; none: last synthetic one")
+    validation: tuple[VolumeSource, ...] = Field((), description="held-out volumes; none: the last "
+                                                 "'validation_split' training volumes (synthetic ones last)")
+    validation_split: int = Field(1, ge=1, description="volumes held out for validation when 'validation' is empty")
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
     foreground_target: Literal["mask", "interior"] = Field(
@@ -274,24 +275,77 @@ def batches(sampler: CropSampler, batch_size: int, workers: int, seed: int, pin:
 # ------------------------------------------------------------------ loop
 
 
+def clustering_grid(delta_d: float, median_size: float) -> list[dict[str, Any]]:
+    """Candidate clustering parameters scored by :func:`validate` (scaled by the loss margin
+    ``delta_d`` and the median object size of the validation data)."""
+    grid: list[dict[str, Any]] = []
+    for fg in (0.5, 0.7, 0.85):
+        grid += [{"method": "connectivity", "foreground_threshold": fg, "threshold": round(k * delta_d, 4)}
+                 for k in (0.5, 0.75, 1.0, 1.25)]
+        grid += [{"method": "agglomeration", "foreground_threshold": fg, "threshold": round(0.2 * delta_d, 4),
+                  "merge_distance": round(k * delta_d, 4)} for k in (1.0, 4 / 3, 5 / 3)]
+    sizes = sorted({0, int(0.1 * median_size), int(0.25 * median_size)})
+    return [{**g, "min_size": m} for g in grid for m in sizes]
+
+
 def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]], delta_d: float, device: str) -> dict[str, Any]:
-    """AP@0.5 and avAP of the connectivity clustering on whole validation volumes, for a
-    small grid of (embedding threshold, foreground threshold); the best pair is returned
-    as ``clustering`` and stored in the checkpoint as the model's default parameters."""
+    """AP@0.5 and avAP on whole validation volumes for every candidate of
+    :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
+    stored in the checkpoint as the model's default method and parameters."""
+    from .cluster import fragments
     from .metrics import evaluate_many
 
     pred = Predictor(model, device=device)
     outs = [(predict_whole(pred, img[None], norm_stats(img, model.spec)), lab) for img, lab in volumes]
+    sizes = np.concatenate([np.bincount(lab.ravel())[1:] for _, lab in volumes])
+    median = float(np.median(sizes[sizes > 0])) if (sizes > 0).any() else 0.0
     best: dict[str, Any] = {}
-    for threshold in (0.5 * delta_d, 0.75 * delta_d, delta_d, 1.25 * delta_d):
-        for fg in (0.4, 0.5, 0.6):
-            s = evaluate_many([(connectivity_fragments(o[:-1], o[-1], fg, threshold), lab) for o, lab in outs])
-            row = {"ap50": s.at(0.5)["ap"], "avap": s.avap,
-                   "clustering": {"threshold": round(threshold, 4), "foreground_threshold": fg}}
-            if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
-                best = row
+    segs: dict[tuple[Any, ...], list[np.ndarray]] = {}
+    for cand in clustering_grid(delta_d, median):
+        key = tuple(v for k, v in cand.items() if k != "min_size")
+        if key not in segs:
+            segs[key] = [fragments(cand["method"], o[:-1], o[-1], cand["foreground_threshold"], cand["threshold"],
+                                   0.0, cand.get("merge_distance")) for o, _ in outs]
+        pairs = []
+        for seg, (_, lab) in zip(segs[key], outs):
+            if cand["min_size"]:
+                seg = np.where(np.bincount(seg.ravel())[seg] >= cand["min_size"], seg, 0)
+            pairs.append((seg, lab))
+        s = evaluate_many(pairs)
+        row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand}
+        if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
+            best = row
     model.train()
     return best
+
+
+def split_volumes(cfg: TrainConfig) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """``(training, validation)`` volumes: ``validation`` when given, else the last
+    ``validation_split`` of the training list (which keeps at least one)."""
+    volumes = load_volumes(cfg.data)
+    if cfg.synthetic:
+        volumes += synthetic_volumes(cfg.synthetic)
+    val = load_volumes(cfg.validation)
+    if not val:
+        k = min(cfg.validation_split, len(volumes) - 1)
+        volumes, val = volumes[: len(volumes) - k], volumes[len(volumes) - k :]
+    return volumes, val
+
+
+def calibrate(cfg: TrainConfig) -> Path:
+    """Score the clustering grid for the checkpoint ``cfg.resume`` on the validation
+    volumes of ``cfg`` (as training would) and write it with the best parameters to ``cfg.out``."""
+    if cfg.resume is None:
+        raise ConfigError("calibrate needs the checkpoint to calibrate in 'resume'")
+    model, extra = load_checkpoint(cfg.resume)
+    _, val = split_volumes(cfg)
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    model.to(device).eval()
+    metrics = validate(model, val, float(extra.get("delta_d", cfg.loss.delta_d)), device)
+    logger.info("calibrated on %d volume(s): AP@0.5 %.3f avAP %.3f with %s", len(val), metrics["ap50"],
+                metrics["avap"], metrics["clustering"])
+    extra = {**extra, "metrics": {"ap50": metrics["ap50"], "avap": metrics["avap"]}, "clustering": metrics["clustering"]}
+    return save_checkpoint(model.cpu(), cfg.out, extra)
 
 
 def train(cfg: TrainConfig, progress: bool = False) -> Path:
@@ -316,12 +370,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             f"output_shape {list(out_shape)} must be a multiple of step {list(spec.step)} and larger than it "
             f"on every axis (e.g. {[2 * s for s in spec.step]})"
         )
-    volumes = load_volumes(cfg.data)
-    if cfg.synthetic:
-        volumes += synthetic_volumes(cfg.synthetic)
-    val = load_volumes(cfg.validation)
-    if not val and len(volumes) > 1:
-        val = [volumes.pop()]
+    volumes, val = split_volumes(cfg)
     if any(img.ndim != spec.ndim for img, _ in volumes + val):
         raise ConfigError(f"training volumes must be {spec.ndim}D like the model")
     sampler = CropSampler(volumes, spec, out_shape, cfg.augment, rng, cfg.foreground_target)
@@ -390,4 +439,4 @@ def _extra(cfg: TrainConfig, iterations: int, metrics: dict[str, float], seconds
             **({"clustering": clustering} if clustering else {})}
 
 
-__all__ = ["TrainConfig", "load_train_config", "train"]
+__all__ = ["TrainConfig", "calibrate", "load_train_config", "train"]

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.cluster import connectivity_fragments, meanshift, meanshift_fragments
+from pipeline.cluster import (
+    agglomerate,
+    agglomeration_fragments,
+    connectivity_fragments,
+    meanshift,
+    meanshift_fragments,
+    region_adjacency,
+)
 from pipeline.io import open_array, write_zarr
 from pipeline.merge import accept_by_evidence, face_pairs
 from pipeline.run import segment
@@ -60,7 +68,9 @@ def test_evidence_rule():
     assert p.tolist() == [[1, 2], [3, 4]] and c.tolist() == [2, 1]
 
 
-def test_meanshift_pipeline_merges_on_evidence(tmp_path):
+@pytest.mark.parametrize("method, params", [("meanshift", {"bandwidth": 0.5}),
+                                            ("agglomeration", {"threshold": 0.5, "merge_distance": 1.0})])
+def test_pipeline_merges_on_evidence(tmp_path, method, params):
     """Objects of distinct embeddings spanning blocks and touching each other."""
     vol = np.zeros((16, 32, 32), np.float32)
     vol[2:14, 3:29, 3:15] = 0.6   # spans many blocks
@@ -73,10 +83,60 @@ def test_meanshift_pipeline_merges_on_evidence(tmp_path):
     out = segment({"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
                    "output": {"path": str(tmp_path / "o.zarr")}, "model": {"checkpoint": str(ckpt)},
                    "blocks": {"write_shape": [8, 8, 8]}, "cluster": {"kind": "serial"},
-                   "clustering": {"method": "meanshift", "bandwidth": 0.5}})
+                   "clustering": {"method": method, **params}})
     seg = open_array(out / "segmentation")[...]
     expected = np.zeros(vol.shape, np.int64)
     for i, v in enumerate((0.6, 0.9, 0.75), start=1):
         cc, _ = ndimage.label(vol == v)
         expected[cc > 0] = i + 10 * cc[cc > 0]
     assert same_partition(seg, expected)
+
+
+def _two_objects_with_smooth_border() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two touching objects (x 0..9 and 10..19) whose embeddings ramp across the border in
+    steps of 0.5 or 1.0 (as a CNN's output does), means 0.15 and 2.85."""
+    row = np.array([0.0] * 8 + [0.5, 1.0, 2.0, 2.5] + [3.0] * 8)
+    emb = np.broadcast_to(row, (4, 20))[None].copy()
+    fg = np.ones((4, 20))
+    truth = np.broadcast_to((np.arange(20) >= 10) + 1, (4, 20))
+    return emb, fg, truth
+
+
+def test_agglomeration_separates_objects_that_connectivity_merges():
+    emb, fg, truth = _two_objects_with_smooth_border()
+    assert connectivity_fragments(emb, fg, 0.5, 1.01).max() == 1  # every neighbour step is <= 1.0
+    lab = agglomeration_fragments(emb, fg, 0.5, 0.3, 1.5)
+    assert same_partition(lab, truth)
+    # a merge distance beyond the distance of the two means joins them
+    assert agglomeration_fragments(emb, fg, 0.5, 0.3, 3.0).max() == 1
+    # regions merge only with neighbours: far-apart regions of equal embedding stay apart
+    lab2 = agglomerate(np.array([[1, 0, 2]]), np.zeros((1, 1, 3)), 1.0)
+    assert lab2.tolist() == [[1, 0, 2]]
+
+
+def test_agglomeration_uses_updated_means():
+    """Merging order follows the distances of the current (merged) means: a chain of
+    small steps does not bridge two objects."""
+    row = np.array([0.0, 0.0, 0.0, 0.9, 1.8, 2.7, 2.7, 2.7])
+    emb = row[None, None, :].copy()
+    labels = np.arange(1, 9)[None, :]
+    lab = agglomerate(labels, emb, 1.0)
+    # single linkage (every step 0.9 < 1.0) would give one object; mean linkage keeps two
+    assert lab.max() == 2 and lab[0, 0] != lab[0, -1]
+
+
+def test_region_adjacency_matches_brute_force():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 5, size=(6, 7, 5))
+    pairs, contact = region_adjacency(lab)
+    expected: dict[tuple[int, int], int] = {}
+    for idx in np.ndindex(lab.shape):
+        for ax in range(3):
+            nb = list(idx)
+            nb[ax] += 1
+            if nb[ax] < lab.shape[ax]:
+                a, b = int(lab[idx]), int(lab[tuple(nb)])
+                if a and b and a != b:
+                    key = (min(a, b), max(a, b))
+                    expected[key] = expected.get(key, 0) + 1
+    assert dict(zip(map(tuple, pairs.tolist()), contact.tolist())) == expected

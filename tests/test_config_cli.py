@@ -136,3 +136,29 @@ def test_shipped_configs_validate():
     section = yaml.safe_load((root / "deploy" / "jobqueue.yaml").read_text())
     assert validate_config({**BASE, **section}).cluster.kind == "slurm"
     assert load_train_config(root / "configs" / "train_demo.yaml").foreground_target == "interior"
+
+
+def test_clustering_params_precedence():
+    """Config value > value calibrated for that method in the checkpoint > loss-margin default;
+    values calibrated for another method are not used."""
+    from pipeline.run import clustering_params
+
+    base = {"input": {"path": "x.zarr"}, "output": {"path": "y.zarr"}}
+    cal = {"delta_v": 0.5, "delta_d": 1.5, "clustering": {
+        "method": "agglomeration", "foreground_threshold": 0.7, "threshold": 0.3, "merge_distance": 2.5,
+        "min_size": 150}}
+    p = clustering_params(validate_config(base), cal)
+    assert (p.method, p.foreground_threshold, p.threshold, p.merge_distance, p.min_size) == (
+        "agglomeration", 0.7, 0.3, 2.5, 150)
+    p = clustering_params(validate_config({**base, "clustering": {"merge_distance": 2.0, "min_size": 0}}), cal)
+    assert (p.method, p.merge_distance, p.min_size, p.threshold) == ("agglomeration", 2.0, 0, 0.3)
+    # asking for another method: its own defaults, not the agglomeration values
+    p = clustering_params(validate_config({**base, "clustering": {"method": "connectivity"}}), cal)
+    assert (p.method, p.foreground_threshold, p.threshold, p.min_size) == ("connectivity", 0.5, 1.5, 0)
+    # uncalibrated checkpoints (and those calibrated before methods were recorded): connectivity
+    p = clustering_params(validate_config(base), {"delta_d": 1.5})
+    assert (p.method, p.threshold, p.bandwidth) == ("connectivity", 1.5, 1.0)
+    p = clustering_params(validate_config(base), {"clustering": {"threshold": 1.875, "foreground_threshold": 0.6}})
+    assert (p.method, p.threshold, p.foreground_threshold) == ("connectivity", 1.875, 0.6)
+    p = clustering_params(validate_config({**base, "clustering": {"method": "agglomeration"}}), {"delta_d": 1.5})
+    assert (p.threshold, p.merge_distance) == (pytest.approx(0.3), pytest.approx(2.0))
