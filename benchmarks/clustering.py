@@ -72,8 +72,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for b in s.plan:
             sl = b.valid.to_slices()
-            fragments(method, emb[(slice(None), *sl)], fg[sl], p.foreground_threshold, p.threshold, p.bandwidth,
-                      p.merge_distance)
+            fragments(emb[(slice(None), *sl)], fg[sl], p)
         dt = time.perf_counter() - t0
         print(f"  {method:12s}: {voxels / dt / 1e6:7.3f} Mvox/s ({dt:.2f} s)")
 

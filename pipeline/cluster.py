@@ -16,8 +16,11 @@ Three methods:
     after every merge) while it is below ``merge_distance``. Neighbour-to-
     neighbour distances change smoothly across the border of two touching
     objects, their mean embeddings do not: the discriminative loss pushes them
-    ``2 * delta_d`` apart. Not exact blockwise: across block faces fragments
-    merge by the same mean-distance rule (:mod:`pipeline.merge`).
+    ``2 * delta_d`` apart. Then unlabelled voxels with foreground above
+    ``grow_threshold`` within ``grow_distance`` voxels of a label take the
+    nearest label (cores found at a strict foreground threshold get their
+    border back). Not exact blockwise: across block faces fragments merge by
+    the same mean-distance rule (:mod:`pipeline.merge`).
 
 ``meanshift``
     The reference clustering of De Brabandere et al.: mean-shift (flat kernel,
@@ -32,10 +35,12 @@ Labels are ``int64`` numbered ``1..k`` in raster order of their first voxel;
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
-from scipy import sparse
+from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 
@@ -170,11 +175,30 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
     return label_components(root[labels])
 
 
+def grow(labels: np.ndarray, fg: np.ndarray, threshold: float, distance: float) -> np.ndarray:
+    """Unlabelled voxels with ``fg > threshold`` within ``distance`` voxels (Euclidean) of a
+    label take the label of the nearest labelled voxel."""
+    free = (fg > threshold) & (labels == 0)
+    if distance <= 0 or not free.any() or not labels.any():
+        return labels
+    indices = np.empty((labels.ndim, *labels.shape), dtype=np.int32)
+    dist = ndimage.distance_transform_edt(labels == 0, return_indices=True, indices=indices)
+    take = free & (dist <= distance)
+    out = labels.copy()
+    out[take] = labels[tuple(i[take] for i in indices)]
+    return out
+
+
 def agglomeration_fragments(
-    emb: np.ndarray, fg: np.ndarray, fg_threshold: float, threshold: float, merge_distance: float
+    emb: np.ndarray, fg: np.ndarray, fg_threshold: float, threshold: float, merge_distance: float,
+    grow_threshold: float = 0.5, grow_distance: float = 0.0,
 ) -> np.ndarray:
-    """Strict connectivity fragments merged by mean embedding (:func:`agglomerate`)."""
-    return agglomerate(connectivity_fragments(emb, fg, fg_threshold, threshold), emb, merge_distance)
+    """Strict connectivity fragments merged by mean embedding (:func:`agglomerate`), then
+    grown into the foreground above ``grow_threshold`` (:func:`grow`)."""
+    labels = agglomerate(connectivity_fragments(emb, fg, fg_threshold, threshold), emb, merge_distance)
+    if grow_distance > 0 and grow_threshold < fg_threshold:
+        labels = grow(labels, fg, grow_threshold, grow_distance)
+    return labels
 
 
 def meanshift(
@@ -251,16 +275,44 @@ def meanshift_fragments(
 METHODS = ("connectivity", "agglomeration", "meanshift")
 
 
-def fragments(
-    method: str, emb: np.ndarray, fg: np.ndarray, fg_threshold: float, threshold: float, bandwidth: float,
-    merge_distance: float | None = None,
-) -> np.ndarray:
-    if method == "connectivity":
-        return connectivity_fragments(emb, fg, fg_threshold, threshold)
-    if method == "agglomeration":
-        if merge_distance is None:
-            raise ValueError("agglomeration needs merge_distance")
-        return agglomeration_fragments(emb, fg, fg_threshold, threshold, merge_distance)
-    if method == "meanshift":
-        return meanshift_fragments(emb, fg, fg_threshold, bandwidth)
-    raise ValueError(f"clustering.method must be one of {', '.join(METHODS)}, got {method!r}")
+@dataclass(frozen=True)
+class ClusteringParams:
+    """Resolved clustering parameters of one run (see :func:`pipeline.run.clustering_params`)."""
+
+    method: str = "connectivity"
+    foreground_threshold: float = 0.5
+    threshold: float = 1.5  # connectivity/agglomeration: neighbour embedding distance
+    merge_distance: float = 2.0  # agglomeration: distance of adjacent regions' means
+    grow_threshold: float = 0.5  # agglomeration: foreground of the voxels cores grow into
+    grow_distance: float = 3.0  # agglomeration: how far (voxels); 0 = no growth
+    bandwidth: float = 1.0  # meanshift
+    min_size: int = 0  # objects smaller than this are removed after merging
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"clustering.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClusteringParams:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def fragments(emb: np.ndarray, fg: np.ndarray, p: ClusteringParams) -> np.ndarray:
+    """Block-local fragments of one block's embeddings ``(E, *S)`` and foreground ``(*S)``."""
+    if p.method == "connectivity":
+        return connectivity_fragments(emb, fg, p.foreground_threshold, p.threshold)
+    if p.method == "agglomeration":
+        return agglomeration_fragments(emb, fg, p.foreground_threshold, p.threshold, p.merge_distance,
+                                       p.grow_threshold, p.grow_distance)
+    return meanshift_fragments(emb, fg, p.foreground_threshold, p.bandwidth)
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels with fewer than ``min_size`` voxels set to 0 (for whole objects only)."""
+    if not min_size:
+        return labels
+    return np.where(np.bincount(labels.ravel())[labels] >= min_size, labels, 0)

@@ -140,6 +140,11 @@ class ClusteringConfig(Frozen):
         "none: model default")
     merge_distance: float | None = Field(
         None, gt=0, description="agglomeration: max distance of adjacent regions' mean embeddings; none: model default")
+    grow_threshold: float | None = Field(
+        None, gt=0, lt=1, description="agglomeration: cores grow into voxels of foreground above this; none: model "
+        "default, else min(0.5, foreground_threshold)")
+    grow_distance: float | None = Field(
+        None, ge=0, description="agglomeration: how far cores grow (voxels; 0: no growth); none: model default, else 3")
     bandwidth: float | None = Field(None, gt=0, description="meanshift bandwidth; none: model default")
     min_size: int | None = Field(None, ge=0, description="objects smaller than this (voxels) are removed, after "
                                  "merging; none: the model's calibrated value, else 0")

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import __version__
 from .blocks import BlockPlan
+from .cluster import ClusteringParams
 from .config import Config, InputConfig, load_config, validate_config
 from .deploy import open_client, torch_threads
 from .io import (
@@ -428,11 +429,7 @@ class SegJob:
     """A :class:`Job` plus the clustering and merge parameters."""
 
     job: Job
-    method: str
-    foreground_threshold: float
-    threshold: float
-    bandwidth: float
-    merge_distance: float
+    params: ClusteringParams
     min_contact: int
     max_distance: float
     embed_dim: int
@@ -468,13 +465,12 @@ def cluster_task(sj: SegJob, linears: Sequence[int]) -> list[dict[str, Any]]:
         out = pred(data, job.stats)
         rel = block.valid.to_slices(relative_to=block.write)
         emb, fg = out[(slice(0, -1), *rel)], out[(-1, *rel)]
-        local = fragments(sj.method, emb, fg, sj.foreground_threshold, sj.threshold, sj.bandwidth,
-                          sj.merge_distance)
+        local = fragments(emb, fg, sj.params)
         ids = fragment_ids(local, lin, sj.stride)
         frag[block.valid.to_slices()] = ids
         k = int(local.max())
         sizes = np.bincount(local.ravel(), minlength=k + 1)[1:]
-        if sj.method != "connectivity":  # faces carry each fragment's mean embedding (the evidence)
+        if sj.params.method != "connectivity":  # faces carry each fragment's mean embedding (the evidence)
             sums = np.stack([np.bincount(local.ravel(), weights=e.ravel(), minlength=k + 1) for e in emb])
             means = sums / np.maximum(np.bincount(local.ravel(), minlength=k + 1), 1)
             face_emb = means[:, local]
@@ -522,8 +518,8 @@ def pair_task(sj: SegJob, linears: Sequence[int]) -> np.ndarray:
             emb = sj.job.array(f"scratch/face_emb_{a}", mode="r")
             la, lb = lab[(i, 0, *plane)], lab[(i, 1, *plane)]
             ea, eb = emb[(i, 0, slice(None), *plane)], emb[(i, 1, slice(None), *plane)]
-            if sj.method == "connectivity":
-                pairs, _ = face_pairs(la, lb, ea, eb, sj.threshold)
+            if sj.params.method == "connectivity":
+                pairs, _ = face_pairs(la, lb, ea, eb, sj.params.threshold)
                 edges.append(pairs)
             else:
                 pairs, contact = face_pairs(la, lb)
@@ -621,24 +617,12 @@ def reduce_tree(
     return rest[0] if len(rest) == 1 else client.submit(_combine, *rest, pure=False)
 
 
-@dataclass(frozen=True)
-class ClusteringParams:
-    method: str
-    foreground_threshold: float
-    threshold: float
-    merge_distance: float
-    bandwidth: float
-    min_size: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 def clustering_params(cfg: Config, extra: dict[str, Any]) -> ClusteringParams:
     """The config's values, else the ones calibrated on validation data and stored in the
     checkpoint (used only for the method they were calibrated for), else defaults from the
-    loss margins: connectivity threshold ``delta_d``, agglomeration threshold ``0.2 delta_d``
-    and merge distance ``4/3 delta_d``, bandwidth ``(delta_v + delta_d) / 2``."""
+    loss margins: connectivity threshold ``delta_d``, agglomeration threshold ``0.2 delta_d``,
+    merge distance ``4/3 delta_d``, growth into foreground > 0.5 within 3 voxels, bandwidth
+    ``(delta_v + delta_d) / 2``."""
     delta_v = float(extra.get("delta_v", 0.5))
     delta_d = float(extra.get("delta_d", 1.5))
     calibrated = dict(extra.get("clustering") or {})
@@ -651,11 +635,14 @@ def clustering_params(cfg: Config, extra: dict[str, Any]) -> ClusteringParams:
     def pick(value: Any, key: str, default: Any) -> Any:
         return value if value is not None else type(default)(cal.get(key, default))
 
+    fg = pick(c.foreground_threshold, "foreground_threshold", 0.5)
     return ClusteringParams(
         method=method,
-        foreground_threshold=pick(c.foreground_threshold, "foreground_threshold", 0.5),
+        foreground_threshold=fg,
         threshold=pick(c.threshold, "threshold", default_threshold),
         merge_distance=pick(c.merge_distance, "merge_distance", 4 / 3 * delta_d),
+        grow_threshold=pick(c.grow_threshold, "grow_threshold", min(0.5, fg)),
+        grow_distance=pick(c.grow_distance, "grow_distance", 3.0),
         bandwidth=pick(c.bandwidth, "bandwidth", (delta_v + delta_d) / 2),
         min_size=pick(c.min_size, "min_size", 0),
     )
@@ -692,8 +679,7 @@ def segment(
             create_array(scratch, f"face_lab_{a}", (nb, 2, *plane), (1, 1, *pchunk), "uint64")
             create_array(scratch, f"face_emb_{a}", (nb, 2, E, *plane), (1, 1, E, *pchunk), emb_dtype)
         group.attrs.update({"pipeline": meta})
-    sj = SegJob(make_job(s, torch_threads(cfg.cluster), "scratch/done"), cp.method, cp.foreground_threshold,
-                cp.threshold, cp.bandwidth, cp.merge_distance, cfg.merge.min_contact, max_distance, E)
+    sj = SegJob(make_job(s, torch_threads(cfg.cluster), "scratch/done"), cp, cfg.merge.min_contact, max_distance, E)
     todo, done = pending_blocks(sj.job, resumed)
     if resumed:
         logger.info("segment: resuming, %d of %d blocks already clustered", len(done), len(plan))

@@ -283,7 +283,8 @@ def clustering_grid(delta_d: float, median_size: float) -> list[dict[str, Any]]:
         grid += [{"method": "connectivity", "foreground_threshold": fg, "threshold": round(k * delta_d, 4)}
                  for k in (0.5, 0.75, 1.0, 1.25)]
         grid += [{"method": "agglomeration", "foreground_threshold": fg, "threshold": round(0.2 * delta_d, 4),
-                  "merge_distance": round(k * delta_d, 4)} for k in (1.0, 4 / 3, 5 / 3)]
+                  "merge_distance": round(k * delta_d, 4), "grow_threshold": min(0.5, fg), "grow_distance": 3.0}
+                 for k in (1.0, 4 / 3, 5 / 3)]
     sizes = sorted({0, int(0.1 * median_size), int(0.25 * median_size)})
     return [{**g, "min_size": m} for g in grid for m in sizes]
 
@@ -292,7 +293,7 @@ def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]
     """AP@0.5 and avAP on whole validation volumes for every candidate of
     :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
     stored in the checkpoint as the model's default method and parameters."""
-    from .cluster import fragments
+    from .cluster import ClusteringParams, fragments, remove_small
     from .metrics import evaluate_many
 
     pred = Predictor(model, device=device)
@@ -304,14 +305,9 @@ def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]
     for cand in clustering_grid(delta_d, median):
         key = tuple(v for k, v in cand.items() if k != "min_size")
         if key not in segs:
-            segs[key] = [fragments(cand["method"], o[:-1], o[-1], cand["foreground_threshold"], cand["threshold"],
-                                   0.0, cand.get("merge_distance")) for o, _ in outs]
-        pairs = []
-        for seg, (_, lab) in zip(segs[key], outs):
-            if cand["min_size"]:
-                seg = np.where(np.bincount(seg.ravel())[seg] >= cand["min_size"], seg, 0)
-            pairs.append((seg, lab))
-        s = evaluate_many(pairs)
+            params = ClusteringParams.from_dict(cand)
+            segs[key] = [fragments(o[:-1], o[-1], params) for o, _ in outs]
+        s = evaluate_many([(remove_small(seg, cand["min_size"]), lab) for seg, (_, lab) in zip(segs[key], outs)])
         row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand}
         if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
             best = row

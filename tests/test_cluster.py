@@ -9,6 +9,7 @@ from pipeline.cluster import (
     agglomerate,
     agglomeration_fragments,
     connectivity_fragments,
+    grow,
     meanshift,
     meanshift_fragments,
     region_adjacency,
@@ -140,3 +141,19 @@ def test_region_adjacency_matches_brute_force():
                     key = (min(a, b), max(a, b))
                     expected[key] = expected.get(key, 0) + 1
     assert dict(zip(map(tuple, pairs.tolist()), contact.tolist())) == expected
+
+
+def test_grow_gives_border_voxels_the_nearest_label():
+    labels = np.array([[0, 1, 1, 0, 0, 2, 0, 0, 0]])
+    fg = np.array([[0.6, 0.9, 0.9, 0.6, 0.6, 0.9, 0.1, 0.6, 0.6]])
+    assert grow(labels, fg, 0.5, 1.0).tolist() == [[1, 1, 1, 1, 2, 2, 0, 0, 0]]
+    assert grow(labels, fg, 0.5, 0.0).tolist() == labels.tolist()
+    # too far: index 7 is 2 voxels from label 2 (and index 6 is background)
+    assert grow(labels, fg, 0.5, 2.0)[0, 7:].tolist() == [2, 0]
+    # agglomeration cores at a strict foreground threshold get their border back
+    emb, _, truth = _two_objects_with_smooth_border()
+    fg2 = np.full((4, 20), 0.9)
+    fg2[:, [0, 9, 10, 19]] = 0.6
+    cores = agglomeration_fragments(emb, fg2, 0.8, 0.3, 1.5)
+    assert (cores == 0).sum() == 16
+    assert same_partition(agglomeration_fragments(emb, fg2, 0.8, 0.3, 1.5, 0.5, 2.0), truth)

@@ -162,3 +162,7 @@ def test_clustering_params_precedence():
     assert (p.method, p.threshold, p.foreground_threshold) == ("connectivity", 1.875, 0.6)
     p = clustering_params(validate_config({**base, "clustering": {"method": "agglomeration"}}), {"delta_d": 1.5})
     assert (p.threshold, p.merge_distance) == (pytest.approx(0.3), pytest.approx(2.0))
+    assert (p.grow_threshold, p.grow_distance) == (0.5, 3.0)
+    p = clustering_params(validate_config({**base, "clustering": {"foreground_threshold": 0.4, "grow_distance": 0}}),
+                          cal)
+    assert (p.grow_threshold, p.grow_distance) == (0.4, 0.0)

@@ -132,7 +132,7 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
     import yaml
 
     from pipeline.cli import main
-    from pipeline.cluster import METHODS, fragments
+    from pipeline.cluster import METHODS, ClusteringParams, fragments, remove_small
     from pipeline.metrics import evaluate
     from pipeline.predict import Predictor, predict_whole
     from pipeline.train import norm_stats, synthetic_volumes
@@ -149,8 +149,5 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
     assert c["method"] in METHODS and extra["iterations"] == 20
     img, lab = synthetic_volumes(SyntheticSource(count=2, shape=(48, 48), radius=(4.0, 7.0)))[-1]
     out = predict_whole(Predictor(model, device="cpu"), img[None], norm_stats(img, model.spec))
-    seg = fragments(c["method"], out[:-1], out[-1], c["foreground_threshold"], c["threshold"], 0.0,
-                    c.get("merge_distance"))
-    if c["min_size"]:
-        seg = np.where(np.bincount(seg.ravel())[seg] >= c["min_size"], seg, 0)
+    seg = remove_small(fragments(out[:-1], out[-1], ClusteringParams.from_dict(c)), c["min_size"])
     assert evaluate(seg, lab).at(0.5)["ap"] == pytest.approx(extra["metrics"]["ap50"])
