@@ -151,3 +151,21 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
     out = predict_whole(Predictor(model, device="cpu"), img[None], norm_stats(img, model.spec))
     seg = remove_small(fragments(out[:-1], out[-1], ClusteringParams.from_dict(c)), c["min_size"])
     assert evaluate(seg, lab).at(0.5)["ap"] == pytest.approx(extra["metrics"]["ap50"])
+
+
+def test_data_loading_workers_use_one_thread():
+    """Workers limit numpy's BLAS and torch to one thread each (N workers x all-core pools
+    oversubscribe the CPU)."""
+    from threadpoolctl import threadpool_info
+
+    from pipeline.train import batches
+
+    class Probe:
+        rng = np.random.default_rng(0)
+
+        def sample(self):
+            n = max([i["num_threads"] for i in threadpool_info()] + [torch.get_num_threads()])
+            return np.array([n]), np.array([0]), np.array([0])
+
+    x, _, _ = next(batches(Probe(), 2, 1, seed=0))
+    assert x.tolist() == [[1], [1]]
