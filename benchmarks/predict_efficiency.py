@@ -7,7 +7,7 @@ Both run on this machine in one process tree, one after the other:
               started before timing
 Also: float32 vs channels_last vs bf16 autocast (bare loop time and blockwise-vs-whole exactness).
 
-    python benchmarks/predict_efficiency.py [--shape 48 192 192] [--write 16 64 64]
+    python benchmarks/predict_efficiency.py [--shape 48 192 192] [--write 16 64 64] [--no-bf16]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--write", type=int, nargs=3, default=[16, 64, 64])
     ap.add_argument("--checkpoint", default="demo")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast (very slow on CPUs without bf16 units)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
@@ -61,6 +62,8 @@ def main() -> None:
 
     results = {}
     variants = {"float32": {}, "channels_last": {"channels_last": True}, "bf16 autocast": {"precision": "bfloat16"}}
+    if args.no_bf16:
+        del variants["bf16 autocast"]
     ref64 = predict_whole(Predictor(load_checkpoint(args.checkpoint)[0], precision="float64"), image[None], s.stats)
     for name, kw in variants.items():
         pred = Predictor(load_checkpoint(args.checkpoint)[0], **kw)

@@ -24,8 +24,8 @@ def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed
     out.mkdir(parents=True)
     image, labels = generate(SyntheticSpec(**{**DEMO_SPEC.__dict__, "shape": tuple(size)}), seed=seed)
     src = out / "input.zarr"
-    write_zarr(src, image, chunks=(32, 64, 64), name="raw")
-    write_zarr(src, labels, chunks=(32, 64, 64), name="labels")
+    write_zarr(src, image, chunks=(16, 64, 64), name="raw")
+    write_zarr(src, labels, chunks=(16, 64, 64), name="labels")
     t0 = time.perf_counter()
     result = segment({
         "input": {"path": str(src), "dataset": "raw"},

@@ -15,6 +15,7 @@ def test_demo_command(tmp_path, capsys):
     ap50 = float(re.search(r"AP@0.5 ([0-9.]+)", text).group(1))
     seg = open_array(out / "result.zarr" / "segmentation")[...]
     assert seg.shape == (24, 96, 96) and seg.max() > 5
-    # a sanity floor: a broken model, normalisation or stitching scores near 0 here
-    assert ap50 > 0.2, text
+    # the shipped model scores 0.952 here (benchmarks/RESULTS.md: 0.940 on held-out volumes);
+    # a broken model, normalisation, stitching or clustering default falls far below
+    assert ap50 > 0.85, text
     assert main(["-q", "demo", "--out", str(out)]) == 2  # never overwrites silently
