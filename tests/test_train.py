@@ -169,3 +169,22 @@ def test_data_loading_workers_use_one_thread():
 
     x, _, _ = next(batches(Probe(), 2, 1, seed=0))
     assert x.tolist() == [[1], [1]]
+
+
+def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
+    from pipeline import train as train_mod
+
+    calls: list[bool] = []
+    orig = train_mod.validate
+
+    def spy(*a, full=True, **k):
+        calls.append(full)
+        return orig(*a, full=full, **k)
+
+    monkeypatch.setattr(train_mod, "validate", spy)
+    train(TrainConfig(model=ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2),
+                      synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8), iterations=10,
+                      val_every=5, out=tmp_path / "m.pt"))
+    assert calls == [False, True]
+    assert len(train_mod.clustering_grid(1.5, 100.0, full=False)) == 2
+    assert len(train_mod.clustering_grid(1.5, 100.0)) == 3 * 7 * 3
