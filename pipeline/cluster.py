@@ -138,11 +138,13 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
         nbr[i].add(j)
         nbr[j].add(i)
     mean = sums / np.maximum(size, 1)[:, None]
-    version = np.zeros(n + 1, np.int64)
+    version = [0] * (n + 1)
     d = np.linalg.norm(mean[pairs[:, 0]] - mean[pairs[:, 1]], axis=1) if len(pairs) else np.zeros(0)
-    heap = [(float(x), i, j, 0, 0) for x, (i, j) in zip(d, pairs.tolist()) if x < merge_distance]
+    keep = d < merge_distance
+    m = int(keep.sum())
+    heap = list(zip(d[keep].tolist(), pairs[keep, 0].tolist(), pairs[keep, 1].tolist(), [0] * m, [0] * m))
     heapq.heapify(heap)
-    parent = np.arange(n + 1)
+    parent = list(range(n + 1))
     while heap:
         _, i, j, vi, vj = heapq.heappop(heap)
         if version[i] != vi or version[j] != vj or parent[i] != i or parent[j] != j:
@@ -161,12 +163,15 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
                 nbr[i].add(k)
         nbr[i].discard(j)
         nbr[j] = set()
-        for k in nbr[i]:
-            dk = float(np.linalg.norm(mean[i] - mean[k]))
-            if dk < merge_distance:
-                a, b = (i, k) if i < k else (k, i)
-                heapq.heappush(heap, (dk, a, b, int(version[a]), int(version[b])))
-    root = parent.copy()
+        if not nbr[i]:
+            continue
+        ks = np.fromiter(nbr[i], dtype=np.int64, count=len(nbr[i]))
+        dk = np.sqrt(((mean[ks] - mean[i]) ** 2).sum(axis=1))
+        close = dk < merge_distance
+        for dist, k in zip(dk[close].tolist(), ks[close].tolist()):
+            a, b = (i, k) if i < k else (k, i)
+            heapq.heappush(heap, (dist, a, b, version[a], version[b]))
+    root = np.asarray(parent)
     while True:  # path compression to the final roots
         nxt = root[root]
         if np.array_equal(nxt, root):
