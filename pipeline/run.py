@@ -642,7 +642,7 @@ def clustering_params(cfg: Config, extra: dict[str, Any]) -> ClusteringParams:
         threshold=pick(c.threshold, "threshold", default_threshold),
         merge_distance=pick(c.merge_distance, "merge_distance", 4 / 3 * delta_d),
         grow_threshold=pick(c.grow_threshold, "grow_threshold", min(0.5, fg)),
-        grow_distance=pick(c.grow_distance, "grow_distance", 3.0),
+        grow_distance=pick(c.grow_distance, "grow_distance", ClusteringParams.grow_distance),
         bandwidth=pick(c.bandwidth, "bandwidth", (delta_v + delta_d) / 2),
         min_size=pick(c.min_size, "min_size", 0),
     )

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from scipy import ndimage
 
 from .blocks import reflect_indices
+from .cluster import ClusteringParams, fragments, remove_small
 from .config import ConfigError, Frozen, read_yaml
 from .io import read_image
 from .loss import LossWeights, discriminative_loss
@@ -290,7 +291,8 @@ def clustering_grid(delta_d: float, median_size: float, full: bool = True) -> li
 
     def agg(fg: float, k: float) -> dict[str, Any]:
         return {"method": "agglomeration", "foreground_threshold": fg, "threshold": round(0.2 * delta_d, 4),
-                "merge_distance": round(k * delta_d, 4), "grow_threshold": min(0.5, fg), "grow_distance": 3.0}
+                "merge_distance": round(k * delta_d, 4), "grow_threshold": min(0.5, fg),
+                "grow_distance": ClusteringParams.grow_distance}
 
     if not full:
         return [{**conn(0.5, 1.0), "min_size": 0}, {**agg(0.7, 4 / 3), "min_size": int(0.1 * median_size)}]
@@ -306,7 +308,6 @@ def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]
     """AP@0.5 and avAP on whole validation volumes for every candidate of
     :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
     stored in the checkpoint as the model's default method and parameters."""
-    from .cluster import ClusteringParams, fragments, remove_small
     from .metrics import evaluate_many
 
     pred = Predictor(model, device=device)
@@ -314,18 +315,23 @@ def validate(model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]
     sizes = np.concatenate([np.bincount(lab.ravel())[1:] for _, lab in volumes])
     median = float(np.median(sizes[sizes > 0])) if (sizes > 0).any() else 0.0
     best: dict[str, Any] = {}
-    segs: dict[tuple[Any, ...], list[np.ndarray]] = {}
-    for cand in clustering_grid(delta_d, median, full):
-        key = tuple(v for k, v in cand.items() if k != "min_size")
-        if key not in segs:
-            params = ClusteringParams.from_dict(cand)
-            segs[key] = [fragments(o[:-1], o[-1], params) for o, _ in outs]
-        s = evaluate_many([(remove_small(seg, cand["min_size"]), lab) for seg, (_, lab) in zip(segs[key], outs)])
+    key, segs = None, []
+    for cand in clustering_grid(delta_d, median, full):  # min_size varies fastest: cluster once per key
+        params = ClusteringParams.from_dict({**cand, "min_size": 0})
+        if params != key:
+            key, segs = params, [fragments(o[:-1], o[-1], params) for o, _ in outs]
+        s = evaluate_many([(remove_small(seg, cand["min_size"]), lab) for seg, (_, lab) in zip(segs, outs)])
         row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand}
         if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
             best = row
     model.train()
     return best
+
+
+def _device(cfg: TrainConfig) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def split_volumes(cfg: TrainConfig) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
@@ -348,7 +354,7 @@ def calibrate(cfg: TrainConfig) -> Path:
         raise ConfigError("calibrate needs the checkpoint to calibrate in 'resume'")
     model, extra = load_checkpoint(cfg.resume)
     _, val = split_volumes(cfg)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    device = _device(cfg)
     model.to(device).eval()
     metrics = validate(model, val, float(extra.get("delta_d", cfg.loss.delta_d)), device)
     logger.info("calibrated on %d volume(s): AP@0.5 %.3f avAP %.3f with %s", len(val), metrics["ap50"],
@@ -364,7 +370,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     rng = np.random.default_rng(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    device = _device(cfg)
     start_iter = 0
     if cfg.resume:
         model, extra = load_checkpoint(cfg.resume)
