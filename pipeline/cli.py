@@ -171,10 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_train_config, train
 
@@ -281,3 +277,7 @@ def _add_more(sub: Any) -> None:
 
 
 _EXTRA_COMMANDS.append(_add_more)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
