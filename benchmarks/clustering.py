@@ -28,12 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mib, synthetic_volume
 
-from pipeline.cluster import METHODS, fragments
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.clustering import METHODS, fragments
 from pipeline.io import open_array, open_group, write_zarr
 from pipeline.metrics import evaluate
-from pipeline.model import load_checkpoint, passthrough_model, save_checkpoint
+from pipeline.model import passthrough_model
 from pipeline.predict import Predictor, predict_whole
-from pipeline.run import as_config, clustering_params, segment, setup
+from pipeline.run import as_config, clustering_params, prepare, segment
 
 
 def _cfg(tmp, name, write, ckpt="demo", **extra):
@@ -57,7 +58,7 @@ def main() -> None:
     image, gt = synthetic_volume(args.shape, seed=11)
     write_zarr(tmp / "in.zarr", image, chunks=args.write, name="raw")
     cfg = _cfg(tmp, "x", args.write, cluster={"kind": "serial"})
-    s = setup(cfg)
+    s = prepare(cfg)
     model, extra = load_checkpoint("demo")
     params = {m: clustering_params(_cfg(tmp, "x", args.write, clustering={"method": m}), extra) for m in METHODS}
     for m, p in params.items():
@@ -137,7 +138,7 @@ def main() -> None:
     print(f"\n[4] end-to-end `pipeline run` (serial, demo model) on {tuple(args.shape)}")
     write_zarr(tmp / "in.zarr", image, chunks=args.write, name="raw")
     c = _cfg(tmp, "e2e", args.write, cluster={"kind": "serial", "torch_threads": cores})
-    s = setup(c)
+    s = prepare(c)
     pred = Predictor(load_checkpoint("demo")[0])
     blocks = [s.volume.read(b.read) for b in s.plan]
     t0 = time.perf_counter()

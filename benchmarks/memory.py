@@ -46,7 +46,8 @@ def child(args: argparse.Namespace) -> None:
 
     from distributed import Client, LocalCluster
 
-    from pipeline.model import passthrough_model, save_checkpoint
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.model import passthrough_model
     from pipeline.run import segment
 
     tmp = Path(args.dir)

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, machine, peak_rss_mib, synthetic_volume
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.io import open_array, write_zarr
-from pipeline.model import load_checkpoint
 from pipeline.predict import Predictor, predict_tiled, predict_whole
-from pipeline.run import as_config, predict, setup
+from pipeline.run import as_config, predict, prepare
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
                      "output": {"path": str(tmp / "out.zarr"), "overwrite": True},
                      "model": {"checkpoint": args.checkpoint},
                      "blocks": {"write_shape": args.write}, "cluster": {"kind": "serial", "torch_threads": cores}})
-    s = setup(cfg)
+    s = prepare(cfg)
     plan = s.plan
     print(f"volume {plan.volume}, write {plan.write_shape}, read {plan.read_shape}, blocks {len(plan)}, "
           f"redundant compute (voxels read / written) {plan.redundancy:.2f}")

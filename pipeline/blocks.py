@@ -25,10 +25,11 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .geometry import Box, Coord, as_coord
 
 
-class PlanError(ValueError):
+class PlanError(UsageError):
     """A block plan that cannot be made (bad write shape, bad volume)."""
 
 

@@ -1,7 +1,8 @@
 """Command line: a thin layer over the Python API.
 
-Usage errors (bad config, bad input, existing output, ...) print one line and
-exit with code 2; ``--debug`` shows the full traceback instead.
+Usage errors (every :class:`~pipeline.errors.UsageError`: bad config, input, checkpoint,
+plan, cluster, existing output, ...) print one line and exit with code 2; ``--debug``
+shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .blocks import PlanError
 from .config import ConfigError, load_config
-from .io import InputError, OutputError
-from .model import CheckpointError
+from .errors import UsageError
+from .io import InputError
 
 logger = logging.getLogger("pipeline")
-
-USAGE_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, InputError, OutputError, PlanError, CheckpointError, FileNotFoundError,
-)
 
 
 def _config_args(p: argparse.ArgumentParser, overwrite: bool = False) -> None:
@@ -42,9 +38,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .run import plan_summary, setup
+    from .prepare import plan_summary, prepare
 
-    summary = plan_summary(setup(_load(args)))
+    summary = plan_summary(prepare(_load(args)))
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
@@ -62,7 +58,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_model_init(args: argparse.Namespace) -> int:
     import yaml
 
-    from .model import ModelSpec, count_parameters, init_model, save_checkpoint
+    from .checkpoint import CheckpointInfo, save_checkpoint
+    from .model import ModelSpec, count_parameters, init_model
 
     data = {}
     if args.spec:
@@ -75,19 +72,22 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - pydantic ValidationError
         raise ConfigError(f"model spec '{args.spec}': {str(exc).splitlines()[-2].strip()} ") from None
     model = init_model(spec, seed=args.seed)
-    save_checkpoint(model, args.out, extra={"trained": False, "seed": args.seed})
+    save_checkpoint(model, args.out, CheckpointInfo(trained=False, seed=args.seed))
     print(f"wrote {args.out}: step {list(spec.step)}, context {list(spec.context)}, {count_parameters(model)} parameters")
     return 0
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from .model import checkpoint_digest, count_parameters, load_checkpoint
+    from .checkpoint import open_checkpoint
+    from .model import count_parameters
 
-    model, extra = load_checkpoint(args.checkpoint)
-    spec = model.spec
+    ckpt = open_checkpoint(args.checkpoint)
+    spec = ckpt.spec
+    # the metadata the checkpoint records (fields it leaves out are not shown)
+    extra = ckpt.info.model_dump(mode="json", exclude_unset=True)
     info = {
         "checkpoint": args.checkpoint,
-        "digest": checkpoint_digest(args.checkpoint),
+        "digest": ckpt.digest,
         "ndim": spec.ndim,
         "in_channels": spec.in_channels,
         "embed_dim": spec.embed_dim,
@@ -97,7 +97,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         "step": list(spec.step),
         "context": list(spec.context),
         "min_input": list(spec.input_shape(spec.step)),
-        "parameters": count_parameters(model),
+        "parameters": count_parameters(ckpt.model),
         "normalisation": spec.normalisation.model_dump(),
         **{k: v for k, v in extra.items() if k in ("trained", "iterations", "delta_v", "delta_d", "metrics", "clustering")},
     }
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except USAGE_ERRORS as exc:
+    except UsageError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from .errors import UsageError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration the user must fix (exit code 2 on the CLI)."""
 
 
@@ -132,8 +135,9 @@ ClusterConfig = Annotated[
 
 
 class ClusteringConfig(Frozen):
-    method: Literal["connectivity", "agglomeration", "meanshift"] | None = Field(
-        None, description="none: the method calibrated with the model, else connectivity")
+    method: str | None = Field(
+        None, description="a method of pipeline.clustering (connectivity, agglomeration, meanshift); none: the "
+        "method calibrated with the model, else connectivity")
     foreground_threshold: float | None = Field(None, gt=0, lt=1, description="none: model default, else 0.5")
     threshold: float | None = Field(
         None, gt=0, description="connectivity/agglomeration: max embedding distance of neighbouring voxels; "
@@ -148,6 +152,18 @@ class ClusteringConfig(Frozen):
     bandwidth: float | None = Field(None, gt=0, description="meanshift bandwidth; none: model default")
     min_size: int | None = Field(None, ge=0, description="objects smaller than this (voxels) are removed, after "
                                  "merging; none: the model's calibrated value, else 0")
+
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str | None) -> str | None:
+        from .clustering import METHOD_NAMES  # every registered method, also ones added at run time
+
+        if value is not None and value not in METHOD_NAMES:
+            close = difflib.get_close_matches(value, METHOD_NAMES, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(METHOD_NAMES)}"
+            raise PydanticCustomError("unknown_method", "unknown clustering method; {hint}", {"hint": hint})
+        return value
 
 
 class MergeConfig(Frozen):
@@ -179,54 +195,84 @@ class Config(Frozen):
 # ---------------------------------------------------------------- loading
 
 
-def _fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
-    """Field names of the (sub)model reached by ``loc``, for suggestions."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            # a discriminated union: pick the member named by the kind tag
-            return []
-        ann = field.annotation
-        candidates = [ann, *getattr(ann, "__args__", ())]
-        current = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+M = TypeVar("M", bound=BaseModel)
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = [str(p) for p in error["loc"] if not str(p).endswith("ClusterConfig")]
-    # discriminated unions insert the tag value into the location
-    loc = [p for p in loc if p not in ("serial", "local", "local-cuda", "address", "slurm")]
-    where = ".".join(loc) or "config"
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through unions, ``Optional``, tuples)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        found += [m for m in _models_in(arg) if m not in found]
+    return found
+
+
+def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[list[str], list[str]]:
+    """The readable path of an error location and the keys valid in the section it ends in.
+
+    Pydantic puts the member of a union (its class name or discriminator tag) into the
+    location; those parts are dropped, and the valid keys of a union are those of all its
+    members. Sequence indices and keys of plain mappings are kept.
+    """
+    models: list[type[BaseModel]] = [model]
+    path: list[str] = []
+    for i, part in enumerate(loc):
+        name = str(part)
+        owners = [m for m in models if name in m.model_fields]
+        if owners:
+            path.append(name)
+            models = []
+            for m in owners:
+                models += [c for c in _models_in(m.model_fields[name].annotation) if c not in models]
+        elif isinstance(part, int) or not models or i == len(loc) - 1 or name not in _labels(models):
+            path.append(name)
+    if len(models) == 1:
+        return path, list(models[0].model_fields)
+    return path, sorted({f for m in models for f in m.model_fields})
+
+
+def _labels(models: Sequence[type[BaseModel]]) -> set[str]:
+    """What pydantic may insert into a location for a union of ``models``."""
+    if len(models) < 2:
+        return set()
+    tags = {str(v) for m in models for f in m.model_fields.values() for v in get_args(f.annotation)
+            if isinstance(v, str | int)}
+    return {m.__name__ for m in models} | tags
+
+
+def _describe(model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    """One error of ``model.model_validate`` as a line naming the key, the value and the fix."""
+    path, known = _locate(model, error["loc"])
+    where = ".".join(path) or "config"
     if error["type"] == "extra_forbidden":
-        key = loc[-1] if loc else "?"
-        known = _fields_at(Config, loc[:-1])
-        if loc and loc[0] == "cluster":
-            known = sorted(
-                {f for m in (SerialClusterConfig, LocalClusterConfig, LocalCudaClusterConfig, AddressClusterConfig,
-                             SlurmClusterConfig) for f in m.model_fields}
-            )
-        close = difflib.get_close_matches(key, known, n=1)
+        close = difflib.get_close_matches(path[-1] if path else "?", known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
         return f"unknown key '{where}': {hint}"
     if error["type"] == "missing":
         return f"missing required key '{where}'"
     value = error.get("input")
+    if not path and isinstance(value, Mapping):  # a check of the whole document: its text is the message
+        return f"{where}: {error['msg']}"
     return f"{where}: {error['msg']} (got {value!r})"
 
 
-def validate_config(data: Mapping[str, Any]) -> Config:
+def describe_errors(model: type[BaseModel], exc: ValidationError) -> str:
+    """All errors of validating ``model``, one line, separated by ``;``."""
+    return "; ".join(_describe(model, e) for e in exc.errors())
+
+
+def validate_model(model: type[M], data: Mapping[str, Any], what: str) -> M:
+    """``model.model_validate(data)``, or a one-line :class:`ConfigError` starting with ``what``
+    (e.g. ``invalid config``) that names each bad key or value and suggests the fix."""
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        msgs = [_describe(e) for e in exc.errors()]
-        raise ConfigError("invalid config: " + "; ".join(msgs)) from None
+        raise ConfigError(f"{what}: {describe_errors(model, exc)}") from None
+
+
+def validate_config(data: Mapping[str, Any]) -> Config:
+    return validate_model(Config, data, "invalid config")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from .config import (
     SerialClusterConfig,
     SlurmClusterConfig,
 )
+from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ AnyCluster = (
 )
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UsageError):
     """A cluster that cannot be started as configured."""
 
 

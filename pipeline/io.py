@@ -1,6 +1,7 @@
 """Reading and writing volumes: zarr v2/v3 arrays, OME-Zarr images, TIFF.
 
-Only this module and :mod:`pipeline.run` touch the filesystem. Reads take a
+Inputs are opened lazily (metadata only) and read box by box; the output group's layout
+belongs to :mod:`pipeline.store`. Reads take a
 :class:`~pipeline.geometry.Box` in volume coordinates and reflect the volume at
 its borders exactly like ``numpy.pad(mode="reflect")``, so border blocks are
 computed at full size.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +22,17 @@ import zarr
 
 from .blocks import reflect_indices
 from .config import InputConfig
+from .errors import UsageError
 from .geometry import Box
 
 logger = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """An input the user must fix (missing, wrong shape or dtype, ...)."""
 
 
-class OutputError(ValueError):
+class OutputError(UsageError):
     """An output that cannot be written without losing data or permission."""
 
 
@@ -226,29 +227,6 @@ def percentiles(vol: InputVolume, low: float, high: float) -> tuple[float, float
 # ---------------------------------------------------------------- output
 
 
-def prepare_output(path: str | Path, overwrite: bool) -> zarr.Group:
-    """Create the output group. An existing path is replaced only with ``overwrite``."""
-    p = Path(path)
-    if p.exists():
-        if not overwrite:
-            raise OutputError(
-                f"output.path '{p}' already exists; choose another path or pass --overwrite "
-                "(set output.overwrite: true) to replace it"
-            )
-        if p.is_dir() and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
-            raise OutputError(f"output.path '{p}' exists and is not a zarr group: refusing to delete it")
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    parent = p.parent if str(p.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".pipeline-write-test-{p.name}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output.path '{p}' is not writable ({exc.strerror}); choose a writable location") from None
-    return zarr.open_group(str(p), mode="w-")
-
-
 def create_array(
     group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any = 0
 ) -> zarr.Array:
@@ -281,6 +259,8 @@ def write_zarr(path: str | Path, data: np.ndarray, chunks: Sequence[int] | None 
 def read_image(path: str | Path, dataset: str | None = None) -> np.ndarray:
     """Read a whole (small) image from TIFF or zarr into memory (training, evaluation)."""
     p = Path(path)
+    if not p.exists():
+        raise InputError(f"image '{p}' does not exist (give an existing TIFF or zarr path)")
     if p.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 

@@ -1,4 +1,4 @@
-"""Cross-block merging of fragments into instances. Pure numpy; no Dask.
+"""Global fragment ids, union-find, lookup tables and object statistics. Pure numpy; no Dask.
 
 Fragment ids are unique without any serial dependency between blocks::
 
@@ -7,14 +7,9 @@ Fragment ids are unique without any serial dependency between blocks::
 so any block's fragments can be numbered as soon as it is clustered, and the
 block of an id is ``(id - 1) // stride``.
 
-Candidate pairs are fragments that touch across a shared block face. With the
-``connectivity`` method a pair of face voxels is joined by the same rule as
-inside a block (both foreground, embedding distance below the threshold), so
-the blockwise result equals the whole-volume result. With ``meanshift`` a pair
-is accepted on evidence: enough contact voxels and close fragment mean
-embeddings (these agree across blocks because stitched embeddings are exact).
-
-Union-find is done by :func:`components` on edge lists, which can be applied
+Which fragment pairs that touch across a block face belong together is the
+clustering method's rule (:mod:`pipeline.clustering`); this module takes the
+accepted pairs from there. Union-find is done by :func:`components` on edge lists, which can be applied
 as a tree reduction: its output (node -> root, root = smallest id) is itself a
 valid edge list for the next level.
 """
@@ -27,8 +22,6 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from .cluster import pair_close
-
 ID_DTYPE = np.uint64
 
 
@@ -40,45 +33,13 @@ def fragment_ids(local: np.ndarray, linear: int, stride: int) -> np.ndarray:
     return out
 
 
+def local_ids(ids: np.ndarray, linear: int, stride: int) -> np.ndarray:
+    """Inverse of :func:`fragment_ids` for one block: ``int64`` local labels, 0 = background."""
+    return np.where(ids > 0, ids - ID_DTYPE(linear) * ID_DTYPE(stride), 0).astype(np.int64)
+
+
 def block_of(ids: np.ndarray, stride: int) -> np.ndarray:
     return ((ids.astype(ID_DTYPE) - ID_DTYPE(1)) // ID_DTYPE(stride)).astype(np.int64)
-
-
-def face_pairs(
-    lab_a: np.ndarray,
-    lab_b: np.ndarray,
-    emb_a: np.ndarray | None = None,
-    emb_b: np.ndarray | None = None,
-    threshold: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fragment pairs joined across one face.
-
-    ``lab_a``/``lab_b``: fragment ids of the two facing voxel planes (same
-    shape); with embeddings ``(E, *plane)`` and a ``threshold`` only voxel pairs
-    passing the connectivity rule count. Returns ``(pairs (m, 2) uint64,
-    contact (m,) int64)``: unique pairs and how many voxel pairs join them.
-    """
-    link = (lab_a > 0) & (lab_b > 0)
-    if threshold is not None and emb_a is not None and emb_b is not None and link.any():
-        link &= pair_close(emb_a, emb_b, threshold)
-    if not link.any():
-        return np.zeros((0, 2), ID_DTYPE), np.zeros(0, np.int64)
-    pairs = np.stack([lab_a[link], lab_b[link]], axis=1).astype(ID_DTYPE)
-    uniq, contact = np.unique(pairs, axis=0, return_counts=True)
-    return uniq, contact.astype(np.int64)
-
-
-def accept_by_evidence(
-    pairs: np.ndarray,
-    contact: np.ndarray,
-    mean_a: np.ndarray,
-    mean_b: np.ndarray,
-    min_contact: int,
-    max_distance: float,
-) -> np.ndarray:
-    """Mean-shift merge rule: enough contact and close fragment mean embeddings."""
-    dist = np.linalg.norm(mean_a.astype(np.float64) - mean_b, axis=1)
-    return pairs[(contact >= min_contact) & (dist <= max_distance)]
 
 
 def components(edge_lists: Sequence[np.ndarray]) -> np.ndarray:

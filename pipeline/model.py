@@ -1,4 +1,4 @@
-"""A U-Net with valid convolutions only, and its safe checkpoint format.
+"""A U-Net with valid convolutions only, and its architecture spec.
 
 The network never pads: every convolution is ``valid``, so its output at a
 voxel depends only on the input inside a fixed window (the ``context`` on each
@@ -6,19 +6,15 @@ side). With ``l`` pooling layers of factors ``f_j`` it is equivariant to
 shifts of ``step = prod_j f_j`` per axis; tiles whose outputs are ``n * step``
 wide and aligned to one global grid therefore stitch exactly.
 
-Checkpoints are a single ``torch.save`` file holding only tensors and a JSON
-string (the architecture spec and input normalisation). They are read with
-``torch.load(weights_only=True)``, which cannot execute code from the file.
+:class:`ModelSpec` (architecture and input normalisation) is what a checkpoint
+stores next to the weights; the file format is in :mod:`pipeline.checkpoint`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -26,13 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "pipeline-unet"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the data."""
 
 
 class Normalisation(BaseModel):
@@ -290,74 +279,3 @@ def passthrough_model(ndim: int = 3, downsample: Any = None, gain: float = 10.0,
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-DEMO_CHECKPOINT = Path(__file__).parent / "data" / "demo.pt"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """``demo`` names the bundled model; anything else is a file path."""
-    if str(path) == "demo":
-        return DEMO_CHECKPOINT
-    return Path(path)
-
-
-def save_checkpoint(model: UNet, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights plus spec (as JSON) to one file readable with ``weights_only``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "spec": model.spec.model_dump_json(),
-        "extra": json.dumps(extra or {}),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-    }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> tuple[UNet, dict[str, Any]]:
-    """Load a checkpoint without executing code from it. Returns ``(model, extra)``."""
-    p = resolve_checkpoint(path)
-    if not p.is_file():
-        raise CheckpointError(
-            f"model.checkpoint: no file at '{p}' (give the path of a .pt file made by "
-            "'pipeline model init' or 'pipeline train', or 'demo' for the bundled model)"
-        )
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
-        raise CheckpointError(
-            f"model.checkpoint '{p}' is not a readable checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); recreate it with 'pipeline model init' or 'pipeline train'"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(
-            f"model.checkpoint '{p}' is not a {FORMAT} checkpoint (missing 'format' entry)"
-        )
-    if payload.get("version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"model.checkpoint '{p}' has format version {payload.get('version')}, this "
-            f"package reads version {FORMAT_VERSION}"
-        )
-    try:
-        spec = ModelSpec.model_validate_json(payload["spec"])
-        model = UNet(spec)
-        model.load_state_dict(payload["state_dict"])
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(
-            f"model.checkpoint '{p}': spec and weights do not fit ({str(exc).splitlines()[0][:200]})"
-        ) from None
-    model.eval()
-    return model, json.loads(payload.get("extra", "{}"))
-
-
-def checkpoint_digest(path: str | Path) -> str:
-    """SHA-256 of the checkpoint file (first 16 hex digits), for provenance and resume."""
-    h = hashlib.sha256()
-    with open(resolve_checkpoint(path), "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]

@@ -15,7 +15,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .model import ModelSpec, Normalisation, UNet, load_checkpoint
+from .checkpoint import load_checkpoint
+from .model import ModelSpec, Normalisation, UNet
 
 logger = logging.getLogger(__name__)
 

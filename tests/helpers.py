@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.model import passthrough_model, save_checkpoint
+from pipeline.checkpoint import save_checkpoint
+from pipeline.model import passthrough_model
 
 
 def passthrough_checkpoint(path: Path, ndim: int = 3, downsample=None, gain: float = 10.0, embed_dim: int = 2) -> Path:

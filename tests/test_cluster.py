@@ -5,17 +5,11 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipeline.cluster import (
-    agglomerate,
-    agglomeration_fragments,
-    connectivity_fragments,
-    grow,
-    meanshift,
-    meanshift_fragments,
-    region_adjacency,
-)
+from pipeline.clustering import connectivity_fragments, region_adjacency
+from pipeline.clustering.agglomeration import agglomerate, agglomeration_fragments, grow
+from pipeline.clustering.faces import accept_by_evidence, face_pairs
+from pipeline.clustering.meanshift import meanshift, meanshift_fragments
 from pipeline.io import open_array, write_zarr
-from pipeline.merge import accept_by_evidence, face_pairs
 from pipeline.run import segment
 
 from .helpers import passthrough_checkpoint, same_partition

@@ -45,6 +45,16 @@ def test_bad_config_messages(data, match):
         validate_config(data)
 
 
+def test_cli_train_misspelt_key(tmp_path, capsys):
+    """The training config gets the run config's one-line did-you-mean errors."""
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump({"synthetic": {"count": 2}, "batchsize": 4, "out": str(tmp_path / "m.pt")}))
+    assert main(["-q", "train", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: invalid training config '{p}': unknown key 'batchsize': did you mean 'batch_size'?"
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(BASE))

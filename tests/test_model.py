@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 import torch
 
-from pipeline.model import CheckpointError, ModelSpec, init_model, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.model import ModelSpec, init_model
 
 
 @pytest.mark.parametrize(
@@ -81,3 +83,44 @@ def test_incompatible_checkpoint(tmp_path):
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_open_checkpoint_reads_typed_metadata_once():
+    from pipeline.checkpoint import DEMO_CHECKPOINT, Calibration, checkpoint_digest, open_checkpoint
+
+    ckpt = open_checkpoint("demo")
+    assert ckpt.path == DEMO_CHECKPOINT.resolve() and ckpt.path.is_absolute()
+    assert ckpt.digest == checkpoint_digest("demo") == checkpoint_digest(DEMO_CHECKPOINT)
+    assert isinstance(ckpt.info.clustering, Calibration) and ckpt.info.clustering.method == "agglomeration"
+    assert ckpt.info.clustering.values()["min_size"] == ckpt.info.clustering.min_size
+    assert "bandwidth" not in ckpt.info.clustering.values()  # not calibrated for agglomeration
+    assert ckpt.info.trained and ckpt.spec == ckpt.model.spec and not ckpt.model.training
+    # the dict view is the stored metadata, and the typed one writes it back byte for byte
+    _, extra = load_checkpoint("demo")
+    assert extra["clustering"]["method"] == "agglomeration"
+    assert ckpt.info.to_json() == torch.load(DEMO_CHECKPOINT, weights_only=True)["extra"]
+
+
+def test_checkpoint_metadata_is_validated(tmp_path):
+    from pipeline.checkpoint import CheckpointInfo, open_checkpoint
+
+    spec = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2)
+    good = {"trained": True, "iterations": 7, "clustering": {"method": "connectivity", "threshold": 1.5}}
+    payload = torch.load(save_checkpoint(init_model(spec), tmp_path / "m.pt", extra=good), weights_only=True)
+    payload["extra"] = json.dumps({**good, "clustering": {"method": "connectivity", "treshold": 1.5}})
+    torch.save(payload, tmp_path / "typo.pt")
+    for read in (open_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match="unknown key 'clustering.treshold': did you mean 'threshold'") as err:
+            read(tmp_path / "typo.pt")
+        assert "typo.pt" in str(err.value) and "\n" not in str(err.value)
+    # keys outside the clustering section that this version does not know are kept
+    payload["extra"] = json.dumps({**good, "note": "from another tool"})
+    torch.save(payload, tmp_path / "note.pt")
+    assert open_checkpoint(tmp_path / "note.pt").info.model_extra == {"note": "from another tool"}
+    assert load_checkpoint(tmp_path / "note.pt")[1]["note"] == "from another tool"
+    # saving validates too, from a dict or a CheckpointInfo
+    with pytest.raises(CheckpointError, match=r"iterations: Input should be greater than or equal to 0 \(got -1\)"):
+        save_checkpoint(init_model(spec), tmp_path / "bad.pt", extra={"iterations": -1})
+    assert not (tmp_path / "bad.pt").exists()
+    save_checkpoint(init_model(spec), tmp_path / "info.pt", CheckpointInfo.model_validate(good))
+    assert load_checkpoint(tmp_path / "info.pt")[1] == good

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.io import open_array, write_zarr
-from pipeline.model import load_checkpoint
 from pipeline.predict import Predictor, predict_tiled, predict_whole
-from pipeline.run import as_config, predict, setup
+from pipeline.run import as_config, predict, prepare
 
 from .conftest import make_checkpoint, random_volume
 
@@ -36,7 +36,7 @@ def _run(tmp_path, spec_kwargs, shape, write, precision, client=None, ndim=3, dt
         "cluster": {"kind": "serial"} if client is None else {"kind": "local"},
     })
     predict(cfg, client=client)
-    s = setup(cfg)
+    s = prepare(cfg)
     ref = predict_whole(Predictor(load_checkpoint(ckpt)[0], precision=precision), vol[None], s.stats)
     emb = open_array(tmp_path / f"{name}.zarr" / "embeddings")[...]
     fg = open_array(tmp_path / f"{name}.zarr" / "foreground")[...]

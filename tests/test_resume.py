@@ -34,18 +34,13 @@ def _config(tmp_path, name, **over):
     return path
 
 
-def _done(out):
-    d = out / "scratch" / "done" / "c"
-    return sum(1 for p in d.rglob("*") if p.is_file()) if d.exists() else 0
-
-
 @pytest.mark.parametrize("command", ["run", "predict"])
 def test_sigkill_then_rerun_resumes_and_matches(tmp_path, command):
     ref_cfg = _config(tmp_path, "reference")
     assert main(["-q", command, str(ref_cfg)]) == 0
     cfg = _config(tmp_path, "crashed")
     out = tmp_path / "crashed.zarr"
-    marker_dir = out / ("scratch/done/c" if command == "run" else "done/c")
+    marker_dir = out / ("scratch/done_fragments/c" if command == "run" else "scratch/done_predict/c")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", command, str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -74,10 +69,11 @@ def test_stale_markers_are_refused(tmp_path, capsys):
     cfg = _config(tmp_path, "a")
     out = tmp_path / "a.zarr"
     from pipeline.config import load_config
-    from pipeline.run import open_output, resume_key, setup
+    from pipeline.run import prepare
+    from pipeline.store import Store, resume_key
 
-    s = setup(load_config(cfg))
-    open_output(s, resume_key(s, "segment", {"x": 1}))  # an unfinished run with other parameters
+    s = prepare(load_config(cfg))
+    Store.open(out, False, resume_key(s, "segment", {"x": 1}), "other")  # an unfinished run with other parameters
     assert main(["-q", "run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "different plan, model or parameters" in err and "--overwrite" in err

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.cluster import connectivity_fragments
+from pipeline.checkpoint import load_checkpoint
+from pipeline.clustering import connectivity_fragments
 from pipeline.io import open_array, open_group, write_zarr
 from pipeline.merge import block_of, components, fragment_ids, global_tables, label_dtype
-from pipeline.model import load_checkpoint
 from pipeline.predict import Predictor, predict_whole
-from pipeline.run import as_config, segment, setup
+from pipeline.run import as_config, prepare, segment
 
 from .conftest import make_checkpoint, random_volume
 from .helpers import passthrough_checkpoint, same_partition
@@ -89,7 +89,7 @@ def test_objects_spanning_many_blocks(tmp_path):
     vol[4:10, 2:8, 26:32] = 0.65
     vol[4:10, 2:8, 32:38] = 0.95
     seg, _, cfg = _segment(tmp_path, vol, (8, 8, 8))
-    s = setup(cfg)
+    s = prepare(cfg)
     pred = Predictor(load_checkpoint(cfg.model.checkpoint)[0], precision="float64")
     whole = predict_whole(pred, vol[None], s.stats)
     ref = connectivity_fragments(whole[:-1], whole[-1], 0.5, 1.5)
@@ -111,7 +111,7 @@ def test_random_model_blockwise_equals_single_block(tmp_path, write):
     cfg_common = {"clustering": {"threshold": 0.02, "foreground_threshold": 0.5}}
     model = load_checkpoint(ckpt)[0]
     # choose a threshold inside the distribution of neighbour distances
-    whole = predict_whole(Predictor(model, precision="float64"), vol[None], setup(as_config({
+    whole = predict_whole(Predictor(model, precision="float64"), vol[None], prepare(as_config({
         "input": {"path": str(_write(tmp_path, vol)), "dataset": "raw"}, "output": {"path": str(tmp_path / "x")},
         "model": {"checkpoint": str(ckpt)}})).stats)
     d = np.sqrt((np.diff(whole[:-1], axis=3) ** 2).sum(0))

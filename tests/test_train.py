@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ConfigError
-from pipeline.model import ModelSpec, load_checkpoint
+from pipeline.model import ModelSpec
 from pipeline.synthetic import SyntheticSpec, generate
 from pipeline.train import AugmentConfig, CropSampler, SyntheticSource, TrainConfig, train
 
@@ -56,7 +57,7 @@ def test_training_loss_decreases_and_resumes(tmp_path):
         lr=0.01, val_every=60, out=tmp_path / "m.pt", seed=1,
     )
     torch.manual_seed(0)
-    from pipeline import train as train_mod
+    from pipeline.train import loop as train_mod
 
     losses: list[float] = []
     orig = train_mod.discriminative_loss
@@ -132,7 +133,7 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
     import yaml
 
     from pipeline.cli import main
-    from pipeline.cluster import METHODS, ClusteringParams, fragments, remove_small
+    from pipeline.clustering import METHODS, ClusteringParams, fragments, remove_small
     from pipeline.metrics import evaluate
     from pipeline.predict import Predictor, predict_whole
     from pipeline.train import norm_stats, synthetic_volumes
@@ -173,6 +174,7 @@ def test_data_loading_workers_use_one_thread():
 
 def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
     from pipeline import train as train_mod
+    from pipeline.train import loop
 
     calls: list[bool] = []
     orig = train_mod.validate
@@ -181,7 +183,7 @@ def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
         calls.append(full)
         return orig(*a, full=full, **k)
 
-    monkeypatch.setattr(train_mod, "validate", spy)
+    monkeypatch.setattr(loop, "validate", spy)
     train(TrainConfig(model=ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2),
                       synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8), iterations=10,
                       val_every=5, out=tmp_path / "m.pt"))

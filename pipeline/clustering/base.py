@@ -1,0 +1,99 @@
+"""What a clustering method is, and the registry of methods.
+
+A method turns one block's embeddings and foreground into fragments (block-local labels
+``1..k``, spatially connected), says what evidence it leaves on the block's faces, and
+decides which fragment pairs that touch across a face belong to one object. Each method
+is one class in its own module of this package, registered with :func:`register`;
+adding a method means adding one module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .faces import accept_by_evidence, face_pairs, values_at
+from .kernels import fragment_means
+from .params import ClusteringParams
+
+_REGISTRY: dict[str, type[Method]] = {}
+METHOD_NAMES: list[str] = []  # filled as method modules are imported (see __init__)
+
+
+def register(cls: type[Method]) -> type[Method]:
+    _REGISTRY[cls.name] = cls
+    METHOD_NAMES[:] = sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].rank, n))
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"clustering.method must be one of {', '.join(METHOD_NAMES)}, got {name!r}") from None
+
+
+class Method(ABC):
+    """One clustering method with its resolved parameters and cross-block merge rule."""
+
+    name: ClassVar[str]
+    rank: ClassVar[int] = 100  # order in listings
+    exact: ClassVar[bool] = False  # blockwise result identical to the single-block one
+
+    def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None) -> None:
+        if params.method != self.name:
+            raise ValueError(f"parameters for {params.method!r} given to the {self.name!r} method")
+        self.params = params
+        self.min_contact = min_contact
+        self.max_distance = max_distance
+
+    @classmethod
+    def defaults(cls, delta_v: float, delta_d: float) -> dict[str, Any]:
+        """Default of every parameter key from the loss margins (methods override theirs)."""
+        return {"foreground_threshold": 0.5, "threshold": delta_d, "merge_distance": 4 / 3 * delta_d,
+                "grow_distance": ClusteringParams.grow_distance, "bandwidth": (delta_v + delta_d) / 2,
+                "min_size": 0}
+
+    @abstractmethod
+    def fragments(self, emb: np.ndarray, fg: np.ndarray) -> np.ndarray:
+        """Block-local labels ``1..k`` (int64) of embeddings ``(E, *S)`` and foreground ``(*S)``."""
+
+    @abstractmethod
+    def face_evidence(self, emb: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """``(E, *S)`` values written on the block's faces for :meth:`accept`."""
+
+    @abstractmethod
+    def accept(self, lab_a: np.ndarray, lab_b: np.ndarray, ev_a: np.ndarray, ev_b: np.ndarray) -> np.ndarray:
+        """Accepted fragment-id pairs ``(m, 2)`` across one face (see :mod:`.faces`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the result: parameters and the merge rule."""
+        return {**self.params.as_dict(), "min_contact": self.min_contact, "max_distance": self.max_distance}
+
+
+class EvidenceMethod(Method):
+    """Fragments merge across a face when they share ``min_contact`` voxel pairs and their
+    mean embeddings are within ``max_distance`` (stitched embeddings are exact, so both
+    sides see the same embedding of one object). Faces carry each fragment's mean."""
+
+    @abstractmethod
+    def default_max_distance(self) -> float:
+        """``merge.max_distance`` when the config leaves it open."""
+
+    def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None) -> None:
+        super().__init__(params, min_contact, max_distance)
+        if self.max_distance is None:
+            self.max_distance = self.default_max_distance()
+
+    def face_evidence(self, emb: np.ndarray, local: np.ndarray) -> np.ndarray:
+        return fragment_means(emb, local)[:, local]
+
+    def accept(self, lab_a: np.ndarray, lab_b: np.ndarray, ev_a: np.ndarray, ev_b: np.ndarray) -> np.ndarray:
+        pairs, contact = face_pairs(lab_a, lab_b)
+        if not len(pairs):
+            return pairs
+        mean_a, mean_b = values_at(lab_a, ev_a, pairs[:, 0]), values_at(lab_b, ev_b, pairs[:, 1])
+        assert self.max_distance is not None
+        return accept_by_evidence(pairs, contact, mean_a, mean_b, self.min_contact, self.max_distance)

@@ -1,0 +1,108 @@
+"""Numpy kernels shared by the clustering methods: components of a voxel graph, the
+voxel-pair embedding rule, region adjacency and object-size filtering. No method logic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+Joined = Callable[[tuple[slice, ...], tuple[slice, ...]], np.ndarray]
+
+
+def _shifted(ndim: int, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices of the lower and upper voxel of every face pair along ``axis``."""
+    a = tuple(slice(0, -1) if i == axis else slice(None) for i in range(ndim))
+    b = tuple(slice(1, None) if i == axis else slice(None) for i in range(ndim))
+    return a, b
+
+
+def components(mask: np.ndarray, joined: Joined) -> np.ndarray:
+    """Components of ``mask`` voxels linked along faces where ``joined(a, b)`` is true.
+
+    ``joined`` gets the slices of the lower and upper voxel of every face pair
+    along one axis and returns a boolean array of that shape. Labels are ``1..k``
+    in raster order of each component's first voxel; 0 is background.
+    """
+    shape = mask.shape
+    labels = np.zeros(shape, dtype=np.int64)
+    n = int(mask.sum())
+    if n == 0:
+        return labels
+    node = np.full(shape, -1, dtype=np.int64)
+    node[mask] = np.arange(n)
+    src, dst = [], []
+    for ax in range(mask.ndim):
+        a, b = _shifted(mask.ndim, ax)
+        link = mask[a] & mask[b]
+        if link.any():
+            link &= joined(a, b)
+            src.append(node[a][link])
+            dst.append(node[b][link])
+    s = np.concatenate(src) if src else np.zeros(0, np.int64)
+    d = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+    graph = sparse.coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # renumber components by first voxel in raster order (deterministic)
+    _, first = np.unique(comp, return_index=True)
+    order = np.argsort(np.argsort(first))
+    labels[mask] = order[comp] + 1
+    return labels
+
+
+def embedding_close(emb: np.ndarray, threshold: float) -> Joined:
+    """Edge rule: squared embedding distance below ``threshold**2`` (float64 sums)."""
+
+    def joined(a: tuple[slice, ...], b: tuple[slice, ...]) -> np.ndarray:
+        return pair_close(emb[(slice(None), *a)], emb[(slice(None), *b)], threshold)
+
+    return joined
+
+
+def pair_close(ea: np.ndarray, eb: np.ndarray, threshold: float) -> np.ndarray:
+    """The same rule as :func:`embedding_close` for explicit voxel pairs ``(E, ...)``."""
+    diff = ea.astype(np.float64) - eb
+    return np.einsum("e...,e...->...", diff, diff) < float(threshold) ** 2
+
+
+def connectivity_fragments(emb: np.ndarray, fg: np.ndarray, fg_threshold: float, threshold: float) -> np.ndarray:
+    """Foreground voxels (``fg > fg_threshold``) joined to face neighbours closer than
+    ``threshold`` in embedding space. ``emb``: ``(E, *S)``; ``fg``: ``(*S)``."""
+    return components(fg > fg_threshold, embedding_close(emb, threshold))
+
+
+def label_components(labels: np.ndarray) -> np.ndarray:
+    """Split every label of ``labels`` (0 = background) into face-connected pieces."""
+    return components(labels > 0, lambda a, b: labels[a] == labels[b])
+
+
+def region_adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face-adjacent label pairs ``(m, 2)`` (``a < b``, both > 0) and their contact counts."""
+    found = []
+    for ax in range(labels.ndim):
+        a, b = _shifted(labels.ndim, ax)
+        la, lb = labels[a], labels[b]
+        k = (la != lb) & (la > 0) & (lb > 0)
+        found.append(np.sort(np.stack([la[k], lb[k]], axis=1), axis=1))
+    pairs = np.concatenate(found)
+    if not len(pairs):
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    uniq, contact = np.unique(pairs, axis=0, return_counts=True)
+    return uniq.astype(np.int64), contact.astype(np.int64)
+
+
+def fragment_means(emb: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """``(E, k + 1)`` mean embedding of every label ``0..k`` of ``local`` (0: background)."""
+    k = int(local.max()) if local.size else 0
+    flat = local.ravel()
+    sums = np.stack([np.bincount(flat, weights=e.ravel(), minlength=k + 1) for e in emb])
+    return sums / np.maximum(np.bincount(flat, minlength=k + 1), 1)
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels with fewer than ``min_size`` voxels set to 0 (for whole objects only)."""
+    if not min_size:
+        return labels
+    return np.where(np.bincount(labels.ravel())[labels] >= min_size, labels, 0)

@@ -1,0 +1,201 @@
+"""How work runs: in this process, or on a Dask client. Knows nothing about segmentation.
+
+One :class:`Engine` offers three things, the same in both modes:
+
+``map``     run ``fn(batch, *args)`` for every batch of block indices; results come back
+            as they complete, with at most ``window`` tasks in flight (the client never
+            holds a future per block of a huge volume); tasks that need a resource (the
+            GPU, ``model``) ask for it when some worker offers it.
+``reduce``  combine the leaf results of ``leaf(batch, *args)`` as a tree of tasks
+            (fan-in 8): no task ever sees every leaf.
+``call``    run one function (on a worker with Dask); its result stays there as a
+            :data:`Ref` that later calls and maps take as an argument; ``result`` fetches it.
+
+With Dask, a worker lost mid-run has its tasks recomputed by the scheduler, and a result
+reported twice after such a recomputation is taken once. Tasks carry their (small)
+arguments themselves instead of scattering them: scattered data lost with a worker
+cannot be recomputed and would cancel every task that needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Batch = Sequence[int]
+
+
+@dataclass(frozen=True)
+class Local:
+    """A value computed in this process (serial mode's :data:`Ref`)."""
+
+    value: Any
+
+
+Ref = Any  # Local in serial mode, a distributed.Future with Dask
+
+
+def batched(items: Sequence[int], size: int) -> list[list[int]]:
+    """Consecutive batches of at most ``size`` items."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class Engine:
+    """Runs tasks serially (``client=None``) or on a ``distributed.Client``."""
+
+    def __init__(self, client: Any = None, progress: bool = False, fan_in: int = 8) -> None:
+        self.client = client
+        self.progress = progress
+        self.fan_in = fan_in
+
+    # ------------------------------------------------------------ shared helpers
+
+    def _bar(self, total: int, desc: str) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="task", disable=not self.progress, leave=True)
+
+    def _window(self) -> int:
+        return max(16, 4 * (sum(self.client.nthreads().values()) or 1))
+
+    def _resources(self, resources: dict[str, float] | None) -> dict[str, float] | None:
+        if not resources:
+            return None
+        workers = self.client.scheduler_info()["workers"].values()
+        offered = any(all(r in w.get("resources", {}) for r in resources) for w in workers)
+        return resources if offered else None
+
+    @staticmethod
+    def _value(arg: Any) -> Any:
+        return arg.value if isinstance(arg, Local) else arg
+
+    # ------------------------------------------------------------ the three operations
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Ref:
+        if self.client is None:
+            return Local(fn(*map(self._value, args)))
+        return self.client.submit(fn, *args, pure=False)
+
+    def result(self, ref: Ref) -> Any:
+        return ref.value if isinstance(ref, Local) else ref.result()
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        batches: Sequence[Batch],
+        *args: Any,
+        desc: str,
+        resources: dict[str, float] | None = None,
+        per_batch: Callable[[Batch], tuple[Any, ...]] | None = None,
+        window: int | None = None,
+    ) -> Iterator[Any]:
+        """``fn(batch, *args, *per_batch(batch))`` for every batch; results as they complete."""
+        bar = self._bar(len(batches), desc)
+        try:
+            if self.client is None:
+                for batch in batches:
+                    extra = per_batch(batch) if per_batch else ()
+                    yield fn(batch, *map(self._value, (*args, *extra)))
+                    bar.update(1)
+                return
+            from distributed import as_completed
+
+            res = self._resources(resources)
+
+            def submit(batch: Batch) -> Any:
+                extra = per_batch(batch) if per_batch else ()
+                return self.client.submit(fn, batch, *args, *extra, pure=False, resources=res)
+
+            it = iter(batches)
+            pending = as_completed([submit(b) for b in islice(it, window or self._window())])
+            seen: set[str] = set()
+            for fut in pending:
+                if fut.key in seen:  # recomputed after a worker was lost and reported again
+                    continue
+                seen.add(fut.key)
+                result = fut.result()
+                fut.release()
+                for batch in islice(it, 1):
+                    pending.add(submit(batch))
+                bar.update(1)
+                yield result
+        finally:
+            bar.close()
+
+    def reduce(
+        self,
+        leaf: Callable[..., Any],
+        combine: Callable[[Sequence[Any]], Any],
+        batches: Sequence[Batch],
+        *args: Any,
+        desc: str,
+    ) -> Ref:
+        """``combine`` over ``leaf(batch, *args)`` for every batch, as a tree of tasks."""
+        fan_in = self.fan_in
+        if self.client is None:
+            level = [leaf(b, *map(self._value, args)) for b in _progress(batches, self._bar(len(batches), desc))]
+            while len(level) > 1:
+                level = [combine(level[i : i + fan_in]) for i in range(0, len(level), fan_in)]
+            return Local(level[0] if level else combine([]))
+        from distributed import as_completed
+
+        def _combine(*parts: Any) -> Any:
+            return combine(parts)
+
+        it = iter(batches)
+        depth: dict[str, int] = {}
+        buckets: dict[int, list[Any]] = {}
+
+        def submit_leaf(batch: Batch) -> Any:
+            fut = self.client.submit(leaf, batch, *args, pure=False)
+            depth[fut.key] = 0
+            return fut
+
+        bar = self._bar(len(batches), desc)
+        pending = as_completed([submit_leaf(b) for b in islice(it, self._window())])
+        for fut in pending:
+            if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
+                continue
+            d = depth.pop(fut.key)
+            if d == 0:
+                bar.update(1)
+                for b in islice(it, 1):
+                    pending.add(submit_leaf(b))
+            bucket = buckets.setdefault(d, [])
+            bucket.append(fut)
+            if len(bucket) == fan_in:
+                parent = self.client.submit(_combine, *bucket, pure=False)
+                depth[parent.key] = d + 1
+                buckets[d] = []
+                pending.add(parent)
+        bar.close()
+        rest = [f for d in sorted(buckets) for f in buckets[d]]
+        return rest[0] if len(rest) == 1 else self.client.submit(_combine, *rest, pure=False)
+
+
+def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+@contextmanager
+def open_engine(cluster: Any, client: Any = None, progress: bool = False) -> Iterator[Engine]:
+    """An engine on the caller's ``client`` when given, else on the cluster configured by
+    ``cluster`` (a ``cluster:`` config section; opened here and closed on exit)."""
+    if client is not None:
+        yield Engine(client, progress)
+        return
+    from .deploy import open_client
+
+    with open_client(cluster) as opened:
+        yield Engine(opened, progress)

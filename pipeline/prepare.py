@@ -1,0 +1,132 @@
+"""What is known before any block runs: the config, the input (metadata only), the
+checkpoint (read and hashed once), the block plan and the normalisation constants.
+
+Everything here is cheap and writes nothing: a bad config, input or model fails before
+a cluster is started or an output created. ``pipeline plan`` prints :func:`plan_summary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .blocks import BlockPlan
+from .checkpoint import Checkpoint, open_checkpoint
+from .config import Config, load_config, validate_config
+from .io import InputError, InputVolume, open_input, percentiles
+from .model import ModelSpec
+from .predict import NormStats
+
+logger = logging.getLogger(__name__)
+
+
+def as_config(config: Config | dict[str, Any] | str | Path) -> Config:
+    """A validated :class:`Config` from a config, a dict or a YAML path."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return validate_config(config)
+    return load_config(config)
+
+
+def auto_write_shape(volume: Sequence[int], step: Sequence[int], target: int) -> tuple[int, ...]:
+    """``n * step`` near ``target`` per axis, no larger than the volume rounded up to ``step``."""
+    out = []
+    for v, s in zip(volume, step, strict=True):
+        n = max(1, round(target / s))
+        out.append(min(n * s, -(-v // s) * s))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated run: stays in the client (the model is never sent to workers)."""
+
+    config: Config
+    volume: InputVolume
+    checkpoint: Checkpoint
+    plan: BlockPlan
+    stats: NormStats
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.checkpoint.spec
+
+
+def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
+    """Open the input, read the checkpoint, check they fit, plan blocks, take percentiles."""
+    cfg = as_config(config)
+    vol = open_input(cfg.input)
+    ckpt = open_checkpoint(cfg.model.checkpoint)
+    spec = ckpt.spec
+    if vol.ndim != spec.ndim:
+        raise InputError(
+            f"input '{cfg.input.path}' is {vol.ndim}D {list(vol.shape)} but the model "
+            f"'{cfg.model.checkpoint}' is {spec.ndim}D; use a {spec.ndim}D volume or another model"
+        )
+    if vol.channels != spec.in_channels:
+        raise InputError(
+            f"input '{cfg.input.path}' has {vol.channels} channel(s) but the model expects "
+            f"{spec.in_channels}; select the channel(s) or use another model"
+        )
+    write = cfg.blocks.write_shape or auto_write_shape(vol.shape, spec.step, cfg.blocks.target_size)
+    plan = BlockPlan(vol.shape, write, spec.context, spec.step)
+    norm = spec.normalisation
+    low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
+    warn_chunking(vol.chunks, plan)
+    return Prepared(cfg, vol, ckpt, plan, NormStats.from_values(norm, low, high))
+
+
+def chunks_per_block(chunks: Sequence[int], plan: BlockPlan) -> float:
+    """Average number of input chunks one block's read box touches."""
+    total = 1.0
+    for c, w, r, ctx, g in zip(chunks, plan.write_shape, plan.read_shape, plan.context, plan.grid, strict=True):
+        starts = [i * w - ctx for i in range(g)]
+        total *= sum((s + r - 1) // c - s // c + 1 for s in starts) / g
+    return total
+
+
+def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
+    """Explain the I/O cost of input chunks that do not fit the write blocks."""
+    if all(w % c == 0 or c % w == 0 for w, c in zip(plan.write_shape, chunks, strict=True)):
+        return
+    have = chunks_per_block(chunks, plan)
+    aligned = []
+    for w, c, st in zip(plan.write_shape, chunks, plan.step, strict=True):
+        unit = c * st // math.gcd(c, st)  # a multiple of both the chunk and the step
+        aligned.append(max(unit, round(w / unit) * unit))
+    ideal = chunks_per_block(chunks, BlockPlan(plan.volume, aligned, plan.context, plan.step))
+    ratio = have * math.prod(chunks) / math.prod(plan.read_shape)
+    logger.warning(
+        "input chunks %s do not fit blocks.write_shape %s: each block reads %.1f chunks (%.1fx the voxels it "
+        "needs); with blocks.write_shape %s it would read %.1f chunks of larger blocks; or rechunk the input",
+        list(chunks), list(plan.write_shape), have, ratio, aligned, ideal,
+    )
+
+
+def plan_summary(run: Prepared) -> dict[str, Any]:
+    """Numbers printed by ``pipeline plan``."""
+    plan = run.plan
+    voxel_bytes = 4
+    read_vox = math.prod(plan.read_shape)
+    write_vox = math.prod(plan.write_shape)
+    feats = run.spec.base_features
+    # raw block + normalised copy + first-level features (x2 for the skip) + output
+    est = read_vox * voxel_bytes * (2 + 2 * feats) + write_vox * voxel_bytes * (run.spec.out_channels + 1)
+    return {
+        "volume_shape": list(plan.volume),
+        "input_dtype": str(run.volume.dtype),
+        "step": list(plan.step),
+        "context": list(plan.context),
+        "write_shape": list(plan.write_shape),
+        "read_shape": list(plan.read_shape),
+        "grid": list(plan.grid),
+        "blocks": len(plan),
+        "redundancy": round(plan.redundancy, 3),
+        "memory_per_block_mib": round(est / 2**20, 1),
+        "plan_digest": plan.digest(),
+    }

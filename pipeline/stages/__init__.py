@@ -1,0 +1,17 @@
+"""The stages of a run, one module each: ``predict`` -> ``fragments`` -> ``merge`` ->
+``relabel`` -> ``objects``. Blockwise stages derive from :class:`BlockStage`, which marks
+blocks done and resumes; :mod:`pipeline.run` chains them."""
+
+from __future__ import annotations
+
+from .base import MODEL, BlockStage, Task
+from .fragments import FragmentsStage
+from .merge import MergeStage, select_tables
+from .objects import combine_all, write_objects
+from .predict import PredictStage, predicted
+from .relabel import RelabelStage
+
+__all__ = [
+    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "PredictStage", "RelabelStage", "Task", "combine_all",
+    "predicted", "select_tables", "write_objects",
+]

@@ -1,0 +1,58 @@
+"""The ``fragments`` stage: predict and cluster each block, write block-unique fragment
+ids and the evidence on the block's faces; return a small summary per block.
+
+Fragment ids are ``block.linear * stride + local`` (``stride`` = voxels per write box),
+so no block waits for another's numbering.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..blocks import Block
+from ..clustering import Method
+from ..merge import fragment_ids, local_ids
+from ..store import FRAGMENTS
+from .base import MODEL, BlockStage, Task
+from .predict import predicted
+
+
+def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
+    """What the client keeps of a block: its fragment count and their voxel counts."""
+    sizes = np.bincount(local.ravel())[1:] if local.size else np.zeros(0, np.int64)
+    return {"linear": linear, "count": int(local.max()) if local.size else 0, "sizes": sizes.astype(np.int64)}
+
+
+class FragmentsStage(BlockStage):
+    name = "fragments"
+    resources = MODEL
+
+    def __init__(self, task: Task, method: Method, embed_dim: int) -> None:
+        super().__init__(task)
+        self.method = method
+        self.embed_dim = embed_dim
+
+    @property
+    def stride(self) -> int:
+        return math.prod(self.plan.write_shape)
+
+    def create(self) -> None:
+        self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
+        self.store.create_faces(self.plan, self.embed_dim, self.task.float_dtype)
+
+    def process(self, blocks: Sequence[Block], *args: Any) -> Iterator[tuple[Block, dict[str, Any]]]:
+        frag = self.store.array(FRAGMENTS)
+        for block, emb, fg in predicted(self.task, blocks):
+            local = self.method.fragments(emb, fg)
+            ids = fragment_ids(local, block.linear, self.stride)
+            frag[block.valid.to_slices()] = ids
+            self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
+            yield block, summary(block.linear, local)
+
+    def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
+        frag = self.store.array(FRAGMENTS, mode="r")
+        return [summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.stride)) for b in blocks]

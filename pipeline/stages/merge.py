@@ -1,0 +1,63 @@
+"""The ``merge`` stage: fragment pairs accepted across every block face, union-find as a
+tree of tasks, then per-block lookup tables ``local id -> global id`` (``1..N``).
+
+Each leaf task reads the upper faces of its blocks (the face layout is the store's) and
+applies the clustering method's acceptance rule; :func:`pipeline.merge.components`
+reduces the accepted pairs level by level. The tables stay on a worker and each relabel
+task receives only its blocks' tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..clustering import Method
+from ..engine import Batch, Engine, Ref, batched
+from ..merge import components, global_tables
+from ..store import face_axes
+from .base import Task
+
+
+def _count(fin: tuple[list[np.ndarray], int]) -> int:
+    return fin[1]
+
+
+def select_tables(fin: tuple[list[np.ndarray], int], linears: Batch) -> list[np.ndarray]:
+    """The lookup tables of the given blocks."""
+    return [fin[0][i] for i in linears]
+
+
+class MergeStage:
+    name = "merge"
+
+    def __init__(self, task: Task, method: Method) -> None:
+        self.task = task
+        self.method = method
+
+    def pairs(self, linears: Batch) -> np.ndarray:
+        """``[node, root]`` of the fragments joined across the upper faces of these blocks."""
+        plan, store = self.task.plan, self.task.store
+        edges = []
+        for lin in linears:
+            block = plan.block_at(lin)
+            for axis in face_axes(plan):
+                if block.index[axis] < plan.grid[axis] - 1:
+                    edges.append(self.method.accept(*store.read_face(block, axis)))
+        return components(edges)
+
+    def run(
+        self, engine: Engine, counts: np.ndarray, sizes: Sequence[np.ndarray], min_size: int, blocks_per_task: int,
+    ) -> tuple[Ref, int]:
+        """``(tables, N)``: a reference to the lookup tables (for :func:`select_tables`) and
+        the number of objects."""
+        plan = self.task.plan
+        root = engine.reduce(self.pairs, components, batched(range(len(plan)), blocks_per_task), desc=self.name)
+        fin = engine.call(global_tables, counts, math.prod(plan.write_shape), root, sizes, min_size)
+        return fin, int(engine.result(engine.call(_count, fin)))
+
+
+__all__ = ["MergeStage", "select_tables"]
+

@@ -1,0 +1,85 @@
+"""The ``predict`` stage: the network over every block, embeddings and foreground out.
+
+:func:`predicted` is the one place where a block is read (its halo included, the next
+block's input prefetched while this one computes), predicted and cropped to the part of
+its write box inside the volume; the ``fragments`` stage clusters what it yields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..blocks import Block
+from ..config import InputConfig
+from ..geometry import Box
+from ..io import InputError, InputVolume, open_input
+from ..predict import get_predictor
+from .base import MODEL, BlockStage, Task
+
+
+@lru_cache(maxsize=8)
+def _volume(cfg: InputConfig) -> InputVolume:
+    return open_input(cfg)
+
+
+def read_input(cfg: InputConfig, box: Box) -> np.ndarray:
+    """The input in ``box`` (reflected outside the volume); NaN/inf is a user error."""
+    data = _volume(cfg).read(box)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise InputError(
+            f"input '{cfg.path}' holds {bad} NaN/inf values in the region {box}; "
+            "replace them (e.g. with 0) before running"
+        )
+    return data
+
+
+def prefetched(cfg: InputConfig, blocks: Sequence[Block]) -> Iterator[tuple[Block, np.ndarray]]:
+    """``(block, input)`` pairs; the next block's input is read in a background thread
+    while the caller computes on the current one (I/O overlaps compute)."""
+    if not blocks:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        nxt = pool.submit(read_input, cfg, blocks[0].read)
+        for i, block in enumerate(blocks):
+            data = nxt.result()
+            if i + 1 < len(blocks):
+                nxt = pool.submit(read_input, cfg, blocks[i + 1].read)
+            yield block, data
+
+
+def predicted(task: Task, blocks: Sequence[Block]) -> Iterator[tuple[Block, np.ndarray, np.ndarray]]:
+    """``(block, embeddings (E, *valid), foreground (*valid))`` for every block."""
+    pred = get_predictor(task.checkpoint, task.device, task.precision, task.channels_last, task.threads)
+    for block, data in prefetched(task.input, blocks):
+        out = pred(data, task.stats)
+        rel = block.valid.to_slices(relative_to=block.write)
+        yield block, out[(slice(0, -1), *rel)], out[(-1, *rel)]
+
+
+class PredictStage(BlockStage):
+    """Writes ``embeddings`` ``(E, *volume)`` and ``foreground`` ``(*volume)``."""
+
+    name = "predict"
+    resources = MODEL
+
+    def __init__(self, task: Task, embed_dim: int) -> None:
+        super().__init__(task)
+        self.embed_dim = embed_dim
+
+    def create(self) -> None:
+        plan, dtype = self.plan, self.task.float_dtype
+        self.store.create("embeddings", (self.embed_dim, *plan.volume), (self.embed_dim, *plan.write_shape), dtype)
+        self.store.create("foreground", plan.volume, plan.write_shape, dtype)
+
+    def process(self, blocks: Sequence[Block], *args: Any) -> Iterator[tuple[Block, None]]:
+        emb, fg = self.store.array("embeddings"), self.store.array("foreground")
+        for block, e, f in predicted(self.task, blocks):
+            emb[(slice(None), *block.valid.to_slices())] = e
+            fg[block.valid.to_slices()] = f
+            yield block, None

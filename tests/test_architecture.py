@@ -1,0 +1,143 @@
+"""The shape of the package: engine (serial == Dask), store (one face layout), stages,
+pluggable clustering methods, one usage-error class, the public entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from pipeline.blocks import BlockPlan
+from pipeline.cli import main
+from pipeline.engine import Engine, batched
+from pipeline.io import open_array, write_zarr
+from pipeline.run import segment
+from pipeline.store import Store, face_axes
+
+from .helpers import passthrough_checkpoint, same_partition
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_public_entry_points():
+    out = subprocess.run([sys.executable, "-c", "import pipeline; pipeline.segment; pipeline.predict"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for command in ("plan", "predict", "run", "evaluate", "demo", "model", "train", "calibrate"):
+        assert command in out.stdout, (command, out.stdout)
+
+
+def test_slurm_without_sbatch_exits_2_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    write_zarr(tmp_path / "in.zarr", np.zeros((8, 16, 16), np.float32), name="raw")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+           "output": {"path": str(tmp_path / "out.zarr")},
+           "model": {"checkpoint": str(passthrough_checkpoint(tmp_path / "pt.pt"))},
+           "blocks": {"write_shape": [4, 8, 8]},
+           "cluster": {"kind": "slurm", "log_directory": str(tmp_path / "logs")}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert main(["-q", "run", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sbatch" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.zarr").exists() and not (tmp_path / "logs").exists()
+
+
+def _leaf(batch, offset):
+    return [i + offset for i in batch]
+
+
+def _concat(parts):
+    return sorted(x for p in parts for x in p)
+
+
+def _scaled(batch, factor):
+    return [i * factor for i in batch]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 130])
+def test_engine_serial_equals_dask(client2, n):
+    """map (with per-batch references computed by call) and the reduction tree give the
+    same results serially and on a Dask client; map keeps at most `window` tasks in flight."""
+    batches = batched(list(range(n)), 3)
+    results = {}
+    for name, engine in (("serial", Engine(None)), ("dask", Engine(client2))):
+        factor = engine.call(int, "5")
+        mapped = sorted(x for r in engine.map(_scaled, batches, desc="m", window=2,
+                                              per_batch=lambda b, f=factor: (f,)) for x in r)
+        reduced = engine.result(engine.reduce(_leaf, _concat, batches, 100, desc="r"))
+        results[name] = (mapped, reduced)
+    assert results["serial"] == results["dask"]
+    assert results["serial"] == ([5 * i for i in range(n)], [100 + i for i in range(n)])
+
+
+def test_store_face_round_trip(tmp_path):
+    """What a block writes on its faces is what the merge reads across each face."""
+    plan = BlockPlan((10, 12, 9), (4, 4, 4), (0, 0, 0), (2, 2, 2))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 50, plan.volume).astype(np.uint64)
+    evidence = rng.random((2, *plan.volume)).astype(np.float32)
+    store, resumed = Store.open(tmp_path / "o.zarr", False, "k", "run")
+    assert not resumed
+    store.create_faces(plan, 2, "float32")
+    for block in plan:
+        sl = block.valid.to_slices()
+        store.write_faces(plan, block, labels[sl], evidence[(slice(None), *sl)])
+    for block in plan:
+        for axis in face_axes(plan):
+            if block.index[axis] == plan.grid[axis] - 1:
+                continue
+            la, lb, ea, eb = store.read_face(block, axis)
+            last = block.valid.offset[axis] + block.valid.shape[axis] - 1
+            plane = list(block.valid.to_slices())
+            plane[axis] = last
+            np.testing.assert_array_equal(la, labels[tuple(plane)])
+            np.testing.assert_array_equal(ea, evidence[(slice(None), *plane)])
+            plane[axis] = last + 1
+            np.testing.assert_array_equal(lb, labels[tuple(plane)])
+            np.testing.assert_array_equal(eb, evidence[(slice(None), *plane)])
+
+
+def test_a_new_clustering_method_is_one_class(tmp_path):
+    """A method registered from outside the package runs through every stage: here
+    foreground components, whose blockwise result must equal scipy.ndimage.label."""
+    from pipeline.clustering import Method, register
+    from pipeline.clustering import base as registry
+    from pipeline.clustering.faces import face_pairs
+
+    class ForegroundComponents(Method):
+        name = "foreground-components"
+        exact = True
+
+        def fragments(self, emb, fg):
+            return ndimage.label(fg > self.params.foreground_threshold)[0].astype(np.int64)
+
+        def face_evidence(self, emb, local):
+            return emb
+
+        def accept(self, lab_a, lab_b, ev_a, ev_b):
+            return face_pairs(lab_a, lab_b)[0]
+
+    register(ForegroundComponents)
+    try:
+        rng = np.random.default_rng(3)
+        fg = ndimage.gaussian_filter(rng.random((16, 40, 40)), 1.5) > 0.52
+        write_zarr(tmp_path / "in.zarr", fg.astype(np.float32), name="raw")
+        out = segment({"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+                       "output": {"path": str(tmp_path / "out.zarr")},
+                       "model": {"checkpoint": str(passthrough_checkpoint(tmp_path / "pt.pt"))},
+                       "blocks": {"write_shape": [4, 8, 8]}, "cluster": {"kind": "serial"},
+                       "clustering": {"method": "foreground-components"}})
+        seg = open_array(out / "segmentation")[...]
+        assert seg.max() > 3 and same_partition(seg, ndimage.label(fg)[0])
+    finally:
+        registry._REGISTRY.pop("foreground-components")
+        registry.METHOD_NAMES.remove("foreground-components")
