@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import describe_errors
 from .errors import UsageError
 from .model import ModelSpec, UNet
+from .validation import describe_errors
 
 logger = logging.getLogger(__name__)
 

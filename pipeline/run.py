@@ -14,8 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .checkpoint import CheckpointInfo
 from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
@@ -32,7 +30,7 @@ from .stages import (
     select_tables,
     write_objects,
 )
-from .store import Store, ome_label_metadata, provenance, resume_key
+from .store import Store, check_output, ome_label_metadata, provenance, resume_key
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +61,7 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     probability (array ``foreground``) for the whole input, block by block."""
     run = prepare(config)
     cfg, plan = run.config, run.plan
+    check_output(cfg.output.path, cfg.output.overwrite)
     t0 = time.perf_counter()
     with open_engine(cfg.cluster, client, progress) as engine:
         store = _open_store(run, "predict", {"channels_last": cfg.model.channels_last})
@@ -79,8 +78,9 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when
     more than 2**32 - 1 objects) and ``objects.csv`` to the output group."""
     run = prepare(config)
-    cfg, plan, per = run.config, run.plan, run.config.blocks.blocks_per_task
+    cfg, per = run.config, run.config.blocks.blocks_per_task
     method = clustering_method(run)
+    check_output(cfg.output.path, cfg.output.overwrite)
     min_size = method.params.min_size
     logger.info("segment: clustering %s", method.describe())
     timing: dict[str, float] = {}
@@ -89,12 +89,7 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
         store = _open_store(run, "segment", method.describe())
         task = Task.of(run, store)
         fragments = FragmentsStage(task, method, run.spec.embed_dim)
-        counts = np.zeros(len(plan), dtype=np.int64)
-        sizes = [np.zeros(0, np.int64)] * len(plan)
-        for s in fragments.run(engine, per):
-            counts[s["linear"]] = s["count"]
-            if min_size:
-                sizes[s["linear"]] = s["sizes"]
+        counts, sizes = fragments.summaries(engine, per, with_sizes=bool(min_size))
         timing["fragments"] = time.perf_counter() - t0
         tables, n = MergeStage(task, method).run(engine, counts, sizes, min_size, per)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())

@@ -132,15 +132,12 @@ class Store:
         made with a different plan, model or parameters."""
         p = Path(path)
         if p.exists() and not overwrite:
-            try:
-                attrs = dict(open_group(p, mode="r").attrs)
-            except Exception:  # noqa: BLE001 - not a zarr group: prepare_output says so
-                attrs = {}
-            if attrs.get("complete") is False and "resume_key" in attrs:
-                if attrs["resume_key"] != key:
+            unfinished = unfinished_key(p)
+            if unfinished is not None:
+                if unfinished != key:
                     raise OutputError(
                         f"output.path '{p}' holds an unfinished run made with a different plan, model or "
-                        f"parameters (key {attrs['resume_key']}, this run {key}); pass --overwrite to start "
+                        f"parameters (key {unfinished}, this run {key}); pass --overwrite to start "
                         "again, or rerun with the original config to resume"
                     )
                 return cls(str(p), run_id), True
@@ -157,6 +154,23 @@ class Store:
         """Record the final attributes, mark the output complete, drop the scratch arrays."""
         self.update_attrs({**attrs, "complete": True})
         shutil.rmtree(Path(self.path) / SCRATCH, ignore_errors=True)
+
+
+def unfinished_key(path: Path) -> str | None:
+    """The resume key of the unfinished run at ``path``, or None (finished, or not ours)."""
+    try:
+        attrs = dict(open_group(path, mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not a zarr group: prepare_output says so
+        return None
+    return str(attrs["resume_key"]) if attrs.get("complete") is False and "resume_key" in attrs else None
+
+
+def check_output(path: str | Path, overwrite: bool) -> None:
+    """Fail early (before a cluster starts) on an output that :meth:`Store.open` would refuse
+    to replace; writes nothing."""
+    p = Path(path)
+    if p.exists() and not overwrite and unfinished_key(p) is None:
+        prepare_output(p, overwrite)  # raises: exists
 
 
 def prepare_output(path: str | Path, overwrite: bool) -> zarr.Group:

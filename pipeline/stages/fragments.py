@@ -15,6 +15,7 @@ import numpy as np
 
 from ..blocks import Block
 from ..clustering import Method
+from ..engine import Engine
 from ..merge import fragment_ids, local_ids
 from ..store import FRAGMENTS
 from .base import MODEL, BlockStage, Task
@@ -52,6 +53,17 @@ class FragmentsStage(BlockStage):
             frag[block.valid.to_slices()] = ids
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
             yield block, summary(block.linear, local)
+
+    def summaries(self, engine: Engine, blocks_per_task: int, with_sizes: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Run the stage: fragment counts per block and, ``with_sizes``, their voxel counts
+        (needed only to filter whole objects by size)."""
+        counts = np.zeros(len(self.plan), dtype=np.int64)
+        sizes = [np.zeros(0, np.int64)] * len(self.plan)
+        for s in self.run(engine, blocks_per_task):
+            counts[s["linear"]] = s["count"]
+            if with_sizes:
+                sizes[s["linear"]] = s["sizes"]
+        return counts, sizes
 
     def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")

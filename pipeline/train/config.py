@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Frozen, apply_overrides, read_yaml, validate_model
 from ..model import ModelSpec
+from ..validation import Frozen, apply_overrides, read_yaml, validate_model
 
 
 class VolumeSource(Frozen):
