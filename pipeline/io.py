@@ -228,10 +228,11 @@ def percentiles(vol: InputVolume, low: float, high: float) -> tuple[float, float
 
 
 def create_array(
-    group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any = 0
+    group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any = 0,
+    overwrite: bool = False,
 ) -> zarr.Array:
     return group.create_array(
-        name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value
+        name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value, overwrite=overwrite
     )
 
 

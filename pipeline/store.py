@@ -8,7 +8,7 @@ stage, the resume key, provenance and completion.
       embeddings, foreground          (predict)
       objects.csv                     (run) one row per object
       scratch/                        removed when the run completes
-        done_<stage>                  one uint8 per block: the stage finished that block
+        done_<stage>/<block>          empty file: the stage finished that block
         fragments                     uint64 fragment ids, block-unique
         face_lab_<axis>               (boundary, side, *plane) fragment ids on both sides of
         face_emb_<axis>               (boundary, side, E, *plane) the evidence    each face
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,26 +72,31 @@ class Store:
         return _cached_array(str(Path(self.path) / name), mode, self.run_id)
 
     def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> None:
-        create_array(open_group(self.path), name, shape, chunks, dtype)
-
-    def has(self, name: str) -> bool:
-        return name in open_group(self.path, mode="r")
+        """A new array (replacing a stale one left by a run that stopped before using it)."""
+        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True)
 
     # ------------------------------------------------------------ done markers
 
-    @staticmethod
-    def marker(stage: str) -> str:
-        return f"{SCRATCH}/done_{stage}"
+    def _markers(self, stage: str) -> Path:
+        return Path(self.path) / SCRATCH / f"done_{stage}"
 
-    def create_markers(self, stage: str, plan: BlockPlan) -> None:
-        self.create(self.marker(stage), plan.grid, (1,) * plan.ndim, "uint8")
+    def has_markers(self, stage: str) -> bool:
+        """Whether ``stage`` has started on this output (its marker folder exists)."""
+        return self._markers(stage).is_dir()
+
+    def create_markers(self, stage: str) -> None:
+        self._markers(stage).mkdir(parents=True, exist_ok=True)
 
     def mark_done(self, stage: str, block: Block) -> None:
-        self.array(self.marker(stage))[tuple(slice(i, i + 1) for i in block.index)] = 1
+        """An empty file per finished block: one metadata operation, no read-modify-write."""
+        (self._markers(stage) / str(block.linear)).touch()
 
-    def done(self, stage: str) -> np.ndarray:
+    def done(self, stage: str, blocks: int) -> np.ndarray:
         """One bool per block (linear order): finished by this or an earlier run."""
-        return np.asarray(self.array(self.marker(stage), mode="r")[...]).ravel().astype(bool)
+        flags = np.zeros(blocks, dtype=bool)
+        finished = [int(e.name) for e in os.scandir(self._markers(stage)) if e.name.isdigit()]
+        flags[[i for i in finished if i < blocks]] = True
+        return flags
 
     # ------------------------------------------------------------ faces
 

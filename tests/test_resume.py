@@ -40,7 +40,7 @@ def test_sigkill_then_rerun_resumes_and_matches(tmp_path, command):
     assert main(["-q", command, str(ref_cfg)]) == 0
     cfg = _config(tmp_path, "crashed")
     out = tmp_path / "crashed.zarr"
-    marker_dir = out / ("scratch/done_fragments/c" if command == "run" else "scratch/done_predict/c")
+    marker_dir = out / ("scratch/done_fragments" if command == "run" else "scratch/done_predict")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", command, str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

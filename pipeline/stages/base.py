@@ -104,11 +104,10 @@ class BlockStage(ABC):
         per_batch: Callable[[Batch], tuple[Any, ...]] | None = None,
     ) -> Iterator[Any]:
         """Results of every block: recovered for finished blocks, computed for the rest."""
-        marker = self.store.marker(self.name)
-        if not self.store.has(marker):  # a new output, or a resumed run that stopped before this stage
+        if not self.store.has_markers(self.name):  # a new output, or a resumed run that stopped before this stage
             self.create()
-            self.store.create_markers(self.name, self.plan)
-        done = self.store.done(self.name)
+            self.store.create_markers(self.name)
+        done = self.store.done(self.name, len(self.plan))
         todo = [i for i in range(len(self.plan)) if not done[i]]
         finished = [i for i in range(len(self.plan)) if done[i]]
         self.resumed = len(finished)
