@@ -34,17 +34,23 @@ class ClusterError(UsageError):
     """A cluster that cannot be started as configured."""
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def torch_threads(cfg: AnyCluster) -> int | None:
-    """Torch intra-op threads per worker: explicit, or the cores split between workers."""
+    """Torch intra-op threads per task: explicit, or the cores split between the tasks
+    that run at once (worker threads), so prediction and clustering never oversubscribe."""
     if cfg.torch_threads:
         return cfg.torch_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if isinstance(cfg, LocalClusterConfig):
-        return max(1, cores // cfg.n_workers)
+        return max(1, cores() // (cfg.n_workers * cfg.threads_per_worker))
     if isinstance(cfg, SerialClusterConfig):
-        return cores
-    if isinstance(cfg, SlurmClusterConfig):
-        return max(1, cfg.cores // cfg.processes)
+        return cores()
+    if isinstance(cfg, SlurmClusterConfig):  # GPU jobs: every worker thread clusters on one core
+        return 1 if cfg.gpus or cfg.gres else max(1, cfg.cores // cfg.processes)
+    if isinstance(cfg, LocalCudaClusterConfig):
+        return 1
     return None
 
 
@@ -117,10 +123,18 @@ def _local_cuda(cfg: LocalCudaClusterConfig) -> Any:
 
     if not torch.cuda.is_available():
         raise ClusterError("cluster.kind 'local-cuda': torch sees no CUDA GPU; use cluster.kind 'local'")
-    kwargs: dict[str, Any] = {"dashboard_address": cfg.dashboard_address or ":0", "resources": {"model": 1}}
+    return LocalCUDACluster(**local_cuda_options(cfg, torch.cuda.device_count()))
+
+
+def local_cuda_options(cfg: LocalCudaClusterConfig, visible_gpus: int) -> dict[str, Any]:
+    """LocalCUDACluster keywords: one worker per GPU, holding the ``model`` resource (one
+    prediction at a time), with the node's other cores as threads for clustering."""
+    gpus = len(cfg.devices) if cfg.devices is not None else max(1, visible_gpus)
+    kwargs: dict[str, Any] = {"dashboard_address": cfg.dashboard_address or ":0", "resources": {"model": 1},
+                              "threads_per_worker": cfg.threads_per_worker or max(1, cores() // gpus)}
     if cfg.devices is not None:
         kwargs["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, cfg.devices))
-    return LocalCUDACluster(**kwargs)
+    return kwargs
 
 
 def _slurm(cfg: SlurmClusterConfig) -> Any:

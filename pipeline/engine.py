@@ -5,7 +5,9 @@ One :class:`Engine` offers three things, the same in both modes:
 ``map``     run ``fn(batch, *args)`` for every batch of block indices; results come back
             as they complete, with at most ``window`` tasks in flight (the client never
             holds a future per block of a huge volume); tasks that need a resource (the
-            GPU, ``model``) ask for it when some worker offers it.
+            GPU, ``model``) ask for it when some worker offers it. A batch can be two
+            tasks: a first step holding a resource (predict on the GPU) whose result
+            stays in worker memory for the second (cluster on CPU threads).
 ``reduce``  combine the leaf results of ``leaf(batch, *args)`` as a tree of tasks
             (fan-in 8): no task ever sees every leaf.
 ``call``    run one function (on a worker with Dask); its result stays there as a
@@ -49,10 +51,12 @@ def batched(items: Sequence[int], size: int) -> list[list[int]]:
 class Engine:
     """Runs tasks serially (``client=None``) or on a ``distributed.Client``."""
 
-    def __init__(self, client: Any = None, progress: bool = False, fan_in: int = 8) -> None:
+    def __init__(self, client: Any = None, progress: bool = False, fan_in: int = 8,
+                 memory_per_worker: int = 2 << 30) -> None:
         self.client = client
         self.progress = progress
         self.fan_in = fan_in
+        self.memory_per_worker = memory_per_worker  # for intermediate results in flight
 
     # ------------------------------------------------------------ shared helpers
 
@@ -61,8 +65,14 @@ class Engine:
 
         return tqdm(total=total, desc=desc, unit="task", disable=not self.progress, leave=True)
 
-    def _window(self) -> int:
-        return max(16, 4 * (sum(self.client.nthreads().values()) or 1))
+    def _window(self, batch_bytes: int = 0) -> int:
+        """Tasks in flight: enough to keep every thread busy, no more than the workers'
+        memory budget holds of results waiting for their next step."""
+        threads = self.client.nthreads()
+        window = max(16, 4 * (sum(threads.values()) or 1))
+        if batch_bytes:
+            window = min(window, max(2 * len(threads), len(threads) * self.memory_per_worker // batch_bytes))
+        return window
 
     def _resources(self, resources: dict[str, float] | None) -> dict[str, float] | None:
         if not resources:
@@ -93,27 +103,42 @@ class Engine:
         desc: str,
         resources: dict[str, float] | None = None,
         per_batch: Callable[[Batch], tuple[Any, ...]] | None = None,
+        first: tuple[Callable[[Batch], Any], dict[str, float] | None] | None = None,
         window: int | None = None,
+        batch_bytes: int = 0,
     ) -> Iterator[Any]:
-        """``fn(batch, *args, *per_batch(batch))`` for every batch; results as they complete."""
+        """``fn(batch, *args, *per_batch(batch))`` for every batch; results as they complete.
+
+        With ``first = (load, load_resources)`` every batch runs as two tasks:
+        ``fn(batch, load(batch), *args, ...)``, where ``load`` holds ``load_resources``
+        (e.g. the GPU) and ``fn`` runs on any thread, preferably of the worker that holds
+        ``load``'s result (which never leaves worker memory). ``batch_bytes``, the size of
+        that result, caps the window so that results waiting for ``fn`` fit in memory."""
         bar = self._bar(len(batches), desc)
         try:
             if self.client is None:
                 for batch in batches:
                     extra = per_batch(batch) if per_batch else ()
-                    yield fn(batch, *map(self._value, (*args, *extra)))
+                    loaded = (first[0](batch),) if first else ()
+                    yield fn(batch, *loaded, *map(self._value, (*args, *extra)))
                     bar.update(1)
                 return
             from distributed import as_completed
 
             res = self._resources(resources)
+            first_res = self._resources(first[1]) if first else None
 
             def submit(batch: Batch) -> Any:
                 extra = per_batch(batch) if per_batch else ()
-                return self.client.submit(fn, batch, *args, *extra, pure=False, resources=res)
+                if first is None:
+                    return self.client.submit(fn, batch, *args, *extra, pure=False, resources=res)
+                loaded = self.client.submit(first[0], batch, pure=False, resources=first_res)
+                fut = self.client.submit(fn, batch, loaded, *args, *extra, pure=False, resources=res)
+                loaded.release()  # the scheduler keeps it until `fut` has run
+                return fut
 
             it = iter(batches)
-            pending = as_completed([submit(b) for b in islice(it, window or self._window())])
+            pending = as_completed([submit(b) for b in islice(it, window or self._window(batch_bytes))])
             seen: set[str] = set()
             for fut in pending:
                 if fut.key in seen:  # recomputed after a worker was lost and reported again

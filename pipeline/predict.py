@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,7 +21,7 @@ from .model import ModelSpec, Normalisation, UNet
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64, "bfloat16": torch.float32}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,7 +56,7 @@ def normalise(data: np.ndarray, stats: NormStats, dtype: type = np.float32) -> n
 
 
 class Predictor:
-    """Runs a :class:`UNet` on single blocks."""
+    """Runs a :class:`UNet` on blocks (one, a stack, or a stream of them)."""
 
     def __init__(
         self,
@@ -67,6 +68,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.precision = precision
         self.dtype = DTYPES[precision]
+        self.np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
         self.autocast = precision == "bfloat16"
         self.channels_last = channels_last
         self.model = model.to(self.device, self.dtype).eval()
@@ -76,6 +78,8 @@ class Predictor:
             self.memory_format = fmt
         else:
             self.memory_format = torch.contiguous_format
+        if self.device.type == "cuda":
+            set_cuda_precision(precision)
 
     @property
     def spec(self) -> ModelSpec:
@@ -89,8 +93,11 @@ class Predictor:
 
     def batch(self, data: np.ndarray, stats: NormStats) -> np.ndarray:
         """Same as ``__call__`` on a stack ``(B, C, *read_shape)``."""
-        np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
-        x = torch.from_numpy(normalise(data, stats, np_dtype)).to(self.device)
+        x = torch.from_numpy(normalise(data, stats, self.np_dtype)).to(self.device)
+        return self.forward(x).cpu().numpy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input ``(B, C, *read_shape)`` on the device -> output on the device."""
         x = x.contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
             if self.autocast:
@@ -100,7 +107,24 @@ class Predictor:
                 y = self.model(x)
             y = y.double() if self.dtype == torch.float64 else y.float()
             y[:, -1] = torch.sigmoid(y[:, -1])
-        return y.cpu().numpy()
+        return y
+
+    def stream(self, blocks: Iterable[np.ndarray], stats: NormStats, batch_size: int = 1) -> Iterator[np.ndarray]:
+        """Outputs of a stream of raw blocks ``(C, *read_shape)``, in order, ``batch_size``
+        blocks per forward pass. On a GPU, transfers overlap compute (see :mod:`.streaming`)."""
+        from .streaming import stream_cpu, stream_cuda
+
+        run = stream_cuda if self.device.type == "cuda" else stream_cpu
+        return run(self, blocks, stats, batch_size)
+
+
+def set_cuda_precision(precision: str) -> None:
+    """float32 means IEEE float32 convolutions and matmuls (torch lets cuDNN use TF32 by
+    default); ``tf32`` allows TF32 explicitly. cuDNN autotuning is on: all blocks have one shape."""
+    tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
 
 
 @lru_cache(maxsize=4)

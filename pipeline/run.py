@@ -43,8 +43,8 @@ def clustering_params(cfg: Config, info: CheckpointInfo | dict[str, Any]) -> Clu
 
 
 def clustering_method(run: Prepared) -> Method:
-    params = clustering_params(run.config, run.checkpoint.info)
-    return make_method(params, run.config.merge.min_contact, run.config.merge.max_distance)
+    params, c = clustering_params(run.config, run.checkpoint.info), run.config
+    return make_method(params, c.merge.min_contact, c.merge.max_distance, c.clustering.backend, c.clustering.device)
 
 
 def _open_store(run: Prepared, stage: str, params: dict[str, Any]) -> Store:

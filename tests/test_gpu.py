@@ -62,3 +62,39 @@ def test_gpu_blockwise_equals_whole(tmp_path):
         whole = predict_whole(pred, vol, NormStats(0.0, 1.0))
         tiled = predict_tiled(pred, vol, NormStats(0.0, 1.0), (4, 16, 16))
         assert np.abs(whole - tiled).max() <= tol
+
+
+def test_local_cuda_workers_keep_threads_for_clustering():
+    """One worker per GPU holds the `model` resource; the node's other cores are its threads."""
+    from pipeline.config import LocalCudaClusterConfig
+    from pipeline.deploy import cores, local_cuda_options, torch_threads
+
+    opts = local_cuda_options(LocalCudaClusterConfig(kind="local-cuda"), visible_gpus=1)
+    assert opts["resources"] == {"model": 1} and opts["threads_per_worker"] == cores()
+    opts = local_cuda_options(LocalCudaClusterConfig(kind="local-cuda", devices=(0, 1), threads_per_worker=3), 4)
+    assert opts["threads_per_worker"] == 3 and opts["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert torch_threads(LocalCudaClusterConfig(kind="local-cuda")) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["float32", "float64", "tf32", "bfloat16"])
+def test_gpu_stream_equals_cpu_reference(precision):
+    """The overlapped GPU stream (pinned buffers, copy and compute streams, batches of blocks)
+    returns what one block at a time returns on the GPU; float32 and float64 also match the
+    CPU within round-off (cuDNN TF32 is off for float32)."""
+    from pipeline.model import ModelSpec, init_model
+    from pipeline.predict import NormStats, Predictor
+
+    model = init_model(ModelSpec(base_features=8), seed=2)
+    gpu = Predictor(model, device="cuda", precision=precision)
+    rng = np.random.default_rng(0)
+    blocks = [rng.random((1, 48, 56, 56)).astype(np.float32) for _ in range(7)]
+    stats = NormStats(0.2, 0.5)
+    streamed = list(gpu.stream(iter(blocks), stats, batch_size=3))
+    single = [gpu(b, stats) for b in blocks]
+    for s, o in zip(streamed, single):
+        np.testing.assert_allclose(s, o, rtol=0, atol=1e-5 if precision in ("float32", "float64") else 5e-2)
+    if precision in ("float32", "float64"):
+        cpu = Predictor(init_model(ModelSpec(base_features=8), seed=2), device="cpu", precision=precision)
+        np.testing.assert_allclose(streamed[0], cpu(blocks[0], stats), rtol=0, atol=1e-4)

@@ -83,3 +83,19 @@ def test_misaligned_tiles_show_seams():
     assert np.abs(aligned - whole).max() <= 1e-10
     assert np.abs(shifted_aligned - whole).max() <= 1e-10
     assert np.abs(misaligned - whole).max() > 1e-6
+
+
+def test_stream_equals_single_blocks(tmp_path):
+    """Blocks streamed through the network several per forward pass give the outputs of
+    one block at a time (on a GPU the same stream overlaps transfers with compute)."""
+    from pipeline.model import ModelSpec, init_model
+    from pipeline.predict import NormStats
+
+    pred = Predictor(init_model(ModelSpec(base_features=2, embed_dim=2), seed=1), precision="float64")
+    rng = np.random.default_rng(0)
+    blocks = [rng.random((1, 44, 44, 44)).astype(np.float32) * 100 for _ in range(5)]
+    stats = NormStats(10.0, 50.0)
+    streamed = list(pred.stream(iter(blocks), stats, batch_size=3))
+    assert len(streamed) == 5
+    for block, out in zip(blocks, streamed):
+        np.testing.assert_allclose(out, pred(block, stats), rtol=0, atol=1e-12)

@@ -24,14 +24,15 @@ for _module in pkgutil.iter_modules(__path__):
 METHODS: tuple[str, ...] = tuple(METHOD_NAMES)
 
 
-def make_method(params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None) -> Method:
-    """The method named by ``params.method``, with its parameters and merge rule."""
-    return method_class(params.method)(params, min_contact, max_distance)
+def make_method(params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None,
+                backend: str = "auto", device: str = "auto") -> Method:
+    """The method named by ``params.method``, with its parameters, merge rule and backend."""
+    return method_class(params.method)(params, min_contact, max_distance, backend, device)
 
 
-def fragments(emb: np.ndarray, fg: np.ndarray, params: ClusteringParams) -> np.ndarray:
+def fragments(emb: np.ndarray, fg: np.ndarray, params: ClusteringParams, backend: str = "auto") -> np.ndarray:
     """Block-local fragments of one block's embeddings ``(E, *S)`` and foreground ``(*S)``."""
-    return make_method(params).fragments(emb, fg)
+    return make_method(params, backend=backend).fragments(emb, fg)
 
 
 __all__ = [

@@ -14,13 +14,14 @@ blockwise: across block faces fragments merge by the same mean-distance rule.
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+import torch
 
 from .base import EvidenceMethod, register
-from .kernels import connectivity_fragments, label_components, region_adjacency
+from .kernels import connectivity_fragments, grow, label_components, region_adjacency
 
 
 def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> np.ndarray:
@@ -34,17 +35,40 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
     size = np.bincount(flat, minlength=n + 1).astype(np.float64)
     sums = np.stack([np.bincount(flat, weights=e.ravel().astype(np.float64), minlength=n + 1) for e in emb], axis=1)
     pairs, _ = region_adjacency(labels)
+    return label_components(merge_regions(size, sums, pairs, merge_distance)[labels])
+
+
+def _distance(p: list[float], q: list[float]) -> float:
+    """``sqrt(sum((p - q) ** 2))`` with the float operations of numpy's row sum (E < 8)."""
+    total = 0.0
+    for a, b in zip(p, q):
+        d = a - b
+        total += d * d
+    return math.sqrt(total)
+
+
+def merge_regions(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray, merge_distance: float) -> np.ndarray:
+    """The agglomeration on the region graph (shared by the numpy and torch paths).
+
+    ``size`` ``(n + 1,)`` and ``sums`` ``(n + 1, E)`` of regions ``0..n`` (float64),
+    ``pairs`` ``(m, 2)`` adjacent regions ``a < b``. Adjacent regions merge closest mean
+    first, means updated after every merge, while below ``merge_distance``. Returns the
+    final region of every region ``(n + 1,)``."""
+    n = len(size) - 1
     nbr: list[set[int]] = [set() for _ in range(n + 1)]
     for i, j in pairs.tolist():
         nbr[i].add(j)
         nbr[j].add(i)
     mean = sums / np.maximum(size, 1)[:, None]
-    version = [0] * (n + 1)
     d = np.linalg.norm(mean[pairs[:, 0]] - mean[pairs[:, 1]], axis=1) if len(pairs) else np.zeros(0)
     keep = d < merge_distance
     m = int(keep.sum())
     heap = list(zip(d[keep].tolist(), pairs[keep, 0].tolist(), pairs[keep, 1].tolist(), [0] * m, [0] * m))
     heapq.heapify(heap)
+    # the loop on Python floats: per merge a few neighbours of a few dimensions, where numpy's
+    # per-call cost dominates (sums of squares in the same sequential order as numpy's for E < 8)
+    size_l, sums_l, mean_l = size.tolist(), sums.tolist(), mean.tolist()
+    version = [0] * (n + 1)
     parent = list(range(n + 1))
     while heap:
         _, i, j, vi, vj = heapq.heappop(heap)
@@ -53,9 +77,9 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
         if len(nbr[i]) < len(nbr[j]):
             i, j = j, i
         parent[j] = i  # j joins i
-        sums[i] += sums[j]
-        size[i] += size[j]
-        mean[i] = sums[i] / size[i]
+        sums_l[i] = [a + b for a, b in zip(sums_l[i], sums_l[j])]
+        size_l[i] += size_l[j]
+        mi = mean_l[i] = [a / size_l[i] for a in sums_l[i]]
         version[i] += 1
         for k in nbr[j]:
             nbr[k].discard(j)
@@ -64,35 +88,17 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
                 nbr[i].add(k)
         nbr[i].discard(j)
         nbr[j] = set()
-        if not nbr[i]:
-            continue
-        ks = np.fromiter(nbr[i], dtype=np.int64, count=len(nbr[i]))
-        dk = np.sqrt(((mean[ks] - mean[i]) ** 2).sum(axis=1))
-        close = dk < merge_distance
-        for dist, k in zip(dk[close].tolist(), ks[close].tolist()):
-            a, b = (i, k) if i < k else (k, i)
-            heapq.heappush(heap, (dist, a, b, version[a], version[b]))
+        for k in nbr[i]:
+            dist = _distance(mean_l[k], mi)
+            if dist < merge_distance:
+                a, b = (i, k) if i < k else (k, i)
+                heapq.heappush(heap, (dist, a, b, version[a], version[b]))
     root = np.asarray(parent)
     while True:  # path compression to the final roots
         nxt = root[root]
         if np.array_equal(nxt, root):
-            break
+            return root
         root = nxt
-    return label_components(root[labels])
-
-
-def grow(labels: np.ndarray, fg: np.ndarray, threshold: float, distance: float) -> np.ndarray:
-    """Unlabelled voxels with ``fg > threshold`` within ``distance`` voxels (Euclidean) of a
-    label take the label of the nearest labelled voxel."""
-    free = (fg > threshold) & (labels == 0)
-    if distance <= 0 or not free.any() or not labels.any():
-        return labels
-    indices = np.empty((labels.ndim, *labels.shape), dtype=np.int32)
-    dist = ndimage.distance_transform_edt(labels == 0, return_indices=True, indices=indices)
-    take = free & (dist <= distance)
-    out = labels.copy()
-    out[take] = labels[tuple(i[take] for i in indices)]
-    return out
 
 
 def agglomeration_fragments(
@@ -104,6 +110,32 @@ def agglomeration_fragments(
     labels = agglomerate(connectivity_fragments(emb, fg, fg_threshold, threshold), emb, merge_distance)
     if grow_distance > 0 and grow_threshold < fg_threshold:
         labels = grow(labels, fg, grow_threshold, grow_distance)
+    return labels
+
+
+def agglomeration_fragments_torch(
+    emb: torch.Tensor, fg: torch.Tensor, fg_threshold: float, threshold: float, merge_distance: float,
+    grow_threshold: float = 0.5, grow_distance: float = 0.0,
+) -> torch.Tensor:
+    """:func:`agglomeration_fragments` in torch: voxel work on ``emb.device`` over the
+    foreground voxels only, the merging on the (small) region graph on the CPU. Merged
+    regions are unions of adjacent ones, hence connected: renumbering them by first voxel
+    is the reference's :func:`label_components`."""
+    from . import torch_kernels as tk
+
+    g = tk.voxel_graph(fg > fg_threshold)
+    labels = torch.zeros(fg.shape, dtype=torch.int64, device=fg.device)
+    if g.n:
+        values = g.gather(emb)
+        keep = tk.close(values, g, threshold)
+        nodes = tk.number_by_first(tk.roots(g.n, g.u[keep], g.v[keep]))
+        if int(nodes.max()) >= 2:
+            size, sums = tk.region_stats(nodes, values)
+            root = merge_regions(size, sums, tk.region_adjacency(nodes, g), merge_distance)
+            nodes = tk.number_by_first(torch.from_numpy(root).to(nodes.device)[nodes])
+        labels = g.dense(nodes)
+    if grow_distance > 0 and grow_threshold < fg_threshold:
+        labels = tk.grow(labels, fg, grow_threshold, grow_distance)
     return labels
 
 
@@ -122,5 +154,7 @@ class Agglomeration(EvidenceMethod):
 
     def fragments(self, emb: np.ndarray, fg: np.ndarray) -> np.ndarray:
         p = self.params
-        return agglomeration_fragments(emb, fg, p.foreground_threshold, p.threshold, p.merge_distance,
-                                       p.grow_threshold, p.grow_distance)
+        args = (p.foreground_threshold, p.threshold, p.merge_distance, p.grow_threshold, p.grow_distance)
+        if self.backend == "numpy":
+            return agglomeration_fragments(emb, fg, *args)
+        return agglomeration_fragments_torch(*self.tensors(emb, fg), *args).cpu().numpy()

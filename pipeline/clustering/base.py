@@ -13,11 +13,13 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from .faces import accept_by_evidence, face_pairs, values_at
 from .kernels import fragment_means
 from .params import ClusteringParams
 
+BACKENDS = ("auto", "torch", "numpy")
 _REGISTRY: dict[str, type[Method]] = {}
 METHOD_NAMES: list[str] = []  # filled as method modules are imported (see __init__)
 
@@ -41,13 +43,33 @@ class Method(ABC):
     name: ClassVar[str]
     rank: ClassVar[int] = 100  # order in listings
     exact: ClassVar[bool] = False  # blockwise result identical to the single-block one
+    cpu_backend: ClassVar[str] = "torch"  # the faster implementation on a CPU core
 
-    def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None) -> None:
+    def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None,
+                 backend: str = "auto", device: str = "auto") -> None:
         if params.method != self.name:
             raise ValueError(f"parameters for {params.method!r} given to the {self.name!r} method")
+        if backend not in BACKENDS:
+            raise ValueError(f"clustering backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.params = params
         self.min_contact = min_contact
         self.max_distance = max_distance
+        self.device = device  # torch device: auto (a GPU when there is one), cpu, cuda
+        # numpy: the reference; torch: the same results, on a GPU or CPU threads; auto: torch on a
+        # GPU, else the faster of the two on a CPU core for this method (measured, benchmarks/RESULTS.md)
+        self.backend = backend if backend != "auto" else (
+            "torch" if self.torch_device.type == "cuda" else self.cpu_backend)
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def tensors(self, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The arrays as tensors on :attr:`torch_device` (no copy on the CPU)."""
+        dev = self.torch_device
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays)
 
     @classmethod
     def defaults(cls, delta_v: float, delta_d: float) -> dict[str, Any]:
@@ -82,8 +104,9 @@ class EvidenceMethod(Method):
     def default_max_distance(self) -> float:
         """``merge.max_distance`` when the config leaves it open."""
 
-    def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None) -> None:
-        super().__init__(params, min_contact, max_distance)
+    def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None,
+                 backend: str = "auto", device: str = "auto") -> None:
+        super().__init__(params, min_contact, max_distance, backend, device)
         if self.max_distance is None:
             self.max_distance = self.default_max_distance()
 

@@ -20,9 +20,15 @@ class Connectivity(Method):
     name = "connectivity"
     rank = 0
     exact = True
+    cpu_backend = "numpy"  # scipy's compiled connected components: 2.3x the torch path per core
 
     def fragments(self, emb: np.ndarray, fg: np.ndarray) -> np.ndarray:
-        return connectivity_fragments(emb, fg, self.params.foreground_threshold, self.params.threshold)
+        p = self.params
+        if self.backend == "numpy":
+            return connectivity_fragments(emb, fg, p.foreground_threshold, p.threshold)
+        from .torch_kernels import connectivity_fragments as torch_fragments
+
+        return torch_fragments(*self.tensors(emb, fg), p.foreground_threshold, p.threshold).cpu().numpy()
 
     def face_evidence(self, emb: np.ndarray, local: np.ndarray) -> np.ndarray:
         return emb

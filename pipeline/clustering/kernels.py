@@ -106,3 +106,43 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     if not min_size:
         return labels
     return np.where(np.bincount(labels.ravel())[labels] >= min_size, labels, 0)
+
+
+def ball_shells(ndim: int, distance: float) -> list[tuple[int, np.ndarray]]:
+    """Integer offsets within ``distance`` (Euclidean, origin excluded), grouped by squared
+    length, nearest first: ``[(d2, offsets (m, ndim)), ...]``."""
+    r = int(np.floor(distance))
+    grid = np.stack(np.meshgrid(*[np.arange(-r, r + 1)] * ndim, indexing="ij"), -1).reshape(-1, ndim)
+    d2 = (grid**2).sum(1)
+    keep = (d2 > 0) & (d2 <= distance**2 + 1e-9)
+    grid, d2 = grid[keep], d2[keep]
+    return [(int(d), grid[d2 == d]) for d in np.unique(d2)]
+
+
+def grow(labels: np.ndarray, fg: np.ndarray, threshold: float, distance: float) -> np.ndarray:
+    """Unlabelled voxels with ``fg > threshold`` take the label of the nearest labelled
+    voxel within ``distance`` (Euclidean distance to the voxel's centre; among equally
+    near labelled voxels, the smallest label): shells of offsets, nearest first."""
+    free = (fg > threshold) & (labels == 0)
+    if distance <= 0 or not free.any() or not labels.any():
+        return labels
+    r = int(np.floor(distance))
+    padded = np.pad(labels, r)
+    pflat = padded.ravel()
+    pstrides = np.array([int(np.prod(padded.shape[i + 1:])) for i in range(labels.ndim)])
+    coords = np.argwhere(free)
+    base = (coords + r) @ pstrides
+    best = np.zeros(len(base), dtype=labels.dtype)
+    todo = np.arange(len(base))
+    big = np.iinfo(np.int64).max
+    for _, offsets in ball_shells(labels.ndim, distance):
+        near = pflat[base[todo, None] + (offsets @ pstrides)[None, :]].astype(np.int64)
+        shell = np.where(near > 0, near, big).min(1)
+        hit = shell < big
+        best[todo[hit]] = shell[hit]
+        todo = todo[~hit]
+        if not len(todo):
+            break
+    out = labels.copy()
+    out[tuple(coords.T)] = best
+    return out

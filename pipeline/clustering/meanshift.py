@@ -103,4 +103,5 @@ class MeanShift(EvidenceMethod):
         return self.params.bandwidth
 
     def fragments(self, emb: np.ndarray, fg: np.ndarray) -> np.ndarray:
-        return meanshift_fragments(emb, fg, self.params.foreground_threshold, self.params.bandwidth)
+        device = None if self.backend == "numpy" else str(self.torch_device)
+        return meanshift_fragments(emb, fg, self.params.foreground_threshold, self.params.bandwidth, device)

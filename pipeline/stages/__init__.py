@@ -8,10 +8,10 @@ from .base import MODEL, BlockStage, Task
 from .fragments import FragmentsStage
 from .merge import MergeStage, select_tables
 from .objects import combine_all, write_objects
-from .predict import PredictStage, predicted
+from .predict import PredictStage, predict_blocks
 from .relabel import RelabelStage
 
 __all__ = [
     "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "PredictStage", "RelabelStage", "Task", "combine_all",
-    "predicted", "select_tables", "write_objects",
+    "predict_blocks", "select_tables", "write_objects",
 ]

@@ -44,12 +44,20 @@ class Task:
     precision: str
     channels_last: bool
     threads: int | None
+    batch_size: int = 1  # blocks per forward pass
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
         m = run.config.model
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
-                   m.channels_last, torch_threads(run.config.cluster))
+                   m.channels_last, torch_threads(run.config.cluster), m.batch_size)
+
+    def set_threads(self) -> None:
+        """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""
+        import torch
+
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     @property
     def float_dtype(self) -> str:
@@ -57,10 +65,16 @@ class Task:
 
 
 class BlockStage(ABC):
-    """A stage that processes every block once and marks it done."""
+    """A stage that processes every block once and marks it done.
+
+    A stage may :meth:`load` its blocks in a first task that holds ``load_resources``
+    (the network on the GPU); :meth:`process` then runs in a second task on any thread,
+    on the loaded data that stayed in worker memory, so the GPU never waits for it.
+    """
 
     name: ClassVar[str]
     resources: ClassVar[dict[str, float] | None] = None
+    load_resources: ClassVar[dict[str, float] | None] = None
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -77,9 +91,19 @@ class BlockStage(ABC):
     def create(self) -> None:  # noqa: B027 - optional hook
         """Create this stage's arrays (client side, once per output)."""
 
+    def load(self, blocks: Sequence[Block]) -> list[Any] | None:
+        """What :meth:`process` needs of each block, computed in a task of its own holding
+        ``load_resources``; None (the default): the stage has no such step."""
+        return None
+
+    def load_bytes(self, blocks: int) -> int:
+        """Memory of :meth:`load`'s result for this many blocks (bounds the tasks in flight)."""
+        return 0
+
     @abstractmethod
-    def process(self, blocks: Sequence[Block], *args: Any) -> Iterator[tuple[Block, Any]]:
-        """Compute and write ``blocks`` (worker side); yield ``(block, result)`` per block."""
+    def process(self, blocks: Sequence[Block], loaded: list[Any] | None, *args: Any) -> Iterator[tuple[Block, Any]]:
+        """Compute and write ``blocks`` (worker side) from what :meth:`load` returned for
+        them; yield ``(block, result)`` per block."""
 
     def recover(self, blocks: Sequence[Block]) -> list[Any]:
         """Results of blocks finished by an earlier run, from what they wrote."""
@@ -87,12 +111,23 @@ class BlockStage(ABC):
 
     # ------------------------------------------------------------ worker side
 
-    def run_batch(self, linears: Batch, *args: Any) -> list[Any]:
+    @property
+    def has_load(self) -> bool:
+        return type(self).load is not BlockStage.load
+
+    def load_batch(self, linears: Batch) -> list[Any] | None:
+        return self.load([self.plan.block_at(i) for i in linears])
+
+    def run_batch(self, linears: Batch, loaded: list[Any] | None, *args: Any) -> list[Any]:
+        self.task.set_threads()
         results = []
-        for block, result in self.process([self.plan.block_at(i) for i in linears], *args):
+        for block, result in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
             self.store.mark_done(self.name, block)
             results.append(result)
         return results
+
+    def run_unloaded(self, linears: Batch, *args: Any) -> list[Any]:
+        return self.run_batch(linears, None, *args)
 
     def recover_batch(self, linears: Batch) -> list[Any]:
         return self.recover([self.plan.block_at(i) for i in linears])
@@ -115,6 +150,8 @@ class BlockStage(ABC):
             logger.info("%s: resuming, %d of %d blocks already done", self.name, len(finished), len(self.plan))
             for results in engine.map(self.recover_batch, batched(finished, RECOVER_BATCH), desc=f"{self.name} (resumed)"):
                 yield from results
-        for results in engine.map(self.run_batch, batched(todo, blocks_per_task), *args, desc=self.name,
-                                  resources=self.resources, per_batch=per_batch):
+        first = (self.load_batch, self.load_resources) if self.has_load else None
+        for results in engine.map(self.run_batch if first else self.run_unloaded, batched(todo, blocks_per_task),
+                                  *args, desc=self.name, resources=self.resources, per_batch=per_batch,
+                                  first=first, batch_bytes=self.load_bytes(blocks_per_task)):
             yield from results

@@ -1,5 +1,6 @@
-"""The ``fragments`` stage: predict and cluster each block, write block-unique fragment
-ids and the evidence on the block's faces; return a small summary per block.
+"""The ``fragments`` stage: predict each block (GPU task), cluster it (CPU task), write
+block-unique fragment ids and the evidence on the block's faces; return a small summary
+per block.
 
 Fragment ids are ``block.linear * stride + local`` (``stride`` = voxels per write box),
 so no block waits for another's numbering.
@@ -19,7 +20,7 @@ from ..engine import Engine
 from ..merge import fragment_ids, local_ids
 from ..store import FRAGMENTS
 from .base import MODEL, BlockStage, Task
-from .predict import predicted
+from .predict import output_bytes, predict_blocks
 
 
 def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
@@ -29,8 +30,11 @@ def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
 
 
 class FragmentsStage(BlockStage):
+    """Predicts blocks in tasks holding the ``model`` resource; clusters them in tasks on
+    any thread of the worker that holds the embeddings (never written to disk)."""
+
     name = "fragments"
-    resources = MODEL
+    load_resources = MODEL
 
     def __init__(self, task: Task, method: Method, embed_dim: int) -> None:
         super().__init__(task)
@@ -45,9 +49,15 @@ class FragmentsStage(BlockStage):
         self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
         self.store.create_faces(self.plan, self.embed_dim, self.task.float_dtype)
 
-    def process(self, blocks: Sequence[Block], *args: Any) -> Iterator[tuple[Block, dict[str, Any]]]:
+    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return predict_blocks(self.task, blocks)
+
+    def load_bytes(self, blocks: int) -> int:
+        return output_bytes(self.task, self.embed_dim, blocks)
+
+    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, Any]]]:
         frag = self.store.array(FRAGMENTS)
-        for block, emb, fg in predicted(self.task, blocks):
+        for block, (emb, fg) in zip(blocks, loaded, strict=True):
             local = self.method.fragments(emb, fg)
             ids = fragment_ids(local, block.linear, self.stride)
             frag[block.valid.to_slices()] = ids

@@ -1,12 +1,13 @@
 """The ``predict`` stage: the network over every block, embeddings and foreground out.
 
-:func:`predicted` is the one place where a block is read (its halo included, the next
+:func:`predict_blocks` is the one place where blocks are read (halo included, the next
 block's input prefetched while this one computes), predicted and cropped to the part of
-its write box inside the volume; the ``fragments`` stage clusters what it yields.
+their write box inside the volume; the ``fragments`` stage clusters what it returns.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -53,20 +54,29 @@ def prefetched(cfg: InputConfig, blocks: Sequence[Block]) -> Iterator[tuple[Bloc
             yield block, data
 
 
-def predicted(task: Task, blocks: Sequence[Block]) -> Iterator[tuple[Block, np.ndarray, np.ndarray]]:
-    """``(block, embeddings (E, *valid), foreground (*valid))`` for every block."""
+def predict_blocks(task: Task, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(embeddings (E, *valid), foreground (*valid))`` of every block: the network's
+    output cropped to the part of the write box inside the volume."""
     pred = get_predictor(task.checkpoint, task.device, task.precision, task.channels_last, task.threads)
-    for block, data in prefetched(task.input, blocks):
-        out = pred(data, task.stats)
+    inputs = (data for _, data in prefetched(task.input, blocks))
+    out = []
+    for block, y in zip(blocks, pred.stream(inputs, task.stats, task.batch_size), strict=True):
         rel = block.valid.to_slices(relative_to=block.write)
-        yield block, out[(slice(0, -1), *rel)], out[(-1, *rel)]
+        out.append((y[(slice(0, -1), *rel)], y[(-1, *rel)]))
+    return out
+
+
+def output_bytes(task: Task, embed_dim: int, blocks: int) -> int:
+    """Memory of :func:`predict_blocks`' result for ``blocks`` blocks."""
+    return blocks * (embed_dim + 1) * math.prod(task.plan.write_shape) * (8 if task.precision == "float64" else 4)
 
 
 class PredictStage(BlockStage):
-    """Writes ``embeddings`` ``(E, *volume)`` and ``foreground`` ``(*volume)``."""
+    """Writes ``embeddings`` ``(E, *volume)`` and ``foreground`` ``(*volume)``: the network
+    runs in tasks holding the ``model`` resource, the writing in tasks on any thread."""
 
     name = "predict"
-    resources = MODEL
+    load_resources = MODEL
 
     def __init__(self, task: Task, embed_dim: int) -> None:
         super().__init__(task)
@@ -77,9 +87,15 @@ class PredictStage(BlockStage):
         self.store.create("embeddings", (self.embed_dim, *plan.volume), (self.embed_dim, *plan.write_shape), dtype)
         self.store.create("foreground", plan.volume, plan.write_shape, dtype)
 
-    def process(self, blocks: Sequence[Block], *args: Any) -> Iterator[tuple[Block, None]]:
+    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return predict_blocks(self.task, blocks)
+
+    def load_bytes(self, blocks: int) -> int:
+        return output_bytes(self.task, self.embed_dim, blocks)
+
+    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
         emb, fg = self.store.array("embeddings"), self.store.array("foreground")
-        for block, e, f in predicted(self.task, blocks):
+        for block, (e, f) in zip(blocks, loaded, strict=True):
             emb[(slice(None), *block.valid.to_slices())] = e
             fg[block.valid.to_slices()] = f
             yield block, None

@@ -28,7 +28,7 @@ class RelabelStage(BlockStage):
     def create(self) -> None:
         self.store.create(SEGMENTATION, self.plan.volume, self.plan.write_shape, self.dtype)
 
-    def process(self, blocks: Sequence[Block], *args: Any) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
+    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
         (tables,) = args
         frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(SEGMENTATION)
         stride = math.prod(self.plan.write_shape)
