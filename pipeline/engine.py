@@ -65,18 +65,29 @@ class Engine:
 
         return tqdm(total=total, desc=desc, unit="task", disable=not self.progress, leave=True)
 
+    def _threads(self) -> dict[str, int]:
+        """Threads per worker; waits for the first worker (batch jobs may still be queued)."""
+        threads = self.client.nthreads()
+        if not threads:
+            logger.info("waiting for the first Dask worker")
+            self.client.wait_for_workers(1)
+            threads = self.client.nthreads()
+        return dict(threads)
+
     def _window(self, batch_bytes: int = 0) -> int:
         """Tasks in flight: enough to keep every thread busy, no more than the workers'
-        memory budget holds of results waiting for their next step."""
-        threads = self.client.nthreads()
-        window = max(16, 4 * (sum(threads.values()) or 1))
+        memory budget holds of results waiting for their next step (at least 2 per worker)."""
+        threads = self._threads()
+        window = max(16, 4 * sum(threads.values()))
         if batch_bytes:
             window = min(window, max(2 * len(threads), len(threads) * self.memory_per_worker // batch_bytes))
         return window
 
     def _resources(self, resources: dict[str, float] | None) -> dict[str, float] | None:
+        """``resources`` when some worker offers them, else None (e.g. a cluster of plain workers)."""
         if not resources:
             return None
+        self._threads()
         workers = self.client.scheduler_info()["workers"].values()
         offered = any(all(r in w.get("resources", {}) for r in resources) for w in workers)
         return resources if offered else None
