@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .config import (
@@ -140,8 +141,6 @@ def local_cuda_options(cfg: LocalCudaClusterConfig, visible_gpus: int) -> dict[s
 def _slurm(cfg: SlurmClusterConfig) -> Any:
     """A dask-jobqueue SLURMCluster: explicit memory, logs in ``log_directory``, TLS."""
     import shutil
-    import sys
-    from pathlib import Path
 
     if shutil.which("sbatch") is None:
         raise ClusterError("cluster.kind 'slurm': no sbatch on PATH; run on a SLURM login node "
@@ -153,33 +152,32 @@ def _slurm(cfg: SlurmClusterConfig) -> Any:
     creds = logs / ".credentials"  # temporary TLS files for the workers, readable by this user only
     creds.mkdir(mode=0o700, exist_ok=True)
     creds.chmod(0o700)
-    directives = list(cfg.job_extra_directives)
-    if cfg.gres or cfg.gpus:
-        directives.append(f"--gres={cfg.gres or f'gpu:{cfg.gpus}'}")
-    cluster = SLURMCluster(
-        queue=cfg.queue,
-        account=cfg.account,
-        cores=cfg.cores,
-        processes=cfg.processes,
-        memory=cfg.memory,
-        walltime=cfg.walltime,
-        interface=cfg.interface,
-        log_directory=str(logs),
-        job_extra_directives=directives,
-        job_script_prologue=list(cfg.job_script_prologue),
-        worker_extra_args=["--resources", "model=1"],
-        python=cfg.python or sys.executable,
-        security=True if cfg.tls else None,
-        shared_temp_directory=str(creds),
-        scheduler_options={"dashboard_address": cfg.dashboard_address or ":0",
-                           **({"interface": cfg.interface} if cfg.interface else {})},
-    )
+    cluster = SLURMCluster(**slurm_options(cfg, logs, creds))
     logger.debug("SLURM job script:\n%s", cluster.job_script())
     if cfg.adaptive is not None:
         cluster.adapt(minimum_jobs=cfg.adaptive.minimum, maximum_jobs=cfg.adaptive.maximum)
     else:
         cluster.scale(jobs=cfg.jobs)
     return cluster
+
+
+def slurm_options(cfg: SlurmClusterConfig, logs: Path, creds: Path) -> dict[str, Any]:
+    """SLURMCluster keywords: explicit memory, GPUs through gres, the ``model`` resource on
+    every worker (one prediction at a time; its other threads cluster), logs, TLS."""
+    import sys
+
+    directives = list(cfg.job_extra_directives)
+    if cfg.gres or cfg.gpus:
+        directives.append(f"--gres={cfg.gres or f'gpu:{cfg.gpus}'}")
+    return {
+        "queue": cfg.queue, "account": cfg.account, "cores": cfg.cores, "processes": cfg.processes,
+        "memory": cfg.memory, "walltime": cfg.walltime, "interface": cfg.interface, "log_directory": str(logs),
+        "job_extra_directives": directives, "job_script_prologue": list(cfg.job_script_prologue),
+        "worker_extra_args": ["--resources", "model=1"], "python": cfg.python or sys.executable,
+        "security": True if cfg.tls else None, "shared_temp_directory": str(creds),
+        "scheduler_options": {"dashboard_address": cfg.dashboard_address or ":0",
+                              **({"interface": cfg.interface} if cfg.interface else {})},
+    }
 
 
 class SlurmGuard:

@@ -137,3 +137,22 @@ def test_lost_worker_job_is_replaced(slurm, tmp_path):
                                  text=True).stdout.split()
         assert pending == []
     assert len(list((tmp_path / "logs-guard").glob("*.err"))) == 2
+
+
+def test_gpu_job_script(tmp_path):
+    """A GPU job: gres, explicit memory, one worker per GPU holding the `model` resource with the
+    job's cores as threads (one predicts, the others cluster), one torch thread per task."""
+    from dask_jobqueue import SLURMCluster
+
+    from pipeline.config import validate_config
+    from pipeline.deploy import slurm_options, torch_threads
+
+    cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": {
+        "kind": "slurm", "queue": "gpu", "cores": 8, "memory": "48GiB", "gpus": 1, "walltime": "04:00:00",
+        "job_script_prologue": ["module load cuda"], "tls": False}}).cluster
+    with SLURMCluster(**slurm_options(cfg, tmp_path, tmp_path)) as cluster:
+        script = cluster.job_script()
+    for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "#SBATCH --mem=", "#SBATCH -t 04:00:00",
+                 "module load cuda", "--nthreads 8", "--resources model=1"):
+        assert line in script, (line, script)
+    assert torch_threads(cfg) == 1
