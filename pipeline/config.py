@@ -55,9 +55,13 @@ class BlocksConfig(Frozen):
     write_shape: PositiveShape | None = Field(
         None, description="output block per axis, a multiple of the model step; none: automatic"
     )
-    target_size: Annotated[int, Field(gt=0)] = Field(
-        64, description="preferred write size per axis when write_shape is automatic"
+    target_size: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="preferred write size per axis when write_shape is automatic; none: 64 on a CPU, "
+        "on a GPU the largest whose batch fits half its memory"
     )
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="GPU memory to size automatic blocks for, when planning where that GPU is not "
+        "visible (a login node); none: the visible GPU's, if the model runs on one")
     blocks_per_task: Annotated[int, Field(gt=0)] = 1
 
 

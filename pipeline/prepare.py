@@ -73,12 +73,50 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
             f"input '{cfg.input.path}' has {vol.channels} channel(s) but the model expects "
             f"{spec.in_channels}; select the channel(s) or use another model"
         )
-    write = cfg.blocks.write_shape or auto_write_shape(vol.shape, spec.step, cfg.blocks.target_size)
+    write = cfg.blocks.write_shape or auto_write_shape(vol.shape, spec.step, target_size(cfg, spec, vol.shape))
     plan = BlockPlan(vol.shape, write, spec.context, spec.step)
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
     warn_chunking(vol.chunks, plan)
     return Prepared(cfg, vol, ckpt, plan, NormStats.from_values(norm, low, high))
+
+
+CPU_TARGET = 64  # write size per axis on a CPU: small blocks, many tasks for few cores
+
+
+def gpu_memory(cfg: Config) -> int | None:
+    """Bytes of the GPU the model will run on: configured, else the visible one's (None: CPU)."""
+    if cfg.blocks.gpu_memory_gib:
+        return int(cfg.blocks.gpu_memory_gib * 2**30)
+    if cfg.model.device == "cpu":
+        return None
+    import torch
+
+    return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
+
+
+def block_bytes(spec: ModelSpec, write: Sequence[int]) -> int:
+    """Estimated device memory of one block through the network: the raw and normalised input,
+    the first level's features (twice, for the skip connection) and the output."""
+    read = [w + 2 * c for w, c in zip(write, spec.context, strict=True)]
+    return 4 * (math.prod(read) * (2 + 2 * spec.base_features) + math.prod(write) * (spec.out_channels + 1))
+
+
+def target_size(cfg: Config, spec: ModelSpec, volume: Sequence[int]) -> int:
+    """The configured target, else 64 on a CPU, else on a GPU the largest target (in steps of
+    16) whose ``model.batch_size`` blocks fit half the GPU's memory."""
+    if cfg.blocks.target_size:
+        return cfg.blocks.target_size
+    memory = gpu_memory(cfg)
+    if memory is None:
+        return CPU_TARGET
+    best = CPU_TARGET
+    for target in range(CPU_TARGET, 1025, 16):
+        write = auto_write_shape(volume, spec.step, target)
+        if block_bytes(spec, write) * cfg.model.batch_size > memory // 2:
+            break
+        best = target
+    return best
 
 
 def chunks_per_block(chunks: Sequence[int], plan: BlockPlan) -> float:
@@ -111,12 +149,7 @@ def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
 def plan_summary(run: Prepared) -> dict[str, Any]:
     """Numbers printed by ``pipeline plan``."""
     plan = run.plan
-    voxel_bytes = 4
-    read_vox = math.prod(plan.read_shape)
-    write_vox = math.prod(plan.write_shape)
-    feats = run.spec.base_features
-    # raw block + normalised copy + first-level features (x2 for the skip) + output
-    est = read_vox * voxel_bytes * (2 + 2 * feats) + write_vox * voxel_bytes * (run.spec.out_channels + 1)
+    memory = gpu_memory(run.config)
     return {
         "volume_shape": list(plan.volume),
         "input_dtype": str(run.volume.dtype),
@@ -127,6 +160,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "grid": list(plan.grid),
         "blocks": len(plan),
         "redundancy": round(plan.redundancy, 3),
-        "memory_per_block_mib": round(est / 2**20, 1),
+        "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
+        "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
         "plan_digest": plan.digest(),
     }

@@ -88,6 +88,33 @@ def test_cli_plan(tmp_path, capsys):
     assert "axis 1: 15 -> use 12 or 16" in err and "Traceback" not in err
 
 
+def test_automatic_blocks_sized_for_the_gpu(tmp_path, capsys):
+    """Automatic write shapes: 64 per axis on a CPU; on a GPU the largest whose batch of blocks
+    fits half its memory (here a GPU named by size, as when planning on a login node)."""
+    from pipeline.prepare import block_bytes, prepare
+
+    cfg = yaml.safe_load(_setup(tmp_path, shape=(12, 40, 40)).read_text())
+    import zarr
+
+    zarr.open_group(str(tmp_path / "big.zarr"), mode="w").create_array("raw", shape=(2048, 2048, 2048),
+                                                                       chunks=(256, 256, 256), dtype="uint16")  # empty: only its shape matters
+    cfg["input"] = {"path": str(tmp_path / "big.zarr"), "dataset": "raw"}
+    cfg["blocks"] = {}
+    cfg["model"]["device"] = "cpu"
+    cpu = prepare(cfg)
+    assert cpu.plan.write_shape == (64, 64, 64)
+    for gib, batch in ((80, 1), (80, 4), (16, 1)):
+        run = prepare({**cfg, "model": {**cfg["model"], "batch_size": batch},
+                       "blocks": {"gpu_memory_gib": gib}})
+        w = run.plan.write_shape
+        assert w > (64, 64, 64) and block_bytes(run.spec, w) * batch <= gib * 2**30 / 2
+        bigger = tuple(x + 16 for x in w)
+        assert block_bytes(run.spec, bigger) * batch > gib * 2**30 / 2
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({**cfg, "blocks": {"gpu_memory_gib": 80}}))
+    assert main(["plan", str(tmp_path / "g.yaml")]) == 0
+    assert "GPU with 80 GiB" in capsys.readouterr().out
+
+
 def test_cli_predict_and_refuse_overwrite(tmp_path, capsys):
     cfg = _setup(tmp_path)
     assert main(["-q", "predict", str(cfg)]) == 0
