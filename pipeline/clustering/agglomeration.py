@@ -127,8 +127,7 @@ def agglomeration_fragments_torch(
     labels = torch.zeros(fg.shape, dtype=torch.int64, device=fg.device)
     if g.n:
         values = g.gather(emb)
-        keep = tk.close(values, g, threshold)
-        nodes = tk.number_by_first(tk.roots(g.n, g.u[keep], g.v[keep]))
+        nodes = tk.connectivity_nodes(values, g, threshold)
         if int(nodes.max()) >= 2:
             size, sums = tk.region_stats(nodes, values)
             root = merge_regions(size, sums, tk.region_adjacency(nodes, g), merge_distance)

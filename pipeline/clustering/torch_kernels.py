@@ -97,9 +97,10 @@ def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor
     return (diff * diff).sum(1) < float(threshold) ** 2
 
 
-def connectivity_nodes(emb: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
-    """Node labels ``1..k`` of the connectivity rule (see :func:`.kernels.connectivity_fragments`)."""
-    keep = close(g.gather(emb), g, threshold)
+def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
+    """Node labels ``1..k`` of the connectivity rule (see :func:`.kernels.connectivity_fragments`)
+    from the embeddings of the nodes ``(n, E)`` (:meth:`VoxelGraph.gather`)."""
+    keep = close(values, g, threshold)
     return number_by_first(roots(g.n, g.u[keep], g.v[keep]))
 
 
@@ -107,7 +108,7 @@ def connectivity_fragments(emb: torch.Tensor, fg: torch.Tensor, fg_threshold: fl
     g = voxel_graph(fg > fg_threshold)
     if g.n == 0:
         return torch.zeros(fg.shape, dtype=torch.int64, device=fg.device)
-    return g.dense(connectivity_nodes(emb, g, threshold))
+    return g.dense(connectivity_nodes(g.gather(emb), g, threshold))
 
 
 def region_stats(labels: torch.Tensor, values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

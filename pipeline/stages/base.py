@@ -10,6 +10,7 @@ those blocks (summaries, statistics) from what they wrote.
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ class Task:
 
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+
+    @property
+    def id_stride(self) -> int:
+        """Fragment ids are ``block.linear * id_stride + local``: voxels per write box."""
+        return math.prod(self.plan.write_shape)
 
     @property
     def float_dtype(self) -> str:

@@ -8,7 +8,6 @@ so no block waits for another's numbering.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,10 +40,6 @@ class FragmentsStage(BlockStage):
         self.method = method
         self.embed_dim = embed_dim
 
-    @property
-    def stride(self) -> int:
-        return math.prod(self.plan.write_shape)
-
     def create(self) -> None:
         self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
         self.store.create_faces(self.plan, self.embed_dim, self.task.float_dtype)
@@ -59,7 +54,7 @@ class FragmentsStage(BlockStage):
         frag = self.store.array(FRAGMENTS)
         for block, (emb, fg) in zip(blocks, loaded, strict=True):
             local = self.method.fragments(emb, fg)
-            ids = fragment_ids(local, block.linear, self.stride)
+            ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
             yield block, summary(block.linear, local)
@@ -77,4 +72,4 @@ class FragmentsStage(BlockStage):
 
     def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")
-        return [summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.stride)) for b in blocks]
+        return [summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)) for b in blocks]

@@ -9,7 +9,6 @@ task receives only its blocks' tables.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,7 +54,7 @@ class MergeStage:
         the number of objects."""
         plan = self.task.plan
         root = engine.reduce(self.pairs, components, batched(range(len(plan)), blocks_per_task), desc=self.name)
-        fin = engine.call(global_tables, counts, math.prod(plan.write_shape), root, sizes, min_size)
+        fin = engine.call(global_tables, counts, self.task.id_stride, root, sizes, min_size)
         return fin, int(engine.result(engine.call(_count, fin)))
 
 

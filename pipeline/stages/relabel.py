@@ -4,7 +4,6 @@ block's partial object statistics for the ``objects`` stage."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,9 +30,8 @@ class RelabelStage(BlockStage):
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
         (tables,) = args
         frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(SEGMENTATION)
-        stride = math.prod(self.plan.write_shape)
         for block, table in zip(blocks, tables, strict=True):
-            labels = table[local_ids(frag[block.valid.to_slices()], block.linear, stride)].astype(self.dtype)
+            labels = table[local_ids(frag[block.valid.to_slices()], block.linear, self.task.id_stride)].astype(self.dtype)
             seg[block.valid.to_slices()] = labels
             yield block, object_stats(labels, block.valid.offset)
 
