@@ -38,6 +38,10 @@ class InputConfig(Frozen):
 class OutputConfig(Frozen):
     path: Path
     overwrite: bool = Field(False, description="replace an existing output (never done silently)")
+    objects_csv: bool | None = Field(
+        None, description="also write objects.csv (the table is always written as Parquet parts under objects/); "
+        "none: only when there are at most 100,000 objects"
+    )
 
 
 class ModelConfig(Frozen):

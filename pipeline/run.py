@@ -20,16 +20,7 @@ from .config import Config
 from .engine import open_engine
 from .merge import label_dtype
 from .prepare import Prepared, as_config, prepare
-from .stages import (
-    FragmentsStage,
-    MergeStage,
-    PredictStage,
-    RelabelStage,
-    Task,
-    combine_all,
-    select_tables,
-    write_objects,
-)
+from .stages import FragmentsStage, MergeStage, ObjectsStage, PredictStage, RelabelStage, Task, select_tables
 from .store import Store, check_output, ome_label_metadata, provenance, resume_key
 
 logger = logging.getLogger(__name__)
@@ -76,7 +67,8 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
 
 def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> Path:
     """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when
-    more than 2**32 - 1 objects) and ``objects.csv`` to the output group."""
+    more than 2**32 - 1 objects) and the objects table (``objects/part-*.parquet``, and
+    ``objects.csv`` for small results) to the output group."""
     run = prepare(config)
     cfg, per = run.config, run.config.blocks.blocks_per_task
     method = clustering_method(run)
@@ -89,16 +81,18 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
         store = _open_store(run, "segment", method.describe())
         task = Task.of(run, store)
         fragments = FragmentsStage(task, method, run.spec.embed_dim)
-        counts, sizes = fragments.summaries(engine, per, with_sizes=bool(min_size))
+        counts = fragments.summaries(engine, per)
         timing["fragments"] = time.perf_counter() - t0
-        tables, n = MergeStage(task, method).run(engine, counts, sizes, min_size, per)
+        tables, n = MergeStage(task, method).run(engine, counts, min_size, per)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())
         relabel = RelabelStage(task, label_dtype(n))
-        objects = combine_all(relabel.run(engine, per, per_batch=lambda b: (engine.call(select_tables, tables, b),)))
-    write_objects(Path(cfg.output.path) / "objects.csv", objects, run.volume.voxel_size)
-    timing["relabel"] = time.perf_counter() - t0 - sum(timing.values())
+        for _ in relabel.run(engine, per, per_batch=lambda b: (engine.call(select_tables, tables, b),)):
+            pass
+        timing["relabel"] = time.perf_counter() - t0 - sum(timing.values())
+        table = ObjectsStage(store, run.volume.voxel_size).run(engine, n, cfg.output.objects_csv)
+        timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
     meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
-            "resumed_blocks": fragments.resumed}
+            "objects_table": table, "resumed_blocks": fragments.resumed}
     attrs: dict[str, Any] = {"pipeline": meta, "resumed_blocks": fragments.resumed}
     if run.volume.ome is not None:
         attrs["ome"] = ome_label_metadata(run)

@@ -6,12 +6,15 @@ stage, the resume key, provenance and completion.
     result.zarr/                      attrs: resume_key, complete, pipeline (provenance), ome
       segmentation                    (run) global instance labels
       embeddings, foreground          (predict)
-      objects.csv                     (run) one row per object
+      objects/part-<part>.parquet     (run) one row per object, by id range
+      objects.csv                     (run) the same rows, for small results
       scratch/                        removed when the run completes
         done_<stage>/<block>          empty file: the stage finished that block
         fragments                     uint64 fragment ids, block-unique
-        face_lab_<axis>               (boundary, side, *plane) fragment ids on both sides of
-        face_emb_<axis>               (boundary, side, E, *plane) the evidence    each face
+        faces/<block>                 the block's outer planes that touch a neighbour, raw
+                                      (face_layout); no file: a skipped empty block
+        sizes/<block>                 int64 voxel counts of the block's fragments (min_size)
+        stats/<part>/<batch>.npy      partial object statistics of id range <part>
 
 A :class:`Store` is small and picklable: tasks carry it and open arrays through it, once
 per process and run. Only the client creates arrays and writes attributes.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -42,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
 FRAGMENTS = f"{SCRATCH}/fragments"
+FACES = f"{SCRATCH}/faces"
+SIZES = f"{SCRATCH}/sizes"
+STATS = f"{SCRATCH}/stats"
+OBJECTS = "objects"
 
 
 @lru_cache(maxsize=64)
@@ -54,8 +62,12 @@ def face_axes(plan: BlockPlan) -> list[int]:
     return [a for a, g in enumerate(plan.grid) if g > 1]
 
 
-def _plane(block: Block, axis: int) -> tuple[slice, ...]:
-    return tuple(s for i, s in enumerate(block.valid.to_slices()) if i != axis)
+def face_layout(plan: BlockPlan, block: Block) -> list[tuple[int, int]]:
+    """``(axis, side)`` of the block's planes that touch a neighbour, in file order (side 0:
+    its lower plane, 1: its upper plane). A faces file is a header ``[E, float bytes]``
+    (int64) and, per plane, its fragment ids (uint64) then its evidence ``(E, *plane)``."""
+    return [(a, side) for a in face_axes(plan)
+            for side, has in ((0, block.index[a] > 0), (1, block.index[a] < plan.grid[a] - 1)) if has]
 
 
 @dataclass(frozen=True)
@@ -100,33 +112,76 @@ class Store:
 
     # ------------------------------------------------------------ faces
 
-    def create_faces(self, plan: BlockPlan, channels: int, dtype: str) -> None:
-        for a in face_axes(plan):
-            plane = tuple(v for i, v in enumerate(plan.volume) if i != a)
-            chunk = tuple(w for i, w in enumerate(plan.write_shape) if i != a)
-            boundaries = plan.grid[a] - 1
-            self.create(f"{SCRATCH}/face_lab_{a}", (boundaries, 2, *plane), (1, 1, *chunk), "uint64")
-            self.create(f"{SCRATCH}/face_emb_{a}", (boundaries, 2, channels, *plane), (1, 1, channels, *chunk), dtype)
+    def _faces(self, linear: int) -> Path:
+        return Path(self.path) / FACES / str(linear)
+
+    def create_faces(self) -> None:
+        (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
 
     def write_faces(self, plan: BlockPlan, block: Block, labels: np.ndarray, evidence: np.ndarray) -> None:
-        """Store the block's outer planes: ``labels`` ``(*valid)``, ``evidence`` ``(E, *valid)``."""
-        for a in face_axes(plan):
-            i, plane = block.index[a], _plane(block, a)
-            # (side, plane position inside the block, boundary): lower face, then upper face
-            for side, pos, boundary in ((1, 0, i - 1), (0, -1, i)):
-                if 0 <= boundary < plan.grid[a] - 1:
-                    self.array(f"{SCRATCH}/face_lab_{a}")[(boundary, side, *plane)] = labels.take(pos, axis=a)
-                    self.array(f"{SCRATCH}/face_emb_{a}")[(boundary, side, slice(None), *plane)] = \
-                        evidence.take(pos, axis=a + 1)
+        """Store the block's outer planes that touch a neighbour, in one raw file (see
+        :func:`face_layout`): ``labels`` ``(*valid)``, ``evidence`` ``(E, *valid)``."""
+        parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
+        for a, side in face_layout(plan, block):
+            pos = 0 if side == 0 else -1
+            parts.append(np.ascontiguousarray(labels.take(pos, axis=a), dtype=np.uint64).tobytes())
+            parts.append(np.ascontiguousarray(evidence.take(pos, axis=a + 1)).tobytes())
+        self._faces(block.linear).write_bytes(b"".join(parts))
 
-    def read_face(self, block: Block, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(labels_a, labels_b, evidence_a, evidence_b)`` of the face between ``block`` (side a)
-        and its upper neighbour along ``axis`` (side b)."""
-        i, plane = block.index[axis], _plane(block, axis)
-        lab = self.array(f"{SCRATCH}/face_lab_{axis}", mode="r")
-        ev = self.array(f"{SCRATCH}/face_emb_{axis}", mode="r")
-        return (lab[(i, 0, *plane)], lab[(i, 1, *plane)],
-                ev[(i, 0, slice(None), *plane)], ev[(i, 1, slice(None), *plane)])
+    def _face_side(self, plan: BlockPlan, block: Block, axis: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self._faces(block.linear)
+        if not path.exists():  # a skipped (empty) block: background on its faces
+            return None
+        data = path.read_bytes()
+        channels, itemsize = (int(v) for v in np.frombuffer(data, np.int64, 2))
+        dtype = np.float32 if itemsize == 4 else np.float64
+        at = 16
+        for a, s in face_layout(plan, block):
+            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != a)
+            n = math.prod(shape)
+            if (a, s) == (axis, side):
+                return (np.frombuffer(data, np.uint64, n, at).reshape(shape),
+                        np.frombuffer(data, dtype, channels * n, at + 8 * n).reshape(channels, *shape))
+            at += n * (8 + channels * itemsize)
+        raise ValueError(f"block {block.index} has no face on side {side} of axis {axis}")
+
+    def read_face(self, plan: BlockPlan, block: Block, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels_a, labels_b, evidence_a, evidence_b)`` of the face between ``block`` (side a,
+        its upper plane) and its upper neighbour along ``axis`` (side b, its lower plane)."""
+        index = list(block.index)
+        index[axis] += 1
+        a = self._face_side(plan, block, axis, 1)
+        b = self._face_side(plan, plan.block(index), axis, 0)
+        if a is None or b is None:
+            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != axis)
+            known = a if a is not None else b
+            channels = known[1].shape[0] if known is not None else 1
+            blank = (np.zeros(shape, np.uint64), np.zeros((channels, *shape), np.float32))
+            a, b = a or blank, b or blank
+        return a[0], b[0], a[1], b[1]
+
+    # ------------------------------------------------------------ per-block records
+
+    def write_sizes(self, block: Block, sizes: np.ndarray) -> None:
+        """Voxel counts of the block's fragments (local ids 1..k), for ``min_size``."""
+        path = Path(self.path) / SIZES / str(block.linear)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(np.ascontiguousarray(sizes, dtype=np.int64).tobytes())
+
+    def read_sizes(self, linear: int, count: int) -> np.ndarray:
+        if not count:
+            return np.zeros(0, np.int64)
+        return np.frombuffer((Path(self.path) / SIZES / str(linear)).read_bytes(), np.int64, count)
+
+    def write_stats(self, part: int, name: str, rows: np.ndarray) -> None:
+        """Partial object statistics (a structured array) of id range ``part``."""
+        folder = Path(self.path) / STATS / str(part)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{name}.npy", rows, allow_pickle=False)
+
+    def read_stats(self, part: int) -> list[np.ndarray]:
+        folder = Path(self.path) / STATS / str(part)
+        return [np.load(f, allow_pickle=False) for f in sorted(folder.glob("*.npy"))] if folder.is_dir() else []
 
     # ------------------------------------------------------------ lifecycle (client only)
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 from pipeline.checkpoint import load_checkpoint
 from pipeline.clustering import connectivity_fragments
 from pipeline.io import open_array, open_group, write_zarr
-from pipeline.merge import block_of, components, fragment_ids, global_tables, label_dtype
+from pipeline.merge import block_of, block_table, components, fragment_ids, global_tables, label_dtype
 from pipeline.predict import Predictor, predict_whole
 from pipeline.run import as_config, prepare, segment
 
@@ -182,7 +182,28 @@ def test_ids_beyond_32_bits():
     counts = np.zeros(2**14 + 8, dtype=np.int64)
     for b in blocks:
         counts[b] = 3
-    tables, n = global_tables(counts, stride, mapping)
+    final, starts, n = global_tables(counts, stride, mapping)
+    tables = {b: block_table(final, starts, b) for b in blocks}
     assert n == 12 - 3  # four ids merged into one object
     assert tables[blocks[3]][1] == tables[blocks[0]][1] == tables[blocks[1]][3] == tables[blocks[2]][2]
     assert label_dtype(n) == "uint32" and label_dtype(2**32) == "uint64"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=6), st.integers(0, 2**32), st.integers(0, 12))
+def test_global_tables_equal_a_direct_reference(counts, seed, min_size):
+    """Sequential ids by smallest fragment, whole-object ``min_size``: against a dict-based reference."""
+    rng = np.random.default_rng(seed)
+    stride, counts = 10, np.array(counts)
+    ids = [b * stride + k for b, c in enumerate(counts) for k in range(1, c + 1)]
+    sizes = rng.integers(1, 8, len(ids))
+    pairs = rng.choice(ids, (rng.integers(0, 6), 2)) if ids else np.zeros((0, 2))
+    mapping = components([np.asarray(pairs, np.uint64)])
+    root = {i: i for i in ids} | {int(a): int(b) for a, b in mapping}
+    total = {r: sum(int(s) for i, s in zip(ids, sizes, strict=True) if root[i] == r) for r in set(root.values())}
+    kept = sorted(r for r in total if total[r] >= min_size)
+    expected = [kept.index(root[i]) + 1 if root[i] in kept else 0 for i in ids]
+    final, starts, n = global_tables(counts, stride, mapping, sizes, min_size)
+    assert n == len(kept)
+    got = [int(block_table(final, starts, b)[k]) for b, c in enumerate(counts) for k in range(1, c + 1)]
+    assert got == expected

@@ -7,11 +7,11 @@ from __future__ import annotations
 from .base import MODEL, BlockStage, Task
 from .fragments import FragmentsStage
 from .merge import MergeStage, select_tables
-from .objects import combine_all, write_objects
+from .objects import ObjectsStage, read_objects
 from .predict import PredictStage, predict_blocks
 from .relabel import RelabelStage
 
 __all__ = [
-    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "PredictStage", "RelabelStage", "Task", "combine_all",
-    "predict_blocks", "select_tables", "write_objects",
+    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "ObjectsStage", "PredictStage", "RelabelStage", "Task",
+    "predict_blocks", "read_objects", "select_tables",
 ]

@@ -23,9 +23,8 @@ from .predict import output_bytes, predict_blocks
 
 
 def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
-    """What the client keeps of a block: its fragment count and their voxel counts."""
-    sizes = np.bincount(local.ravel())[1:] if local.size else np.zeros(0, np.int64)
-    return {"linear": linear, "count": int(local.max()) if local.size else 0, "sizes": sizes.astype(np.int64)}
+    """What the client keeps of a block: its fragment count (O(blocks) numbers in all)."""
+    return {"linear": linear, "count": int(local.max()) if local.size else 0}
 
 
 class FragmentsStage(BlockStage):
@@ -39,10 +38,11 @@ class FragmentsStage(BlockStage):
         super().__init__(task)
         self.method = method
         self.embed_dim = embed_dim
+        self.keep_sizes = bool(method.params.min_size)  # fragment sizes, for min_size on whole objects
 
     def create(self) -> None:
         self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
-        self.store.create_faces(self.plan, self.embed_dim, self.task.float_dtype)
+        self.store.create_faces()
 
     def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
         return predict_blocks(self.task, blocks)
@@ -57,18 +57,16 @@ class FragmentsStage(BlockStage):
             ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
+            if self.keep_sizes:
+                self.store.write_sizes(block, np.bincount(local.ravel())[1:])
             yield block, summary(block.linear, local)
 
-    def summaries(self, engine: Engine, blocks_per_task: int, with_sizes: bool) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Run the stage: fragment counts per block and, ``with_sizes``, their voxel counts
-        (needed only to filter whole objects by size)."""
+    def summaries(self, engine: Engine, blocks_per_task: int) -> np.ndarray:
+        """Run the stage: the number of fragments of every block."""
         counts = np.zeros(len(self.plan), dtype=np.int64)
-        sizes = [np.zeros(0, np.int64)] * len(self.plan)
         for s in self.run(engine, blocks_per_task):
             counts[s["linear"]] = s["count"]
-            if with_sizes:
-                sizes[s["linear"]] = s["sizes"]
-        return counts, sizes
+        return counts
 
     def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")

@@ -1,42 +1,127 @@
-"""The ``objects`` stage: partial per-block statistics combined into one row per object
-(id, voxels, bounding box, centroid, physical volume) and written as ``objects.csv``."""
+"""The ``objects`` stage: one row per object (id, voxels, bounding box, centroid in voxels
+and physical units, physical volume, blocks spanned), reduced by id range on the workers.
+
+Each relabel task writes its blocks' partial statistics split by id range (``part``, of
+:data:`ROWS_PER_PART` ids); one task per part combines them and writes
+``objects/part-<part>.parquet``. The client only counts rows: it never holds per-object
+data, except to write ``objects.csv`` for small results.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..engine import Batch, Engine, batched
 from ..merge import combine_stats
+from ..store import OBJECTS, Store
 
-COMBINE_EVERY = 64  # partial tables held before they are combined
-
-
-def combine_all(parts: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Combine partial statistics as they arrive, holding at most ``COMBINE_EVERY``."""
-    held: list[dict[str, np.ndarray]] = []
-    for part in parts:
-        held.append(part)
-        if len(held) > COMBINE_EVERY:
-            held = [combine_stats(held)]
-    return combine_stats(held)
+ROWS_PER_PART = 2**20  # object ids per part: ~100 MB of partial rows to combine per task
+CSV_LIMIT = 100_000  # objects.csv is written up to this many objects (output.objects_csv: auto)
+PARTS_PER_TASK = 4
 
 
-def write_objects(path: Path, objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None) -> None:
-    """Objects table: id, voxel count, bounding box (start inclusive, end exclusive), centroid."""
-    nd = objects["lo"].shape[1] if objects["lo"].ndim == 2 and objects["lo"].shape[1] else 0
+def part_of(ids: np.ndarray) -> np.ndarray:
+    return ((np.asarray(ids, dtype=np.int64) - 1) // ROWS_PER_PART).astype(np.int64)
+
+
+def stats_rows(stats: dict[str, np.ndarray]) -> np.ndarray:
+    """Partial statistics as one structured array (what the stats files hold)."""
+    nd = stats["lo"].shape[1] if stats["lo"].ndim == 2 else 0
+    dtype = [("id", "u8"), ("count", "i8"), ("lo", "i8", (nd,)), ("hi", "i8", (nd,)), ("sum", "f8", (nd,)),
+             ("blocks", "i8")]
+    rows = np.zeros(len(stats["id"]), dtype=dtype)
+    for key in ("id", "count", "lo", "hi", "sum"):
+        rows[key] = stats[key]
+    rows["blocks"] = stats.get("blocks", 1)
+    return rows
+
+
+def combine_rows(parts: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per object id of the partial rows (``blocks``: how many blocks it spans)."""
+    if not parts:
+        return combine_stats([]) | {"blocks": np.zeros(0, np.int64)}
+    rows = np.concatenate(parts)
+    combined = combine_stats([{k: rows[k] for k in ("id", "count", "lo", "hi", "sum")}])
+    combined["blocks"] = np.bincount(np.searchsorted(combined["id"], rows["id"]), minlength=len(combined["id"]))
+    return combined
+
+
+def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None) -> dict[str, np.ndarray]:
+    """Named columns: ids, voxels, bbox (start inclusive, end exclusive), centroid; with a
+    voxel size also the centroid in physical units (``position_<axis>``) and ``volume``."""
+    nd = objects["lo"].shape[1] if objects["lo"].ndim == 2 else 0
     axes = "zyx"[-nd:] if nd else ""
-    header = ["id", "voxels"] + [f"bbox_start_{a}" for a in axes] + [f"bbox_end_{a}" for a in axes] + [f"centroid_{a}" for a in axes]
+    count = objects["count"]
+    centroid = objects["sum"] / np.maximum(count, 1)[:, None] if nd else np.zeros((len(count), 0))
+    cols: dict[str, np.ndarray] = {"id": objects["id"].astype(np.uint64), "voxels": count.astype(np.int64)}
+    cols |= {f"bbox_start_{a}": objects["lo"][:, i] for i, a in enumerate(axes)}
+    cols |= {f"bbox_end_{a}": objects["hi"][:, i] for i, a in enumerate(axes)}
+    cols |= {f"centroid_{a}": centroid[:, i] for i, a in enumerate(axes)}
     if voxel_size:
-        header += ["volume"]
-    lines = [",".join(header)]
-    vol = float(np.prod(voxel_size)) if voxel_size else None
-    for i in range(len(objects["id"])):
-        row = [str(int(objects["id"][i])), str(int(objects["count"][i]))]
-        row += [str(int(x)) for x in objects["lo"][i]] + [str(int(x)) for x in objects["hi"][i]]
-        row += [f"{x / objects['count'][i]:.3f}" for x in objects["sum"][i]]
-        if vol is not None:
-            row.append(f"{objects['count'][i] * vol:.6g}")
-        lines.append(",".join(row))
-    path.write_text("\n".join(lines) + "\n")
+        cols |= {f"position_{a}": centroid[:, i] * voxel_size[i] for i, a in enumerate(axes)}
+        cols["volume"] = count * float(np.prod(voxel_size))
+    cols["blocks"] = objects.get("blocks", np.ones(len(count), np.int64)).astype(np.int64)
+    return cols
+
+
+def write_part(path: Path, cols: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def read_objects(path: str | Path) -> dict[str, np.ndarray]:
+    """Every part of an output's objects table, concatenated (for results that fit in memory)."""
+    import pyarrow.parquet as pq
+
+    parts = sorted((Path(path) / OBJECTS).glob("part-*.parquet"))
+    if not parts:
+        return {}
+    data = [pq.read_table(p).to_pydict() for p in parts]
+    return {k: np.concatenate([np.asarray(d[k]) for d in data]) for k in data[0]}
+
+
+def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
+    """``objects.csv``: integers as integers, centroids to 3 decimals, volumes to 6 digits."""
+    names = list(cols)
+    fmt = ["%.3f" if n.startswith(("centroid", "position")) else "%.6g" if n == "volume" else "%d" for n in names]
+    with open(path, "w") as f:
+        f.write(",".join(names) + "\n")
+        if len(cols["id"]):
+            data = np.empty((len(cols["id"]), len(names)), dtype=object)
+            for j, n in enumerate(names):
+                data[:, j] = cols[n]
+            np.savetxt(f, data, fmt=fmt, delimiter=",")
+
+
+class ObjectsStage:
+    name = "objects"
+
+    def __init__(self, store: Store, voxel_size: Sequence[float] | None) -> None:
+        self.store = store
+        self.voxel_size = voxel_size
+
+    def reduce_parts(self, parts: Batch) -> int:
+        rows = 0
+        for part in parts:
+            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size)
+            write_part(Path(self.store.path) / OBJECTS / f"part-{part:05d}.parquet", cols)
+            rows += len(cols["id"])
+        return rows
+
+    def run(self, engine: Engine, n: int, csv: bool | None) -> dict[str, Any]:
+        """Reduce and write every part; ``objects.csv`` too when asked (``None``: when small)."""
+        parts = max(1, -(-n // ROWS_PER_PART))
+        rows = sum(engine.map(self.reduce_parts, batched(range(parts), PARTS_PER_TASK), desc=self.name))
+        if rows != n:
+            raise RuntimeError(f"objects table has {rows} rows for {n} objects")
+        written = csv if csv is not None else n <= CSV_LIMIT
+        if written:
+            write_csv(Path(self.store.path) / "objects.csv", read_objects(self.store.path))
+        return {"rows": rows, "parts": parts, "csv": written}

@@ -22,6 +22,8 @@ from ..io import InputError, InputVolume, open_input
 from ..predict import get_predictor
 from .base import MODEL, BlockStage, Task
 
+PREFETCH_THREADS = 4  # input readers per process, shared by its tasks
+
 
 @lru_cache(maxsize=8)
 def _volume(cfg: InputConfig) -> InputVolume:
@@ -40,18 +42,25 @@ def read_input(cfg: InputConfig, box: Box) -> np.ndarray:
     return data
 
 
+@lru_cache(maxsize=1)
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """Reader threads shared by the tasks of a process (started once, not per batch)."""
+    return ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
+
+
 def prefetched(cfg: InputConfig, blocks: Sequence[Block]) -> Iterator[tuple[Block, np.ndarray]]:
     """``(block, input)`` pairs; the next block's input is read in a background thread
     while the caller computes on the current one (I/O overlaps compute)."""
-    if not blocks:
+    if len(blocks) == 1:  # nothing to overlap with
+        yield blocks[0], read_input(cfg, blocks[0].read)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        nxt = pool.submit(read_input, cfg, blocks[0].read)
-        for i, block in enumerate(blocks):
-            data = nxt.result()
-            if i + 1 < len(blocks):
-                nxt = pool.submit(read_input, cfg, blocks[i + 1].read)
-            yield block, data
+    pool = _prefetch_pool()
+    nxt = pool.submit(read_input, cfg, blocks[0].read) if blocks else None
+    for i, block in enumerate(blocks):
+        data = nxt.result()  # type: ignore[union-attr]
+        if i + 1 < len(blocks):
+            nxt = pool.submit(read_input, cfg, blocks[i + 1].read)
+        yield block, data
 
 
 def predict_blocks(task: Task, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
