@@ -188,11 +188,35 @@ class MergeConfig(Frozen):
     )
 
 
+class MaskConfig(Frozen):
+    """A mask array (zarr): blocks where it is 0 everywhere are skipped; any shape whose ratio
+    to the volume is the same on every block (e.g. a downsampled mask)."""
+
+    path: Path
+    dataset: str | None = None
+
+
+class EmptyConfig(Frozen):
+    """Skipping blocks of empty space (background): not predicted, not clustered."""
+
+    skip: bool = Field(True, description="skip blocks whose input (halo included) never exceeds `threshold`")
+    threshold: float = Field(
+        0.1, description="background level in normalised input units (0 = the low percentile, 1 = the high one); "
+        "a block is empty when no voxel of its input exceeds it"
+    )
+    level: int | None = Field(
+        None, ge=0, description="OME-Zarr level to decide from (one low-resolution read per block); none: the "
+        "coarsest level with >= 4 voxels per block axis, or full resolution while each block is read"
+    )
+    mask: MaskConfig | None = Field(None, description="decide from this mask instead (0 = skip)")
+
+
 class Config(Frozen):
     input: InputConfig
     output: OutputConfig
     model: ModelConfig = ModelConfig()
     blocks: BlocksConfig = BlocksConfig()
+    empty: EmptyConfig = EmptyConfig()
     cluster: ClusterConfig = LocalClusterConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     merge: MergeConfig = MergeConfig()

@@ -17,6 +17,7 @@ from typing import Any
 from .blocks import BlockPlan
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import Config, load_config, validate_config
+from .empty import EmptySource, empty_source
 from .io import InputError, InputVolume, open_input, percentiles
 from .model import ModelSpec
 from .predict import NormStats
@@ -51,6 +52,7 @@ class Prepared:
     checkpoint: Checkpoint
     plan: BlockPlan
     stats: NormStats
+    empty: EmptySource | None = None  # how empty blocks are found (None: never skipped)
 
     @property
     def spec(self) -> ModelSpec:
@@ -78,7 +80,8 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
     warn_chunking(vol.chunks, plan)
-    return Prepared(cfg, vol, ckpt, plan, NormStats.from_values(norm, low, high))
+    stats = NormStats.from_values(norm, low, high)
+    return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape))
 
 
 CPU_TARGET = 64  # write size per axis on a CPU: small blocks, many tasks for few cores
@@ -162,5 +165,6 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "redundancy": round(plan.redundancy, 3),
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
         "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
+        "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
         "plan_digest": plan.digest(),
     }

@@ -20,7 +20,16 @@ from .config import Config
 from .engine import open_engine
 from .merge import label_dtype
 from .prepare import Prepared, as_config, prepare
-from .stages import FragmentsStage, MergeStage, ObjectsStage, PredictStage, RelabelStage, Task, select_tables
+from .stages import (
+    FragmentsStage,
+    MergeStage,
+    ObjectsStage,
+    PredictStage,
+    RelabelStage,
+    ScanStage,
+    Task,
+    select_tables,
+)
 from .store import Store, check_output, ome_label_metadata, provenance, resume_key
 
 logger = logging.getLogger(__name__)
@@ -81,21 +90,27 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
         store = _open_store(run, "segment", method.describe())
         task = Task.of(run, store)
         fragments = FragmentsStage(task, method, run.spec.embed_dim)
-        counts = fragments.summaries(engine, per)
+        if run.empty is not None:
+            fragments.skip = ScanStage(run.plan, run.empty).run(engine)
+        counts, empty = fragments.summaries(engine, per)
         timing["fragments"] = time.perf_counter() - t0
         tables, n = MergeStage(task, method).run(engine, counts, min_size, per)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())
         relabel = RelabelStage(task, label_dtype(n))
+        relabel.skip = counts == 0  # nothing to relabel: the fill value (0) stands
         for _ in relabel.run(engine, per, per_batch=lambda b: (engine.call(select_tables, tables, b),)):
             pass
         timing["relabel"] = time.perf_counter() - t0 - sum(timing.values())
         table = ObjectsStage(store, run.volume.voxel_size).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
     meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
-            "objects_table": table, "resumed_blocks": fragments.resumed}
+            "objects_table": table, "resumed_blocks": fragments.resumed,
+            "empty_blocks": {"skipped": int(empty.sum()), "of": len(run.plan),
+                             "decided_by": run.empty.describe() if run.empty else None}}
     attrs: dict[str, Any] = {"pipeline": meta, "resumed_blocks": fragments.resumed}
     if run.volume.ome is not None:
         attrs["ome"] = ome_label_metadata(run)
+    store.write_empty(run.plan, empty)
     store.finish(attrs)
     logger.info("segment: %d objects in %.1f s -> %s", n, time.perf_counter() - t0, cfg.output.path)
     return Path(cfg.output.path)

@@ -7,6 +7,7 @@ stage, the resume key, provenance and completion.
       segmentation                    (run) global instance labels
       embeddings, foreground          (predict)
       objects/part-<part>.parquet     (run) one row per object, by id range
+      empty_blocks                    (run) uint8 per block of the grid: 1 = skipped as empty space
       objects.csv                     (run) the same rows, for small results
       scratch/                        removed when the run completes
         done_<stage>/<block>          empty file: the stage finished that block
@@ -50,6 +51,7 @@ FACES = f"{SCRATCH}/faces"
 SIZES = f"{SCRATCH}/sizes"
 STATS = f"{SCRATCH}/stats"
 OBJECTS = "objects"
+EMPTY = "empty_blocks"
 
 
 @lru_cache(maxsize=64)
@@ -114,6 +116,10 @@ class Store:
 
     def _faces(self, linear: int) -> Path:
         return Path(self.path) / FACES / str(linear)
+
+    def has_faces(self, linear: int) -> bool:
+        """Whether the block wrote its faces (every block that was not skipped as empty does)."""
+        return self._faces(linear).exists()
 
     def create_faces(self) -> None:
         (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
@@ -182,6 +188,11 @@ class Store:
     def read_stats(self, part: int) -> list[np.ndarray]:
         folder = Path(self.path) / STATS / str(part)
         return [np.load(f, allow_pickle=False) for f in sorted(folder.glob("*.npy"))] if folder.is_dir() else []
+
+    def write_empty(self, plan: BlockPlan, empty: np.ndarray) -> None:
+        """``empty_blocks``: one uint8 per block of the grid, 1 where it was skipped as empty space."""
+        create_array(open_group(self.path), EMPTY, plan.grid, plan.grid, "uint8", overwrite=True)[...] = \
+            empty.reshape(plan.grid).astype(np.uint8)
 
     # ------------------------------------------------------------ lifecycle (client only)
 

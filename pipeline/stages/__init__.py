@@ -10,8 +10,9 @@ from .merge import MergeStage, select_tables
 from .objects import ObjectsStage, read_objects
 from .predict import PredictStage, predict_blocks
 from .relabel import RelabelStage
+from .scan import ScanStage
 
 __all__ = [
-    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "ObjectsStage", "PredictStage", "RelabelStage", "Task",
+    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "ObjectsStage", "PredictStage", "RelabelStage", "ScanStage", "Task",
     "predict_blocks", "read_objects", "select_tables",
 ]

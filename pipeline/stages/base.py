@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from ..blocks import Block, BlockPlan
 from ..config import InputConfig
 from ..deploy import torch_threads
@@ -46,12 +48,14 @@ class Task:
     channels_last: bool
     threads: int | None
     batch_size: int = 1  # blocks per forward pass
+    background: float | None = None  # raw level: a block whose input never exceeds it is empty (None: no skipping)
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
         m = run.config.model
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
-                   m.channels_last, torch_threads(run.config.cluster), m.batch_size)
+                   m.channels_last, torch_threads(run.config.cluster), m.batch_size,
+                   run.empty.background if run.empty else None)
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""
@@ -85,6 +89,7 @@ class BlockStage(ABC):
     def __init__(self, task: Task) -> None:
         self.task = task
         self.resumed = 0  # blocks finished by an earlier run (set by :meth:`run`)
+        self.skip: np.ndarray | None = None  # one flag per block: not run at all (e.g. empty space)
 
     @property
     def store(self) -> Store:
@@ -149,8 +154,10 @@ class BlockStage(ABC):
             self.create()
             self.store.create_markers(self.name)
         done = self.store.done(self.name, len(self.plan))
-        todo = [i for i in range(len(self.plan)) if not done[i]]
-        finished = [i for i in range(len(self.plan)) if done[i]]
+        if self.skip is not None:
+            done &= ~self.skip
+        todo = np.flatnonzero(~done & ~self.skip if self.skip is not None else ~done).tolist()
+        finished = np.flatnonzero(done).tolist()
         self.resumed = len(finished)
         if finished:
             logger.info("%s: resuming, %d of %d blocks already done", self.name, len(finished), len(self.plan))

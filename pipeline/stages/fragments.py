@@ -24,7 +24,7 @@ from .predict import output_bytes, predict_blocks
 
 def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
     """What the client keeps of a block: its fragment count (O(blocks) numbers in all)."""
-    return {"linear": linear, "count": int(local.max()) if local.size else 0}
+    return {"linear": linear, "count": int(local.max()) if local.size else 0, "empty": False}
 
 
 class FragmentsStage(BlockStage):
@@ -44,15 +44,19 @@ class FragmentsStage(BlockStage):
         self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
         self.store.create_faces()
 
-    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return predict_blocks(self.task, blocks)
+    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        return predict_blocks(self.task, blocks, skip_empty=True)
 
     def load_bytes(self, blocks: int) -> int:
         return output_bytes(self.task, self.embed_dim, blocks)
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, Any]]]:
         frag = self.store.array(FRAGMENTS)
-        for block, (emb, fg) in zip(blocks, loaded, strict=True):
+        for block, predicted in zip(blocks, loaded, strict=True):
+            if predicted is None:  # empty space: nothing written, the arrays' fill value stands
+                yield block, {"linear": block.linear, "count": 0, "empty": True}
+                continue
+            emb, fg = predicted
             local = self.method.fragments(emb, fg)
             ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
@@ -61,13 +65,22 @@ class FragmentsStage(BlockStage):
                 self.store.write_sizes(block, np.bincount(local.ravel())[1:])
             yield block, summary(block.linear, local)
 
-    def summaries(self, engine: Engine, blocks_per_task: int) -> np.ndarray:
-        """Run the stage: the number of fragments of every block."""
+    def summaries(self, engine: Engine, blocks_per_task: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run the stage: the number of fragments of every block, and which blocks were
+        empty space (those in :attr:`skip`, and those found empty as they were read)."""
         counts = np.zeros(len(self.plan), dtype=np.int64)
+        empty = np.zeros(len(self.plan), dtype=bool) if self.skip is None else self.skip.copy()
         for s in self.run(engine, blocks_per_task):
             counts[s["linear"]] = s["count"]
-        return counts
+            empty[s["linear"]] = s["empty"]
+        return counts, empty
 
     def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")
-        return [summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)) for b in blocks]
+        out = []
+        for b in blocks:
+            if not self.store.has_faces(b.linear):  # found empty when it was read
+                out.append({"linear": b.linear, "count": 0, "empty": True})
+            else:
+                out.append(summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)))
+        return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..blocks import Block
 from ..config import InputConfig
+from ..empty import is_empty
 from ..geometry import Box
 from ..io import InputError, InputVolume, open_input
 from ..predict import get_predictor
@@ -63,15 +64,24 @@ def prefetched(cfg: InputConfig, blocks: Sequence[Block]) -> Iterator[tuple[Bloc
         yield block, data
 
 
-def predict_blocks(task: Task, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
+def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """``(embeddings (E, *valid), foreground (*valid))`` of every block: the network's
-    output cropped to the part of the write box inside the volume."""
+    output cropped to the part of the write box inside the volume; with ``skip_empty``,
+    None for a block whose input is background (see :mod:`pipeline.empty`), not predicted."""
     pred = get_predictor(task.checkpoint, task.device, task.precision, task.channels_last, task.threads)
-    inputs = (data for _, data in prefetched(task.input, blocks))
-    out = []
-    for block, y in zip(blocks, pred.stream(inputs, task.stats, task.batch_size), strict=True):
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(blocks)
+    predicted: list[int] = []
+
+    def inputs() -> Iterator[np.ndarray]:
+        for i, (_, data) in enumerate(prefetched(task.input, blocks)):
+            if not (skip_empty and task.background is not None and is_empty(data, task.background)):
+                predicted.append(i)
+                yield data
+
+    for k, y in enumerate(pred.stream(inputs(), task.stats, task.batch_size)):
+        block = blocks[predicted[k]]
         rel = block.valid.to_slices(relative_to=block.write)
-        out.append((y[(slice(0, -1), *rel)], y[(-1, *rel)]))
+        out[predicted[k]] = (y[(slice(0, -1), *rel)], y[(-1, *rel)])
     return out
 
 

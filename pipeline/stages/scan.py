@@ -1,0 +1,50 @@
+"""The ``scan`` stage: which blocks are empty, from a mask or a lower pyramid level (see
+:mod:`pipeline.empty`), one low-resolution read per block, before any block is predicted.
+The client keeps one flag per block."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from ..blocks import BlockPlan
+from ..config import InputConfig
+from ..empty import EmptySource, coarse_box, is_empty
+from ..engine import Batch, Engine, batched
+from ..io import InputVolume, open_input
+
+SCAN_BATCH = 256  # blocks per scan task
+
+
+@lru_cache(maxsize=4)
+def _array(cfg: InputConfig) -> InputVolume:
+    return open_input(cfg)
+
+
+class ScanStage:
+    name = "scan"
+
+    def __init__(self, plan: BlockPlan, source: EmptySource) -> None:
+        self.plan = plan
+        self.source = source
+
+    def scan(self, linears: Batch) -> list[int]:
+        """The empty blocks among ``linears``: a mask is 0 over the block's write box, a
+        pyramid level is background over its read box (the halo's objects count)."""
+        src = self.source
+        assert src.array is not None
+        vol = _array(src.array)
+        mask = src.kind == "mask"
+        boxes = ((b.valid if mask else b.read) for b in map(self.plan.block_at, linears))
+        return [i for i, box in zip(linears, boxes, strict=True)
+                if is_empty(vol.read(coarse_box(box, self.plan.volume, src.factors, vol.shape)), None if mask else src.background)]
+
+    def run(self, engine: Engine) -> np.ndarray:
+        """One flag per block (linear order): True where the block is empty."""
+        flags = np.zeros(len(self.plan), dtype=bool)
+        if self.source.kind == "read":
+            return flags  # decided as each block is read
+        for empty in engine.map(self.scan, batched(range(len(self.plan)), SCAN_BATCH), desc=self.name):
+            flags[empty] = True
+        return flags
