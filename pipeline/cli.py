@@ -38,9 +38,15 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .engine import Engine
     from .prepare import plan_summary, prepare
+    from .stages import ScanStage
 
-    summary = plan_summary(prepare(_load(args)))
+    run = prepare(_load(args))
+    summary = plan_summary(run)
+    if run.empty is not None and run.empty.kind != "read":  # one coarse read per block, here
+        flags = ScanStage(run.plan, run.empty).run(Engine())
+        summary["empty_blocks"] = f"{int(flags.sum())} of {len(run.plan)} will be skipped"
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")

@@ -66,7 +66,10 @@ class BlocksConfig(Frozen):
     gpu_memory_gib: float | None = Field(
         None, gt=0, description="GPU memory to size automatic blocks for, when planning where that GPU is not "
         "visible (a login node); none: the visible GPU's, if the model runs on one")
-    blocks_per_task: Annotated[int, Field(gt=0)] = 1
+    blocks_per_task: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="blocks per task; none: automatic (>= 16 tasks per worker, <= 512 MiB of embeddings "
+        "per task, at least model.batch_size)"
+    )
 
 
 class SerialClusterConfig(Frozen):

@@ -58,6 +58,14 @@ class Prepared:
     def spec(self) -> ModelSpec:
         return self.checkpoint.spec
 
+    @property
+    def blocks_per_task(self) -> int:
+        """Configured, else :func:`auto_blocks_per_task`."""
+        c = self.config
+        workers = getattr(c.cluster, "n_workers", None) or 1
+        return c.blocks.blocks_per_task or auto_blocks_per_task(
+            len(self.plan), workers, 4 * (self.spec.embed_dim + 1) * math.prod(self.plan.write_shape), c.model.batch_size)
+
 
 def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     """Open the input, read the checkpoint, check they fit, plan blocks, take percentiles."""
@@ -82,6 +90,18 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     warn_chunking(vol.chunks, plan)
     stats = NormStats.from_values(norm, low, high)
     return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape))
+
+
+TASKS_PER_WORKER = 16  # enough tasks to balance the load and to resume from
+TASK_BYTES = 512 << 20  # network output held per task
+
+
+def auto_blocks_per_task(blocks: int, workers: int, block_bytes: int, batch_size: int = 1) -> int:
+    """Blocks per task: many small blocks are batched (per-task overhead), as long as every
+    worker still gets ``TASKS_PER_WORKER`` tasks and a task holds at most ``TASK_BYTES``
+    of network output; never fewer than the blocks of one forward pass."""
+    per = max(1, blocks // (workers * TASKS_PER_WORKER))
+    return max(batch_size, min(per, max(1, TASK_BYTES // max(block_bytes, 1))))
 
 
 CPU_TARGET = 64  # write size per axis on a CPU: small blocks, many tasks for few cores
@@ -162,6 +182,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "read_shape": list(plan.read_shape),
         "grid": list(plan.grid),
         "blocks": len(plan),
+        "blocks_per_task": run.blocks_per_task,
         "redundancy": round(plan.redundancy, 3),
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
         "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",

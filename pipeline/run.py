@@ -67,7 +67,7 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
         store = _open_store(run, "predict", {"channels_last": cfg.model.channels_last})
         logger.info("predict: %d blocks of %s (read %s)", len(plan), plan.write_shape, plan.read_shape)
         stage = PredictStage(Task.of(run, store), run.spec.embed_dim)
-        for _ in stage.run(engine, cfg.blocks.blocks_per_task):
+        for _ in stage.run(engine, run.blocks_per_task):
             pass
     store.finish({"resumed_blocks": stage.resumed})
     logger.info("predict: done in %.1f s -> %s", time.perf_counter() - t0, cfg.output.path)
@@ -79,7 +79,7 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     more than 2**32 - 1 objects) and the objects table (``objects/part-*.parquet``, and
     ``objects.csv`` for small results) to the output group."""
     run = prepare(config)
-    cfg, per = run.config, run.config.blocks.blocks_per_task
+    cfg, per = run.config, run.blocks_per_task
     method = clustering_method(run)
     check_output(cfg.output.path, cfg.output.overwrite)
     min_size = method.params.min_size

@@ -203,3 +203,12 @@ def test_clustering_params_precedence():
     p = clustering_params(validate_config({**base, "clustering": {"foreground_threshold": 0.4, "grow_distance": 0}}),
                           cal)
     assert (p.grow_threshold, p.grow_distance) == (0.4, 0.0)
+
+
+def test_automatic_blocks_per_task_batches_small_blocks_within_memory():
+    from pipeline.prepare import auto_blocks_per_task
+
+    assert auto_blocks_per_task(100, 2, 1 << 20) == 3  # >= 16 tasks per worker
+    assert auto_blocks_per_task(10**5, 2, 1 << 20) == 512  # <= 512 MiB of network output per task
+    assert auto_blocks_per_task(10**4, 2, 400 << 20) == 1
+    assert auto_blocks_per_task(10, 2, 1 << 20, batch_size=4) == 4  # a forward pass's blocks

@@ -1,0 +1,197 @@
+"""Growth table: how wall time, time per voxel and peak memory grow with objects and blocks.
+
+Every measured run is a fresh subprocess (its client peak RSS is its own) with a fresh
+2-worker LocalCluster (1 thread each, resource ``model``; the scheduler lives in the client
+process). Inputs are generated chunk by chunk (never held in memory) on disk:
+
+* objects: a lattice of 2x2x2 cubes every 4 voxels (one object per 64 voxels), pass-through
+  model, connectivity clustering, blocks (32,128,128): 10^5, 10^6, (10^7) objects.
+* blocks: the same lattice in a fixed volume with ever smaller blocks: 10^3, 10^4, (10^5) blocks;
+  per-block non-compute time = (wall - model and clustering time) / blocks.
+* empty: the demo model on synthetic nuclei, filled vs 90% empty (nuclei only in the first
+  tenth along x); the 90%-empty run also without skipping, to check the labels are the same.
+
+Columns: wall, ns per voxel, client and worker peak RSS, scheduler share (CPU seconds of the
+client process, scheduler included, over all processes' CPU seconds), and merge+relabel
+against dask-image ``label`` + ``to_zarr`` of the same mask on the same chunks and cluster.
+
+    python benchmarks/scale.py objects --sizes 1e5 1e6 [1e7]
+    python benchmarks/scale.py blocks --sizes 1e3 1e4 [1e5]
+    python benchmarks/scale.py empty
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, synthetic_volume
+
+WRITE = (32, 128, 128)
+
+
+def lattice_shape(objects: float) -> tuple[int, int, int]:
+    """A volume (z = y/8 = x/8 rounded to blocks) holding about ``objects`` lattice cubes."""
+    side = (objects * 64 * 64) ** (1 / 3)  # z * y * x = 64 * objects with y = x = 8 z
+    z = max(WRITE[0], round(side / 8 / WRITE[0]) * WRITE[0])
+    yx = max(WRITE[1], round(math.sqrt(objects * 64 / z) / WRITE[1]) * WRITE[1])
+    return z, yx, yx
+
+
+def make_lattice(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
+    import zarr
+
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint8", fill_value=0)
+    for off in itertools.product(*(range(0, s, c) for s, c in zip(shape, chunks, strict=True))):
+        sl = tuple(slice(o, min(o + c, s)) for o, c, s in zip(off, chunks, shape, strict=True))
+        z, y, x = (np.arange(s.start, s.stop) % 4 < 2 for s in sl)
+        arr[sl] = (z[:, None, None] & y[None, :, None] & x[None, None, :]).astype(np.uint8)
+
+
+def make_nuclei(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], keep_x: int | None) -> None:
+    """Synthetic nuclei (the demo's generator) chunk by chunk; zero beyond ``keep_x`` in x."""
+    import zarr
+
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16", fill_value=0)
+    for k, off in enumerate(itertools.product(*(range(0, s, c) for s, c in zip(shape, chunks, strict=True)))):
+        if keep_x is not None and off[2] >= keep_x:
+            continue
+        sl = tuple(slice(o, min(o + c, s)) for o, c, s in zip(off, chunks, shape, strict=True))
+        img, _ = synthetic_volume(tuple(s.stop - s.start for s in sl), seed=k)
+        if keep_x is not None and off[2] + chunks[2] > keep_x:
+            img[..., keep_x - off[2]:] = 0
+        arr[sl] = img
+
+
+CHILD = r"""
+import json, os, resource, sys, time
+from pathlib import Path
+import psutil
+from distributed import Client, LocalCluster
+from pipeline.io import open_group
+from pipeline.run import segment
+cfg, dask_image = json.loads(sys.argv[1]), sys.argv[2] == "1"
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
+                  host="127.0.0.1", resources={"model": 1}) as cluster, Client(cluster) as client:
+    me = psutil.Process()
+    cpu0 = me.cpu_times()
+    wcpu0 = sum(client.run(lambda: sum(__import__("psutil").Process().cpu_times()[:2])).values())
+    t0 = time.perf_counter()
+    out = segment(cfg, client=client)
+    wall = time.perf_counter() - t0
+    cpu1 = me.cpu_times()
+    wcpu = sum(client.run(lambda: sum(__import__("psutil").Process().cpu_times()[:2])).values()) - wcpu0
+    ccpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    client_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    meta = open_group(out).attrs["pipeline"]
+    result = {"wall": wall, "client_mib": client_mib, "worker_mib": max(workers.values()), "objects": meta["objects"],
+              "timing": meta["timing_s"], "scheduler_share": ccpu / max(ccpu + wcpu, 1e-9),
+              "empty": meta["empty_blocks"]}
+    if dask_image:
+        import dask.array as da
+        from dask_image.ndmeasure import label
+        src = da.from_zarr(cfg["input"]["path"])
+        t0 = time.perf_counter()
+        lab, n = label(src > 0)
+        da.to_zarr(lab.astype("uint32"), str(Path(cfg["output"]["path"]).with_suffix(".dask.zarr")), overwrite=True)
+        result["dask_image"] = time.perf_counter() - t0
+        result["dask_image_objects"] = int(n.compute())
+print(json.dumps(result))
+"""
+
+
+def run(cfg: dict, dask_image: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), "1" if dask_image else "0"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lattice_cfg(tmp: Path, shape: tuple[int, ...], write: tuple[int, ...], ckpt: Path) -> dict:
+    make_lattice(tmp / "in.zarr", shape, write)
+    return {"input": {"path": str(tmp / "in.zarr")}, "output": {"path": str(tmp / "out.zarr")},
+            "model": {"checkpoint": str(ckpt)}, "blocks": {"write_shape": list(write)},
+            "clustering": {"method": "connectivity"}, "cluster": {"kind": "local", "n_workers": 2}}
+
+
+def row(label: str, shape, r: dict, blocks: int) -> str:
+    vox = math.prod(shape)
+    t = r["timing"]
+    ours = t.get("merge", 0) + t.get("relabel", 0)
+    vs = f"{r['dask_image'] / ours:.1f}x ({ours:.1f} vs {r['dask_image']:.1f} s)" if "dask_image" in r else "-"
+    return (f"| {label} | {list(shape)} {vox / 1e6:.0f} Mvox | {blocks} | {r['objects']:,} | {r['wall']:.1f} s | "
+            f"{r['wall'] / vox * 1e9:.0f} | {r['client_mib']:.0f} | {r['worker_mib']:.0f} | "
+            f"{100 * r['scheduler_share']:.0f}% | {vs} |")
+
+
+HEADER = ("| series | volume | blocks | objects | wall | ns/voxel | client MiB | worker MiB | scheduler share | "
+          "dask-image / (merge+relabel) |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("series", choices=["objects", "blocks", "empty"])
+    p.add_argument("--sizes", type=float, nargs="*", default=None)
+    p.add_argument("--dask-image-up-to", type=float, default=2e6, help="compare with dask-image up to this many objects")
+    args = p.parse_args()
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.model import passthrough_model
+
+    print(f"machine: {machine()}")
+    base = Path(tempfile.mkdtemp(prefix="scale-"))
+    ckpt = save_checkpoint(passthrough_model(3), base / "pass.pt", extra={"delta_v": 0.5, "delta_d": 1.5})
+    print(HEADER)
+    if args.series == "objects":
+        for n in args.sizes or [1e5, 1e6]:
+            tmp = Path(tempfile.mkdtemp(dir=base))
+            shape = lattice_shape(n)
+            r = run(lattice_cfg(tmp, shape, WRITE, ckpt), dask_image=n <= args.dask_image_up_to)
+            blocks = math.prod(-(-s // w) for s, w in zip(shape, WRITE, strict=True))
+            print(row(f"objects 10^{round(math.log10(n))}", shape, r, blocks), flush=True)
+    elif args.series == "blocks":
+        shape = (64, 512, 512)
+        for n in args.sizes or [1e3, 1e4]:
+            side = round((math.prod(shape) / n / 16) ** (1 / 3))  # write (side, 4 side, 4 side)... rounded to steps
+            write = (max(4, side // 4 * 4), max(4, 4 * side // 4 * 4), max(4, 4 * side // 4 * 4))
+            tmp = Path(tempfile.mkdtemp(dir=base))
+            r = run(lattice_cfg(tmp, shape, write, ckpt))
+            blocks = math.prod(-(-s // w) for s, w in zip(shape, write, strict=True))
+            t = r["timing"]
+            print(row(f"blocks {list(write)}", shape, r, blocks) + f" {1000 * r['wall'] / blocks:.1f} ms/block "
+                  f"(stages {t})", flush=True)
+    else:
+        shape, chunks = (64, 256, 512), (32, 128, 128)
+        results = {}
+        for name, keep, skip in (("filled", None, True), ("90% empty", shape[2] // 10, True),
+                                 ("90% empty, no skipping", shape[2] // 10, False)):
+            tmp = Path(tempfile.mkdtemp(dir=base))
+            if not (tmp.parent / f"in-{keep}.zarr").exists():
+                make_nuclei(tmp.parent / f"in-{keep}.zarr", shape, chunks, keep)
+            cfg = {"input": {"path": str(tmp.parent / f"in-{keep}.zarr")}, "output": {"path": str(tmp / "out.zarr")},
+                   "blocks": {"write_shape": list(chunks)}, "empty": {"skip": skip},
+                   "cluster": {"kind": "local", "n_workers": 2}}
+            results[name] = (run(cfg), tmp / "out.zarr")
+            print(row(name, shape, results[name][0], math.prod(-(-s // c) for s, c in zip(shape, chunks, strict=True)))
+                  + f" skipped {results[name][0]['empty']['skipped']}", flush=True)
+        import zarr
+
+        a = zarr.open_array(str(results["90% empty"][1] / "segmentation"), mode="r")[...]
+        b = zarr.open_array(str(results["90% empty, no skipping"][1] / "segmentation"), mode="r")[...]
+        print(f"filled / 90% empty wall: {results['filled'][0]['wall'] / results['90% empty'][0]['wall']:.1f}x; "
+              f"labels with and without skipping identical: {bool(np.array_equal(a, b))}")
+
+
+if __name__ == "__main__":
+    main()
