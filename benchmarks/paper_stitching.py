@@ -193,7 +193,7 @@ def figures(keep, padding, folder: Path, shape) -> None:
         ax.set_xlabel("x (red: tile borders)", fontsize=8)
         ax.set_ylabel("mean |d emb / dx|", fontsize=8)
     fig.suptitle("Embedding gradient magnitude (top: one z plane; bottom: mean per x position)", fontsize=10)
-    fig.savefig(folder / "paper_stitching.png", dpi=60, bbox_inches="tight")
+    fig.savefig(folder / "paper_stitching.png", dpi=50, bbox_inches="tight")
     fig = Figure(figsize=(10, 3.2))
     for i, (name, v) in enumerate(padding.items()):
         ax = fig.add_subplot(1, 3, i + 1)
@@ -201,7 +201,7 @@ def figures(keep, padding, folder: Path, shape) -> None:
         ax.set_title(f"constant image, {name}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(folder / "padding.png", dpi=60, bbox_inches="tight")
+    fig.savefig(folder / "padding.png", dpi=50, bbox_inches="tight")
 
 
 def fmt(v, digits=3):
