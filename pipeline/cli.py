@@ -285,5 +285,14 @@ def _add_more(sub: Any) -> None:
 _EXTRA_COMMANDS.append(_add_more)
 
 
+def _add_qc(sub: Any) -> None:
+    from .qc_cli import add_qc_commands
+
+    add_qc_commands(sub)
+
+
+_EXTRA_COMMANDS.append(_add_qc)
+
+
 if __name__ == "__main__":
     sys.exit(main())

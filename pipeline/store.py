@@ -7,8 +7,10 @@ stage, the resume key, provenance and completion.
       segmentation                    (run) global instance labels
       embeddings, foreground          (predict)
       objects/part-<part>.parquet     (run) one row per object, by id range
-      empty_blocks                    (run) uint8 per block of the grid: 1 = skipped as empty space
       objects.csv                     (run) the same rows, for small results
+      empty_blocks                    (run) uint8 per block of the grid: 1 = skipped as empty space
+      qc/                             (run) quality record, kept: blocks.npz (per block),
+                                      seams/<batch>.npz (per face and pair), seam_audit.json
       scratch/                        removed when the run completes
         done_<stage>/<block>          empty file: the stage finished that block
         fragments                     uint64 fragment ids, block-unique
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
+QC = "qc"
 FRAGMENTS = f"{SCRATCH}/fragments"
 FACES = f"{SCRATCH}/faces"
 SIZES = f"{SCRATCH}/sizes"
@@ -88,6 +91,12 @@ class Store:
     def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> None:
         """A new array (replacing a stale one left by a run that stopped before using it)."""
         create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True)
+
+    def qc_path(self, name: str) -> Path:
+        """A file of the run's quality record, ``qc/<name>`` (kept when the run finishes)."""
+        path = Path(self.path) / QC / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     # ------------------------------------------------------------ done markers
 

@@ -8,11 +8,13 @@ so no block waits for another's numbering.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..audit import BlockRecord, save_record
 from ..blocks import Block
 from ..clustering import Method
 from ..engine import Engine
@@ -44,8 +46,11 @@ class FragmentsStage(BlockStage):
         self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
         self.store.create_faces()
 
-    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        return predict_blocks(self.task, blocks, skip_empty=True)
+    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray, float] | None]:
+        t0 = time.perf_counter()
+        out = predict_blocks(self.task, blocks, skip_empty=True)
+        seconds = (time.perf_counter() - t0) / max(len(blocks), 1)  # per block of the batch
+        return [None if o is None else (*o, seconds) for o in out]
 
     def load_bytes(self, blocks: int) -> int:
         return output_bytes(self.task, self.embed_dim, blocks)
@@ -56,23 +61,27 @@ class FragmentsStage(BlockStage):
             if predicted is None:  # empty space: nothing written, the arrays' fill value stands
                 yield block, {"linear": block.linear, "count": 0, "empty": True}
                 continue
-            emb, fg = predicted
+            emb, fg, predict_s = predicted
+            t0 = time.perf_counter()
             local = self.method.fragments(emb, fg)
             ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
             if self.keep_sizes:
                 self.store.write_sizes(block, np.bincount(local.ravel())[1:])
-            yield block, summary(block.linear, local)
+            yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0}
 
     def summaries(self, engine: Engine, blocks_per_task: int) -> tuple[np.ndarray, np.ndarray]:
         """Run the stage: the number of fragments of every block, and which blocks were
         empty space (those in :attr:`skip`, and those found empty as they were read)."""
         counts = np.zeros(len(self.plan), dtype=np.int64)
         empty = np.zeros(len(self.plan), dtype=bool) if self.skip is None else self.skip.copy()
+        record = BlockRecord(len(self.plan))  # qc/blocks.npz: counts, times (NaN: resumed), flags
         for s in self.run(engine, blocks_per_task):
             counts[s["linear"]] = s["count"]
             empty[s["linear"]] = s["empty"]
+            record.add(s)
+        save_record(self.store.qc_path("blocks.npz"), {**record.arrays(), "skipped": empty})
         return counts, empty
 
     def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:

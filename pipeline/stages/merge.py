@@ -5,23 +5,51 @@ Each leaf task reads the upper faces of its blocks (the face layout is the store
 applies the clustering method's acceptance rule; :func:`pipeline.merge.components`
 reduces the accepted pairs level by level. The tables stay on a worker and each relabel
 task receives only its blocks' tables.
+
+Each leaf task also records what it saw on its faces (the seam audit, :mod:`pipeline.audit`)
+in ``qc/seams/<first block>.npz``; once the tables exist, a task summarises the records
+into ``qc/seam_audit.json``.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+from typing import Any
+
 import numpy as np
 
+from ..audit import batch_record, face_audit, iter_records, save_record, summarise
 from ..clustering import Method
 from ..engine import Batch, Engine, Ref, batched
 from ..merge import block_table, components, global_tables
 from ..store import Store, face_axes
 from .base import Task
 
+SEAMS = "seams"
 Tables = tuple[np.ndarray, np.ndarray, int]  # global_tables' (final, starts, N)
+
+
+class BlockTables:
+    """``tables[b]``: block ``b``'s lookup table, made on demand from :data:`Tables`."""
+
+    def __init__(self, fin: Tables) -> None:
+        self.final, self.starts = fin[0], fin[1]
+
+    def __getitem__(self, linear: int) -> np.ndarray:
+        return block_table(self.final, self.starts, int(linear))
 
 
 def _count(fin: Tables) -> int:
     return fin[2]
+
+
+def audit_summary(fin: Tables, store: Store, stride: int, rule: dict[str, Any]) -> dict[str, Any]:
+    """``qc/seam_audit.json`` from the merge tasks' records (a task next to the tables)."""
+    # the records are saved again with the objects cut by each face
+    audit = summarise(iter_records(store.qc_path(SEAMS), rewrite=True), BlockTables(fin), stride, rule, fin[2])
+    store.qc_path("seam_audit.json").write_text(json.dumps(audit, indent=1))
+    return {k: v for k, v in audit.items() if not isinstance(v, list | dict)}
 
 
 def select_tables(fin: Tables, linears: Batch) -> list[np.ndarray]:
@@ -44,26 +72,34 @@ class MergeStage:
     def __init__(self, task: Task, method: Method) -> None:
         self.task = task
         self.method = method
+        self.audit: dict[str, Any] = {}  # the seam audit's totals (set by :meth:`run`)
 
     def pairs(self, linears: Batch) -> np.ndarray:
         """``[node, root]`` of the fragments joined across the upper faces of these blocks."""
         plan, store = self.task.plan, self.task.store
-        edges = []
+        edges, faces = [], []
         for lin in linears:
             block = plan.block_at(lin)
             for axis in face_axes(plan):
                 if block.index[axis] < plan.grid[axis] - 1:
-                    edges.append(self.method.accept(*store.read_face(plan, block, axis)))
+                    face = store.read_face(plan, block, axis)
+                    edges.append(self.method.accept(*face))
+                    faces.append((lin, axis, face[0], face[1], face_audit(*face, edges[-1])))
+        if faces:
+            save_record(store.qc_path(f"{SEAMS}/{linears[0]}.npz"), batch_record(faces))
         return components(edges)
 
     def run(self, engine: Engine, counts: np.ndarray, min_size: int, blocks_per_task: int) -> tuple[Ref, int]:
         """``(tables, N)``: a reference to the lookup tables (for :func:`select_tables`) and
         the number of objects."""
         plan = self.task.plan
+        shutil.rmtree(self.task.store.qc_path(SEAMS), ignore_errors=True)  # records of an interrupted run
         root = engine.reduce(self.pairs, components, batched(range(len(plan)), blocks_per_task), desc=self.name)
         fin = engine.call(tables, counts, self.task.id_stride, root, self.task.store if min_size else None, min_size)
+        rule = {"method": self.method.name, **self.method.describe()}
+        self.audit = engine.result(engine.call(audit_summary, fin, self.task.store, self.task.id_stride, rule))
         return fin, int(engine.result(engine.call(_count, fin)))
 
 
-__all__ = ["MergeStage", "select_tables"]
+__all__ = ["MergeStage", "audit_summary", "select_tables"]
 
