@@ -40,8 +40,13 @@ from common import machine, synthetic_volume
 WRITE = (32, 128, 128)
 
 
+SHAPES = {1e5: (32, 512, 512), 1e6: (64, 1024, 1024), 1e7: (160, 2048, 2048)}  # 131,072 / 1,048,576 / 10,485,760
+
+
 def lattice_shape(objects: float) -> tuple[int, int, int]:
     """A volume (z = y/8 = x/8 rounded to blocks) holding about ``objects`` lattice cubes."""
+    if objects in SHAPES:
+        return SHAPES[objects]
     side = (objects * 64 * 64) ** (1 / 3)  # z * y * x = 64 * objects with y = x = 8 z
     z = max(WRITE[0], round(side / 8 / WRITE[0]) * WRITE[0])
     yx = max(WRITE[1], round(math.sqrt(objects * 64 / z) / WRITE[1]) * WRITE[1])
@@ -73,6 +78,34 @@ def make_nuclei(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], kee
         arr[sl] = img
 
 
+TABLES = r"""
+import json, resource, sys, time
+import numpy as np
+from pipeline.merge import components, global_tables
+n, per_block = int(float(sys.argv[1])), 1000
+rng = np.random.default_rng(0)
+blocks, stride = n // per_block, 2**24
+counts = np.full(blocks, per_block, np.int64)
+# a third of the fragments join one in the next block (objects cut by a face)
+a = rng.choice(n, n // 3, replace=False)
+b_block = np.minimum(a // per_block + 1, blocks - 1)
+ids = lambda blk, loc: blk.astype(np.uint64) * np.uint64(stride) + loc.astype(np.uint64) + np.uint64(1)
+edges = np.stack([ids(a // per_block, a % per_block), ids(b_block, rng.integers(0, per_block, len(a)))], 1)
+sizes = rng.integers(1, 200, n)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+mapping = components([edges])
+t1 = time.perf_counter()
+peak_uf = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+del edges
+final, starts, objects = global_tables(counts, stride, mapping, sizes, 50)
+t2 = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"fragments": n, "merged": len(mapping), "objects": objects, "union_find_s": t1 - t0,
+                  "tables_s": t2 - t1, "union_find_mib": (peak_uf - base) / 1024, "peak_mib": (peak - base) / 1024}))
+"""
+
+
 CHILD = r"""
 import json, os, resource, sys, time
 from pathlib import Path
@@ -80,7 +113,7 @@ import psutil
 from distributed import Client, LocalCluster
 from pipeline.io import open_group
 from pipeline.run import segment
-cfg, dask_image = json.loads(sys.argv[1]), sys.argv[2] == "1"
+cfg = json.loads(sys.argv[1])
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
                   host="127.0.0.1", resources={"model": 1}) as cluster, Client(cluster) as client:
     me = psutil.Process()
@@ -98,25 +131,42 @@ with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limi
     result = {"wall": wall, "client_mib": client_mib, "worker_mib": max(workers.values()), "objects": meta["objects"],
               "timing": meta["timing_s"], "scheduler_share": ccpu / max(ccpu + wcpu, 1e-9),
               "empty": meta["empty_blocks"]}
-    if dask_image:
-        import dask.array as da
-        from dask_image.ndmeasure import label
-        src = da.from_zarr(cfg["input"]["path"])
-        t0 = time.perf_counter()
-        lab, n = label(src > 0)
-        da.to_zarr(lab.astype("uint32"), str(Path(cfg["output"]["path"]).with_suffix(".dask.zarr")), overwrite=True)
-        result["dask_image"] = time.perf_counter() - t0
-        result["dask_image_objects"] = int(n.compute())
 print(json.dumps(result))
 """
 
 
-def run(cfg: dict, dask_image: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), "1" if dask_image else "0"],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+DASK_IMAGE = r"""
+import json, sys, time
+import dask.array as da
+from dask_image.ndmeasure import label
+from distributed import Client, LocalCluster
+src, out = sys.argv[1], sys.argv[2]
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
+                  host="127.0.0.1") as cluster, Client(cluster):
+    t0 = time.perf_counter()
+    lab, n = label(da.from_zarr(src) > 0)
+    n = int(n.compute())
+    da.to_zarr(lab.astype("uint32"), out, overwrite=True)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "objects": n}))
+"""
+
+
+def run(cfg: dict, dask_image: float = 0) -> dict:
+    """Our run; then, with ``dask_image`` seconds allowed, dask-image's on the same mask and chunks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if dask_image:
+        target = str(Path(cfg["output"]["path"]).with_suffix(".dask.zarr"))
+        try:
+            d = subprocess.run([sys.executable, "-c", DASK_IMAGE, cfg["input"]["path"], target], capture_output=True,
+                               text=True, env=env, timeout=dask_image, check=True)
+            result["dask_image"] = json.loads(d.stdout.strip().splitlines()[-1])["seconds"]
+        except subprocess.TimeoutExpired:
+            result["dask_image"] = None  # did not finish in the time allowed
+    return result
 
 
 def lattice_cfg(tmp: Path, shape: tuple[int, ...], write: tuple[int, ...], ckpt: Path) -> dict:
@@ -130,7 +180,10 @@ def row(label: str, shape, r: dict, blocks: int) -> str:
     vox = math.prod(shape)
     t = r["timing"]
     ours = t.get("merge", 0) + t.get("relabel", 0)
-    vs = f"{r['dask_image'] / ours:.1f}x ({ours:.1f} vs {r['dask_image']:.1f} s)" if "dask_image" in r else "-"
+    vs = "-"
+    if "dask_image" in r:
+        d = r["dask_image"]
+        vs = f"{d / ours:.1f}x ({ours:.1f} vs {d:.1f} s)" if d is not None else f"> {r['dask_image_cap'] / ours:.0f}x ({ours:.1f} s vs > {r['dask_image_cap']:.0f} s)"
     return (f"| {label} | {list(shape)} {vox / 1e6:.0f} Mvox | {blocks} | {r['objects']:,} | {r['wall']:.1f} s | "
             f"{r['wall'] / vox * 1e9:.0f} | {r['client_mib']:.0f} | {r['worker_mib']:.0f} | "
             f"{100 * r['scheduler_share']:.0f}% | {vs} |")
@@ -142,14 +195,24 @@ HEADER = ("| series | volume | blocks | objects | wall | ns/voxel | client MiB |
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("series", choices=["objects", "blocks", "empty"])
+    p.add_argument("series", choices=["objects", "blocks", "empty", "tables"])
     p.add_argument("--sizes", type=float, nargs="*", default=None)
     p.add_argument("--dask-image-up-to", type=float, default=2e6, help="compare with dask-image up to this many objects")
+    p.add_argument("--dask-image-cap", type=float, default=600, help="seconds dask-image may take before it is stopped")
     args = p.parse_args()
     from pipeline.checkpoint import save_checkpoint
     from pipeline.model import passthrough_model
 
     print(f"machine: {machine()}")
+    if args.series == "tables":  # the merge's union-find and global tables alone, in a fresh process each
+        print("| fragments | merged fragments | objects | union-find | tables | peak RSS above start |\n|---|---|---|---|---|---|")
+        for n in args.sizes or [1e6, 1e7]:
+            out = subprocess.run([sys.executable, "-c", TABLES, str(n)], capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout)
+            print(f"| {r['fragments']:,} | {r['merged']:,} | {r['objects']:,} | {r['union_find_s']:.1f} s, "
+                  f"{r['union_find_mib']:.0f} MiB | {r['tables_s']:.1f} s | {r['peak_mib']:.0f} MiB "
+                  f"({r['peak_mib'] * 2**20 / r['fragments']:.0f} B per fragment) |", flush=True)
+        return
     base = Path(tempfile.mkdtemp(prefix="scale-"))
     ckpt = save_checkpoint(passthrough_model(3), base / "pass.pt", extra={"delta_v": 0.5, "delta_d": 1.5})
     print(HEADER)
@@ -157,7 +220,8 @@ def main() -> None:
         for n in args.sizes or [1e5, 1e6]:
             tmp = Path(tempfile.mkdtemp(dir=base))
             shape = lattice_shape(n)
-            r = run(lattice_cfg(tmp, shape, WRITE, ckpt), dask_image=n <= args.dask_image_up_to)
+            r = run(lattice_cfg(tmp, shape, WRITE, ckpt), dask_image=args.dask_image_cap if n <= args.dask_image_up_to else 0)
+            r["dask_image_cap"] = args.dask_image_cap
             blocks = math.prod(-(-s // w) for s, w in zip(shape, WRITE, strict=True))
             print(row(f"objects 10^{round(math.log10(n))}", shape, r, blocks), flush=True)
     elif args.series == "blocks":
