@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -38,67 +39,70 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
     return label_components(merge_regions(size, sums, pairs, merge_distance)[labels])
 
 
-def _distance(p: list[float], q: list[float]) -> float:
-    """``sqrt(sum((p - q) ** 2))`` with the float operations of numpy's row sum (E < 8)."""
-    total = 0.0
-    for a, b in zip(p, q):
-        d = a - b
-        total += d * d
-    return math.sqrt(total)
-
-
 def merge_regions(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray, merge_distance: float) -> np.ndarray:
     """The agglomeration on the region graph (shared by the numpy and torch paths).
 
     ``size`` ``(n + 1,)`` and ``sums`` ``(n + 1, E)`` of regions ``0..n`` (float64),
     ``pairs`` ``(m, 2)`` adjacent regions ``a < b``. Adjacent regions merge closest mean
-    first, means updated after every merge, while below ``merge_distance``. Returns the
-    final region of every region ``(n + 1,)``."""
+    first (ties: smallest ``(a, b)``), means updated after every merge, while below
+    ``merge_distance``. Returns the final region of every region ``(n + 1,)``."""
     n = len(size) - 1
-    nbr: list[set[int]] = [set() for _ in range(n + 1)]
-    for i, j in pairs.tolist():
-        nbr[i].add(j)
-        nbr[j].add(i)
     mean = sums / np.maximum(size, 1)[:, None]
     d = np.linalg.norm(mean[pairs[:, 0]] - mean[pairs[:, 1]], axis=1) if len(pairs) else np.zeros(0)
     keep = d < merge_distance
     m = int(keep.sum())
     heap = list(zip(d[keep].tolist(), pairs[keep, 0].tolist(), pairs[keep, 1].tolist(), [0] * m, [0] * m))
     heapq.heapify(heap)
-    # the loop on Python floats: per merge a few neighbours of a few dimensions, where numpy's
-    # per-call cost dominates (sums of squares in the same sequential order as numpy's for E < 8)
-    size_l, sums_l, mean_l = size.tolist(), sums.tolist(), mean.tolist()
-    version = [0] * (n + 1)
+    nbr: list[set[int]] = [set() for _ in range(n + 1)]
+    for i, j in pairs.tolist():
+        nbr[i].add(j)
+        nbr[j].add(i)
     parent = list(range(n + 1))
-    while heap:
-        _, i, j, vi, vj = heapq.heappop(heap)
-        if version[i] != vi or version[j] != vj or parent[i] != i or parent[j] != j:
-            continue  # stale: one side has merged since
-        if len(nbr[i]) < len(nbr[j]):
-            i, j = j, i
-        parent[j] = i  # j joins i
-        sums_l[i] = [a + b for a, b in zip(sums_l[i], sums_l[j])]
-        size_l[i] += size_l[j]
-        mi = mean_l[i] = [a / size_l[i] for a in sums_l[i]]
-        version[i] += 1
-        for k in nbr[j]:
-            nbr[k].discard(j)
-            if k != i:
-                nbr[k].add(i)
-                nbr[i].add(k)
-        nbr[i].discard(j)
-        nbr[j] = set()
-        for k in nbr[i]:
-            dist = _distance(mean_l[k], mi)
-            if dist < merge_distance:
-                a, b = (i, k) if i < k else (k, i)
-                heapq.heappush(heap, (dist, a, b, version[a], version[b]))
+    _merge_loop(heap, nbr, parent, size.tolist(), sums.tolist(), mean.tolist(), merge_distance)
     root = np.asarray(parent)
     while True:  # path compression to the final roots
         nxt = root[root]
         if np.array_equal(nxt, root):
             return root
         root = nxt
+
+
+def _merge_loop(heap: list[tuple[float, int, int, int, int]], nbr: list[set[int]], parent: list[int],
+                size: list[float], sums: list[list[float]], mean: list[list[float]], merge_distance: float) -> None:
+    """The sequential merging on Python floats: per merge a few neighbours of a few dimensions,
+    where numpy's per-call cost dominates. ``heap``: ``(distance, a, b, version_a, version_b)``.
+    Squared distances are summed in the same sequential order as numpy's row sum (E < 8),
+    so the distances are numpy's."""
+    version = [0] * len(parent)  # -1: merged into another region
+    pop, push, sqrt, sub = heapq.heappop, heapq.heappush, math.sqrt, operator.sub
+    while heap:
+        _, i, j, vi, vj = pop(heap)
+        if version[i] != vi or version[j] != vj:
+            continue  # stale: one side has merged since
+        ni, nj = nbr[i], nbr[j]
+        if len(ni) < len(nj):
+            i, j, ni, nj = j, i, nj, ni
+        parent[j] = i  # j joins i
+        version[j] = -1
+        vi = version[i] = version[i] + 1
+        s = sums[i] = [a + b for a, b in zip(sums[i], sums[j])]
+        total = size[i] = size[i] + size[j]
+        mi = mean[i] = [a / total for a in s]
+        nj.discard(i)
+        for k in nj:
+            nk = nbr[k]
+            nk.discard(j)
+            nk.add(i)
+        ni |= nj
+        ni.discard(j)
+        nbr[j] = set()
+        for k in ni:
+            sq = 0.0
+            for x in map(sub, mean[k], mi):
+                sq += x * x
+            dist = sqrt(sq)
+            if dist < merge_distance:
+                push(heap, (dist, i, k, vi, version[k]) if i < k else (dist, k, i, version[k], vi))
 
 
 def agglomeration_fragments(
