@@ -29,14 +29,29 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
     """Merge adjacent regions of ``labels`` (1..n, 0 = background) closest mean embeddings
     first (means size-weighted and updated after each merge) while the distance is below
     ``merge_distance``. Returns labels numbered ``1..k`` in raster order of first voxel."""
-    n = int(labels.max())
-    if n < 2:
+    if int(labels.max()) < 2:
         return labels.astype(np.int64)
+    return label_components(_merged(labels, emb, merge_distance)[labels])
+
+
+def _merged(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> np.ndarray:
+    """:func:`merge_regions` of the regions of ``labels`` (1..n, at least 2)."""
+    n = int(labels.max())
     flat = labels.ravel()
     size = np.bincount(flat, minlength=n + 1).astype(np.float64)
     sums = np.stack([np.bincount(flat, weights=e.ravel().astype(np.float64), minlength=n + 1) for e in emb], axis=1)
     pairs, _ = region_adjacency(labels)
-    return label_components(merge_regions(size, sums, pairs, merge_distance)[labels])
+    return merge_regions(size, sums, pairs, merge_distance)
+
+
+def number_groups(root: np.ndarray) -> np.ndarray:
+    """``(n + 1,)`` table of regions ``0..n`` (0: background) to groups ``root`` numbered
+    ``1..k`` by their smallest region. Regions numbered by first voxel and merged only with
+    adjacent ones: the groups are connected and this is :func:`label_components`' order."""
+    _, first, inverse = np.unique(root[1:], return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first)] = np.arange(1, len(first) + 1)
+    return np.concatenate([[0], rank[inverse]])
 
 
 def merge_regions(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray, merge_distance: float) -> np.ndarray:
@@ -111,7 +126,9 @@ def agglomeration_fragments(
 ) -> np.ndarray:
     """Strict connectivity fragments merged by mean embedding (:func:`agglomerate`), then
     grown into the foreground above ``grow_threshold`` (:func:`grow`)."""
-    labels = agglomerate(connectivity_fragments(emb, fg, fg_threshold, threshold), emb, merge_distance)
+    labels = connectivity_fragments(emb, fg, fg_threshold, threshold)
+    if int(labels.max()) >= 2:  # fragments numbered by first voxel: no need to relabel components
+        labels = number_groups(_merged(labels, emb, merge_distance))[labels]
     if grow_distance > 0 and grow_threshold < fg_threshold:
         labels = grow(labels, fg, grow_threshold, grow_distance)
     return labels
@@ -124,18 +141,19 @@ def agglomeration_fragments_torch(
     """:func:`agglomeration_fragments` in torch: voxel work on ``emb.device`` over the
     foreground voxels only, the merging on the (small) region graph on the CPU. Merged
     regions are unions of adjacent ones, hence connected: renumbering them by first voxel
-    is the reference's :func:`label_components`."""
+    (:func:`number_groups`) is the reference's :func:`label_components`."""
     from . import torch_kernels as tk
 
     g = tk.voxel_graph(fg > fg_threshold)
     labels = torch.zeros(fg.shape, dtype=torch.int64, device=fg.device)
     if g.n:
         values = g.gather(emb)
-        nodes = tk.connectivity_nodes(values, g, threshold)
+        keep = tk.close(values, g, threshold)
+        nodes = tk.number_roots(tk.roots(g.n, g.u[keep], g.v[keep]))  # tk.connectivity_nodes
         if int(nodes.max()) >= 2:
             size, sums = tk.region_stats(nodes, values)
-            root = merge_regions(size, sums, tk.region_adjacency(nodes, g), merge_distance)
-            nodes = tk.number_by_first(torch.from_numpy(root).to(nodes.device)[nodes])
+            root = merge_regions(size, sums, tk.region_adjacency(nodes, g, ~keep), merge_distance)
+            nodes = torch.from_numpy(number_groups(root)).to(nodes.device)[nodes]
         labels = g.dense(nodes)
     if grow_distance > 0 and grow_threshold < fg_threshold:
         labels = tk.grow(labels, fg, grow_threshold, grow_distance)

@@ -48,21 +48,24 @@ class VoxelGraph:
 
 
 def voxel_graph(mask: torch.Tensor) -> VoxelGraph:
-    """Work proportional to the foreground: each node looks at its upper neighbour per axis."""
+    """A few dense passes over ``mask`` (per axis: the lower voxels of the face pairs inside
+    it), the rest proportional to the foreground. Pairs by axis, each in raster order."""
     flat = mask.reshape(-1)
     index = torch.nonzero(flat).flatten()
-    nodes = torch.arange(index.numel(), device=mask.device)
+    small = flat.numel() < 2**31
+    node = torch.cumsum(flat, 0, dtype=torch.int32 if small else torch.int64) - 1  # the node of every voxel of mask
     us, vs = [], []
-    stride = 1
-    for axis in reversed(range(mask.ndim)):
-        size = mask.shape[axis]
-        inner = (index // stride) % size < size - 1  # not on the upper border of this axis
-        upper = index[inner] + stride
-        joined = flat[upper]
-        us.append(nodes[inner][joined])
-        vs.append(torch.searchsorted(index, upper[joined]))
-        stride *= size
-    return VoxelGraph(tuple(mask.shape), index, torch.cat(us[::-1]), torch.cat(vs[::-1]))
+    pair = torch.zeros_like(mask)  # per axis: the voxel and its upper neighbour are in mask
+    for axis in range(mask.ndim):
+        lo = tuple(slice(0, -1) if i == axis else slice(None) for i in range(mask.ndim))
+        hi = tuple(slice(1, None) if i == axis else slice(None) for i in range(mask.ndim))
+        pair.zero_()
+        pair[lo] = mask[lo] & mask[hi]
+        u = torch.nonzero(pair.reshape(-1)[index]).flatten()
+        stride = int(np.prod(mask.shape[axis + 1:]))
+        us.append(u)
+        vs.append(u + 1 if stride == 1 else node[index[u] + stride].long())  # raster order: the next node
+    return VoxelGraph(tuple(mask.shape), index, torch.cat(us), torch.cat(vs))
 
 
 def roots(n: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -93,7 +96,8 @@ def number_by_first(root: torch.Tensor) -> torch.Tensor:
 
 def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Pairs of ``g`` whose node values ``(n, E)`` are closer than ``threshold`` (float64)."""
-    diff = values[g.u].double() - values[g.v].double()
+    v = values.double()
+    diff = v[g.u] - v[g.v]
     return (diff * diff).sum(1) < float(threshold) ** 2
 
 
@@ -101,7 +105,14 @@ def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) ->
     """Node labels ``1..k`` of the connectivity rule (see :func:`.kernels.connectivity_fragments`)
     from the embeddings of the nodes ``(n, E)`` (:meth:`VoxelGraph.gather`)."""
     keep = close(values, g, threshold)
-    return number_by_first(roots(g.n, g.u[keep], g.v[keep]))
+    return number_roots(roots(g.n, g.u[keep], g.v[keep]))
+
+
+def number_roots(root: torch.Tensor) -> torch.Tensor:
+    """:func:`number_by_first` for groups named by their smallest node (:func:`roots`): a
+    group's rank is the number of roots up to its own."""
+    rank = torch.cumsum(root == torch.arange(root.numel(), device=root.device), 0)
+    return rank[root]
 
 
 def connectivity_fragments(emb: torch.Tensor, fg: torch.Tensor, fg_threshold: float, threshold: float) -> torch.Tensor:
@@ -120,9 +131,11 @@ def region_stats(labels: torch.Tensor, values: torch.Tensor) -> tuple[np.ndarray
     return size.cpu().numpy(), sums.cpu().numpy()
 
 
-def region_adjacency(labels: torch.Tensor, g: VoxelGraph) -> np.ndarray:
-    """Adjacent label pairs ``(m, 2)``, ``a < b``, sorted, from the pairs of ``g``."""
-    la, lb = labels[g.u], labels[g.v]
+def region_adjacency(labels: torch.Tensor, g: VoxelGraph, cut: torch.Tensor | None = None) -> np.ndarray:
+    """Adjacent label pairs ``(m, 2)``, ``a < b``, sorted, from the pairs of ``g`` (only those
+    where ``cut`` is true when given: the others are known to join equal labels)."""
+    u, v = (g.u, g.v) if cut is None else (g.u[cut], g.v[cut])
+    la, lb = labels[u], labels[v]
     k = la != lb
     n = int(labels.max()) + 1
     keys = torch.unique(torch.minimum(la[k], lb[k]) * n + torch.maximum(la[k], lb[k]))
