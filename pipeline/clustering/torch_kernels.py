@@ -71,18 +71,18 @@ def voxel_graph(mask: torch.Tensor) -> VoxelGraph:
 def roots(n: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """For every node ``0..n-1``, the smallest node of its component (edges ``u``-``v``)."""
     lab = torch.arange(n, device=u.device)
-    while True:
-        lu, lv = lab[u], lab[v]
-        live = lu != lv
-        if not bool(live.any()):
-            return lab
-        u, v, lu, lv = u[live], v[live], lu[live], lv[live]
+    lu, lv = u, v  # the labels at the ends of the live edges
+    while lu.numel():
         lab.scatter_reduce_(0, torch.maximum(lu, lv), torch.minimum(lu, lv), reduce="amin")  # hook larger root
         while True:  # pointer jumping until every node points at a root
-            nxt = lab[lab]
+            nxt = lab.index_select(0, lab)
             if torch.equal(nxt, lab):
                 break
             lab = nxt
+        lu, lv = lab.index_select(0, u), lab.index_select(0, v)
+        live = lu != lv
+        u, v, lu, lv = u[live], v[live], lu[live], lv[live]
+    return lab
 
 
 def number_by_first(root: torch.Tensor) -> torch.Tensor:
@@ -96,9 +96,9 @@ def number_by_first(root: torch.Tensor) -> torch.Tensor:
 
 def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Pairs of ``g`` whose node values ``(n, E)`` are closer than ``threshold`` (float64)."""
-    v = values.double()
-    diff = v[g.u] - v[g.v]
-    return (diff * diff).sum(1) < float(threshold) ** 2
+    v = values.double().contiguous()
+    diff = v.index_select(0, g.u).sub_(v.index_select(0, g.v))
+    return diff.mul_(diff).sum(1) < float(threshold) ** 2
 
 
 def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
