@@ -145,26 +145,39 @@ def region_adjacency(labels: torch.Tensor, g: VoxelGraph, cut: torch.Tensor | No
 def grow(labels: torch.Tensor, fg: torch.Tensor, threshold: float, distance: float) -> torch.Tensor:
     """Unlabelled voxels with ``fg > threshold`` take the label of the nearest labelled
     voxel within ``distance`` (Euclidean; equally near labels: the smallest)."""
-    free = (fg > threshold) & (labels == 0)
-    if distance <= 0 or not bool(free.any()) or not bool(labels.any()):
+    free = torch.nonzero(((fg > threshold) & (labels == 0)).reshape(-1)).flatten()
+    if distance <= 0 or free.numel() == 0:
         return labels
     r = int(np.floor(distance))
     padded = torch.nn.functional.pad(labels, [r, r] * labels.ndim)
     pflat = padded.reshape(-1)
-    pstrides = np.array([int(np.prod(padded.shape[i + 1:])) for i in range(labels.ndim)])
-    coords = torch.nonzero(free)
-    base = ((coords + r) * torch.from_numpy(pstrides).to(labels.device)).sum(1)
+    pstrides = [int(np.prod(padded.shape[i + 1:])) for i in range(labels.ndim)]
+    base = torch.full_like(free, r * sum(pstrides))  # raster index in padded of every free voxel
+    stride = 1
+    for axis in reversed(range(labels.ndim)):
+        base += (free // stride % labels.shape[axis]) * pstrides[axis]
+        stride *= labels.shape[axis]
     best = torch.zeros_like(base)
     todo = torch.arange(base.numel(), device=labels.device)
     big = torch.iinfo(torch.int64).max
     for _, offsets in ball_shells(labels.ndim, distance):
-        near = pflat[base[todo, None] + torch.from_numpy(offsets @ pstrides).to(labels.device)[None, :]]
-        shell = torch.where(near > 0, near, big).amin(1)
+        step = torch.from_numpy(offsets @ np.asarray(pstrides)).to(labels.device)
+        shell = _smallest_label(pflat, base if todo.numel() == base.numel() else base[todo], step)
         hit = shell < big
         best[todo[hit]] = shell[hit]
         todo = todo[~hit]
         if todo.numel() == 0:
             break
-    out = labels.clone()
-    out[tuple(coords.T)] = best
+    out = labels.clone(memory_format=torch.contiguous_format)
+    out.view(-1)[free] = best
+    return out
+
+
+def _smallest_label(flat: torch.Tensor, base: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Per ``base`` index: the smallest label > 0 of ``flat`` at ``base + step`` (int64 max: none)."""
+    near = flat[step[:, None] + base[None, :]]  # (offsets, voxels): a row per offset
+    near.masked_fill_(near <= 0, torch.iinfo(torch.int64).max)
+    out = near[0].clone()
+    for row in near[1:]:
+        torch.minimum(out, row, out=out)
     return out
