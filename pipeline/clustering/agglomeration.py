@@ -147,7 +147,7 @@ def agglomeration_fragments_torch(
     g = tk.voxel_graph(fg > fg_threshold)
     labels = torch.zeros(fg.shape, dtype=torch.int64, device=fg.device)
     if g.n:
-        values = g.gather(emb)
+        values = g.gather(emb).double()  # for the embedding rule and the region means
         keep = tk.close(values, g, threshold)
         nodes = tk.number_roots(tk.roots(g.n, g.u[keep], g.v[keep]))  # tk.connectivity_nodes
         if int(nodes.max()) >= 2:

@@ -43,8 +43,8 @@ class VoxelGraph:
         return out.view(self.shape)
 
     def gather(self, volume: torch.Tensor) -> torch.Tensor:
-        """``(n, C)`` values of a ``(C, *shape)`` volume at the nodes."""
-        return volume.reshape(volume.shape[0], -1)[:, self.index].T
+        """``(n, C)`` values of a ``(C, *shape)`` volume at the nodes (contiguous)."""
+        return volume.reshape(volume.shape[0], -1).index_select(1, self.index).T.contiguous()
 
 
 def voxel_graph(mask: torch.Tensor) -> VoxelGraph:
@@ -96,7 +96,7 @@ def number_by_first(root: torch.Tensor) -> torch.Tensor:
 
 def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Pairs of ``g`` whose node values ``(n, E)`` are closer than ``threshold`` (float64)."""
-    v = values.double().contiguous()
+    v = values.double()
     diff = v.index_select(0, g.u).sub_(v.index_select(0, g.v))
     return diff.mul_(diff).sum(1) < float(threshold) ** 2
 
@@ -134,11 +134,13 @@ def region_stats(labels: torch.Tensor, values: torch.Tensor) -> tuple[np.ndarray
 def region_adjacency(labels: torch.Tensor, g: VoxelGraph, cut: torch.Tensor | None = None) -> np.ndarray:
     """Adjacent label pairs ``(m, 2)``, ``a < b``, sorted, from the pairs of ``g`` (only those
     where ``cut`` is true when given: the others are known to join equal labels)."""
-    u, v = (g.u, g.v) if cut is None else (g.u[cut], g.v[cut])
-    la, lb = labels[u], labels[v]
-    k = la != lb
+    u, v = g.u, g.v
+    if cut is not None:
+        at = torch.nonzero(cut).flatten()
+        u, v = u.index_select(0, at), v.index_select(0, at)
+    la, lb = labels.index_select(0, u), labels.index_select(0, v)
     n = int(labels.max()) + 1
-    keys = torch.unique(torch.minimum(la[k], lb[k]) * n + torch.maximum(la[k], lb[k]))
+    keys = torch.unique((torch.minimum(la, lb) * n + torch.maximum(la, lb))[la != lb])
     return torch.stack([keys // n, keys % n], dim=1).cpu().numpy()
 
 
