@@ -90,7 +90,12 @@ def _merge_loop(heap: list[tuple[float, int, int, int, int]], nbr: list[set[int]
     so the distances are numpy's."""
     version = [0] * len(parent)  # -1: merged into another region
     pop, push, sqrt, sub = heapq.heappop, heapq.heappush, math.sqrt, operator.sub
+    limit = 2 * len(heap) + 64
     while heap:
+        if len(heap) > limit:  # drop stale entries (cheaper than popping them one by one)
+            heap[:] = [e for e in heap if version[e[1]] == e[3] and version[e[2]] == e[4]]
+            heapq.heapify(heap)
+            limit = 2 * len(heap) + 64
         _, i, j, vi, vj = pop(heap)
         if version[i] != vi or version[j] != vj:
             continue  # stale: one side has merged since
