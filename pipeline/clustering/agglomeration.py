@@ -154,7 +154,7 @@ def agglomeration_fragments_torch(
     if g.n:
         values = g.gather(emb).double()  # for the embedding rule and the region means
         keep = tk.close(values, g, threshold)
-        nodes = tk.number_roots(tk.roots(g.n, g.u[keep], g.v[keep]))  # tk.connectivity_nodes
+        nodes = tk.number_roots(tk.roots(g.n, *tk.select(keep, g.u, g.v)))  # tk.connectivity_nodes
         if int(nodes.max()) >= 2:
             size, sums = tk.region_stats(nodes, values)
             root = merge_regions(size, sums, tk.region_adjacency(nodes, g, ~keep), merge_distance)

@@ -80,9 +80,14 @@ def roots(n: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 break
             lab = nxt
         lu, lv = lab.index_select(0, u), lab.index_select(0, v)
-        live = lu != lv
-        u, v, lu, lv = u[live], v[live], lu[live], lv[live]
+        u, v, lu, lv = select(lu != lv, u, v, lu, lv)
     return lab
+
+
+def select(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``t[mask]`` of every tensor (one nonzero, then gathers: faster than masking each)."""
+    at = torch.nonzero(mask).flatten()
+    return tuple(t.index_select(0, at) for t in tensors)
 
 
 def number_by_first(root: torch.Tensor) -> torch.Tensor:
@@ -104,8 +109,7 @@ def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor
 def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Node labels ``1..k`` of the connectivity rule (see :func:`.kernels.connectivity_fragments`)
     from the embeddings of the nodes ``(n, E)`` (:meth:`VoxelGraph.gather`)."""
-    keep = close(values, g, threshold)
-    return number_roots(roots(g.n, g.u[keep], g.v[keep]))
+    return number_roots(roots(g.n, *select(close(values, g, threshold), g.u, g.v)))
 
 
 def number_roots(root: torch.Tensor) -> torch.Tensor:
@@ -134,10 +138,7 @@ def region_stats(labels: torch.Tensor, values: torch.Tensor) -> tuple[np.ndarray
 def region_adjacency(labels: torch.Tensor, g: VoxelGraph, cut: torch.Tensor | None = None) -> np.ndarray:
     """Adjacent label pairs ``(m, 2)``, ``a < b``, sorted, from the pairs of ``g`` (only those
     where ``cut`` is true when given: the others are known to join equal labels)."""
-    u, v = g.u, g.v
-    if cut is not None:
-        at = torch.nonzero(cut).flatten()
-        u, v = u.index_select(0, at), v.index_select(0, at)
+    u, v = (g.u, g.v) if cut is None else select(cut, g.u, g.v)
     la, lb = labels.index_select(0, u), labels.index_select(0, v)
     n = int(labels.max()) + 1
     keys = torch.unique((torch.minimum(la, lb) * n + torch.maximum(la, lb))[la != lb])
