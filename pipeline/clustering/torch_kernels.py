@@ -22,6 +22,8 @@ import torch
 
 from .kernels import ball_shells
 
+_CHUNK = 16384  # voxel pairs per step of the embedding rule
+
 
 @dataclass(frozen=True)
 class VoxelGraph:
@@ -101,9 +103,18 @@ def number_by_first(root: torch.Tensor) -> torch.Tensor:
 
 def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Pairs of ``g`` whose node values ``(n, E)`` are closer than ``threshold`` (float64)."""
-    v = values.double()
-    diff = v.index_select(0, g.u).sub_(v.index_select(0, g.v))
-    return diff.mul_(diff).sum(1) < float(threshold) ** 2
+    v, m = values.double(), g.u.numel()
+    out = torch.empty(m, dtype=torch.bool, device=v.device)
+    a = torch.empty((min(m, _CHUNK), v.shape[1]), dtype=v.dtype, device=v.device)
+    b, sq = torch.empty_like(a), torch.empty(len(a), dtype=v.dtype, device=v.device)
+    for lo in range(0, m, _CHUNK):  # in chunks that stay in cache
+        k = min(m - lo, _CHUNK)
+        torch.index_select(v, 0, g.u[lo:lo + k], out=a[:k])
+        torch.index_select(v, 0, g.v[lo:lo + k], out=b[:k])
+        diff = a[:k].sub_(b[:k])
+        torch.sum(diff.mul_(diff), 1, out=sq[:k])
+        torch.lt(sq[:k], float(threshold) ** 2, out=out[lo:lo + k])
+    return out
 
 
 def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
