@@ -37,9 +37,10 @@ def agglomerate(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> n
 def _merged(labels: np.ndarray, emb: np.ndarray, merge_distance: float) -> np.ndarray:
     """:func:`merge_regions` of the regions of ``labels`` (1..n, at least 2)."""
     n = int(labels.max())
-    flat = labels.ravel()
+    at = np.flatnonzero(labels)  # region voxels in raster order (background row 0 stays empty)
+    flat = labels.ravel()[at]
     size = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    sums = np.stack([np.bincount(flat, weights=e.ravel().astype(np.float64), minlength=n + 1) for e in emb], axis=1)
+    sums = np.stack([np.bincount(flat, weights=e.ravel()[at].astype(np.float64), minlength=n + 1) for e in emb], axis=1)
     pairs, _ = region_adjacency(labels)
     return merge_regions(size, sums, pairs, merge_distance)
 

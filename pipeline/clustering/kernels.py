@@ -80,17 +80,16 @@ def label_components(labels: np.ndarray) -> np.ndarray:
 
 def region_adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Face-adjacent label pairs ``(m, 2)`` (``a < b``, both > 0) and their contact counts."""
+    base = int(labels.max(initial=0)) + 1  # pair (a, b) as the key a * base + b: sorted like the pairs
     found = []
     for ax in range(labels.ndim):
         a, b = _shifted(labels.ndim, ax)
         la, lb = labels[a], labels[b]
         k = (la != lb) & (la > 0) & (lb > 0)
-        found.append(np.sort(np.stack([la[k], lb[k]], axis=1), axis=1))
-    pairs = np.concatenate(found)
-    if not len(pairs):
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    uniq, contact = np.unique(pairs, axis=0, return_counts=True)
-    return uniq.astype(np.int64), contact.astype(np.int64)
+        la, lb = la[k].astype(np.int64), lb[k].astype(np.int64)
+        found.append(np.minimum(la, lb) * base + np.maximum(la, lb))
+    keys, contact = np.unique(np.concatenate(found), return_counts=True)
+    return np.stack([keys // base, keys % base], axis=1), contact.astype(np.int64)
 
 
 def fragment_means(emb: np.ndarray, local: np.ndarray) -> np.ndarray:
