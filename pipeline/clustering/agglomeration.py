@@ -83,8 +83,10 @@ def merge_regions(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray, merge_d
         root = nxt
 
 
-def _merge_loop(heap: list[tuple[float, int, int, int, int]], nbr: list[set[int]], parent: list[int],
-                size: list[float], sums: list[list[float]], mean: list[list[float]], merge_distance: float) -> None:
+def _merge_loop(
+    heap: list[tuple[float, int, int, int, int]], nbr: list[set[int]], parent: list[int],
+    size: list[float], sums: list[list[float]], mean: list[list[float]], merge_distance: float,
+) -> None:
     """The sequential merging on Python floats: per merge a few neighbours of a few dimensions,
     where numpy's per-call cost dominates. ``heap``: ``(distance, a, b, version_a, version_b)``.
     Squared distances are summed in the same sequential order as numpy's row sum (E < 8),
@@ -155,7 +157,7 @@ def agglomeration_fragments_torch(
     if g.n:
         values = g.gather(emb).double()  # for the embedding rule and the region means
         keep = tk.close(values, g, threshold)
-        nodes = tk.number_roots(tk.roots(g.n, *tk.select(keep, g.u, g.v)))  # tk.connectivity_nodes
+        nodes = tk.number_roots(tk.roots(g.n, *tk.select(keep, g.u, g.v)))  # as connectivity_nodes
         if int(nodes.max()) >= 2:
             size, sums = tk.region_stats(nodes, values)
             root = merge_regions(size, sums, tk.region_adjacency(nodes, g, ~keep), merge_distance)

@@ -54,8 +54,8 @@ def voxel_graph(mask: torch.Tensor) -> VoxelGraph:
     it), the rest proportional to the foreground. Pairs by axis, each in raster order."""
     flat = mask.reshape(-1)
     index = torch.nonzero(flat).flatten()
-    small = flat.numel() < 2**31
-    node = torch.cumsum(flat, 0, dtype=torch.int32 if small else torch.int64) - 1  # the node of every voxel of mask
+    dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+    node = torch.cumsum(flat, 0, dtype=dtype) - 1  # the node of every voxel of mask
     us, vs = [], []
     pair = torch.zeros_like(mask)  # per axis: the voxel and its upper neighbour are in mask
     for axis in range(mask.ndim):
@@ -92,15 +92,6 @@ def select(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ..
     return tuple(t.index_select(0, at) for t in tensors)
 
 
-def number_by_first(root: torch.Tensor) -> torch.Tensor:
-    """Labels ``1..k`` for node groups ``root`` (any ids), ordered by each group's first
-    (smallest) node: the raster order of first voxels."""
-    first = torch.full((int(root.max()) + 1,), root.numel(), dtype=torch.int64, device=root.device)
-    first.scatter_reduce_(0, root, torch.arange(root.numel(), device=root.device), reduce="amin")
-    used = torch.unique(first[root])  # sorted first nodes of the groups present
-    return torch.searchsorted(used, first[root]) + 1
-
-
 def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Pairs of ``g`` whose node values ``(n, E)`` are closer than ``threshold`` (float64)."""
     v, m = values.double(), g.u.numel()
@@ -124,8 +115,8 @@ def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) ->
 
 
 def number_roots(root: torch.Tensor) -> torch.Tensor:
-    """:func:`number_by_first` for groups named by their smallest node (:func:`roots`): a
-    group's rank is the number of roots up to its own."""
+    """Labels ``1..k`` for node groups named by their smallest node (:func:`roots`), ordered
+    by that node (the raster order of first voxels): the number of roots up to a group's own."""
     rank = torch.cumsum(root == torch.arange(root.numel(), device=root.device), 0)
     return rank[root]
 
