@@ -31,7 +31,7 @@ def face_pairs(
     """
     link = (lab_a > 0) & (lab_b > 0)
     if threshold is not None and emb_a is not None and emb_b is not None and link.any():
-        link &= pair_close(emb_a, emb_b, threshold)
+        link[link] = pair_close(emb_a[:, link], emb_b[:, link], threshold)
     if not link.any():
         return np.zeros((0, 2), ID_DTYPE), np.zeros(0, np.int64)
     pairs = np.stack([lab_a[link], lab_b[link]], axis=1).astype(ID_DTYPE)

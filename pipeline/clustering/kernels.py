@@ -9,7 +9,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-Joined = Callable[[tuple[slice, ...], tuple[slice, ...]], np.ndarray]
+Joined = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _shifted(ndim: int, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -20,29 +20,31 @@ def _shifted(ndim: int, axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]
 
 
 def components(mask: np.ndarray, joined: Joined) -> np.ndarray:
-    """Components of ``mask`` voxels linked along faces where ``joined(a, b)`` is true.
+    """Components of ``mask`` voxels linked along faces where ``joined(lower, upper)`` is true.
 
-    ``joined`` gets the slices of the lower and upper voxel of every face pair
-    along one axis and returns a boolean array of that shape. Labels are ``1..k``
-    in raster order of each component's first voxel; 0 is background.
+    ``joined`` gets the raster indices of the lower and upper voxel of face pairs inside
+    ``mask`` (along one axis, in raster order) and returns a boolean per pair. Labels are
+    ``1..k`` in raster order of each component's first voxel; 0 is background.
     """
     shape = mask.shape
     labels = np.zeros(shape, dtype=np.int64)
     n = int(mask.sum())
     if n == 0:
         return labels
-    node = np.full(shape, -1, dtype=np.int64)
-    node[mask] = np.arange(n)
+    node = np.full(mask.size, -1, dtype=np.int64)
+    node[np.flatnonzero(mask)] = np.arange(n)
     src, dst = [], []
+    pair = np.zeros(shape, dtype=bool)  # the voxel and its upper neighbour along the axis are in mask
     for ax in range(mask.ndim):
         a, b = _shifted(mask.ndim, ax)
-        link = mask[a] & mask[b]
-        if link.any():
-            link &= joined(a, b)
-            src.append(node[a][link])
-            dst.append(node[b][link])
-    s = np.concatenate(src) if src else np.zeros(0, np.int64)
-    d = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+        pair[...] = False
+        np.logical_and(mask[a], mask[b], out=pair[a])
+        lower = np.flatnonzero(pair)
+        upper = lower + int(np.prod(shape[ax + 1:]))
+        keep = joined(lower, upper)
+        src.append(node[lower[keep]])
+        dst.append(node[upper[keep]])
+    s, d = np.concatenate(src), np.concatenate(dst)
     graph = sparse.coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     # renumber components by first voxel in raster order (deterministic)
@@ -54,17 +56,22 @@ def components(mask: np.ndarray, joined: Joined) -> np.ndarray:
 
 def embedding_close(emb: np.ndarray, threshold: float) -> Joined:
     """Edge rule: squared embedding distance below ``threshold**2`` (float64 sums)."""
+    flat = emb.reshape(emb.shape[0], -1)
 
-    def joined(a: tuple[slice, ...], b: tuple[slice, ...]) -> np.ndarray:
-        return pair_close(emb[(slice(None), *a)], emb[(slice(None), *b)], threshold)
+    def joined(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        return pair_close(np.take(flat, lower, axis=1), np.take(flat, upper, axis=1), threshold)
 
     return joined
 
 
 def pair_close(ea: np.ndarray, eb: np.ndarray, threshold: float) -> np.ndarray:
-    """The same rule as :func:`embedding_close` for explicit voxel pairs ``(E, ...)``."""
-    diff = ea.astype(np.float64) - eb
-    return np.einsum("e...,e...->...", diff, diff) < float(threshold) ** 2
+    """The same rule as :func:`embedding_close` for explicit voxel pairs ``(E, ...)``: squares
+    of float64 differences summed in order of the embedding dimension."""
+    sq = np.zeros(np.broadcast_shapes(ea.shape[1:], eb.shape[1:]))
+    for x, y in zip(ea, eb):
+        d = np.subtract(x, y, dtype=np.float64)
+        sq += d * d
+    return sq < float(threshold) ** 2
 
 
 def connectivity_fragments(emb: np.ndarray, fg: np.ndarray, fg_threshold: float, threshold: float) -> np.ndarray:
@@ -75,22 +82,22 @@ def connectivity_fragments(emb: np.ndarray, fg: np.ndarray, fg_threshold: float,
 
 def label_components(labels: np.ndarray) -> np.ndarray:
     """Split every label of ``labels`` (0 = background) into face-connected pieces."""
-    return components(labels > 0, lambda a, b: labels[a] == labels[b])
+    flat = labels.ravel()
+    return components(labels > 0, lambda lower, upper: flat[lower] == flat[upper])
 
 
 def region_adjacency(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Face-adjacent label pairs ``(m, 2)`` (``a < b``, both > 0) and their contact counts."""
+    base = int(labels.max(initial=0)) + 1  # pair (a, b) as the key a * base + b: sorted like the pairs
     found = []
     for ax in range(labels.ndim):
         a, b = _shifted(labels.ndim, ax)
         la, lb = labels[a], labels[b]
         k = (la != lb) & (la > 0) & (lb > 0)
-        found.append(np.sort(np.stack([la[k], lb[k]], axis=1), axis=1))
-    pairs = np.concatenate(found)
-    if not len(pairs):
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    uniq, contact = np.unique(pairs, axis=0, return_counts=True)
-    return uniq.astype(np.int64), contact.astype(np.int64)
+        la, lb = la[k].astype(np.int64), lb[k].astype(np.int64)
+        found.append(np.minimum(la, lb) * base + np.maximum(la, lb))
+    keys, contact = np.unique(np.concatenate(found), return_counts=True)
+    return np.stack([keys // base, keys % base], axis=1), contact.astype(np.int64)
 
 
 def fragment_means(emb: np.ndarray, local: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ import torch
 
 from .kernels import ball_shells
 
+_CHUNK = 16384  # voxel pairs per step of the embedding rule
+
 
 @dataclass(frozen=True)
 class VoxelGraph:
@@ -43,65 +45,80 @@ class VoxelGraph:
         return out.view(self.shape)
 
     def gather(self, volume: torch.Tensor) -> torch.Tensor:
-        """``(n, C)`` values of a ``(C, *shape)`` volume at the nodes."""
-        return volume.reshape(volume.shape[0], -1)[:, self.index].T
+        """``(n, C)`` values of a ``(C, *shape)`` volume at the nodes (contiguous)."""
+        return volume.reshape(volume.shape[0], -1).index_select(1, self.index).T.contiguous()
 
 
 def voxel_graph(mask: torch.Tensor) -> VoxelGraph:
-    """Work proportional to the foreground: each node looks at its upper neighbour per axis."""
+    """A few dense passes over ``mask`` (per axis: the lower voxels of the face pairs inside
+    it), the rest proportional to the foreground. Pairs by axis, each in raster order."""
     flat = mask.reshape(-1)
     index = torch.nonzero(flat).flatten()
-    nodes = torch.arange(index.numel(), device=mask.device)
+    dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+    node = torch.cumsum(flat, 0, dtype=dtype) - 1  # the node of every voxel of mask
     us, vs = [], []
-    stride = 1
-    for axis in reversed(range(mask.ndim)):
-        size = mask.shape[axis]
-        inner = (index // stride) % size < size - 1  # not on the upper border of this axis
-        upper = index[inner] + stride
-        joined = flat[upper]
-        us.append(nodes[inner][joined])
-        vs.append(torch.searchsorted(index, upper[joined]))
-        stride *= size
-    return VoxelGraph(tuple(mask.shape), index, torch.cat(us[::-1]), torch.cat(vs[::-1]))
+    pair = torch.zeros_like(mask)  # per axis: the voxel and its upper neighbour are in mask
+    for axis in range(mask.ndim):
+        lo = tuple(slice(0, -1) if i == axis else slice(None) for i in range(mask.ndim))
+        hi = tuple(slice(1, None) if i == axis else slice(None) for i in range(mask.ndim))
+        pair.zero_()
+        pair[lo] = mask[lo] & mask[hi]
+        u = torch.nonzero(pair.reshape(-1)[index]).flatten()
+        stride = int(np.prod(mask.shape[axis + 1:]))
+        us.append(u)
+        vs.append(u + 1 if stride == 1 else node[index[u] + stride].long())  # raster order: the next node
+    return VoxelGraph(tuple(mask.shape), index, torch.cat(us), torch.cat(vs))
 
 
 def roots(n: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """For every node ``0..n-1``, the smallest node of its component (edges ``u``-``v``)."""
     lab = torch.arange(n, device=u.device)
-    while True:
-        lu, lv = lab[u], lab[v]
-        live = lu != lv
-        if not bool(live.any()):
-            return lab
-        u, v, lu, lv = u[live], v[live], lu[live], lv[live]
+    lu, lv = u, v  # the labels at the ends of the live edges
+    while lu.numel():
         lab.scatter_reduce_(0, torch.maximum(lu, lv), torch.minimum(lu, lv), reduce="amin")  # hook larger root
         while True:  # pointer jumping until every node points at a root
-            nxt = lab[lab]
+            nxt = lab.index_select(0, lab)
             if torch.equal(nxt, lab):
                 break
             lab = nxt
+        lu, lv = lab.index_select(0, u), lab.index_select(0, v)
+        u, v, lu, lv = select(lu != lv, u, v, lu, lv)
+    return lab
 
 
-def number_by_first(root: torch.Tensor) -> torch.Tensor:
-    """Labels ``1..k`` for node groups ``root`` (any ids), ordered by each group's first
-    (smallest) node: the raster order of first voxels."""
-    first = torch.full((int(root.max()) + 1,), root.numel(), dtype=torch.int64, device=root.device)
-    first.scatter_reduce_(0, root, torch.arange(root.numel(), device=root.device), reduce="amin")
-    used = torch.unique(first[root])  # sorted first nodes of the groups present
-    return torch.searchsorted(used, first[root]) + 1
+def select(mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``t[mask]`` of every tensor (one nonzero, then gathers: faster than masking each)."""
+    at = torch.nonzero(mask).flatten()
+    return tuple(t.index_select(0, at) for t in tensors)
 
 
 def close(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Pairs of ``g`` whose node values ``(n, E)`` are closer than ``threshold`` (float64)."""
-    diff = values[g.u].double() - values[g.v].double()
-    return (diff * diff).sum(1) < float(threshold) ** 2
+    v, m = values.double(), g.u.numel()
+    out = torch.empty(m, dtype=torch.bool, device=v.device)
+    a = torch.empty((min(m, _CHUNK), v.shape[1]), dtype=v.dtype, device=v.device)
+    b, sq = torch.empty_like(a), torch.empty(len(a), dtype=v.dtype, device=v.device)
+    for lo in range(0, m, _CHUNK):  # in chunks that stay in cache
+        k = min(m - lo, _CHUNK)
+        torch.index_select(v, 0, g.u[lo:lo + k], out=a[:k])
+        torch.index_select(v, 0, g.v[lo:lo + k], out=b[:k])
+        diff = a[:k].sub_(b[:k])
+        torch.sum(diff.mul_(diff), 1, out=sq[:k])
+        torch.lt(sq[:k], float(threshold) ** 2, out=out[lo:lo + k])
+    return out
 
 
 def connectivity_nodes(values: torch.Tensor, g: VoxelGraph, threshold: float) -> torch.Tensor:
     """Node labels ``1..k`` of the connectivity rule (see :func:`.kernels.connectivity_fragments`)
     from the embeddings of the nodes ``(n, E)`` (:meth:`VoxelGraph.gather`)."""
-    keep = close(values, g, threshold)
-    return number_by_first(roots(g.n, g.u[keep], g.v[keep]))
+    return number_roots(roots(g.n, *select(close(values, g, threshold), g.u, g.v)))
+
+
+def number_roots(root: torch.Tensor) -> torch.Tensor:
+    """Labels ``1..k`` for node groups named by their smallest node (:func:`roots`), ordered
+    by that node (the raster order of first voxels): the number of roots up to a group's own."""
+    rank = torch.cumsum(root == torch.arange(root.numel(), device=root.device), 0)
+    return rank[root]
 
 
 def connectivity_fragments(emb: torch.Tensor, fg: torch.Tensor, fg_threshold: float, threshold: float) -> torch.Tensor:
@@ -120,38 +137,52 @@ def region_stats(labels: torch.Tensor, values: torch.Tensor) -> tuple[np.ndarray
     return size.cpu().numpy(), sums.cpu().numpy()
 
 
-def region_adjacency(labels: torch.Tensor, g: VoxelGraph) -> np.ndarray:
-    """Adjacent label pairs ``(m, 2)``, ``a < b``, sorted, from the pairs of ``g``."""
-    la, lb = labels[g.u], labels[g.v]
-    k = la != lb
+def region_adjacency(labels: torch.Tensor, g: VoxelGraph, cut: torch.Tensor | None = None) -> np.ndarray:
+    """Adjacent label pairs ``(m, 2)``, ``a < b``, sorted, from the pairs of ``g`` (only those
+    where ``cut`` is true when given: the others are known to join equal labels)."""
+    u, v = (g.u, g.v) if cut is None else select(cut, g.u, g.v)
+    la, lb = labels.index_select(0, u), labels.index_select(0, v)
     n = int(labels.max()) + 1
-    keys = torch.unique(torch.minimum(la[k], lb[k]) * n + torch.maximum(la[k], lb[k]))
+    keys = torch.unique((torch.minimum(la, lb) * n + torch.maximum(la, lb))[la != lb])
     return torch.stack([keys // n, keys % n], dim=1).cpu().numpy()
 
 
 def grow(labels: torch.Tensor, fg: torch.Tensor, threshold: float, distance: float) -> torch.Tensor:
     """Unlabelled voxels with ``fg > threshold`` take the label of the nearest labelled
     voxel within ``distance`` (Euclidean; equally near labels: the smallest)."""
-    free = (fg > threshold) & (labels == 0)
-    if distance <= 0 or not bool(free.any()) or not bool(labels.any()):
+    free = torch.nonzero(((fg > threshold) & (labels == 0)).reshape(-1)).flatten()
+    if distance <= 0 or free.numel() == 0:
         return labels
     r = int(np.floor(distance))
     padded = torch.nn.functional.pad(labels, [r, r] * labels.ndim)
     pflat = padded.reshape(-1)
-    pstrides = np.array([int(np.prod(padded.shape[i + 1:])) for i in range(labels.ndim)])
-    coords = torch.nonzero(free)
-    base = ((coords + r) * torch.from_numpy(pstrides).to(labels.device)).sum(1)
+    pstrides = [int(np.prod(padded.shape[i + 1:])) for i in range(labels.ndim)]
+    base = torch.full_like(free, r * sum(pstrides))  # raster index in padded of every free voxel
+    stride = 1
+    for axis in reversed(range(labels.ndim)):
+        base += (free // stride % labels.shape[axis]) * pstrides[axis]
+        stride *= labels.shape[axis]
     best = torch.zeros_like(base)
     todo = torch.arange(base.numel(), device=labels.device)
     big = torch.iinfo(torch.int64).max
     for _, offsets in ball_shells(labels.ndim, distance):
-        near = pflat[base[todo, None] + torch.from_numpy(offsets @ pstrides).to(labels.device)[None, :]]
-        shell = torch.where(near > 0, near, big).amin(1)
+        step = torch.from_numpy(offsets @ np.asarray(pstrides)).to(labels.device)
+        shell = _smallest_label(pflat, base if todo.numel() == base.numel() else base[todo], step)
         hit = shell < big
         best[todo[hit]] = shell[hit]
         todo = todo[~hit]
         if todo.numel() == 0:
             break
-    out = labels.clone()
-    out[tuple(coords.T)] = best
+    out = labels.clone(memory_format=torch.contiguous_format)
+    out.view(-1)[free] = best
+    return out
+
+
+def _smallest_label(flat: torch.Tensor, base: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Per ``base`` index: the smallest label > 0 of ``flat`` at ``base + step`` (int64 max: none)."""
+    near = flat[step[:, None] + base[None, :]]  # (offsets, voxels): a row per offset
+    near.masked_fill_(near <= 0, torch.iinfo(torch.int64).max)
+    out = near[0].clone()
+    for row in near[1:]:
+        torch.minimum(out, row, out=out)
     return out
