@@ -225,7 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import open_label_array
+    from .formats import open_label_array
     from .metrics import contingency, scores
 
     pred = open_label_array(args.pred, args.pred_dataset)
