@@ -214,8 +214,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--checkpoint", help="checkpoint to calibrate (default: the config's 'resume')")
     p.add_argument("--out", help="where to write the calibrated checkpoint (default: the config's 'out')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out (e.g. "
-                   "calibrate in place)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.set_defaults(func=cmd_calibrate)
 
 
