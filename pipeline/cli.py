@@ -180,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_train_config, train
 
-    out = train(load_train_config(args.config, tuple(args.set)), progress=not args.quiet)
+    overrides = (*args.set, *(["overwrite=true"] if args.overwrite else []))
+    out = train(load_train_config(args.config, overrides), progress=not args.quiet)
     print(f"checkpoint written to {out}")
     return 0
 
@@ -193,6 +194,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         overrides.append(f"resume={args.checkpoint}")
     if args.out:
         overrides.append(f"out={args.out}")
+    if args.overwrite:
+        overrides.append("overwrite=true")
     out = calibrate(load_train_config(args.config, tuple(overrides)))
     print(f"calibrated checkpoint written to {out}")
     return 0
@@ -202,6 +205,7 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model with the discriminative loss")
     p.add_argument("config", help="training YAML (see configs/train_demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at 'out'")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="choose a checkpoint's default clustering method and parameters on the "
@@ -210,6 +214,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--checkpoint", help="checkpoint to calibrate (default: the config's 'resume')")
     p.add_argument("--out", help="where to write the calibrated checkpoint (default: the config's 'out')")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -225,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import open_label_array
+    from .formats import open_label_array
     from .metrics import contingency, scores
 
     pred = open_label_array(args.pred, args.pred_dataset)

@@ -26,13 +26,19 @@ PositiveShape = tuple[Annotated[int, Field(gt=0)], ...]
 
 
 class InputConfig(Frozen):
-    """Where the raw volume is: a zarr array, or an OME-Zarr image (group with multiscales)."""
+    """Where the raw volume is: a zarr array, an OME-Zarr image (group with multiscales), a TIFF
+    file, a folder of 2D TIFF slices or an HDF5 file (BigDataViewer layout included)."""
 
     path: Path
     dataset: str | None = Field(
-        None, description="array (or OME-Zarr image group) inside `path`; none: `path` itself"
+        None, description="array (or OME-Zarr image group) inside a zarr `path`, or HDF5 dataset (e.g. `raw`); "
+        "none: `path` itself, an HDF5 file's only dataset, or a BigDataViewer file's `t00000/s00/<level>/cells`"
     )
-    scale_level: int = Field(0, ge=0, description="OME-Zarr multiscale level (0 = full resolution)")
+    scale_level: int = Field(0, ge=0, description="OME-Zarr multiscale or BigDataViewer level (0 = full resolution)")
+    channel: int | None = Field(
+        None, ge=0, description="the one channel to read from a multi-channel input (BigDataViewer: the setup); "
+        "none: every channel"
+    )
 
 
 class OutputConfig(Frozen):

@@ -1,4 +1,5 @@
-"""Reading and writing volumes: zarr v2/v3 arrays, OME-Zarr images, TIFF.
+"""Reading and writing volumes: zarr v2/v3 arrays, OME-Zarr images; TIFF and HDF5 inputs
+through :mod:`pipeline.formats`.
 
 Inputs are opened lazily (metadata only) and read box by box; the output group's layout
 belongs to :mod:`pipeline.store`. Reads take a
@@ -41,7 +42,8 @@ SPATIAL = "zyx"
 
 @dataclass(frozen=True)
 class InputVolume:
-    """A lazily read input image: zarr array plus what its metadata says."""
+    """A lazily read input image: an array (zarr, or a TIFF/HDF5 reader with ``shape``, ``dtype``,
+    ``chunks`` and ``[slices]``) plus what its metadata says; ``channel``: the one channel read."""
 
     path: str
     array: Any = field(repr=False)
@@ -49,6 +51,7 @@ class InputVolume:
     voxel_size: tuple[float, ...] | None = None
     units: tuple[str | None, ...] | None = None
     ome: dict[str, Any] | None = field(default=None, repr=False)
+    channel: int | None = None
 
     @property
     def spatial_axes(self) -> tuple[int, ...]:
@@ -65,7 +68,9 @@ class InputVolume:
 
     @property
     def channels(self) -> int:
-        return self.array.shape[self.axes.index("c")] if "c" in self.axes else 1
+        if "c" not in self.axes or self.channel is not None:
+            return 1
+        return self.array.shape[self.axes.index("c")]
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -92,11 +97,11 @@ class InputVolume:
                 start, stop = next(it)
                 index.append(slice(start, stop))
             elif a == "c":
-                index.append(slice(None))
+                index.append(slice(None) if self.channel is None else self.channel)
             else:  # t (size 1, checked on open)
                 index.append(0)
         data = np.asarray(self.array[tuple(index)])
-        kept = [a for a in self.axes if a != "t"]
+        kept = [a for a in self.axes if a != "t" and (a != "c" or self.channel is None)]
         if "c" not in kept:
             data = data[None]
         elif kept.index("c") != 0:
@@ -107,9 +112,9 @@ class InputVolume:
         return data
 
 
-def _open_node(path: Path, dataset: str | None) -> Any:
+def open_zarr_node(path: Path, dataset: str | None) -> Any:
     if not path.exists():
-        raise InputError(f"input.path: '{path}' does not exist (give an existing zarr or OME-Zarr path)")
+        raise InputError(f"input.path: '{path}' does not exist (give an existing zarr, OME-Zarr, TIFF or HDF5 path)")
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as exc:  # noqa: BLE001
@@ -133,9 +138,22 @@ def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 
 def open_input(cfg: InputConfig) -> InputVolume:
-    """Open the input described by ``cfg`` (metadata only, no voxel data read)."""
-    node = _open_node(Path(cfg.path), cfg.dataset)
+    """Open the input described by ``cfg`` (metadata only, no voxel data read): zarr here,
+    TIFF and HDF5 in :mod:`pipeline.formats`; ``cfg.channel`` selects one channel."""
+    from .formats import open_format, select_channel  # they import this module
+
     where = f"'{cfg.path}'" + (f" dataset '{cfg.dataset}'" if cfg.dataset else "")
+    vol = open_format(cfg) or select_channel(_open_zarr(cfg, where), cfg.channel, where)
+    check_dtype(vol.dtype, where)
+    if "t" in vol.axes and vol.array.shape[vol.axes.index("t")] != 1:
+        raise InputError(f"input {where} has {vol.array.shape[vol.axes.index('t')]} time points; select one (t must be 1)")
+    if any(s == 0 for s in vol.shape):
+        raise InputError(f"input {where} is empty: shape {list(vol.shape)}")
+    return vol
+
+
+def _open_zarr(cfg: InputConfig, where: str) -> InputVolume:
+    node = open_zarr_node(Path(cfg.path), cfg.dataset)
     ome = None
     if isinstance(node, zarr.Group):
         ms = _multiscales(dict(node.attrs))
@@ -177,11 +195,6 @@ def open_input(cfg: InputConfig) -> InputVolume:
             )
         axes = {2: "yx", 3: "zyx", 4: "czyx"}[array.ndim]
         vol = InputVolume(str(cfg.path), array, axes)
-    check_dtype(vol.dtype, where)
-    if "t" in vol.axes and vol.array.shape[vol.axes.index("t")] != 1:
-        raise InputError(f"input {where} has {vol.array.shape[vol.axes.index('t')]} time points; select one (t must be 1)")
-    if any(s == 0 for s in vol.shape):
-        raise InputError(f"input {where} is empty: shape {list(vol.shape)}")
     return vol
 
 
@@ -255,30 +268,3 @@ def write_zarr(path: str | Path, data: np.ndarray, chunks: Sequence[int] | None 
         return
     g = zarr.open_group(str(path), mode="a")
     g.create_array(name, data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True)
-
-
-def read_image(path: str | Path, dataset: str | None = None) -> np.ndarray:
-    """Read a whole (small) image from TIFF or zarr into memory (training, evaluation)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"image '{p}' does not exist (give an existing TIFF or zarr path)")
-    if p.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(p))
-    node = _open_node(p, dataset)
-    if isinstance(node, zarr.Group):
-        vol = open_input(InputConfig(path=p, dataset=dataset))
-        return np.asarray(vol.array[...])
-    return np.asarray(node[...])
-
-
-def open_label_array(path: str | Path, dataset: str | None = None) -> Any:
-    """A label array for evaluation: a zarr array, or ``dataset`` inside a group
-    (default ``segmentation``)."""
-    node = _open_node(Path(path), dataset)
-    if isinstance(node, zarr.Group):
-        if "segmentation" in node:
-            return node["segmentation"]
-        raise InputError(f"'{path}' is a group: name the label array with --pred-dataset/--gt-dataset")
-    return node

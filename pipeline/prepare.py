@@ -81,7 +81,9 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     if vol.channels != spec.in_channels:
         raise InputError(
             f"input '{cfg.input.path}' has {vol.channels} channel(s) but the model expects "
-            f"{spec.in_channels}; select the channel(s) or use another model"
+            f"{spec.in_channels}; " + (f"set input.channel to one of 0..{vol.channels - 1}"
+                                       if spec.in_channels == 1 else "give an input with that many channels")
+            + " or use another model"
         )
     write = cfg.blocks.write_shape or auto_write_shape(vol.shape, spec.step, target_size(cfg, spec, vol.shape))
     plan = BlockPlan(vol.shape, write, spec.context, spec.step)

@@ -58,7 +58,8 @@ def open_raw(config: dict[str, Any], result: Path) -> InputVolume | None:
         if path.exists():
             try:
                 return open_input(InputConfig(path=path, dataset=config["input"].get("dataset"),
-                                              scale_level=config["input"].get("scale_level", 0)))
+                                              scale_level=config["input"].get("scale_level", 0),
+                                              channel=config["input"].get("channel")))
             except UsageError as exc:
                 logger.warning("report: input '%s' cannot be read (%s)", path, exc)
                 return None

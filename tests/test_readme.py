@@ -24,7 +24,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "deploy/README.md")  # run in this order, in one folder
-SHARED_DATA = REPO.parent / "shared" / "data"  # configs/train_demo.yaml reads ../shared/data/...
 
 # Training at full length takes hours on CPU; these make `pipeline train`/`pipeline calibrate` take
 # ~10 s on 2 CPU cores (2 iterations of batch 1, validation on 3 small synthetic volumes).
@@ -32,7 +31,6 @@ TINY_TRAINING = [
     "iterations=2", "val_every=2", "workers=0", "batch_size=1",
     "synthetic.count=4", "synthetic.shape=[16,48,48]",
 ]
-NO_SHARED_DATA = ["data=[]"]  # added when ../shared/data is not next to the repo (its volume is absent)
 
 SKIP, SLURM, TINY = "skip", "needs SLURM", "tiny override appended"
 
@@ -46,7 +44,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (r"deploy/local-slurm/(start|stop)\.sh",               SKIP,   "never run here: CI starts SLURM with start.sh before the suite, and stopping it would break the other SLURM tests"),
     (r"\bsbatch\b|deploy/local-slurm/|cluster\.kind=slurm|configs/slurm\.yaml",
                                                            SLURM,  "needs SLURM: runs only when `sbatch` is on PATH and PIPELINE_REQUIRE_SLURM=1 (CI), else skipped"),
-    (r"^pipeline (train|calibrate)\b",                     TINY,   "full training takes hours on CPU: `--set` " + " ".join(TINY_TRAINING) + ", plus data=[] when ../shared/data is absent"),
+    (r"^pipeline (train|calibrate)\b",                     TINY,   "full training takes hours on CPU: `--set` " + " ".join(TINY_TRAINING)),
 )
 # fmt: on
 
@@ -118,15 +116,12 @@ _failed: list[str] = []
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A folder like a fresh clone (configs/, deploy/), with ../shared/data linked when the repo has it."""
+    """A folder like a fresh clone (configs/, deploy/); nothing outside it is read."""
     root = tmp_path_factory.mktemp("readme")
     work = root / "repo"
     work.mkdir()
     for folder in ("configs", "deploy"):
         shutil.copytree(REPO / folder, work / folder)
-    if SHARED_DATA.is_dir():
-        (root / "shared").mkdir()
-        (root / "shared" / "data").symlink_to(SHARED_DATA, target_is_directory=True)
     return work
 
 
@@ -163,8 +158,7 @@ def test_readme_command(step: Step, workspace: Path) -> None:
         if action == SLURM and not _slurm_wanted():
             pytest.skip(f"{step.source} `{code}`: {reason}")
         if action == TINY:
-            extra = TINY_TRAINING + ([] if SHARED_DATA.is_dir() else NO_SHARED_DATA)
-            code += "".join(f" --set {shlex.quote(x)}" for x in extra)
+            code += "".join(f" --set {shlex.quote(x)}" for x in TINY_TRAINING)
     if _failed:
         pytest.skip(f"an earlier README command failed ({_failed[0]}); this one depends on it")
     if step.lang == "python":

@@ -190,3 +190,41 @@ def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
     assert calls == [False, True]
     assert len(train_mod.clustering_grid(1.5, 100.0, full=False)) == 2
     assert len(train_mod.clustering_grid(1.5, 100.0)) == 3 * 7 * 3
+
+
+# a few seconds on 2 CPU cores: one iteration of a 2-feature net on two small generated volumes
+TINY_DEMO = ["iterations=1", "val_every=1", "workers=0", "batch_size=1", "synthetic.count=2",
+             "synthetic.shape=[16,40,40]", "model.base_features=2", "output_shape=[4,8,8]"]
+
+
+def test_train_demo_config_runs_in_a_fresh_folder_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    """configs/train_demo.yaml needs nothing outside the project (generated data), writes into the
+    current folder, and replaces an existing checkpoint (or writes into the package) only with
+    --overwrite: refused with one line, exit 2, before any training."""
+    import shutil
+    from pathlib import Path
+
+    import pipeline
+    from pipeline.cli import main
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "configs" / "train_demo.yaml", tmp_path / "t.yaml")
+    monkeypatch.chdir(tmp_path)
+    tiny = [a for s in TINY_DEMO for a in ("--set", s)]
+    assert main(["-q", "train", "t.yaml", *tiny]) == 0
+    out = tmp_path / "pipeline-demo" / "trained.pt"
+    first = out.read_bytes()
+    assert load_checkpoint(out)[1]["iterations"] == 1
+    capsys.readouterr()
+    (tmp_path / "pipeline-demo" / "new.best.pt").write_bytes(b"")  # no new.pt, but its .best.pt companion
+    for argv in (["train", "t.yaml", *tiny],
+                 ["calibrate", "t.yaml", "--checkpoint", str(out), "--out", str(out), *tiny],
+                 ["train", "t.yaml", *tiny, "--set", "out=pipeline-demo/new.pt"]):
+        assert main(["-q", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "already exists" in err and "--overwrite" in err, err
+    assert out.read_bytes() == first and not (tmp_path / "pipeline-demo" / "new.pt").exists()
+    package_out = Path(pipeline.__file__).parent / "data" / "never-written.pt"
+    assert main(["-q", "train", "t.yaml", "--set", f"out={package_out}", *tiny]) == 2
+    assert "inside the installed package" in capsys.readouterr().err and not package_out.exists()
+    assert main(["-q", "train", "t.yaml", "--overwrite", "--set", "seed=1", *tiny]) == 0
+    assert out.read_bytes() != first

@@ -19,7 +19,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..clustering import ClusteringParams, fragments, remove_small
 from ..config import ConfigError
 from ..predict import Predictor, predict_whole
-from .config import TrainConfig
+from .config import TrainConfig, check_out
 from .data import Volume, load_volumes, norm_stats, synthetic_volumes
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def calibrate(cfg: TrainConfig) -> Path:
     The metadata stays a dict so that its other keys are written back unchanged."""
     if cfg.resume is None:
         raise ConfigError("calibrate needs the checkpoint to calibrate in 'resume'")
+    check_out(cfg)
     model, extra = load_checkpoint(cfg.resume)
     _, val = split_volumes(cfg)
     device = train_device(cfg)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from ..errors import UsageError
 from ..model import ModelSpec
 from ..validation import Frozen, apply_overrides, read_yaml, validate_model
 
@@ -80,13 +81,37 @@ class TrainConfig(Frozen):
         "anneals over the time budget instead of the iterations, which become an upper bound")
     workers: int = Field(0, ge=0, description="data-loading processes making crops (0: in the training "
                          "process); deterministic for a given seed and number of workers")
-    out: Path = Path("model.pt")
+    out: Path = Field(Path("model.pt"), description="checkpoint to write (also <out>.best.pt); never into the "
+                      "installed package, and never over an existing file, without 'overwrite'")
+    overwrite: bool = Field(False, description="replace an existing checkpoint at 'out' (CLI: --overwrite)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if not self.data and self.synthetic is None:
             raise ValueError("give training volumes in 'data' or a 'synthetic' section")
         return self
+
+
+class CheckpointExistsError(UsageError):
+    """Training or calibration would replace a checkpoint the user did not ask to replace."""
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Refuse, before any work, to write ``cfg.out`` (or ``<out>.best.pt``) over an existing file
+    or into the installed package (its bundled demo model) unless ``cfg.overwrite``."""
+    if cfg.overwrite:
+        return
+    out = Path(cfg.out)
+    package = Path(__file__).resolve().parents[1]
+    if out.resolve().is_relative_to(package):
+        raise CheckpointExistsError(
+            f"out '{out}' is inside the installed package ({package}); write the checkpoint elsewhere "
+            "(e.g. --set out=pipeline-demo/trained.pt), or pass --overwrite to change the package deliberately")
+    for path in (out, out.with_suffix(".best.pt")):
+        if path.exists():
+            raise CheckpointExistsError(
+                f"out: checkpoint '{path}' already exists; pass --overwrite (overwrite: true) to replace it, or "
+                "choose another path with --set out=...")
 
 
 def load_train_config(path: str | Path, overrides: tuple[str, ...] = ()) -> TrainConfig:

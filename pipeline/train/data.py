@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ..blocks import reflect_indices
 from ..config import ConfigError
-from ..io import read_image
+from ..formats import read_image
 from ..model import ModelSpec
 from ..predict import NormStats, normalise
 from .config import AugmentConfig, SyntheticSource, VolumeSource

@@ -23,7 +23,7 @@ from ..config import ConfigError
 from ..loss import LossWeights, discriminative_loss
 from ..model import init_model
 from .calibrate import split_volumes, train_device, validate
-from .config import TrainConfig
+from .config import TrainConfig, check_out
 from .data import CropSampler, batches
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     """Train (or resume) a model as ``cfg`` says; returns the checkpoint path ``cfg.out``."""
     from tqdm import tqdm
 
+    check_out(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.threads:
