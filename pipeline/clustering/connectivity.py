@@ -20,7 +20,6 @@ class Connectivity(Method):
     name = "connectivity"
     rank = 0
     exact = True
-    cpu_backend = "numpy"  # the reference (torch now measures on par or faster per core: benchmarks/RESULTS.md)
 
     def fragments(self, emb: np.ndarray, fg: np.ndarray) -> np.ndarray:
         p = self.params
