@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from .geometry import Box, Coord
-from .store import OBJECTS
 
 FOV = 512  # plane windows: voxels per axis
 OVERVIEW = 1 << 25  # voxels read for the projections
@@ -77,15 +76,13 @@ def read_objects(result: Path, max_parts: int = 4) -> dict[str, np.ndarray]:
     """The objects table as columns, from its Parquet parts: all of them for results of up to
     ``max_parts`` parts (4 million objects), else that many parts spread over the id range
     (a sample for the histograms)."""
-    import pyarrow.parquet as pq
+    from .stages.objects import part_files
+    from .stages.objects import read_objects as read_parts
 
-    parts = sorted((result / OBJECTS).glob("part-*.parquet"))
+    parts = part_files(result)
     if len(parts) > max_parts:
         parts = [parts[round(i)] for i in np.linspace(0, len(parts) - 1, max_parts)]
-    if not parts:
-        return {}
-    tables = [pq.read_table(p) for p in parts]
-    return {n: np.concatenate([t.column(n).to_numpy() for t in tables]) for n in tables[0].column_names}
+    return read_parts(result, parts)
 
 
 def object_columns(objects: dict[str, Any], ndim: int, voxel_size: Sequence[float] | None) -> dict[str, np.ndarray]:

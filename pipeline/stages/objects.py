@@ -69,22 +69,40 @@ def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None) ->
 
 
 def write_part(path: Path, cols: dict[str, np.ndarray]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """One part as Parquet; as CSV (same name, ``.csv``) where pyarrow is not installed (a
+    stripped-down environment: pyarrow is a dependency of the package)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        write_csv(path.with_suffix(".csv"), cols)
+        return
     pq.write_table(pa.table(cols), path)
 
 
-def read_objects(path: str | Path) -> dict[str, np.ndarray]:
-    """Every part of an output's objects table, concatenated (for results that fit in memory)."""
+def part_files(result: str | Path) -> list[Path]:
+    folder = Path(result) / OBJECTS
+    return sorted(folder.glob("part-*.parquet")) or sorted(folder.glob("part-*.csv"))
+
+
+def read_part(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".csv":
+        names = path.open().readline().strip().split(",")
+        data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        return {n: data[:, i] for i, n in enumerate(names)}
     import pyarrow.parquet as pq
 
-    parts = sorted((Path(path) / OBJECTS).glob("part-*.parquet"))
-    if not parts:
+    table = pq.read_table(path)
+    return {n: table.column(n).to_numpy() for n in table.column_names}
+
+
+def read_objects(path: str | Path, parts: Sequence[Path] | None = None) -> dict[str, np.ndarray]:
+    """The objects table (every part, or the given ones), concatenated: for results that fit in memory."""
+    data = [read_part(p) for p in (part_files(path) if parts is None else parts)]
+    if not data:
         return {}
-    data = [pq.read_table(p).to_pydict() for p in parts]
-    return {k: np.concatenate([np.asarray(d[k]) for d in data]) for k in data[0]}
+    return {k: np.concatenate([d[k] for d in data]) for k in data[0]}
 
 
 def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
