@@ -157,6 +157,25 @@ class BlockPlan:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def rows(blocks: Sequence[Block]) -> list[list[Block]]:
+    """``blocks`` split into runs of neighbours along the last axis (in order): the valid boxes
+    of a run form one box (:func:`span`), read or written in one zarr operation."""
+    out: list[list[Block]] = []
+    for b in blocks:
+        last = out[-1][-1] if out else None
+        if last is not None and last.index[:-1] == b.index[:-1] and last.index[-1] + 1 == b.index[-1]:
+            out[-1].append(b)
+        else:
+            out.append([b])
+    return out
+
+
+def span(run: Sequence[Block]) -> Box:
+    """The box covered by the valid boxes of a run of neighbours (see :func:`rows`)."""
+    first, last = run[0].valid, run[-1].valid
+    return Box(first.offset, tuple(e - o for o, e in zip(first.offset, last.end, strict=True)))
+
+
 def reflect_indices(start: int, stop: int, size: int) -> list[int] | range:
     """Indices into an axis of length ``size`` for the range ``[start, stop)``,
     reflected at the borders exactly like ``numpy.pad(mode="reflect")``.

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.blocks import BlockPlan, PlanError, check_write_shape, reflect_indices
+from pipeline.blocks import BlockPlan, PlanError, check_write_shape, reflect_indices, rows, span
 from pipeline.geometry import Box
 
 
@@ -78,3 +80,18 @@ def test_reflect_matches_numpy_pad(size, start, length):
     padded = np.pad(arr, (before, after), mode=mode)
     expected = padded[start + before : stop + before]
     assert list(arr[np.asarray(reflect_indices(start, stop, size), dtype=int)]) == list(expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=3), st.integers(0, 2**32 - 1))
+def test_rows_are_runs_whose_span_is_the_union_of_their_blocks(volume, seed):
+
+    plan = BlockPlan(tuple(volume), tuple(4 for _ in volume), tuple(0 for _ in volume), tuple(2 for _ in volume))
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(plan), rng.integers(1, len(plan) + 1), replace=False).tolist())
+    runs = rows([plan.block_at(i) for i in chosen])
+    assert [b.linear for r in runs for b in r] == chosen
+    for r in runs:
+        box = span(r)
+        assert sum(math.prod(b.valid.shape) for b in r) == math.prod(box.shape)
+        assert all(b.valid.intersect(box) == b.valid for b in r)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import Block
+from ..blocks import Block, rows, span
 from ..merge import local_ids, object_stats
 from ..store import FRAGMENTS
 from .base import BlockStage, Task
@@ -36,10 +36,19 @@ class RelabelStage(BlockStage):
         self.store.create(SEGMENTATION, self.plan.volume, self.plan.write_shape, self.dtype)
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
+        """Neighbouring blocks along the last axis are read and written together (one zarr
+        operation per run instead of per block)."""
         (tables,) = args
+        table_of = dict(zip((b.linear for b in blocks), tables, strict=True))
         frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(SEGMENTATION)
-        for block, table in zip(blocks, tables, strict=True):
-            labels = table[local_ids(frag[block.valid.to_slices()], block.linear, self.task.id_stride)].astype(self.dtype)
-            seg[block.valid.to_slices()] = labels
-            self.write_stats(block, labels)
-            yield block, None
+        for run in rows(blocks):
+            box = span(run)
+            ids = frag[box.to_slices()]
+            labels = np.empty(box.shape, dtype=self.dtype)
+            for block in run:
+                rel = block.valid.to_slices(relative_to=box)
+                labels[rel] = table_of[block.linear][local_ids(ids[rel], block.linear, self.task.id_stride)]
+            seg[box.to_slices()] = labels
+            for block in run:
+                self.write_stats(block, labels[block.valid.to_slices(relative_to=box)])
+                yield block, None
