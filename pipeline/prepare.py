@@ -153,6 +153,11 @@ def chunks_per_block(chunks: Sequence[int], plan: BlockPlan) -> float:
     return total
 
 
+def over_read(chunks: Sequence[int], plan: BlockPlan) -> float:
+    """Voxels of input chunks decompressed per voxel a block's read box needs (1.0: none wasted)."""
+    return chunks_per_block(chunks, plan) * math.prod(chunks) / math.prod(plan.read_shape)
+
+
 def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     """Explain the I/O cost of input chunks that do not fit the write blocks."""
     if all(w % c == 0 or c % w == 0 for w, c in zip(plan.write_shape, chunks, strict=True)):
@@ -163,7 +168,7 @@ def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
         unit = c * st // math.gcd(c, st)  # a multiple of both the chunk and the step
         aligned.append(max(unit, round(w / unit) * unit))
     ideal = chunks_per_block(chunks, BlockPlan(plan.volume, aligned, plan.context, plan.step))
-    ratio = have * math.prod(chunks) / math.prod(plan.read_shape)
+    ratio = over_read(chunks, plan)
     logger.warning(
         "input chunks %s do not fit blocks.write_shape %s: each block reads %.1f chunks (%.1fx the voxels it "
         "needs); with blocks.write_shape %s it would read %.1f chunks of larger blocks; or rechunk the input",
@@ -188,6 +193,8 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "redundancy": round(plan.redundancy, 3),
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
         "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
+        "input_chunks": list(run.volume.chunks),
+        "input_over_read": round(over_read(run.volume.chunks, plan), 2),
         "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
         "plan_digest": plan.digest(),
     }

@@ -82,6 +82,7 @@ def test_cli_plan(tmp_path, capsys):
     assert main(["plan", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "blocks" in out and "[3, 3, 3]" in out and "redundancy" in out and "memory_per_block_mib" in out
+    assert "input_over_read" in out
     assert not (tmp_path / "out.zarr").exists()  # plan computes nothing
     assert main(["plan", str(cfg), "--set", "blocks.write_shape=[4,15,16]"]) == 2
     err = capsys.readouterr().err
@@ -212,3 +213,16 @@ def test_automatic_blocks_per_task_batches_small_blocks_within_memory():
     assert auto_blocks_per_task(10**5, 2, 1 << 20) == 512  # <= 512 MiB of network output per task
     assert auto_blocks_per_task(10**4, 2, 400 << 20) == 1
     assert auto_blocks_per_task(10, 2, 1 << 20, batch_size=4) == 4  # a forward pass's blocks
+
+
+def test_version_and_yaml_errors_with_line_and_column(tmp_path, capsys):
+    import pipeline
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"pipeline {pipeline.__version__}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input:\n  path: a.zarr\noutput: {path: [b.zarr\n")
+    assert main(["plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML: line 4, column 1" in err and len(err.strip().splitlines()) == 1, err
