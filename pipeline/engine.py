@@ -22,11 +22,14 @@ cannot be recomputed and would cancel every task that needs it.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
+
+from .progress import ProgressLog
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +64,13 @@ class Engine:
     # ------------------------------------------------------------ shared helpers
 
     def _bar(self, total: int, desc: str) -> Any:
-        from tqdm import tqdm
+        """A tqdm bar on a terminal; elsewhere (SLURM logs, redirected output) or without
+        ``progress``, a log line every 30 s and one at the end."""
+        if self.progress and sys.stderr.isatty():
+            from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="task", disable=not self.progress, leave=True)
+            return tqdm(total=total, desc=desc, unit="task", leave=True)
+        return ProgressLog(total, desc)
 
     def _threads(self) -> dict[str, int]:
         """Threads per worker; waits for the first worker (batch jobs may still be queued)."""

@@ -146,3 +146,23 @@ def test_a_new_clustering_method_is_one_class(tmp_path):
     finally:
         registry._REGISTRY.pop("foreground-components")
         registry.METHOD_NAMES.remove("foreground-components")
+
+
+def test_progress_lines_for_logs(caplog):
+    """Outside a terminal the engine logs progress every 30 s and once at the end."""
+    from pipeline.progress import ProgressLog, progress_line
+
+    assert progress_line("fragments", 120, 1000, 60.0) == "fragments: 120/1000 tasks (12%), 2.00 tasks/s, 7.3 min left"
+    now = [0.0]
+    bar = ProgressLog(10, "merge", clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="pipeline.progress"):
+        for _ in range(10):
+            now[0] += 7.0
+            bar.update()
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["merge: 5/10 tasks (50%), 0.14 tasks/s, 0.6 min left", "merge: 10/10 tasks (100%), 0.14 tasks/s"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.progress"):
+        assert list(Engine().map(lambda b: b[0], [[1], [2]], desc="d")) == [1, 2]
+    assert [r.getMessage() for r in caplog.records] == ["d: 2/2 tasks (100%), " + caplog.records[0].getMessage().split(", ")[1]]

@@ -226,3 +226,17 @@ def test_version_and_yaml_errors_with_line_and_column(tmp_path, capsys):
     assert main(["plan", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "is not valid YAML: line 4, column 1" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_quiet_run_on_a_cluster_logs_progress_not_distributed(tmp_path):
+    """What a SLURM log of `pipeline -q run` shows: the run's own lines and a progress line per
+    stage, no `distributed` INFO noise (-v brings it back)."""
+    import subprocess
+    import sys
+
+    cfg = _setup(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "run", str(cfg), "--set", "cluster.kind=local",
+                        "--set", "cluster.n_workers=1"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "INFO distributed" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "pipeline.progress: fragments: " in r.stderr and "(100%)" in r.stderr

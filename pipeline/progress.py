@@ -1,0 +1,46 @@
+"""Progress a person reads in a log: a line every ``every`` seconds and one at the end, for SLURM
+logs, redirected output and ``-q`` (a terminal gets tqdm's bar instead)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger("pipeline.progress")
+
+EVERY_S = 30.0
+
+
+def progress_line(desc: str, done: int, total: int, elapsed: float) -> str:
+    """``fragments: 120/1000 tasks (12%), 3.40 tasks/s, 4.3 min left``."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    left = f", {(total - done) / rate / 60:.1f} min left" if rate > 0 and done < total else ""
+    pct = 100 * done / total if total else 100.0
+    return f"{desc}: {done}/{total} tasks ({pct:.0f}%), {rate:.2f} tasks/s{left}"
+
+
+class ProgressLog:
+    """A tqdm-like ``update``/``close`` that logs :func:`progress_line` at most every ``every`` s."""
+
+    def __init__(self, total: int, desc: str, every: float = EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.desc, self.every, self.clock = total, desc, every, clock
+        self.done = 0
+        self.start = self.last = clock()
+        self.logged = -1
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            self._log(now)
+
+    def close(self) -> None:
+        """The final line, when everything finished (an error says why it stopped instead)."""
+        if self.total and self.done >= self.total and self.logged != self.done:
+            self._log(self.clock())
+
+    def _log(self, now: float) -> None:
+        self.last, self.logged = now, self.done
+        logger.info(progress_line(self.desc, self.done, self.total, now - self.start))
