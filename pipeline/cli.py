@@ -163,8 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
-    if not args.verbose:  # distributed sets its own level when imported, in this process and in workers
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # distributed sets its own level when imported, here and in the workers this process starts;
+    # set for this command only (the variable would otherwise follow into later jobs of a caller)
+    quiet = not args.verbose and "DASK_LOGGING__DISTRIBUTED" not in os.environ
+    if quiet:
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
+    try:
+        return _dispatch(args)
+    finally:
+        if quiet:
+            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; a user error is one line and exit code 2."""
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
