@@ -62,9 +62,9 @@ class Prepared:
     def blocks_per_task(self) -> int:
         """Configured, else :func:`auto_blocks_per_task`."""
         c = self.config
-        workers = getattr(c.cluster, "n_workers", None) or 1
         return c.blocks.blocks_per_task or auto_blocks_per_task(
-            len(self.plan), workers, 4 * (self.spec.embed_dim + 1) * math.prod(self.plan.write_shape), c.model.batch_size)
+            len(self.plan), planned_workers(c.cluster), 4 * (self.spec.embed_dim + 1) * math.prod(self.plan.write_shape),
+            c.model.batch_size)
 
 
 def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
@@ -92,6 +92,23 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     warn_chunking(vol.chunks, plan)
     stats = NormStats.from_values(norm, low, high)
     return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape))
+
+
+UNKNOWN_WORKERS = 8  # an existing scheduler (kind address), or GPUs not known before the cluster starts
+
+
+def planned_workers(cluster: Any) -> int:
+    """Workers the cluster config asks for: local ``n_workers``; SLURM jobs x processes (adaptive:
+    its maximum); local-cuda its listed devices; otherwise :data:`UNKNOWN_WORKERS`."""
+    if cluster.kind == "serial":
+        return 1
+    if cluster.kind == "local":
+        return int(cluster.n_workers)
+    if cluster.kind == "slurm":
+        return (cluster.adaptive.maximum if cluster.adaptive else cluster.jobs) * cluster.processes
+    if cluster.kind == "local-cuda" and cluster.devices:
+        return len(cluster.devices)
+    return UNKNOWN_WORKERS
 
 
 TASKS_PER_WORKER = 16  # enough tasks to balance the load and to resume from

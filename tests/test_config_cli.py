@@ -240,3 +240,17 @@ def test_quiet_run_on_a_cluster_logs_progress_not_distributed(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "INFO distributed" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "pipeline.progress: fragments: " in r.stderr and "(100%)" in r.stderr
+
+
+def test_planned_workers_per_cluster_kind():
+    from pipeline.config import validate_config
+    from pipeline.prepare import UNKNOWN_WORKERS, planned_workers
+
+    def workers(cluster):
+        return planned_workers(validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": cluster}).cluster)
+
+    assert workers({"kind": "serial"}) == 1 and workers({"kind": "local", "n_workers": 3}) == 3
+    assert workers({"kind": "slurm", "jobs": 4, "processes": 2}) == 8
+    assert workers({"kind": "slurm", "adaptive": {"maximum": 10}}) == 10
+    assert workers({"kind": "local-cuda", "devices": [0, 1]}) == 2
+    assert workers({"kind": "address", "address": "tcp://h:8786"}) == UNKNOWN_WORKERS
