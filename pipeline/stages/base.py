@@ -153,10 +153,9 @@ class BlockStage(ABC):
         if not self.store.has_markers(self.name):  # a new output, or a resumed run that stopped before this stage
             self.create()
             self.store.create_markers(self.name)
-        done = self.store.done(self.name, len(self.plan))
-        if self.skip is not None:
-            done &= ~self.skip
-        todo = np.flatnonzero(~done & ~self.skip if self.skip is not None else ~done).tolist()
+        skip = self.skip if self.skip is not None else np.zeros(len(self.plan), dtype=bool)
+        done = self.store.done(self.name, len(self.plan)) & ~skip
+        todo = np.flatnonzero(~done & ~skip).tolist()
         finished = np.flatnonzero(done).tolist()
         self.resumed = len(finished)
         if finished:

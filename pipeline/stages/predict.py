@@ -27,13 +27,14 @@ PREFETCH_THREADS = 4  # input readers per process, shared by its tasks
 
 
 @lru_cache(maxsize=8)
-def _volume(cfg: InputConfig) -> InputVolume:
+def input_volume(cfg: InputConfig) -> InputVolume:
+    """An input (or mask) opened once per process."""
     return open_input(cfg)
 
 
 def read_input(cfg: InputConfig, box: Box) -> np.ndarray:
     """The input in ``box`` (reflected outside the volume); NaN/inf is a user error."""
-    data = _volume(cfg).read(box)
+    data = input_volume(cfg).read(box)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise InputError(

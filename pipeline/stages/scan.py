@@ -4,22 +4,14 @@ The client keeps one flag per block."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 from ..blocks import BlockPlan
-from ..config import InputConfig
 from ..empty import EmptySource, coarse_box, is_empty
 from ..engine import Batch, Engine, batched
-from ..io import InputVolume, open_input
+from .predict import input_volume
 
 SCAN_BATCH = 256  # blocks per scan task
-
-
-@lru_cache(maxsize=4)
-def _array(cfg: InputConfig) -> InputVolume:
-    return open_input(cfg)
 
 
 class ScanStage:
@@ -34,7 +26,7 @@ class ScanStage:
         pyramid level is background over its read box (the halo's objects count)."""
         src = self.source
         assert src.array is not None
-        vol = _array(src.array)
+        vol = input_volume(src.array)
         mask = src.kind == "mask"
         boxes = ((b.valid if mask else b.read) for b in map(self.plan.block_at, linears))
         return [i for i, box in zip(linears, boxes, strict=True)
