@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from .errors import UsageError
 from .progress import ProgressLog
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,32 @@ class Local:
 
 
 Ref = Any  # Local in serial mode, a distributed.Future with Dask
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A user error raised in a task, carried back as its result: the client raises it, and no
+    worker logs a traceback for what is the user's to fix (bad input)."""
+
+    error: UsageError
+
+
+class Guarded:
+    """``fn`` as a task: a :class:`~pipeline.errors.UsageError` becomes a :class:`Refused` result,
+    and a task given a :class:`Refused` (its first step failed) passes it on."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "task")  # task names on the dashboard
+
+    def __call__(self, *args: Any) -> Any:
+        refused = next((a for a in args if isinstance(a, Refused)), None)
+        if refused is not None:
+            return refused
+        try:
+            return self.fn(*args)
+        except UsageError as exc:
+            return Refused(exc)
 
 
 def batched(items: Sequence[int], size: int) -> list[list[int]]:
@@ -149,9 +176,9 @@ class Engine:
             def submit(batch: Batch) -> Any:
                 extra = per_batch(batch) if per_batch else ()
                 if first is None:
-                    return self.client.submit(fn, batch, *args, *extra, pure=False, resources=res)
-                loaded = self.client.submit(first[0], batch, pure=False, resources=first_res)
-                fut = self.client.submit(fn, batch, loaded, *args, *extra, pure=False, resources=res)
+                    return self.client.submit(Guarded(fn), batch, *args, *extra, pure=False, resources=res)
+                loaded = self.client.submit(Guarded(first[0]), batch, pure=False, resources=first_res)
+                fut = self.client.submit(Guarded(fn), batch, loaded, *args, *extra, pure=False, resources=res)
                 loaded.release()  # the scheduler keeps it until `fut` has run
                 return fut
 
@@ -164,6 +191,8 @@ class Engine:
                 seen.add(fut.key)
                 result = fut.result()
                 fut.release()
+                if isinstance(result, Refused):
+                    raise result.error
                 for batch in islice(it, 1):
                     pending.add(submit(batch))
                 bar.update(1)
