@@ -82,6 +82,9 @@ class CheckpointInfo(BaseModel):
     seed: int | None = None
     train_seconds: float | None = Field(None, ge=0)
     clustering: Calibration | None = None
+    diameter: tuple[float, ...] | None = Field(
+        None, description="typical object diameter of the training data, voxels per axis (input.diameter "
+        "resamples other data to it)")
 
     def to_json(self) -> str:
         """The ``extra`` string of a checkpoint: the fields that were given, in field order."""

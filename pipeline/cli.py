@@ -107,7 +107,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         "min_input": list(spec.input_shape(spec.step)),
         "parameters": count_parameters(ckpt.model),
         "normalisation": spec.normalisation.model_dump(),
-        **{k: v for k, v in extra.items() if k in ("trained", "iterations", "delta_v", "delta_d", "metrics", "clustering")},
+        **{k: v for k, v in extra.items() if k in ("trained", "iterations", "delta_v", "delta_d", "metrics", "clustering",
+                                                 "diameter")},
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -39,6 +39,11 @@ class InputConfig(Frozen):
         None, ge=0, description="the one channel to read from a multi-channel input (BigDataViewer: the setup); "
         "none: every channel"
     )
+    diameter: Annotated[float, Field(gt=0)] | tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
+        None, description="typical object diameter in voxels of this input: one number (in-plane; every axis "
+        "scaled alike) or one per axis (z, y, x). The input is resampled so objects have the model's training "
+        "diameter (`pipeline model info` shows it) and the labels are mapped back; none: no resampling"
+    )
 
 
 class OutputConfig(Frozen):
@@ -59,6 +64,9 @@ class ModelConfig(Frozen):
     )
     batch_size: int = Field(1, gt=0, description="blocks per forward pass (GPU: more blocks keep it busier)")
     channels_last: bool = Field(True, description="channels-last memory format: measured 14% faster on CPU, as exact")
+    diameter: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
+        None, description="typical object diameter (voxels per axis) of the model's training data, for "
+        "input.diameter; none: the checkpoint's record")
 
 
 class BlocksConfig(Frozen):

@@ -98,9 +98,12 @@ def choose_level(levels: Sequence[Sequence[int]], base: int, write: Sequence[int
     return best
 
 
-def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequence[int]) -> EmptySource | None:
-    """How this run decides which blocks are empty (None: ``empty.skip`` is off)."""
+def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequence[int],
+                 grid: Sequence[int] | None = None) -> EmptySource | None:
+    """How this run decides which blocks are empty (None: ``empty.skip`` is off); ``grid``: the
+    shape the blocks cover when it is not the input's (``input.diameter`` resamples it)."""
     e = cfg.empty
+    grid = tuple(grid or vol.shape)
     if not e.skip:
         return None
     level = background(stats, e.threshold)
@@ -110,7 +113,7 @@ def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequenc
         if mask.ndim != vol.ndim:
             raise MaskError(f"empty.mask '{e.mask.path}' is {mask.ndim}D {list(mask.shape)}, the input is "
                             f"{vol.ndim}D {list(vol.shape)}; give a mask with the input's axes")
-        return EmptySource("mask", level, mask_cfg, tuple(v / m for v, m in zip(vol.shape, mask.shape, strict=True)))
+        return EmptySource("mask", level, mask_cfg, tuple(v / m for v, m in zip(grid, mask.shape, strict=True)))
     levels = _levels(cfg.input, vol)
     base = cfg.input.scale_level
     k = choose_level(levels, base, write) if e.level is None else e.level
@@ -119,5 +122,5 @@ def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequenc
                         f"(levels {base}..{len(levels) - 1}); leave empty.level unset to choose automatically")
     if k == base:
         return EmptySource("read", level)
-    factors = tuple(b / c for b, c in zip(levels[base], levels[k], strict=True))
+    factors = tuple(b / c for b, c in zip(grid, levels[k], strict=True))
     return EmptySource("level", level, cfg.input.model_copy(update={"scale_level": k}), factors, k)

@@ -21,6 +21,7 @@ from .empty import EmptySource, empty_source
 from .io import InputError, InputVolume, open_input, percentiles
 from .model import ModelSpec
 from .predict import NormStats
+from .resample import ZoomedVolume, zoom_factors
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ class Prepared:
     plan: BlockPlan
     stats: NormStats
     empty: EmptySource | None = None  # how empty blocks are found (None: never skipped)
+    zoom: tuple[float, ...] | None = None  # input.diameter's resampling (None: the input's own grid)
+
+    @property
+    def grid(self) -> Any:
+        """The volume the blocks cover: the input, or the input resampled by ``zoom``."""
+        return ZoomedVolume(self.volume, self.zoom) if self.zoom else self.volume
 
     @property
     def spec(self) -> ModelSpec:
@@ -85,13 +92,22 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
                                        if spec.in_channels == 1 else "give an input with that many channels")
             + " or use another model"
         )
-    write = cfg.blocks.write_shape or auto_write_shape(vol.shape, spec.step, target_size(cfg, spec, vol.shape))
-    plan = BlockPlan(vol.shape, write, spec.context, spec.step)
+    zoom = None
+    if cfg.input.diameter is not None:
+        zoom = zoom_factors(cfg.input.diameter, cfg.model.diameter or ckpt.info.diameter, vol.ndim,
+                            f"model.checkpoint '{cfg.model.checkpoint}'")
+    grid = ZoomedVolume(vol, zoom) if zoom else vol
+    if zoom:
+        logger.info("input.diameter %s: resampling %s by %s to %s", cfg.input.diameter, list(vol.shape),
+                    [round(z, 4) for z in zoom], list(grid.shape))
+    write = cfg.blocks.write_shape or auto_write_shape(grid.shape, spec.step, target_size(cfg, spec, grid.shape))
+    plan = BlockPlan(grid.shape, write, spec.context, spec.step)
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
-    warn_chunking(vol.chunks, plan)
+    if not zoom:
+        warn_chunking(vol.chunks, plan)
     stats = NormStats.from_values(norm, low, high)
-    return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape))
+    return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom)
 
 
 UNKNOWN_WORKERS = 8  # an existing scheduler (kind address), or GPUs not known before the cluster starts
@@ -211,7 +227,9 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
         "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
         "input_chunks": list(run.volume.chunks),
-        "input_over_read": round(over_read(run.volume.chunks, plan), 2),
+        "input_over_read": round(over_read(run.grid.chunks, plan), 2),
+        "zoom": list(run.zoom) if run.zoom else None,
+        "input_shape": list(run.volume.shape),
         "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
         "plan_digest": plan.digest(),
     }

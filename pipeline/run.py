@@ -9,8 +9,10 @@ do the work; the store records provenance and completion.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +21,20 @@ from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
 from .engine import open_engine
 from .merge import label_dtype
-from .prepare import Prepared, as_config, prepare
+from .prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
 from .stages import (
     FragmentsStage,
     MergeStage,
     ObjectsStage,
     PredictStage,
     RelabelStage,
+    RestoreStage,
     ScanStage,
     Task,
     select_tables,
 )
-from .store import Store, check_output, ome_label_metadata, provenance, resume_key
+from .stages.relabel import SEGMENTATION, restore_plan
+from .store import ZOOMED, Store, check_output, ome_label_metadata, provenance, resume_key
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +100,14 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
         timing["fragments"] = time.perf_counter() - t0
         tables, n = MergeStage(task, method).run(engine, counts, min_size, per)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())
-        relabel = RelabelStage(task, label_dtype(n))
+        relabel = RelabelStage(task, label_dtype(n), ZOOMED if run.zoom else SEGMENTATION, stats=not run.zoom)
         relabel.skip = counts == 0  # nothing to relabel: the fill value (0) stands
         for _ in relabel.run(engine, per, per_batch=lambda b: (engine.call(select_tables, tables, b),)):
             pass
         timing["relabel"] = time.perf_counter() - t0 - sum(timing.values())
+        if run.zoom:
+            restore(run, task, label_dtype(n), engine)
+            timing["restore"] = time.perf_counter() - t0 - sum(timing.values())
         table = ObjectsStage(store, run.volume.voxel_size).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
     meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
@@ -114,6 +121,18 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     store.finish(attrs)
     logger.info("segment: %d objects in %.1f s -> %s", n, time.perf_counter() - t0, cfg.output.path)
     return Path(cfg.output.path)
+
+
+def restore(run: Prepared, task: Task, dtype: str, engine: Any) -> None:
+    """``input.diameter``: the labels of the resampled grid back onto the input grid."""
+    assert run.zoom is not None
+    plan = restore_plan(run.volume.shape, run.plan, run.zoom)
+    per = run.config.blocks.blocks_per_task or auto_blocks_per_task(
+        len(plan), planned_workers(run.config.cluster), 16 * math.prod(plan.write_shape))
+    logger.info("restore: labels from the resampled %s grid to the input's %s", list(run.plan.volume),
+                list(plan.volume))
+    for _ in RestoreStage(replace(task, plan=plan), dtype, run.plan.volume, run.zoom).run(engine, per):
+        pass
 
 
 __all__ = ["as_config", "clustering_params", "predict", "prepare", "segment"]

@@ -18,6 +18,8 @@ stage, the resume key, provenance and completion.
                                       (face_layout); no file: a skipped empty block
         sizes/<block>                 int64 voxel counts of the block's fragments (min_size)
         stats/<part>/<batch>.npy      partial object statistics of id range <part>
+        segmentation_zoomed           (input.diameter) labels on the resampled grid, before
+                                      the restore stage maps them to the input grid
 
 A :class:`Store` is small and picklable: tasks carry it and open arrays through it, once
 per process and run. Only the client creates arrays and writes attributes.
@@ -53,6 +55,7 @@ FRAGMENTS = f"{SCRATCH}/fragments"
 FACES = f"{SCRATCH}/faces"
 SIZES = f"{SCRATCH}/sizes"
 STATS = f"{SCRATCH}/stats"
+ZOOMED = f"{SCRATCH}/segmentation_zoomed"
 OBJECTS = "objects"
 EMPTY = "empty_blocks"
 
@@ -289,6 +292,7 @@ def resume_key(run: Prepared, stage: str, params: dict[str, Any]) -> str:
         "stage": stage, "plan": run.plan.digest(), "model": run.checkpoint.digest,
         "input": [str(Path(c.input.path).resolve()), c.input.dataset, c.input.scale_level],
         "stats": [run.stats.offset, run.stats.scale], "precision": c.model.precision, "params": params,
+        **({"zoom": list(run.zoom)} if run.zoom else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -110,7 +110,7 @@ def verify(run: Prepared, region: Box | None = None, force_misaligned: bool = Fa
     for t in tilings(plan.write_shape, plan.step, force_misaligned, control):
         t0 = time.perf_counter()
         anchor = (0,) * plan.ndim if t.name == "run blocks" else region.offset  # the run's blocks: its own grid
-        y = predict_tiles(lambda x: predictor(x, run.stats), run.volume.read, region, t.tile, plan.step, plan.context, anchor)
+        y = predict_tiles(lambda x: predictor(x, run.stats), run.grid.read, region, t.tile, plan.step, plan.context, anchor)
         seams = seam_ratios(y[: spec.embed_dim], t.tile, plan.step, tuple(o - a for o, a in zip(region.offset, anchor, strict=True)))
         rows.append({"name": t.name, "tile": list(t.tile), "aligned": t.aligned and is_aligned(t.tile, plan.step),
                      "seam_ratio": seams["ratio"], "seam_axes": seams["axes"],

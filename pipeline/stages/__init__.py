@@ -9,10 +9,10 @@ from .fragments import FragmentsStage
 from .merge import MergeStage, select_tables
 from .objects import ObjectsStage, read_objects
 from .predict import PredictStage, predict_blocks
-from .relabel import RelabelStage
+from .relabel import RelabelStage, RestoreStage
 from .scan import ScanStage
 
 __all__ = [
-    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "ObjectsStage", "PredictStage", "RelabelStage", "ScanStage", "Task",
+    "MODEL", "BlockStage", "FragmentsStage", "MergeStage", "ObjectsStage", "PredictStage", "RelabelStage", "RestoreStage", "ScanStage", "Task",
     "predict_blocks", "read_objects", "select_tables",
 ]

@@ -49,13 +49,14 @@ class Task:
     threads: int | None
     batch_size: int = 1  # blocks per forward pass
     background: float | None = None  # raw level: a block whose input never exceeds it is empty (None: no skipping)
+    zoom: tuple[float, ...] | None = None  # the input is read resampled by this (input.diameter)
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
         m = run.config.model
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
                    m.channels_last, torch_threads(run.config.cluster), m.batch_size,
-                   run.empty.background if run.empty else None)
+                   run.empty.background if run.empty else None, run.zoom)
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""

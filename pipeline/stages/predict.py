@@ -21,20 +21,23 @@ from ..empty import is_empty
 from ..geometry import Box
 from ..io import InputError, InputVolume, open_input
 from ..predict import get_predictor
+from ..resample import ZoomedVolume
 from .base import MODEL, BlockStage, Task
 
 PREFETCH_THREADS = 4  # input readers per process, shared by its tasks
 
 
 @lru_cache(maxsize=8)
-def input_volume(cfg: InputConfig) -> InputVolume:
-    """An input (or mask) opened once per process."""
-    return open_input(cfg)
+def input_volume(cfg: InputConfig, zoom: tuple[float, ...] | None = None) -> InputVolume | ZoomedVolume:
+    """An input (or mask) opened once per process; seen resampled by ``zoom`` when given."""
+    vol = open_input(cfg)
+    return ZoomedVolume(vol, zoom) if zoom else vol
 
 
-def read_input(cfg: InputConfig, box: Box) -> np.ndarray:
-    """The input in ``box`` (reflected outside the volume); NaN/inf is a user error."""
-    data = input_volume(cfg).read(box)
+def read_input(cfg: InputConfig, box: Box, zoom: tuple[float, ...] | None = None) -> np.ndarray:
+    """The input in ``box`` (reflected outside the volume; resampled by ``zoom``); NaN/inf is
+    a user error."""
+    data = input_volume(cfg, zoom).read(box)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise InputError(
@@ -50,18 +53,19 @@ def _prefetch_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
 
 
-def prefetched(cfg: InputConfig, blocks: Sequence[Block]) -> Iterator[tuple[Block, np.ndarray]]:
+def prefetched(cfg: InputConfig, blocks: Sequence[Block],
+               zoom: tuple[float, ...] | None = None) -> Iterator[tuple[Block, np.ndarray]]:
     """``(block, input)`` pairs; the next block's input is read in a background thread
     while the caller computes on the current one (I/O overlaps compute)."""
     if len(blocks) == 1:  # nothing to overlap with
-        yield blocks[0], read_input(cfg, blocks[0].read)
+        yield blocks[0], read_input(cfg, blocks[0].read, zoom)
         return
     pool = _prefetch_pool()
-    nxt = pool.submit(read_input, cfg, blocks[0].read) if blocks else None
+    nxt = pool.submit(read_input, cfg, blocks[0].read, zoom) if blocks else None
     for i, block in enumerate(blocks):
         data = nxt.result()  # type: ignore[union-attr]
         if i + 1 < len(blocks):
-            nxt = pool.submit(read_input, cfg, blocks[i + 1].read)
+            nxt = pool.submit(read_input, cfg, blocks[i + 1].read, zoom)
         yield block, data
 
 
@@ -74,7 +78,7 @@ def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False
     predicted: list[int] = []
 
     def inputs() -> Iterator[np.ndarray]:
-        for i, (_, data) in enumerate(prefetched(task.input, blocks)):
+        for i, (_, data) in enumerate(prefetched(task.input, blocks, task.zoom)):
             if not (skip_empty and task.background is not None and is_empty(data, task.background)):
                 predicted.append(i)
                 yield data

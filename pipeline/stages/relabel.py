@@ -1,6 +1,10 @@
 """The ``relabel`` stage: each block's fragment ids through its lookup table into the
 global ``segmentation`` (uint32, or uint64 beyond 2**32 - 1 objects); writes the block's
-partial object statistics, split by id range, for the ``objects`` stage."""
+partial object statistics, split by id range, for the ``objects`` stage.
+
+With ``input.diameter`` the blocks cover the resampled input: relabel writes the labels of
+that grid to scratch and the ``restore`` stage maps them back to the input grid (nearest
+neighbour), where the statistics are taken."""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import Block, rows, span
+from ..blocks import Block, BlockPlan, rows, span
 from ..merge import local_ids, object_stats
-from ..store import FRAGMENTS
+from ..resample import nearest_indices
+from ..store import FRAGMENTS, ZOOMED
 from .base import BlockStage, Task
 from .objects import part_of, stats_rows
 
@@ -19,28 +24,33 @@ SEGMENTATION = "segmentation"
 
 
 class RelabelStage(BlockStage):
+    """Writes ``target`` (``segmentation``; the resampled grid's labels with ``input.diameter``)
+    and, with ``stats``, the blocks' partial object statistics."""
+
     name = "relabel"
 
-    def __init__(self, task: Task, dtype: str) -> None:
+    def __init__(self, task: Task, dtype: str, target: str = SEGMENTATION, stats: bool = True) -> None:
         super().__init__(task)
-        self.dtype = dtype
+        self.dtype, self.target, self.stats = dtype, target, stats
 
     def write_stats(self, block: Block, labels: np.ndarray) -> None:
         """One file per block and id range it touches (a rerun of the block replaces them)."""
+        if not self.stats:
+            return
         rows = stats_rows(object_stats(labels, block.valid.offset))
         part = part_of(rows["id"])
         for p in np.unique(part):
             self.store.write_stats(int(p), str(block.linear), rows[part == p])
 
     def create(self) -> None:
-        self.store.create(SEGMENTATION, self.plan.volume, self.plan.write_shape, self.dtype)
+        self.store.create(self.target, self.plan.volume, self.plan.write_shape, self.dtype)
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
         """Neighbouring blocks along the last axis are read and written together (one zarr
         operation per run instead of per block)."""
         (tables,) = args
         table_of = dict(zip((b.linear for b in blocks), tables, strict=True))
-        frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(SEGMENTATION)
+        frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(self.target)
         for run in rows(blocks):
             box = span(run)
             ids = frag[box.to_slices()]
@@ -48,6 +58,37 @@ class RelabelStage(BlockStage):
             for block in run:
                 rel = block.valid.to_slices(relative_to=box)
                 labels[rel] = table_of[block.linear][local_ids(ids[rel], block.linear, self.task.id_stride)]
+            seg[box.to_slices()] = labels
+            for block in run:
+                self.write_stats(block, labels[block.valid.to_slices(relative_to=box)])
+                yield block, None
+
+
+def restore_plan(shape: tuple[int, ...], zoomed: BlockPlan, zoom: tuple[float, ...]) -> BlockPlan:
+    """Blocks of the input grid, each about one resampled block wide (no halo)."""
+    write = tuple(max(1, round(w / z)) for w, z in zip(zoomed.write_shape, zoom, strict=True))
+    return BlockPlan(shape, write, (0,) * len(shape), (1,) * len(shape))
+
+
+class RestoreStage(RelabelStage):
+    """``input.diameter``: the resampled grid's labels back onto the input grid (nearest
+    neighbour, see :mod:`pipeline.resample`) as ``segmentation``, with the object statistics.
+    Its task's plan covers the input grid."""
+
+    name = "restore"
+
+    def __init__(self, task: Task, dtype: str, zoomed_shape: tuple[int, ...], zoom: tuple[float, ...]) -> None:
+        super().__init__(task, dtype)
+        self.zoomed_shape, self.zoom = zoomed_shape, zoom
+
+    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
+        src, seg = self.store.array(ZOOMED, mode="r"), self.store.array(SEGMENTATION)
+        for run in rows(blocks):
+            box = span(run)
+            idx = [nearest_indices(o, o + s, z, n) for o, s, z, n
+                   in zip(box.offset, box.shape, self.zoom, self.zoomed_shape, strict=True)]
+            region = src[tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)]
+            labels = np.asarray(region)[np.ix_(*(i - i[0] for i in idx))]
             seg[box.to_slices()] = labels
             for block in run:
                 self.write_stats(block, labels[block.valid.to_slices(relative_to=box)])

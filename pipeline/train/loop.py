@@ -56,6 +56,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     volumes, val = split_volumes(cfg)
     if any(img.ndim != spec.ndim for img, _ in volumes + val):
         raise ConfigError(f"training volumes must be {spec.ndim}D like the model")
+    diameter = training_diameter(volumes)
     sampler = CropSampler(volumes, spec, out_shape, cfg.augment, rng, cfg.foreground_target)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -98,7 +99,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f at %s",
                         done, float(np.mean(history[-cfg.val_every:])), min(len(history), cfg.val_every),
                         metrics["ap50"], metrics["avap"], metrics["clustering"])
-            info = checkpoint_info(cfg, done, metrics, time.perf_counter() - t0)
+            info = checkpoint_info(cfg, done, metrics, time.perf_counter() - t0, diameter)
             save_checkpoint(model.cpu(), cfg.out, info)
             if metrics["ap50"] > best:
                 best = metrics["ap50"]
@@ -108,18 +109,34 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             break
     bar.close()
     if not val:
-        save_checkpoint(model.cpu(), cfg.out, checkpoint_info(cfg, done, metrics, time.perf_counter() - t0))
+        save_checkpoint(model.cpu(), cfg.out, checkpoint_info(cfg, done, metrics, time.perf_counter() - t0, diameter))
     seconds = time.perf_counter() - t0
     logger.info("trained %d iterations in %.0f s (%.2f it/s, batch %d, %s) -> %s", done - start_iter, seconds,
                 (done - start_iter) / seconds, cfg.batch_size, device, cfg.out)
     return Path(cfg.out)
 
 
-def checkpoint_info(cfg: TrainConfig, iterations: int, metrics: dict[str, Any], seconds: float) -> CheckpointInfo:
+def training_diameter(volumes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, ...] | None:
+    """Typical object diameter of the training labels (median per axis over the volumes'
+    :func:`~pipeline.metrics.object_diameters`), recorded for ``input.diameter``."""
+    from ..metrics import object_diameters
+
+    found = []
+    for _, labels in volumes:
+        try:
+            found.append(object_diameters(labels))
+        except ValueError:  # no object large enough in this volume
+            continue
+    return tuple(round(float(d), 2) for d in np.median(np.array(found), axis=0)) if found else None
+
+
+def checkpoint_info(cfg: TrainConfig, iterations: int, metrics: dict[str, Any], seconds: float,
+                    diameter: tuple[float, ...] | None = None) -> CheckpointInfo:
     """The metadata of a training checkpoint; ``metrics`` as :func:`validate` returns them
     (its ``clustering`` becomes the checkpoint's calibration), or empty without validation."""
     metrics = dict(metrics)
     clustering = metrics.pop("clustering", None)
     return CheckpointInfo(trained=True, iterations=iterations, delta_v=cfg.loss.delta_v, delta_d=cfg.loss.delta_d,
                           metrics=metrics, seed=cfg.seed, train_seconds=round(seconds, 1),
-                          **({"clustering": clustering} if clustering else {}))
+                          **({"clustering": clustering} if clustering else {}),
+                          **({"diameter": diameter} if diameter else {}))

@@ -1,0 +1,183 @@
+"""Object-size matching: the input seen at the scale the model was trained on.
+
+A network learns objects of one size. ``input.diameter`` says how large this input's
+objects are (voxels, per axis or in-plane); the input is resampled by
+``zoom = model diameter / input diameter`` per axis, segmented on that grid, and the labels
+are mapped back to the input grid by nearest neighbour.
+
+Tile-and-stitch stays exact on the resampled grid because every resampled voxel is
+computed from its global index alone (the same source voxels, weights and operations in
+whichever block it is read), so a block's input equals the same region of the whole
+resampled volume bit for bit. Voxel ``i`` of the resampled axis is centred on source
+coordinate ``(i + 0.5) / zoom - 0.5``; values are linear interpolations, averaged over
+``ceil(1 / zoom)`` sub-samples per voxel when shrinking (area-like, no aliasing of fine
+texture). Labels go back by nearest neighbour: input voxel ``j`` takes the label of
+resampled voxel ``floor((j + 0.5) * zoom)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .blocks import reflect_indices
+from .errors import UsageError
+from .geometry import Box
+
+# A zoom this close (relative) to an integer ratio (1, k or 1/k) is snapped to it. Networks are
+# trained on a spread of object sizes (the demo model: radii 5-10 voxels), so a few percent of
+# size mismatch costs nothing, while interpolating between voxels smooths the image: on the
+# 2x-zoomed demo (benchmarks/diameter.py, RESULTS.md) AP@0.5 was 0.934 with zoom (1, 0.5, 0.5),
+# 0.909 with z resampled by 0.96 and 0.905 with y, x by 0.506 and 0.494. At 1 the axis is not
+# resampled; at 1/k each voxel is the mean of k source voxels (no interpolation).
+SNAP_TOLERANCE = 0.1
+
+
+class DiameterError(UsageError):
+    """An object diameter that cannot be used (model without one, wrong length, ...)."""
+
+
+def zoom_factors(diameter: float | Sequence[float], model_diameter: Sequence[float] | None,
+                 ndim: int, checkpoint: str = "the model") -> tuple[float, ...] | None:
+    """Per-axis zoom that gives objects of ``diameter`` (input voxels) the model's training
+    diameter; one number scales every axis by the in-plane (last axis) ratio. Factors are
+    snapped (:func:`snap`); None: no axis is resampled."""
+    if model_diameter is None:
+        raise DiameterError(
+            f"input.diameter is set but {checkpoint} records no training object diameter; set "
+            "model.diameter to the typical object diameter (voxels per axis) of its training data")
+    if len(model_diameter) != ndim:
+        raise DiameterError(f"model.diameter {list(model_diameter)} has {len(model_diameter)} values for a "
+                            f"{ndim}D model; give one per axis")
+    if isinstance(diameter, int | float):
+        zoom = (model_diameter[-1] / float(diameter),) * ndim
+    else:
+        if len(diameter) != ndim:
+            raise DiameterError(f"input.diameter {list(diameter)} has {len(diameter)} values for a {ndim}D "
+                                "input; give one number (in-plane) or one per axis (z, y, x)")
+        zoom = tuple(m / float(d) for m, d in zip(model_diameter, diameter, strict=True))
+    zoom = tuple(snap(z) for z in zoom)
+    return None if all(z == 1.0 for z in zoom) else zoom
+
+
+def snap(zoom: float, tolerance: float = SNAP_TOLERANCE) -> float:
+    """``zoom``, or the integer ratio (1, k or 1/k) nearest to it when within ``tolerance``
+    (relative) of it: see :data:`SNAP_TOLERANCE`."""
+    k = max(1, round(zoom if zoom >= 1 else 1.0 / zoom))
+    ratio = float(k) if zoom >= 1 else 1.0 / k
+    return ratio if abs(math.log(ratio / zoom)) <= math.log1p(tolerance) else float(zoom)
+
+
+def zoomed_shape(shape: Sequence[int], zoom: Sequence[float]) -> tuple[int, ...]:
+    return tuple(max(1, round(n * z)) for n, z in zip(shape, zoom, strict=True))
+
+
+def sample_coords(indices: np.ndarray, zoom: float, n_src: int) -> np.ndarray:
+    """Source coordinates (float64) of the sub-samples of resampled voxels ``indices``:
+    shape ``(len(indices), samples)``, clamped to the source axis."""
+    samples = max(1, math.ceil(1.0 / zoom - 1e-9))
+    sub = (np.arange(samples, dtype=np.float64) + 0.5) / samples
+    coords = (indices.astype(np.float64)[:, None] + sub[None, :]) / zoom - 0.5
+    return np.clip(coords, 0.0, n_src - 1.0)
+
+
+def linear_taps(coords: np.ndarray, n_src: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, weight)``: each coordinate is ``(1 - weight) * src[lo] + weight * src[lo + 1]``
+    (``lo + 1`` clamped to the axis; weight 0 there)."""
+    lo = np.minimum(np.floor(coords).astype(np.int64), max(n_src - 2, 0))
+    weight = (coords - lo).astype(np.float32)
+    if n_src == 1:
+        weight[:] = 0.0
+    return lo, weight
+
+
+def interpolate_axis(data: np.ndarray, axis: int, lo: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``data`` along ``axis`` at taps ``(lo, weight)`` of shape
+    ``(n, samples)`` (``lo`` relative to ``data``), averaged over the samples: ``n`` values."""
+    n, samples = lo.shape
+    hi = np.minimum(lo + 1, data.shape[axis] - 1)
+    shape = [1] * data.ndim
+    shape[axis] = n * samples
+    w = weight.reshape(shape)
+    a = np.take(data, lo.ravel(), axis=axis)
+    b = np.take(data, hi.ravel(), axis=axis)
+    out = a * (np.float32(1) - w) + b * w
+    if samples == 1:
+        return out
+    split = out.reshape([*out.shape[:axis], n, samples, *out.shape[axis + 1:]])
+    total = split.take(0, axis=axis + 1)
+    for k in range(1, samples):  # in order, element by element: the same sum in any block
+        total = total + split.take(k, axis=axis + 1)
+    return total / np.float32(samples)
+
+
+def source_box(box_indices: Sequence[np.ndarray], zoom: Sequence[float],
+               src_shape: Sequence[int]) -> tuple[Box, list[tuple[np.ndarray, np.ndarray]]]:
+    """The source box that resampled voxels ``box_indices`` (per axis, inside the resampled
+    volume) read, and their taps relative to it."""
+    taps, lo_hi = [], []
+    for idx, z, n in zip(box_indices, zoom, src_shape, strict=True):
+        lo, w = linear_taps(sample_coords(idx, z, n), n)
+        start, stop = int(lo.min()), min(int(lo.max()) + 2, n)
+        taps.append((lo - start, w))
+        lo_hi.append((start, stop))
+    return Box(tuple(s for s, _ in lo_hi), tuple(e - s for s, e in lo_hi)), taps
+
+
+def nearest_indices(start: int, stop: int, zoom: float, n_zoomed: int) -> np.ndarray:
+    """Resampled voxel whose labels input voxels ``start..stop`` take back."""
+    j = np.arange(start, stop, dtype=np.float64)
+    return np.clip(np.floor((j + 0.5) * zoom).astype(np.int64), 0, n_zoomed - 1)
+
+
+@dataclass(frozen=True)
+class ZoomedVolume:
+    """An input volume seen resampled by ``zoom``: the interface of
+    :class:`~pipeline.io.InputVolume` the blocks read through (``shape``, ``read``...)."""
+
+    source: Any = field(repr=False)  # an InputVolume
+    zoom: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return zoomed_shape(self.source.shape, self.zoom)
+
+    @property
+    def ndim(self) -> int:
+        return int(self.source.ndim)
+
+    @property
+    def channels(self) -> int:
+        return int(self.source.channels)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.float32)
+
+    @property
+    def path(self) -> str:
+        return str(self.source.path)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(max(1, round(c * z)) for c, z in zip(self.source.chunks, self.zoom, strict=True))
+
+    @property
+    def voxel_size(self) -> tuple[float, ...] | None:
+        vs = self.source.voxel_size
+        return None if vs is None else tuple(v / z for v, z in zip(vs, self.zoom, strict=True))
+
+    def read(self, box: Box) -> np.ndarray:
+        """``(C, *box.shape)`` float32, reflected outside the resampled volume like
+        :meth:`InputVolume.read`."""
+        indices = [np.asarray(reflect_indices(o, o + s, n), dtype=np.int64)
+                   for o, s, n in zip(box.offset, box.shape, self.shape, strict=True)]
+        src, taps = source_box(indices, self.zoom, self.source.shape)
+        data = self.source.read(src).astype(np.float32, copy=False)
+        for axis, (lo, w) in enumerate(taps):
+            data = interpolate_axis(data, axis + 1, lo, w)
+        return data
