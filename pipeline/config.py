@@ -44,6 +44,9 @@ class InputConfig(Frozen):
         "scaled alike) or one per axis (z, y, x). The input is resampled so objects have the model's training "
         "diameter (`pipeline model info` shows it) and the labels are mapped back; none: no resampling"
     )
+    diameter_unit: Literal["voxel", "physical"] = Field(
+        "voxel", description="physical: input.diameter is in the input's units (OME-Zarr, TIFF, HDF5 voxel size), "
+        "converted per axis, so one number suits anisotropic voxels")
 
 
 class OutputConfig(Frozen):

@@ -21,7 +21,7 @@ from .empty import EmptySource, empty_source
 from .io import InputError, InputVolume, open_input, percentiles
 from .model import ModelSpec
 from .predict import NormStats
-from .resample import ZoomedVolume, zoom_factors
+from .resample import ZoomedVolume, voxel_diameter, zoom_factors
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
         )
     zoom = None
     if cfg.input.diameter is not None:
-        zoom = zoom_factors(cfg.input.diameter, cfg.model.diameter or ckpt.info.diameter, vol.ndim,
+        diameter = cfg.input.diameter if cfg.input.diameter_unit == "voxel" else \
+            voxel_diameter(cfg.input.diameter, vol.voxel_size, f"'{cfg.input.path}'")
+        zoom = zoom_factors(diameter, cfg.model.diameter or ckpt.info.diameter, vol.ndim,
                             f"model.checkpoint '{cfg.model.checkpoint}'")
     grid = ZoomedVolume(vol, zoom) if zoom else vol
     if zoom:

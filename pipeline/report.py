@@ -25,6 +25,7 @@ from .blocks import BlockPlan
 from .errors import UsageError
 from .geometry import Box
 from .io import InputVolume, open_array, open_group
+from .resample import ZoomedVolume
 from .views import FOV, busy_positions, object_columns, overlay, overview_box, plane_box, read_objects, window
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,9 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
     z = centre[0] if ndim == 3 else None
     gbox = plane_box(shape, centre, 0) if ndim == 3 else window(shape, centre, (FOV, FOV))
     image, labels = read_box(seg, raw, gbox)
-    layer = z // plan.write_shape[0] if z is not None else None
+    zoom = tuple(p.get("zoom") or (1.0,) * ndim)  # input.diameter: the blocks cover the resampled grid
+    drawn = tuple(max(1, round(w / f)) for w, f in zip(plan.write_shape, zoom, strict=True))  # in input voxels
+    layer = min(int(z * zoom[0]) // plan.write_shape[0], plan.grid[0] - 1) if z is not None else None
     counts = blocks["count"][layer] if blocks and layer is not None else blocks.get("count")
     texts = {tuple(i): f"{int(c)} fragments" for i, c in np.ndenumerate(counts)} if counts is not None else {}
     skip = blocks.get("skipped")
@@ -211,8 +214,9 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
         if skip is not None else set()
     add("Block grid", figures.block_grid(out / "grid.png", overlay(image.squeeze(0) if ndim == 3 else image,
                                                                    labels.squeeze(0) if ndim == 3 else labels),
-                                         gbox.offset[-2:], plan.write_shape[-2:], texts, skipped,
-                                         f"write blocks {list(plan.write_shape)} (cyan)" + (f", plane z = {z}" if z is not None else "")),
+                                         gbox.offset[-2:], drawn[-2:], texts, skipped,
+                                         f"write blocks {list(plan.write_shape)} (cyan)" + (f", plane z = {z}" if z is not None else "")
+                                         + (f", {list(drawn)} input voxels (input.diameter zoom {list(zoom)})" if p.get("zoom") else "")),
         "Where blocks met; the number of fragments each block produced; skipped blocks hatched (if the run skipped any).")
     unit = "voxels"
     add("Objects", figures.objects(out / "objects.png", cols, unit),
@@ -228,7 +232,8 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
             "Every fragment pair that touched across a block face, accepted (joined) or rejected by the merge rule, "
             "with its evidence; recorded by the merge tasks during the run.")
     gradient: dict[str, Any] = {"skipped": "no re-prediction asked (--no-seams)"} if not seams else (
-        {"skipped": "the input is not available"} if raw is None else gradient_check(meta, raw, plan))
+        {"skipped": "the input is not available"} if raw is None
+        else gradient_check(meta, ZoomedVolume(raw, zoom) if p.get("zoom") else raw, plan))
     if "figure" in gradient:
         profiles, mag, borders = gradient.pop("figure")
         ratio = gradient["ratio"]

@@ -72,6 +72,19 @@ def snap(zoom: float, tolerance: float = SNAP_TOLERANCE) -> float:
     return ratio if abs(math.log(ratio / zoom)) <= math.log1p(tolerance) else float(zoom)
 
 
+def voxel_diameter(diameter: float | Sequence[float], voxel_size: Sequence[float] | None,
+                   where: str) -> tuple[float, ...]:
+    """A physical diameter (one number or per axis) in voxels of ``voxel_size``."""
+    if voxel_size is None:
+        raise DiameterError(f"input.diameter_unit is 'physical' but input {where} records no voxel size; give "
+                            "input.diameter in voxels (diameter_unit: voxel)")
+    per_axis = [float(diameter)] * len(voxel_size) if isinstance(diameter, int | float) else list(diameter)
+    if len(per_axis) != len(voxel_size):
+        raise DiameterError(f"input.diameter {per_axis} has {len(per_axis)} values for a {len(voxel_size)}D "
+                            "input; give one number or one per axis (z, y, x)")
+    return tuple(d / v for d, v in zip(per_axis, voxel_size, strict=True))
+
+
 def zoomed_shape(shape: Sequence[int], zoom: Sequence[float]) -> tuple[int, ...]:
     return tuple(max(1, round(n * z)) for n, z in zip(shape, zoom, strict=True))
 

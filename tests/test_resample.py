@@ -26,6 +26,7 @@ from pipeline.resample import (
     nearest_indices,
     sample_coords,
     snap,
+    voxel_diameter,
     zoom_factors,
     zoomed_shape,
 )
@@ -84,6 +85,9 @@ def test_zoom_factors_and_snapping():
         zoom_factors(20.0, None, 3, "model.checkpoint 'x.pt'")
     with pytest.raises(DiameterError, match="has 2 values for a 3D input"):
         zoom_factors([20.0, 20.0], model, 3)
+    assert voxel_diameter(6.0, (0.5, 0.25, 0.25), "x") == (12.0, 24.0, 24.0)  # microns -> voxels per axis
+    with pytest.raises(DiameterError, match="records no voxel size"):
+        voxel_diameter(6.0, None, "'in.zarr'")
 
 
 def test_nearest_indices_invert_an_integer_zoom():
