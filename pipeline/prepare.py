@@ -193,17 +193,28 @@ def over_read(chunks: Sequence[int], plan: BlockPlan) -> float:
     return chunks_per_block(chunks, plan) * math.prod(chunks) / math.prod(plan.read_shape)
 
 
-def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
-    """Explain the I/O cost of input chunks that do not fit the write blocks."""
-    if all(w % c == 0 or c % w == 0 for w, c in zip(plan.write_shape, chunks, strict=True)):
-        return
-    have = chunks_per_block(chunks, plan)
+OVER_READ_WARN = 1.5  # warn when blocks decompress this many times the voxels aligned blocks would
+
+
+def aligned_write(chunks: Sequence[int], plan: BlockPlan) -> tuple[int, ...]:
+    """The write shape nearest the plan's that is a multiple of both the input chunks and the step."""
     aligned = []
     for w, c, st in zip(plan.write_shape, chunks, plan.step, strict=True):
-        unit = c * st // math.gcd(c, st)  # a multiple of both the chunk and the step
+        unit = c * st // math.gcd(c, st)
         aligned.append(max(unit, round(w / unit) * unit))
-    ideal = chunks_per_block(chunks, BlockPlan(plan.volume, aligned, plan.context, plan.step))
+    return tuple(aligned)
+
+
+def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
+    """Explain the I/O cost of input chunks that do not fit the write blocks: warn when the
+    over-read (input voxels decompressed per voxel read, halo included) is more than
+    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have."""
+    aligned = aligned_write(chunks, plan)
+    better = BlockPlan(plan.volume, aligned, plan.context, plan.step)
     ratio = over_read(chunks, plan)
+    if ratio <= OVER_READ_WARN * over_read(chunks, better):
+        return
+    have, ideal = chunks_per_block(chunks, plan), chunks_per_block(chunks, better)
     logger.warning(
         "input chunks %s do not fit blocks.write_shape %s: each block reads %.1f chunks (%.1fx the voxels it "
         "needs); with blocks.write_shape %s it would read %.1f chunks of larger blocks; or rechunk the input",
