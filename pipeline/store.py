@@ -40,7 +40,7 @@ import numpy as np
 import zarr
 
 from .blocks import Block, BlockPlan
-from .io import OutputError, create_array, open_array, open_group
+from .io import OutputError, create_array, dimension_names, open_array, open_group
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -88,9 +88,11 @@ class Store:
         """An array of the group, opened once per process and run."""
         return _cached_array(str(Path(self.path) / name), mode, self.run_id)
 
-    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> None:
-        """A new array (replacing a stale one left by a run that stopped before using it)."""
-        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True)
+    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, channels: bool = False) -> None:
+        """A new array (replacing a stale one left by a run that stopped before using it), with
+        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``)."""
+        dims = dimension_names(len(shape) - channels, channels)
+        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
 
     def qc_path(self, name: str) -> Path:
         """A file of the run's quality record, ``qc/<name>`` (kept when the run finishes)."""
@@ -200,7 +202,8 @@ class Store:
 
     def write_empty(self, plan: BlockPlan, empty: np.ndarray) -> None:
         """``empty_blocks``: one uint8 per block of the grid, 1 where it was skipped as empty space."""
-        create_array(open_group(self.path), EMPTY, plan.grid, plan.grid, "uint8", overwrite=True)[...] = \
+        create_array(open_group(self.path), EMPTY, plan.grid, plan.grid, "uint8", overwrite=True,
+                     dims=dimension_names(plan.ndim))[...] = \
             empty.reshape(plan.grid).astype(np.uint8)
 
     # ------------------------------------------------------------ lifecycle (client only)
@@ -313,22 +316,4 @@ def provenance(run: Prepared) -> dict[str, Any]:
             "numpy": np.__version__, "torch": torch.__version__, "dask": dask.__version__,
             "distributed": distributed.__version__, "zarr": zarr.__version__,
         },
-    }
-
-
-def ome_label_metadata(run: Prepared) -> dict[str, Any]:
-    """NGFF 0.5 metadata that makes the output group an OME-Zarr label image whose
-    single scale level is the ``segmentation`` array, with the input's axes and voxel size."""
-    vol = run.volume
-    axes = vol.ome["axes"] if vol.ome else [{"name": a, "type": "space"} for a in "zyx"[-vol.ndim:]]
-    scale = list(vol.voxel_size) if vol.voxel_size else [1.0] * vol.ndim
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "name": "segmentation",
-            "axes": axes,
-            "datasets": [{"path": "segmentation",
-                          "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-        }],
-        "image-label": {"version": "0.5", "source": {"image": str(run.config.input.path)}},
     }
