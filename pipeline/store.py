@@ -3,8 +3,12 @@ stage, the resume key, provenance and completion.
 
 ::
 
-    result.zarr/                      attrs: resume_key, complete, pipeline (provenance), ome
-      segmentation                    (run) global instance labels
+    result.zarr/                      attrs: resume_key, complete, pipeline (provenance; its
+                                      label_image: where the OME-Zarr label image went)
+      segmentation                    (run) global instance labels (dimension_names z, y, x)
+      labels/<name>/0, 1, ...         (run, output.labels standalone, or auto for a non-OME input)
+                                      OME-Zarr 0.5 label image: pyramid of segmentation; labels/
+                                      lists it (see pipeline.ome)
       embeddings, foreground          (predict)
       objects/part-<part>.parquet     (run) one row per object, by id range
       objects.csv                     (run) the same rows, for small results
@@ -12,12 +16,16 @@ stage, the resume key, provenance and completion.
       qc/                             (run) quality record, kept: blocks.npz (per block),
                                       seams/<batch>.npz (per face and pair), seam_audit.json
       scratch/                        removed when the run completes
-        done_<stage>/<block>          empty file: the stage finished that block
+        done_<stage>/<block>          empty file: the stage finished that block (labels:
+                                      done_labels_<level>/<task box>)
         fragments                     uint64 fragment ids, block-unique
         faces/<block>                 the block's outer planes that touch a neighbour, raw
                                       (face_layout); no file: a skipped empty block
         sizes/<block>                 int64 voxel counts of the block's fragments (min_size)
         stats/<part>/<batch>.npy      partial object statistics of id range <part>
+
+With ``output.labels: image`` (auto for an OME-Zarr input) the label image goes under the
+input image instead, ``<image>/labels/<name>/``, in the image's NGFF version.
 
 A :class:`Store` is small and picklable: tasks carry it and open arrays through it, once
 per process and run. Only the client creates arrays and writes attributes.
