@@ -117,6 +117,10 @@ class Store:
         """Whether ``stage`` has started on this output (its marker folder exists)."""
         return self._markers(stage).is_dir()
 
+    def clear_markers(self, stage: str) -> None:
+        """Forget which blocks ``stage`` finished (what they wrote is being replaced)."""
+        shutil.rmtree(self._markers(stage), ignore_errors=True)
+
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
 

@@ -210,6 +210,13 @@ def test_an_interrupted_label_image_is_resumed_by_its_run_only(tmp_path, monkeyp
     out, _ = _run(tmp_path, img)  # the same run, again: resumed, finished
     _validate(img, label, "0.5")
     assert np.array_equal(open_array(label / "0")[...], open_array(out / "segmentation")[...])
+    monkeypatch.setattr(LabelsStage, "finish", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path, img, name="again", label_name="first")
+    monkeypatch.undo()
+    _run(tmp_path, img, name="again", label_name="second")  # resumed, now naming another: written in full
+    _validate(img, img / "labels" / "second", "0.5")
+    assert np.array_equal(open_array(img / "labels" / "second" / "2")[...], open_array(label / "2")[...])
 
 
 @pytest.mark.parametrize("version", ["0.4"])

@@ -148,10 +148,12 @@ def check_labels(target: LabelTarget, output: Path, overwrite: bool) -> None:
 
 
 def _recorded_output(group: Path) -> str | None:
+    """The output path of the run that wrote the label image ``group`` (None: unknown)."""
     try:
-        return str(dict(zarr.open_group(str(group), mode="r").attrs).get("pipeline", {}).get("output"))
+        found = dict(zarr.open_group(str(group), mode="r").attrs).get("pipeline", {}).get("output")
     except Exception:  # noqa: BLE001 - not a readable group: not ours
         return None
+    return str(found) if found else None
 
 
 def _level_plan(level: Level) -> BlockPlan:
@@ -219,13 +221,15 @@ class LabelsStage:
         dims = [a["name"] for a in t.axes]
         for level in t.levels:
             create_array(group, level.path, level.shape, level.chunks, self.dtype, dims=dims)
+            self.store.clear_markers(self.marker(level))  # a resumed run that now writes another label image
             self.store.create_markers(self.marker(level))
         self.store.create_markers(self.name)
 
     def run(self, engine: Engine) -> Path:
         """Write every level not written yet (segmentation copy, finer, then coarser), then the metadata."""
         t = self.target
-        if not self.store.has_markers(self.name):
+        ours = _recorded_output(t.group) == str(Path(self.store.path).resolve())
+        if not self.store.has_markers(self.name) or not ours:
             self.create()
         order = sorted(range(len(t.levels)), key=lambda i: (t.levels[i].kind != "copy", t.levels[i].kind == "up", i))
         for i in order:
@@ -237,7 +241,8 @@ class LabelsStage:
             for _ in engine.map(self.write, batched(todo, 1), i, desc=f"{self.name} {level.path}"):
                 pass
         self.finish()
-        logger.info("labels: %d levels %s -> %s", len(t.levels), [list(lv.shape) for lv in t.levels], t.group)
+        logger.info("labels: %d levels %s -> %s (%d task boxes resumed)", len(t.levels),
+                    [list(lv.shape) for lv in t.levels], t.group, self.resumed)
         return t.group
 
     def finish(self) -> None:
