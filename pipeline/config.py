@@ -56,6 +56,16 @@ class OutputConfig(Frozen):
         None, description="also write objects.csv (the table is always written as Parquet parts under objects/); "
         "none: only when there are at most 100,000 objects"
     )
+    labels: Literal["auto", "image", "standalone", "none"] = Field(
+        "auto", description="where the OME-Zarr label image (a pyramid of the segmentation) goes: image = under "
+        "the input OME-Zarr image's labels/ group (napari shows it with the image); standalone = "
+        "<output.path>/labels/<label_name>; auto = image for an OME-Zarr input, else standalone; none = not written"
+    )
+    label_name: str = Field(
+        "segmentation", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128,
+        description="name of the label image (its group under labels/); an existing one is replaced only with "
+        "output.overwrite"
+    )
 
 
 class ModelConfig(Frozen):

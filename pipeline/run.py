@@ -33,8 +33,9 @@ from .stages import (
     Task,
     select_tables,
 )
+from .stages.labels import LabelsStage, check_labels, label_target
 from .stages.relabel import SEGMENTATION, restore_plan
-from .store import ZOOMED, Store, check_output, ome_label_metadata, provenance, resume_key
+from .store import ZOOMED, Store, check_output, provenance, resume_key
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,15 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
 def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> Path:
     """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when
     more than 2**32 - 1 objects) and the objects table (``objects/part-*.parquet``, and
-    ``objects.csv`` for small results) to the output group."""
+    ``objects.csv`` for small results) to the output group; then the OME-Zarr label image
+    (``output.labels``: under the input image's ``labels/``, or ``<output>/labels/<name>``)."""
     run = prepare(config)
     cfg, per = run.config, run.blocks_per_task
     method = clustering_method(run)
     check_output(cfg.output.path, cfg.output.overwrite)
+    target = label_target(run)
+    if target is not None:
+        check_labels(target, Path(cfg.output.path), cfg.output.overwrite)
     min_size = method.params.min_size
     logger.info("segment: clustering %s", method.describe())
     timing: dict[str, float] = {}
@@ -110,13 +115,15 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
             timing["restore"] = time.perf_counter() - t0 - sum(timing.values())
         table = ObjectsStage(store, run.volume.voxel_size).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
+        label_image = LabelsStage(store, target, label_dtype(n)).run(engine) if target else None
+        if label_image is not None:
+            timing["labels"] = time.perf_counter() - t0 - sum(timing.values())
     meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
             "objects_table": table, "resumed_blocks": fragments.resumed,
+            "label_image": str(label_image) if label_image is not None else None,
             "empty_blocks": {"skipped": int(empty.sum()), "of": len(run.plan),
                              "decided_by": run.empty.describe() if run.empty else None}}
     attrs: dict[str, Any] = {"pipeline": meta, "resumed_blocks": fragments.resumed}
-    if run.volume.ome is not None:
-        attrs["ome"] = ome_label_metadata(run)
     store.write_empty(run.plan, empty)
     store.finish(attrs)
     logger.info("segment: %d objects in %.1f s -> %s", n, time.perf_counter() - t0, cfg.output.path)

@@ -3,8 +3,12 @@ stage, the resume key, provenance and completion.
 
 ::
 
-    result.zarr/                      attrs: resume_key, complete, pipeline (provenance), ome
-      segmentation                    (run) global instance labels
+    result.zarr/                      attrs: resume_key, complete, pipeline (provenance; its
+                                      label_image: where the OME-Zarr label image went)
+      segmentation                    (run) global instance labels (dimension_names z, y, x)
+      labels/<name>/0, 1, ...         (run, output.labels standalone, or auto for a non-OME input)
+                                      OME-Zarr 0.5 label image: pyramid of segmentation; labels/
+                                      lists it (see pipeline.ome)
       embeddings, foreground          (predict)
       objects/part-<part>.parquet     (run) one row per object, by id range
       objects.csv                     (run) the same rows, for small results
@@ -12,7 +16,8 @@ stage, the resume key, provenance and completion.
       qc/                             (run) quality record, kept: blocks.npz (per block),
                                       seams/<batch>.npz (per face and pair), seam_audit.json
       scratch/                        removed when the run completes
-        done_<stage>/<block>          empty file: the stage finished that block
+        done_<stage>/<block>          empty file: the stage finished that block (labels:
+                                      done_labels_<level>/<task box>)
         fragments                     uint64 fragment ids, block-unique
         faces/<block>                 the block's outer planes that touch a neighbour, raw
                                       (face_layout); no file: a skipped empty block
@@ -20,6 +25,9 @@ stage, the resume key, provenance and completion.
         stats/<part>/<batch>.npy      partial object statistics of id range <part>
         segmentation_zoomed           (input.diameter) labels on the resampled grid, before
                                       the restore stage maps them to the input grid
+
+With ``output.labels: image`` (auto for an OME-Zarr input) the label image goes under the
+input image instead, ``<image>/labels/<name>/``, in the image's NGFF version.
 
 A :class:`Store` is small and picklable: tasks carry it and open arrays through it, once
 per process and run. Only the client creates arrays and writes attributes.
@@ -42,7 +50,7 @@ import numpy as np
 import zarr
 
 from .blocks import Block, BlockPlan
-from .io import OutputError, create_array, open_array, open_group
+from .io import OutputError, create_array, dimension_names, open_array, open_group
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -91,9 +99,11 @@ class Store:
         """An array of the group, opened once per process and run."""
         return _cached_array(str(Path(self.path) / name), mode, self.run_id)
 
-    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> None:
-        """A new array (replacing a stale one left by a run that stopped before using it)."""
-        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True)
+    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, channels: bool = False) -> None:
+        """A new array (replacing a stale one left by a run that stopped before using it), with
+        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``)."""
+        dims = dimension_names(len(shape) - channels, channels)
+        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
 
     def qc_path(self, name: str) -> Path:
         """A file of the run's quality record, ``qc/<name>`` (kept when the run finishes)."""
@@ -109,6 +119,10 @@ class Store:
     def has_markers(self, stage: str) -> bool:
         """Whether ``stage`` has started on this output (its marker folder exists)."""
         return self._markers(stage).is_dir()
+
+    def clear_markers(self, stage: str) -> None:
+        """Forget which blocks ``stage`` finished (what they wrote is being replaced)."""
+        shutil.rmtree(self._markers(stage), ignore_errors=True)
 
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
@@ -203,7 +217,8 @@ class Store:
 
     def write_empty(self, plan: BlockPlan, empty: np.ndarray) -> None:
         """``empty_blocks``: one uint8 per block of the grid, 1 where it was skipped as empty space."""
-        create_array(open_group(self.path), EMPTY, plan.grid, plan.grid, "uint8", overwrite=True)[...] = \
+        create_array(open_group(self.path), EMPTY, plan.grid, plan.grid, "uint8", overwrite=True,
+                     dims=dimension_names(plan.ndim))[...] = \
             empty.reshape(plan.grid).astype(np.uint8)
 
     # ------------------------------------------------------------ lifecycle (client only)
@@ -317,22 +332,4 @@ def provenance(run: Prepared) -> dict[str, Any]:
             "numpy": np.__version__, "torch": torch.__version__, "dask": dask.__version__,
             "distributed": distributed.__version__, "zarr": zarr.__version__,
         },
-    }
-
-
-def ome_label_metadata(run: Prepared) -> dict[str, Any]:
-    """NGFF 0.5 metadata that makes the output group an OME-Zarr label image whose
-    single scale level is the ``segmentation`` array, with the input's axes and voxel size."""
-    vol = run.volume
-    axes = vol.ome["axes"] if vol.ome else [{"name": a, "type": "space"} for a in "zyx"[-vol.ndim:]]
-    scale = list(vol.voxel_size) if vol.voxel_size else [1.0] * vol.ndim
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "name": "segmentation",
-            "axes": axes,
-            "datasets": [{"path": "segmentation",
-                          "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-        }],
-        "image-label": {"version": "0.5", "source": {"image": str(run.config.input.path)}},
     }

@@ -45,7 +45,7 @@ def _ome_pyramid(path, vol) -> None:
 
 def _run(tmp_path, name, src, dataset, **sections):
     cfg = {"input": {"path": str(src), **({"dataset": dataset} if dataset else {})},
-           "output": {"path": str(tmp_path / f"{name}.zarr")},
+           "output": {"path": str(tmp_path / f"{name}.zarr"), "labels": "none"},  # runs share the input image
            "model": {"checkpoint": str(passthrough_checkpoint(tmp_path / "pt.pt")), "precision": "float64"},
            "blocks": {"write_shape": list(WRITE)}, "cluster": {"kind": "serial"}, **sections}
     out = segment(cfg)

@@ -56,10 +56,11 @@ def test_ome_channel_axis_and_label_output(tmp_path):
                    "cluster": {"kind": "serial"}})
     seg = open_array(out / "segmentation")[...]
     assert seg.max() == 1 and (seg > 0).sum() == 4 * 6 * 6
-    ome = open_group(out).attrs["ome"]
+    ome = open_group(tmp_path / "img.zarr" / "labels" / "segmentation").attrs["ome"]  # next to the image
     ds = ome["multiscales"][0]["datasets"][0]
-    assert ds["path"] == "segmentation" and ds["coordinateTransformations"][0]["scale"] == [2.0, 0.5, 0.5]
-    assert "image-label" in ome
+    assert ds["path"] == "0" and ds["coordinateTransformations"][0]["scale"] == [2.0, 0.5, 0.5]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["z", "y", "x"]  # no channel axis
+    assert ome["image-label"]["source"]["image"] == "../../"
     assert "volume" in (out / "objects.csv").read_text().splitlines()[0]
 
 

@@ -108,7 +108,8 @@ class PredictStage(BlockStage):
 
     def create(self) -> None:
         plan, dtype = self.plan, self.task.float_dtype
-        self.store.create("embeddings", (self.embed_dim, *plan.volume), (self.embed_dim, *plan.write_shape), dtype)
+        self.store.create("embeddings", (self.embed_dim, *plan.volume), (self.embed_dim, *plan.write_shape), dtype,
+                          channels=True)
         self.store.create("foreground", plan.volume, plan.write_shape, dtype)
 
     def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:

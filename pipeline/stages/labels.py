@@ -1,0 +1,256 @@
+"""The ``labels`` stage: the segmentation as an OME-Zarr label image, a pyramid written level
+by level, blockwise (see :mod:`pipeline.ome` for where it goes, its levels and metadata).
+
+Each level is cut into whole-chunk task boxes; a task reads what its box needs of the level
+it comes from (the ``segmentation``, or the level before), resamples it label-safely and
+writes its box, so no task ever holds more than one box and its source. Boxes are marked done
+per level (``scratch/done_labels_<level>``) and a resumed run skips finished ones. The group
+gets its metadata, and the ``labels`` group its entry, once every level is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from ..blocks import BlockPlan
+from ..engine import Batch, Engine, batched
+from ..geometry import Box
+from ..io import OutputError, create_array, open_array, open_group
+from ..ome import (
+    Level,
+    PyramidLevel,
+    downsample_labels,
+    global_transforms,
+    input_pyramid,
+    label_attrs,
+    labels_list,
+    nearest_indices,
+    plan_levels,
+    relative_source,
+    spatial_axes,
+)
+from ..store import Store, unfinished_key
+from .relabel import SEGMENTATION
+
+if TYPE_CHECKING:
+    from ..prepare import Prepared
+
+logger = logging.getLogger(__name__)
+
+LABELS = "labels"  # the NGFF group that lists label images
+
+
+@dataclass(frozen=True)
+class LabelTarget:
+    """Where and what the label image is: ``group`` (``<parent>/labels/<name>``), its NGFF
+    ``version`` (0.4: zarr v2, 0.5: zarr v3), levels, axes and the path to its key image."""
+
+    mode: str  # image | standalone
+    group: Path
+    name: str
+    version: str
+    levels: tuple[Level, ...]
+    axes: tuple[dict[str, Any], ...]
+    source: str | None
+    global_ct: tuple[dict[str, Any], ...] | None = None
+
+    @property
+    def labels_group(self) -> Path:
+        return self.group.parent
+
+    @property
+    def zarr_format(self) -> int:
+        return 2 if self.version == "0.4" else 3
+
+    def attrs(self, output: Path) -> dict[str, Any]:
+        """The group's final attributes: NGFF metadata and which run output wrote it."""
+        meta = label_attrs(self.levels, self.axes, self.version, self.name, self.source,
+                           list(self.global_ct) if self.global_ct else None)
+        return {**meta, "pipeline": {"output": str(output.resolve())}}
+
+
+def image_path(run: Prepared) -> Path:
+    """The input OME-Zarr image group."""
+    c = run.config.input
+    return Path(c.path) / c.dataset if c.dataset else Path(c.path)
+
+
+def label_target(run: Prepared) -> LabelTarget | None:
+    """The label image ``output.labels`` asks for (None: ``none``); reads input metadata only."""
+    out, vol = run.config.output, run.volume
+    if out.labels == "none":
+        return None
+    if out.labels == "image" and vol.ome is None:
+        raise OutputError(
+            f"output.labels: image needs an OME-Zarr image input, and '{run.config.input.path}' is not one; "
+            "set output.labels: standalone (or auto) to write the label image into output.path"
+        )
+    mode = "image" if out.labels == "image" or (out.labels == "auto" and vol.ome is not None) else "standalone"
+    segmented = PyramidLevel(vol.shape, tuple(vol.voxel_size or (1.0,) * vol.ndim), (0.0,) * vol.ndim)
+    pyramid, version, global_ct = None, "0.5", None
+    if vol.ome is not None:
+        group = zarr.open_group(str(image_path(run)), mode="r")
+        multiscale = vol.ome["multiscales"][0]
+        shapes = [group[d["path"]].shape for d in multiscale["datasets"]]
+        pyramid = input_pyramid(multiscale, shapes, vol.spatial_axes)
+        segmented = pyramid[run.config.input.scale_level]
+        global_ct = global_transforms(multiscale, vol.spatial_axes)
+        if mode == "image":
+            version = "0.4" if group.metadata.zarr_format == 2 else "0.5"
+    levels = plan_levels(segmented, pyramid, run.config.input.scale_level, mode == "image")
+    parent = image_path(run) if mode == "image" else Path(out.path)
+    group_path = parent / LABELS / out.label_name
+    source = None
+    if mode == "image":
+        source = "../../"
+    elif vol.ome is not None:
+        source = relative_source(group_path, image_path(run))
+    axes = spatial_axes(vol.ome["axes"] if vol.ome else [], vol.ndim)
+    return LabelTarget(mode, group_path, out.label_name, version, tuple(levels), tuple(axes), source,
+                       tuple(global_ct) if global_ct else None)
+
+
+def _is_group(path: Path) -> bool:
+    return (path / "zarr.json").exists() or (path / ".zgroup").exists()
+
+
+def check_labels(target: LabelTarget, output: Path, overwrite: bool) -> None:
+    """Fail early (before a cluster starts) on a label image this run may not replace, and on
+    an input image that cannot be written; writes nothing."""
+    where = target.group
+    if target.mode == "image":
+        probe = where.parent if where.parent.is_dir() else where.parent.parent
+        try:
+            (probe / ".pipeline-write-test").touch()
+            (probe / ".pipeline-write-test").unlink()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the label image into the input image '{where.parent.parent}' ({exc.strerror}); "
+                "set output.labels: standalone to write it into output.path instead"
+            ) from None
+    if not where.exists() or overwrite:
+        if where.exists() and not _is_group(where):
+            raise OutputError(f"label image path '{where}' exists and is not a zarr group: refusing to replace it")
+        return
+    ours = _recorded_output(where) == str(output.resolve()) and unfinished_key(output) is not None
+    if not ours:  # an earlier run's interrupted label image is resumed; anything else is kept
+        raise OutputError(
+            f"label image '{where}' already exists; set output.overwrite: true (--overwrite) to replace it, "
+            "or output.label_name to write another"
+        )
+
+
+def _recorded_output(group: Path) -> str | None:
+    """The output path of the run that wrote the label image ``group`` (None: unknown)."""
+    try:
+        found = dict(zarr.open_group(str(group), mode="r").attrs).get("pipeline", {}).get("output")
+    except Exception:  # noqa: BLE001 - not a readable group: not ours
+        return None
+    return str(found) if found else None
+
+
+def _level_plan(level: Level) -> BlockPlan:
+    nd = len(level.shape)
+    return BlockPlan(level.shape, level.task_shape, (0,) * nd, (1,) * nd)
+
+
+class LabelsStage:
+    """Writes the label image's levels (client: :meth:`run`; tasks: :meth:`write`)."""
+
+    name = "labels"
+
+    def __init__(self, store: Store, target: LabelTarget, dtype: str) -> None:
+        self.store = store
+        self.target = target
+        self.dtype = dtype
+        self.resumed = 0
+
+    def marker(self, level: Level) -> str:
+        return f"{self.name}_{level.path}"
+
+    # ------------------------------------------------------------ worker side
+
+    def _compute(self, level: Level, box: Box) -> np.ndarray:
+        if level.kind == "copy":
+            return np.asarray(self.store.array(SEGMENTATION, mode="r")[box.to_slices()])
+        if level.kind == "up":
+            seg = self.store.array(SEGMENTATION, mode="r")
+            index = [nearest_indices(o, s, f, n)
+                     for o, s, f, n in zip(box.offset, box.shape, level.factors, seg.shape, strict=True)]
+            lo = [int(i[0]) for i in index]
+            data = np.asarray(seg[tuple(slice(a, int(i[-1]) + 1) for a, i in zip(lo, index, strict=True))])
+            return data[np.ix_(*(i - a for i, a in zip(index, lo, strict=True)))]
+        src = open_array(self.target.group / self.target.levels[level.source].path, mode="r")
+        read = Box(tuple(o * f for o, f in zip(box.offset, level.factors, strict=True)),
+                   tuple(s * f for s, f in zip(box.shape, level.factors, strict=True))).intersect(Box.from_shape(src.shape))
+        coarse = downsample_labels(np.asarray(src[read.to_slices()]), level.factors)
+        out = np.zeros(box.shape, coarse.dtype)  # an image level one voxel longer than ceil(n / f): background
+        fit = tuple(slice(0, min(a, b)) for a, b in zip(box.shape, coarse.shape, strict=True))
+        out[fit] = coarse[fit]
+        return out
+
+    def write(self, linears: Batch, index: int) -> int:
+        """Compute and write the task boxes ``linears`` of level ``index``; mark them done."""
+        level = self.target.levels[index]
+        plan, arr = _level_plan(level), open_array(self.target.group / level.path)
+        for i in linears:
+            block = plan.block_at(i)
+            arr[block.valid.to_slices()] = self._compute(level, block.valid)
+            self.store.mark_done(self.marker(level), block)
+        return len(linears)
+
+    # ------------------------------------------------------------ client side
+
+    def create(self) -> None:
+        """A new label image group and its empty levels (replacing what :func:`check_labels` allowed)."""
+        t = self.target
+        if t.group.exists():
+            shutil.rmtree(t.group)
+        labels = zarr.open_group(str(t.labels_group), mode="a", zarr_format=t.zarr_format)  # type: ignore[arg-type]
+        if not dict(labels.attrs):  # a new labels group: valid and empty until the label image is complete
+            labels.attrs.put({"labels": []} if t.version == "0.4" else {"ome": {"version": t.version, "labels": []}})
+        group = zarr.open_group(str(t.group), mode="w", zarr_format=t.zarr_format)  # type: ignore[arg-type]
+        group.attrs.update({"pipeline": {"output": str(Path(self.store.path).resolve()), "complete": False}})
+        dims = [a["name"] for a in t.axes]
+        for level in t.levels:
+            create_array(group, level.path, level.shape, level.chunks, self.dtype, dims=dims)
+            self.store.clear_markers(self.marker(level))  # a resumed run that now writes another label image
+            self.store.create_markers(self.marker(level))
+        self.store.create_markers(self.name)
+
+    def run(self, engine: Engine) -> Path:
+        """Write every level not written yet (segmentation copy, finer, then coarser), then the metadata."""
+        t = self.target
+        ours = _recorded_output(t.group) == str(Path(self.store.path).resolve())
+        if not self.store.has_markers(self.name) or not ours:
+            self.create()
+        order = sorted(range(len(t.levels)), key=lambda i: (t.levels[i].kind != "copy", t.levels[i].kind == "up", i))
+        for i in order:
+            level = t.levels[i]
+            plan = _level_plan(level)
+            done = self.store.done(self.marker(level), len(plan))
+            self.resumed += int(done.sum())
+            todo = np.flatnonzero(~done).tolist()
+            for _ in engine.map(self.write, batched(todo, 1), i, desc=f"{self.name} {level.path}"):
+                pass
+        self.finish()
+        logger.info("labels: %d levels %s -> %s (%d task boxes resumed)", len(t.levels),
+                    [list(lv.shape) for lv in t.levels], t.group, self.resumed)
+        return t.group
+
+    def finish(self) -> None:
+        t = self.target
+        group = open_group(t.group)
+        group.attrs.put(t.attrs(Path(self.store.path)))
+        labels = open_group(t.labels_group)
+        labels.attrs.put(labels_list(dict(labels.attrs), t.version, t.name))
+
+
+__all__ = ["LabelTarget", "LabelsStage", "check_labels", "image_path", "label_target"]
