@@ -62,7 +62,7 @@ def local_result(data, client2):
 
 
 def _slurm_cluster(tmp, name, **kw):
-    return {"kind": "slurm", "jobs": 2, "cores": 1, "memory": "3GiB", "walltime": "00:20:00",
+    return {"kind": "slurm", "n_workers": 2, "cores": 1, "memory": "3GiB", "walltime": "00:20:00",
             "log_directory": str(tmp / f"logs-{name}"), **kw}
 
 
@@ -112,7 +112,7 @@ def test_lost_worker_job_is_replaced(slurm, tmp_path):
     from pipeline.deploy import open_client
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"},
-                           "cluster": _slurm_cluster(tmp_path, "guard", jobs=1, max_worker_restarts=1)})
+                           "cluster": _slurm_cluster(tmp_path, "guard", n_workers=1, max_worker_restarts=1)})
     with open_client(cfg.cluster) as client:
         client.wait_for_workers(1, timeout=120)
         first = set(client.scheduler_info()["workers"])
@@ -145,12 +145,12 @@ def test_gpu_job_script(tmp_path):
     from dask_jobqueue import SLURMCluster
 
     from pipeline.config import validate_config
-    from pipeline.deploy import slurm_options, torch_threads
+    from pipeline.deploy import jobqueue_options, torch_threads
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": {
         "kind": "slurm", "queue": "gpu", "cores": 8, "memory": "48GiB", "gpus": 1, "walltime": "04:00:00",
         "job_script_prologue": ["module load cuda"], "tls": False}}).cluster
-    with SLURMCluster(**slurm_options(cfg, tmp_path, tmp_path)) as cluster:
+    with SLURMCluster(**jobqueue_options(cfg, tmp_path, tmp_path)) as cluster:
         script = cluster.job_script()
     for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "#SBATCH --mem=", "#SBATCH -t 04:00:00",
                  "module load cuda", "--nthreads 8", "--resources model=1"):
