@@ -167,3 +167,24 @@ def test_engine_stops_when_the_guard_gives_up(client1):
 def _sleep(batch):
     time.sleep(12)
     return batch
+
+
+def test_deploy_readme_job_scripts(tmp_path, monkeypatch, capsys):
+    """Every `pipeline job-script` recipe of deploy/README.md prints the directives its text promises."""
+    import re
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    text = (repo / "deploy" / "README.md").read_text()
+    recipes = re.findall(r"```bash\n(pipeline job-script [^\n]+)\n```\n\n(?:gives )?([^\n]*(?:\n[^\n]+)*)", text)
+    assert len(recipes) >= 6, recipes
+    for command, promise in recipes:
+        assert main(shlex.split(command)[1:]) == 0, command
+        script = capsys.readouterr().out
+        promised = [p for p in re.findall(r"`([^`]+)`", promise) if p.startswith(("#", "request_gpus", "-"))]
+        for directive in promised:
+            assert directive.split(" ", 1)[-1].strip('"') in script or directive in script, (command, directive, script)

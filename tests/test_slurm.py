@@ -156,3 +156,65 @@ def test_gpu_job_script(tmp_path):
                  "module load cuda", "--nthreads 8", "--resources model=1"):
         assert line in script, (line, script)
     assert torch_threads(cfg) == 1
+
+
+def test_run_longer_than_the_walltime(slurm, data, local_result):
+    """Workers retire at their lifetime (25 s, walltime 1 min) and their jobs are replaced without
+    counting as restarts (max_worker_restarts 0): a run that outlives every job gives the local result."""
+    tmp, ckpt = data
+    cfg = _config(tmp, ckpt, "walltime", _slurm_cluster(tmp, "walltime", walltime="00:01:00", worker_lifetime="25s",
+                                                         max_worker_restarts=0))
+    cfg["blocks"]["blocks_per_task"] = 1
+    cfg["model"]["checkpoint"] = str(passthrough_checkpoint(tmp / "slow.pt"))
+    t0 = time.time()
+    out = segment({**cfg, "clustering": {"method": "meanshift"}})  # slower per block than connectivity
+    seconds = time.time() - t0
+    jobs = len(list((tmp / "logs-walltime").glob("*.err")))
+    assert seconds > 30 and jobs > 2, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive a worker lifetime"
+    ref = segment({**_config(tmp, ckpt, "walltime-local", {"kind": "local"}), "clustering": {"method": "meanshift"}})
+    np.testing.assert_array_equal(open_array(out / "segmentation")[...], open_array(ref / "segmentation")[...])
+
+
+def test_all_jobs_cancelled_stops_and_resumes(slurm, data, local_result, tmp_path):
+    """Every worker job cancelled with max_worker_restarts 0: the CLI exits 2 within a minute with a
+    one-line error and no traceback; rerunning the same command resumes and finishes."""
+    import sys
+
+    import yaml
+
+    tmp, ckpt = data
+    out_dir = tmp_path / "cancelled.zarr"
+    cfg = _config(tmp, ckpt, "cancelled", _slurm_cluster(tmp_path, "cancelled", max_worker_restarts=0))
+    cfg["output"]["path"] = str(out_dir)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cancelled: list[float] = []
+
+    def cancel_all_jobs() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            frag = out_dir / "scratch" / "fragments" / "c"
+            done = sum(1 for _ in frag.rglob("*")) if frag.exists() else 0
+            if done >= 10:
+                subprocess.run(["scancel", "-n", "dask-worker", "-u", str(os.getuid())], check=True)
+                cancelled.append(time.time())
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=cancel_all_jobs, daemon=True)
+    killer.start()
+    cmd = [sys.executable, "-m", "pipeline.cli", "-q", "run", str(tmp_path / "c.yaml")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    ended = time.time()
+    killer.join(timeout=5)
+    assert cancelled, "the run finished before its jobs could be cancelled"
+    assert first.returncode == 2, first.stderr
+    assert ended - cancelled[0] < 60, f"took {ended - cancelled[0]:.0f} s to stop"
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cluster: every slurm worker job is gone"), first.stderr
+    assert "Traceback" not in first.stderr, first.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    import zarr
+
+    assert zarr.open_group(str(out_dir), mode="r").attrs["resumed_blocks"] > 0
+    np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)
