@@ -158,20 +158,29 @@ def test_gpu_job_script(tmp_path):
     assert torch_threads(cfg) == 1
 
 
-def test_run_longer_than_the_walltime(slurm, data, local_result):
-    """Workers retire at their lifetime (25 s, walltime 1 min) and their jobs are replaced without
-    counting as restarts (max_worker_restarts 0): a run that outlives every job gives the local result."""
+def test_run_longer_than_the_walltime(slurm, data, client2):
+    """Workers retire at their lifetime (12 s, walltime 1 min) and their jobs are replaced without
+    counting as restarts (max_worker_restarts 0): a run that outlives several jobs of its one worker
+    gives the local result."""
     tmp, ckpt = data
-    cfg = _config(tmp, ckpt, "walltime", _slurm_cluster(tmp, "walltime", walltime="00:01:00", worker_lifetime="25s",
-                                                         max_worker_restarts=0))
-    cfg["blocks"]["blocks_per_task"] = 1
-    cfg["model"]["checkpoint"] = str(passthrough_checkpoint(tmp / "slow.pt"))
+    rng = np.random.default_rng(5)
+    fg = ndimage.gaussian_filter(rng.random((48, 96, 192)), 1.5) > 0.5
+    write_zarr(tmp / "long-in.zarr", (fg * np.where(rng.random(fg.shape) > 0.5, 1.0, 0.8)).astype(np.float32),
+               chunks=(16, 32, 32), name="raw")
+
+    def config(name, cluster):
+        cfg = _config(tmp, ckpt, name, cluster)
+        cfg["blocks"]["blocks_per_task"] = 3  # more tasks: a longer run
+        return {**cfg, "input": {"path": str(tmp / "long-in.zarr"), "dataset": "raw"},
+                "clustering": {"method": "meanshift"}}  # slower per block than connectivity
+
     t0 = time.time()
-    out = segment({**cfg, "clustering": {"method": "meanshift"}})  # slower per block than connectivity
+    out = segment(config("long", _slurm_cluster(tmp, "long", n_workers=1, walltime="00:01:00",
+                                                worker_lifetime="12s", max_worker_restarts=0)))
     seconds = time.time() - t0
-    jobs = len(list((tmp / "logs-walltime").glob("*.err")))
-    assert seconds > 30 and jobs > 2, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive a worker lifetime"
-    ref = segment({**_config(tmp, ckpt, "walltime-local", {"kind": "local"}), "clustering": {"method": "meanshift"}})
+    jobs = len(list((tmp / "logs-long").glob("*.err")))
+    assert jobs >= 3, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive two worker lifetimes"
+    ref = segment(config("long-local", {"kind": "local"}), client=client2)
     np.testing.assert_array_equal(open_array(out / "segmentation")[...], open_array(ref / "segmentation")[...])
 
 
