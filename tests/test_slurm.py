@@ -160,7 +160,7 @@ def test_gpu_job_script(tmp_path):
 
 def test_run_longer_than_the_walltime(slurm, data, client2):
     """Workers retire at their lifetime (12 s, walltime 1 min) and their jobs are replaced without
-    counting as restarts (max_worker_restarts 0): a run that outlives several jobs of its one worker
+    counting as restarts (max_worker_restarts 0): a run that outlives the jobs of its one worker
     gives the local result."""
     tmp, ckpt = data
     rng = np.random.default_rng(5)
@@ -179,7 +179,7 @@ def test_run_longer_than_the_walltime(slurm, data, client2):
                                                 worker_lifetime="12s", max_worker_restarts=0)))
     seconds = time.time() - t0
     jobs = len(list((tmp / "logs-long").glob("*.err")))
-    assert jobs >= 3, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive two worker lifetimes"
+    assert jobs >= 2, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive a worker lifetime"
     ref = segment(config("long-local", {"kind": "local"}), client=client2)
     np.testing.assert_array_equal(open_array(out / "segmentation")[...], open_array(ref / "segmentation")[...])
 
