@@ -118,6 +118,18 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_job_script(args: argparse.Namespace) -> int:
+    from .config import JOBQUEUE_KINDS
+    from .deploy import job_script
+
+    cluster = _load(args).cluster
+    if cluster.kind not in JOBQUEUE_KINDS:
+        raise ConfigError(f"job-script: cluster.kind is '{cluster.kind}'; it needs a batch scheduler kind "
+                          f"({', '.join(JOBQUEUE_KINDS)}), e.g. --set cluster.kind=slurm")
+    print(job_script(cluster))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
@@ -133,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="write embeddings + foreground for the whole volume")
     _config_args(p, overwrite=True)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("job-script", help="print the worker job script a batch cluster kind (slurm, pbs, sge, "
+                       "lsf, htcondor) would submit; starts and submits nothing")
+    _config_args(p)
+    p.set_defaults(func=cmd_job_script)
 
     m = sub.add_parser("model", help="create or inspect checkpoints")
     msub = m.add_subparsers(dest="model_command", required=True)

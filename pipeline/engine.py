@@ -82,8 +82,9 @@ class Engine:
     """Runs tasks serially (``client=None``) or on a ``distributed.Client``."""
 
     def __init__(self, client: Any = None, progress: bool = False, fan_in: int = 8,
-                 memory_per_worker: int = 2 << 30) -> None:
+                 memory_per_worker: int = 2 << 30, abort: Callable[[], None] | None = None) -> None:
         self.client = client
+        self.abort = abort  # raises the error that stopped the cluster (its workers lost), if any
         self.progress = progress
         self.fan_in = fan_in
         self.memory_per_worker = memory_per_worker  # for intermediate results in flight
@@ -104,9 +105,26 @@ class Engine:
         threads = self.client.nthreads()
         if not threads:
             logger.info("waiting for the first Dask worker")
-            self.client.wait_for_workers(1)
+        while not threads:
+            self._check()
+            try:
+                self.client.wait_for_workers(1, timeout=2)
+            except TimeoutError:
+                pass
             threads = self.client.nthreads()
         return dict(threads)
+
+    def _check(self) -> None:
+        if self.abort is not None:
+            self.abort()
+
+    def _get(self, fut: Any) -> Any:
+        """``fut.result()``; when it fails because the cluster stopped, the reason why."""
+        try:
+            return fut.result()
+        except BaseException:
+            self._check()
+            raise
 
     def _window(self, batch_bytes: int = 0) -> int:
         """Tasks in flight: enough to keep every thread busy, no more than the workers'
@@ -138,7 +156,7 @@ class Engine:
         return self.client.submit(fn, *args, pure=False)
 
     def result(self, ref: Ref) -> Any:
-        return ref.value if isinstance(ref, Local) else ref.result()
+        return ref.value if isinstance(ref, Local) else self._get(ref)
 
     def map(
         self,
@@ -189,7 +207,7 @@ class Engine:
                 if fut.key in seen:  # recomputed after a worker was lost and reported again
                     continue
                 seen.add(fut.key)
-                result = fut.result()
+                result = self._get(fut)
                 fut.release()
                 if isinstance(result, Refused):
                     raise result.error
@@ -234,6 +252,8 @@ class Engine:
         for fut in pending:
             if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
                 continue
+            if fut.cancelled():
+                self._check()
             d = depth.pop(fut.key)
             if d == 0:
                 bar.update(1)
@@ -267,7 +287,7 @@ def open_engine(cluster: Any, client: Any = None, progress: bool = False) -> Ite
     if client is not None:
         yield Engine(client, progress)
         return
-    from .deploy import open_client
+    from .deploy import open_session
 
-    with open_client(cluster) as opened:
-        yield Engine(opened, progress)
+    with open_session(cluster) as session:
+        yield Engine(session.client, progress, abort=session.check)

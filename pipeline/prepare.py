@@ -16,7 +16,7 @@ from typing import Any
 
 from .blocks import BlockPlan
 from .checkpoint import Checkpoint, open_checkpoint
-from .config import Config, load_config, validate_config
+from .config import JOBQUEUE_KINDS, Config, load_config, validate_config
 from .empty import EmptySource, empty_source
 from .io import InputError, InputVolume, open_input, percentiles
 from .model import ModelSpec
@@ -116,14 +116,15 @@ UNKNOWN_WORKERS = 8  # an existing scheduler (kind address), or GPUs not known b
 
 
 def planned_workers(cluster: Any) -> int:
-    """Workers the cluster config asks for: local ``n_workers``; SLURM jobs x processes (adaptive:
-    its maximum); local-cuda its listed devices; otherwise :data:`UNKNOWN_WORKERS`."""
+    """Workers the cluster config asks for: ``n_workers`` (local, and batch jobs: worker processes in
+    all; adaptive: its maximum); local-cuda its listed devices; otherwise :data:`UNKNOWN_WORKERS`."""
     if cluster.kind == "serial":
         return 1
     if cluster.kind == "local":
         return int(cluster.n_workers)
-    if cluster.kind == "slurm":
-        return (cluster.adaptive.maximum if cluster.adaptive else cluster.jobs) * cluster.processes
+    if cluster.kind in JOBQUEUE_KINDS:
+        wanted = cluster.adaptive.maximum if cluster.adaptive else cluster.n_workers
+        return int(math.ceil(wanted / cluster.processes) * cluster.processes)  # whole jobs
     if cluster.kind == "local-cuda" and cluster.devices:
         return len(cluster.devices)
     return UNKNOWN_WORKERS

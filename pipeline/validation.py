@@ -39,16 +39,20 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
-def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[list[str], list[str]]:
-    """The readable path of an error location and the keys valid in the section it ends in.
+def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[list[str], list[type[BaseModel]],
+                                                                       list[type[BaseModel]]]:
+    """The readable path of an error location, the models of the section it ends in, and all members
+    of that section's union (when pydantic chose one of them by its tag).
 
     Pydantic puts the member of a union (its class name or discriminator tag) into the
-    location; those parts are dropped, and the valid keys of a union are those of all its
-    members. Sequence indices and keys of plain mappings are kept.
+    location; those parts are dropped (narrowing the section to that member), and the valid
+    keys of an undecided union are those of all its members. Sequence indices and keys of plain
+    mappings are kept.
     """
     models: list[type[BaseModel]] = [model]
+    union: list[type[BaseModel]] = models
     path: list[str] = []
-    for i, part in enumerate(loc):
+    for part in loc:
         name = str(part)
         owners = [m for m in models if name in m.model_fields]
         if owners:
@@ -56,11 +60,33 @@ def _locate(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[list[str]
             models = []
             for m in owners:
                 models += [c for c in _models_in(m.model_fields[name].annotation) if c not in models]
-        elif isinstance(part, int) or not models or i == len(loc) - 1 or name not in _labels(models):
+            union = models
+        elif isinstance(part, int) or not models or name not in _labels(models):
             path.append(name)
+        else:
+            models = [m for m in models if name == m.__name__ or name in _labels([m, m])] or models
+    return path, models, union
+
+
+def _kind_of(m: type[BaseModel]) -> str:
+    tags = sorted(_labels([m, m]) - {m.__name__})
+    return "/".join(tags) or m.__name__
+
+
+def _known(models: Sequence[type[BaseModel]]) -> list[str]:
+    """The keys valid in a section of one of ``models``."""
     if len(models) == 1:
-        return path, list(models[0].model_fields)
-    return path, sorted({f for m in models for f in m.model_fields})
+        return list(models[0].model_fields)
+    return sorted({f for m in models for f in m.model_fields})
+
+
+def _renamed(models: Sequence[type[BaseModel]], key: str) -> str | None:
+    """What to use instead of ``key``, a key of an earlier version (a model's ``renamed`` class variable)."""
+    for m in models:
+        hint = getattr(m, "renamed", {}).get(key)
+        if hint:
+            return str(hint)
+    return None
 
 
 def _labels(models: Sequence[type[BaseModel]]) -> set[str]:
@@ -74,17 +100,26 @@ def _labels(models: Sequence[type[BaseModel]]) -> set[str]:
 
 def _describe(model: type[BaseModel], error: Mapping[str, Any]) -> str:
     """One error of ``model.model_validate`` as a line naming the key, the value and the fix."""
-    path, known = _locate(model, error["loc"])
+    path, models, union = _locate(model, error["loc"])
+    known = _known(models)
     where = ".".join(path) or "config"
     if error["type"] == "extra_forbidden":
+        renamed = _renamed(models, path[-1]) if path else None
+        if renamed:
+            return f"{where}: {renamed}"
+        elsewhere = [_kind_of(m) for m in union if m not in models and path and path[-1] in m.model_fields]
+        if elsewhere and len(models) == 1:
+            tag = next((str(p) for p in error["loc"] if str(p) in _labels(union)), _kind_of(models[0]))
+            return (f"unknown key '{where}' for kind '{tag}' (a key of kind "
+                    f"{', '.join(elsewhere)}); valid keys: {', '.join(known)}")
         close = difflib.get_close_matches(path[-1] if path else "?", known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
         return f"unknown key '{where}': {hint}"
     if error["type"] == "missing":
         return f"missing required key '{where}'"
     value = error.get("input")
-    if not path and isinstance(value, Mapping):  # a check of the whole document: its text is the message
-        return f"{where}: {error['msg']}"
+    if isinstance(value, Mapping):  # a check of a whole section: its text is the message
+        return error["msg"] if error["msg"].startswith(f"{where}.") else f"{where}: {error['msg']}"
     return f"{where}: {error['msg']} (got {value!r})"
 
 

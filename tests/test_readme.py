@@ -32,7 +32,7 @@ TINY_TRAINING = [
     "synthetic.count=4", "synthetic.shape=[16,48,48]",
 ]
 
-SKIP, SLURM, TINY = "skip", "needs SLURM", "tiny override appended"
+SKIP, SLURM, TINY, RUN = "skip", "needs SLURM", "tiny override appended", "runs as written"
 
 # fmt: off
 # The rules: the first whose pattern matches a command (after comment stripping) applies; every
@@ -42,6 +42,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (r"^(python -m )?pip install\b",                       SKIP,   "installing is the user's step; the suite runs in the installed environment"),
     (r"^python -m pytest\b",                               SKIP,   "the test suite: this test is part of it (it would run itself)"),
     (r"deploy/local-slurm/(start|stop)\.sh",               SKIP,   "never run here: CI starts SLURM with start.sh before the suite, and stopping it would break the other SLURM tests"),
+    (r"^pipeline job-script\b",                           RUN,    "prints a worker job script, submits nothing: runs without any batch scheduler"),
     (r"\bsbatch\b|deploy/local-slurm/|cluster\.kind=slurm|configs/slurm\.yaml",
                                                            SLURM,  "needs SLURM: runs only when `sbatch` is on PATH and PIPELINE_REQUIRE_SLURM=1 (CI), else skipped"),
     (r"^pipeline (train|calibrate)\b",                     TINY,   "full training takes hours on CPU: `--set` " + " ".join(TINY_TRAINING)),

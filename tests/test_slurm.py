@@ -62,7 +62,7 @@ def local_result(data, client2):
 
 
 def _slurm_cluster(tmp, name, **kw):
-    return {"kind": "slurm", "jobs": 2, "cores": 1, "memory": "3GiB", "walltime": "00:20:00",
+    return {"kind": "slurm", "n_workers": 2, "cores": 1, "memory": "3GiB", "walltime": "00:20:00",
             "log_directory": str(tmp / f"logs-{name}"), **kw}
 
 
@@ -112,7 +112,7 @@ def test_lost_worker_job_is_replaced(slurm, tmp_path):
     from pipeline.deploy import open_client
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"},
-                           "cluster": _slurm_cluster(tmp_path, "guard", jobs=1, max_worker_restarts=1)})
+                           "cluster": _slurm_cluster(tmp_path, "guard", n_workers=1, max_worker_restarts=1)})
     with open_client(cfg.cluster) as client:
         client.wait_for_workers(1, timeout=120)
         first = set(client.scheduler_info()["workers"])
@@ -145,14 +145,85 @@ def test_gpu_job_script(tmp_path):
     from dask_jobqueue import SLURMCluster
 
     from pipeline.config import validate_config
-    from pipeline.deploy import slurm_options, torch_threads
+    from pipeline.deploy import jobqueue_options, torch_threads
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": {
         "kind": "slurm", "queue": "gpu", "cores": 8, "memory": "48GiB", "gpus": 1, "walltime": "04:00:00",
         "job_script_prologue": ["module load cuda"], "tls": False}}).cluster
-    with SLURMCluster(**slurm_options(cfg, tmp_path, tmp_path)) as cluster:
+    with SLURMCluster(**jobqueue_options(cfg, tmp_path, tmp_path)) as cluster:
         script = cluster.job_script()
     for line in ("#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "#SBATCH --mem=", "#SBATCH -t 04:00:00",
                  "module load cuda", "--nthreads 8", "--resources model=1"):
         assert line in script, (line, script)
     assert torch_threads(cfg) == 1
+
+
+def test_run_longer_than_the_walltime(slurm, data, client2):
+    """Workers retire at their lifetime (12 s, walltime 1 min) and their jobs are replaced without
+    counting as restarts (max_worker_restarts 0): a run that outlives the jobs of its one worker
+    gives the local result."""
+    tmp, ckpt = data
+    rng = np.random.default_rng(5)
+    fg = ndimage.gaussian_filter(rng.random((48, 96, 192)), 1.5) > 0.5
+    write_zarr(tmp / "long-in.zarr", (fg * np.where(rng.random(fg.shape) > 0.5, 1.0, 0.8)).astype(np.float32),
+               chunks=(16, 32, 32), name="raw")
+
+    def config(name, cluster):
+        cfg = _config(tmp, ckpt, name, cluster)
+        cfg["blocks"]["blocks_per_task"] = 3  # more tasks: a longer run
+        return {**cfg, "input": {"path": str(tmp / "long-in.zarr"), "dataset": "raw"},
+                "clustering": {"method": "meanshift"}}  # slower per block than connectivity
+
+    t0 = time.time()
+    out = segment(config("long", _slurm_cluster(tmp, "long", n_workers=1, walltime="00:01:00",
+                                                worker_lifetime="12s", max_worker_restarts=0)))
+    seconds = time.time() - t0
+    jobs = len(list((tmp / "logs-long").glob("*.err")))
+    assert jobs >= 2, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive a worker lifetime"
+    ref = segment(config("long-local", {"kind": "local"}), client=client2)
+    np.testing.assert_array_equal(open_array(out / "segmentation")[...], open_array(ref / "segmentation")[...])
+
+
+def test_all_jobs_cancelled_stops_and_resumes(slurm, data, local_result, tmp_path):
+    """Every worker job cancelled with max_worker_restarts 0: the CLI exits 2 within a minute with a
+    one-line error and no traceback; rerunning the same command resumes and finishes."""
+    import sys
+
+    import yaml
+
+    tmp, ckpt = data
+    out_dir = tmp_path / "cancelled.zarr"
+    cfg = _config(tmp, ckpt, "cancelled", _slurm_cluster(tmp_path, "cancelled", max_worker_restarts=0))
+    cfg["output"]["path"] = str(out_dir)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cancelled: list[float] = []
+
+    def cancel_all_jobs() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            frag = out_dir / "scratch" / "fragments" / "c"
+            done = sum(1 for _ in frag.rglob("*")) if frag.exists() else 0
+            if done >= 10:
+                subprocess.run(["scancel", "-n", "dask-worker", "-u", str(os.getuid())], check=True)
+                cancelled.append(time.time())
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=cancel_all_jobs, daemon=True)
+    killer.start()
+    cmd = [sys.executable, "-m", "pipeline.cli", "-q", "run", str(tmp_path / "c.yaml")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    ended = time.time()
+    killer.join(timeout=5)
+    assert cancelled, "the run finished before its jobs could be cancelled"
+    assert first.returncode == 2, first.stderr
+    assert ended - cancelled[0] < 60, f"took {ended - cancelled[0]:.0f} s to stop"
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cluster: every slurm worker job is gone"), first.stderr
+    assert "Traceback" not in first.stderr, first.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    import zarr
+
+    assert zarr.open_group(str(out_dir), mode="r").attrs["resumed_blocks"] > 0
+    np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)
