@@ -91,14 +91,14 @@ class Engine:
 
     # ------------------------------------------------------------ shared helpers
 
-    def _bar(self, total: int, desc: str) -> Any:
+    def _bar(self, total: int, desc: str, unit: str = "task", item_voxels: int = 0) -> Any:
         """A tqdm bar on a terminal; elsewhere (SLURM logs, redirected output) or without
         ``progress``, a log line every 30 s and one at the end."""
         if self.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            return tqdm(total=total, desc=desc, unit="task", leave=True)
-        return ProgressLog(total, desc)
+            return tqdm(total=total, desc=desc, unit=unit, leave=True)
+        return ProgressLog(total, desc, unit=unit, item_voxels=item_voxels)
 
     def _threads(self) -> dict[str, int]:
         """Threads per worker; waits for the first worker (batch jobs may still be queued)."""
@@ -169,6 +169,8 @@ class Engine:
         first: tuple[Callable[[Batch], Any], dict[str, float] | None] | None = None,
         window: int | None = None,
         batch_bytes: int = 0,
+        unit: str = "task",
+        item_voxels: int = 0,
     ) -> Iterator[Any]:
         """``fn(batch, *args, *per_batch(batch))`` for every batch; results as they complete.
 
@@ -176,28 +178,35 @@ class Engine:
         ``fn(batch, load(batch), *args, ...)``, where ``load`` holds ``load_resources``
         (e.g. the GPU) and ``fn`` runs on any thread, preferably of the worker that holds
         ``load``'s result (which never leaves worker memory). ``batch_bytes``, the size of
-        that result, caps the window so that results waiting for ``fn`` fit in memory."""
-        bar = self._bar(len(batches), desc)
+        that result, caps the window so that results waiting for ``fn`` fit in memory.
+        Progress counts tasks, or with a ``unit`` other than ``task`` the items of the batches
+        (``item_voxels`` each, for a rate in voxels)."""
+        items = unit != "task"
+        bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
         try:
             if self.client is None:
                 for batch in batches:
                     extra = per_batch(batch) if per_batch else ()
                     loaded = (first[0](batch),) if first else ()
                     yield fn(batch, *loaded, *map(self._value, (*args, *extra)))
-                    bar.update(1)
+                    bar.update(len(batch) if items else 1)
                 return
             from distributed import as_completed
 
             res = self._resources(resources)
             first_res = self._resources(first[1]) if first else None
 
+            sizes: dict[str, int] = {}  # task key -> items in its batch
+
             def submit(batch: Batch) -> Any:
                 extra = per_batch(batch) if per_batch else ()
                 if first is None:
-                    return self.client.submit(Guarded(fn), batch, *args, *extra, pure=False, resources=res)
-                loaded = self.client.submit(Guarded(first[0]), batch, pure=False, resources=first_res)
-                fut = self.client.submit(Guarded(fn), batch, loaded, *args, *extra, pure=False, resources=res)
-                loaded.release()  # the scheduler keeps it until `fut` has run
+                    fut = self.client.submit(Guarded(fn), batch, *args, *extra, pure=False, resources=res)
+                else:
+                    loaded = self.client.submit(Guarded(first[0]), batch, pure=False, resources=first_res)
+                    fut = self.client.submit(Guarded(fn), batch, loaded, *args, *extra, pure=False, resources=res)
+                    loaded.release()  # the scheduler keeps it until `fut` has run
+                sizes[fut.key] = len(batch)
                 return fut
 
             it = iter(batches)
@@ -213,7 +222,7 @@ class Engine:
                     raise result.error
                 for batch in islice(it, 1):
                     pending.add(submit(batch))
-                bar.update(1)
+                bar.update(sizes.pop(fut.key) if items else 1)
                 yield result
         finally:
             bar.close()

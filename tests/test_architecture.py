@@ -166,3 +166,10 @@ def test_progress_lines_for_logs(caplog):
     with caplog.at_level("INFO", logger="pipeline.progress"):
         assert list(Engine().map(lambda b: b[0], [[1], [2]], desc="d")) == [1, 2]
     assert [r.getMessage() for r in caplog.records] == ["d: 2/2 tasks (100%), " + caplog.records[0].getMessage().split(", ")[1]]
+    assert progress_line("fragments", 120, 1000, 60.0, "block", 64**3) == \
+        "fragments: 120/1000 blocks (12%), 2.00 blocks/s, 0.5 Mvox/s, 7.3 min left"
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline.progress"):  # blocks of the batches, voxels per block
+        assert list(Engine().map(lambda b: b[0], [[1, 2, 3], [4]], desc="d", unit="block", item_voxels=10)) == [1, 4]
+    assert caplog.records[0].getMessage().startswith("d: 4/4 blocks (100%), ")
+    assert "Mvox/s" in caplog.records[0].getMessage()

@@ -166,5 +166,6 @@ class BlockStage(ABC):
         first = (self.load_batch, self.load_resources) if self.has_load else None
         for results in engine.map(self.run_batch if first else self.run_unloaded, batched(todo, blocks_per_task),
                                   *args, desc=self.name, resources=self.resources, per_batch=per_batch,
-                                  first=first, batch_bytes=self.load_bytes(blocks_per_task)):
+                                  first=first, batch_bytes=self.load_bytes(blocks_per_task), unit="block",
+                                  item_voxels=math.prod(self.plan.write_shape)):
             yield from results
