@@ -253,7 +253,8 @@ def jobqueue_options(cfg: JobqueueClusterConfig, logs: Path, creds: Path | None)
     from dask.utils import parse_bytes
 
     wall = walltime_seconds(cfg.walltime)
-    extra_args = ["--resources", "model=1"]
+    # the preload keeps deliberate shutdowns (lifetime, end of run) from writing tracebacks to job logs
+    extra_args = ["--resources", "model=1", "--preload", "pipeline.workerlog", "--preload-nanny", "pipeline.workerlog"]
     life = lifetime(cfg)
     if life is not None:
         extra_args += ["--lifetime", f"{life[0]:g}s", "--lifetime-stagger", f"{life[1]:g}s"]

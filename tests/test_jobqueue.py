@@ -188,3 +188,47 @@ def test_deploy_readme_job_scripts(tmp_path, monkeypatch, capsys):
         promised = [p for p in re.findall(r"`([^`]+)`", promise) if p.startswith(("#", "request_gpus", "-"))]
         for directive in promised:
             assert directive.split(" ", 1)[-1].strip('"') in script or directive in script, (command, directive, script)
+
+
+def test_worker_shutdown_errors_are_one_line():
+    """The workers' preload: errors logged after a deliberate shutdown began become one INFO line
+    without traceback; errors before it keep their level and traceback."""
+    import io
+    import logging
+
+    from pipeline.workerlog import install
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("distributed.test_workerlog")
+    root = logging.getLogger("distributed")
+    root.addHandler(handler)
+    try:
+        install([handler])
+        try:
+            raise RuntimeError("real problem")
+        except RuntimeError:
+            log.exception("task failed")
+        log.warning("Closing worker gracefully: tls://x. Reason: worker-lifetime-reached")
+        try:
+            raise RuntimeError("ConnectionPool is closed")
+        except RuntimeError:
+            log.exception("ConnectionPool is closed")
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    before, after = text.split("Closing worker gracefully")
+    assert "ERROR task failed" in before and "Traceback" in before
+    assert "INFO ConnectionPool is closed (during shutdown)" in after and "Traceback" not in after
+    assert "--preload pipeline.workerlog" in job_script_text()
+
+
+def job_script_text() -> str:
+    from pathlib import Path
+
+    from pipeline.config import JobqueueClusterConfig, validate_model
+    from pipeline.deploy import jobqueue_options
+
+    cfg = validate_model(JobqueueClusterConfig, {"kind": "slurm"}, "cluster")
+    return " ".join(jobqueue_options(cfg, Path("logs"), None)["worker_extra_args"])

@@ -178,8 +178,12 @@ def test_run_longer_than_the_walltime(slurm, data, client2):
     out = segment(config("long", _slurm_cluster(tmp, "long", n_workers=1, walltime="00:01:00",
                                                 worker_lifetime="12s", max_worker_restarts=0)))
     seconds = time.time() - t0
-    jobs = len(list((tmp / "logs-long").glob("*.err")))
-    assert jobs >= 2, f"the run ({seconds:.0f} s, {jobs} jobs) did not outlive a worker lifetime"
+    logs = list((tmp / "logs-long").glob("*.err"))
+    assert len(logs) >= 2, f"the run ({seconds:.0f} s, {len(logs)} jobs) did not outlive a worker lifetime"
+    retired = [p for p in logs if "worker-lifetime-reached" in p.read_text()]
+    assert retired, "no worker retired at its lifetime"
+    for p in logs:  # deliberate shutdowns (lifetime, end of run) leave no traceback in the job logs
+        assert "Traceback" not in p.read_text(), p.read_text()
     ref = segment(config("long-local", {"kind": "local"}), client=client2)
     np.testing.assert_array_equal(open_array(out / "segmentation")[...], open_array(ref / "segmentation")[...])
 

@@ -1,0 +1,56 @@
+"""Quiet shutdowns in batch workers' logs: a Dask preload (``--preload pipeline.workerlog`` and
+``--preload-nanny pipeline.workerlog``) that every job-queue worker loads.
+
+A worker that closes on purpose (its lifetime reached before the job's walltime, or its job
+cancelled when the run ends) makes distributed log errors with tracebacks about the connections it
+is closing ("Invalid Worker.status transition", "ConnectionPool is closed", "Worker process died
+unexpectedly", SSL EOF from tornado; distributed 2026.8). They describe nothing wrong, yet a person
+reading a SLURM log sees tracebacks. Once this process has logged that it is closing, later ERROR
+records are written as one line at INFO level, without their traceback, marked ``(during
+shutdown)``. Errors before a shutdown are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+
+SHUTDOWN_MARKS = ("Closing worker gracefully", "Stopping worker", "Closing Nanny", "worker-lifetime-reached",
+                  "Reason: signal-")
+QUIET_LOGGERS = ("distributed", "tornado")
+
+
+class ShutdownNoise(logging.Filter):
+    """Demotes ERROR records to one INFO line once the process has logged a shutdown mark."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.closing and record.levelno < logging.ERROR:
+            message = record.getMessage()
+            self.closing = any(mark in message for mark in SHUTDOWN_MARKS)
+            return True
+        if self.closing and record.levelno >= logging.ERROR:
+            first = record.getMessage().splitlines()[0] if record.getMessage() else ""
+            record.msg, record.args = f"{first} (during shutdown)", None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def install(handlers: list[logging.Handler] | None = None) -> ShutdownNoise:
+    """Attach one :class:`ShutdownNoise` to ``handlers``, by default those of the loggers distributed
+    and tornado write through (a handler filter sees the records of every child logger)."""
+    noise = ShutdownNoise()
+    if handlers is None:
+        handlers = [h for name in (None, *QUIET_LOGGERS) for h in logging.getLogger(name).handlers]
+    for handler in handlers:
+        if not any(isinstance(f, ShutdownNoise) for f in handler.filters):
+            handler.addFilter(noise)
+    return noise
+
+
+def dask_setup(*args: object) -> None:
+    """Called by the worker or nanny loading this preload."""
+    install()
