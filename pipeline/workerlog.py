@@ -6,8 +6,9 @@ cancelled when the run ends) makes distributed log errors with tracebacks about 
 is closing ("Invalid Worker.status transition", "ConnectionPool is closed", "Worker process died
 unexpectedly", SSL EOF from tornado; distributed 2026.8). They describe nothing wrong, yet a person
 reading a SLURM log sees tracebacks. Once this process has logged that it is closing, later ERROR
-records are written as one line at INFO level, without their traceback, marked ``(during
-shutdown)``. Errors before a shutdown are untouched.
+records, and records carrying a traceback, are written as one line at INFO level (or their own,
+if lower) without the traceback, marked ``(during shutdown)``. Records before a shutdown are
+untouched.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class ShutdownNoise(logging.Filter):
             message = record.getMessage()
             self.closing = any(mark in message for mark in SHUTDOWN_MARKS)
             return True
-        if self.closing and record.levelno >= logging.ERROR:
+        if self.closing and (record.levelno >= logging.ERROR or record.exc_info or record.stack_info):
             first = record.getMessage().splitlines()[0] if record.getMessage() else ""
             record.msg, record.args = f"{first} (during shutdown)", None
             record.exc_info, record.exc_text, record.stack_info = None, None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.levelno, record.levelname = min(record.levelno, logging.INFO), logging.getLevelName(
+                min(record.levelno, logging.INFO))
         return True
 
 
