@@ -183,14 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
     # distributed sets its own level when imported, here and in the workers this process starts;
     # set for this command only (the variable would otherwise follow into later jobs of a caller)
-    quiet = not args.verbose and "DASK_LOGGING__DISTRIBUTED" not in os.environ
+    # (the state machine warns of every task cancelled when a run stops on an error: expected)
+    quiet = not args.verbose and not any(k.startswith("DASK_LOGGING") for k in os.environ)
     if quiet:
-        os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
+        os.environ["DASK_LOGGING"] = repr(QUIET_DASK_LOGGING)
     try:
         return _dispatch(args)
     finally:
         if quiet:
-            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+            os.environ.pop("DASK_LOGGING", None)
+
+
+QUIET_DASK_LOGGING = {"distributed": "warning", "distributed.worker.state_machine": "error"}
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -137,17 +137,20 @@ def test_misaligned_input_chunks_warn(tmp_path, caplog, chunks, warns):
     assert ("do not fit blocks.write_shape" in msg and "rechunk" in msg) == warns
 
 
-def test_nan_in_input_on_a_cluster_no_worker_traceback(tmp_path):
+@pytest.mark.parametrize("quiet", [True, False])
+def test_nan_in_input_on_a_cluster_no_worker_traceback(tmp_path, quiet):
     """A user error raised inside a worker's task reaches the user as the one line, and no worker
-    logs a traceback for it."""
+    logs a traceback for it; with or without -q, no distributed INFO line reaches stderr."""
     import subprocess
     import sys
 
     vol = np.zeros((8, 16, 16), np.float32)
     vol[5, 3, 3] = np.nan
     cfg = _cfg(tmp_path, vol)
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "run", str(cfg), "--set", "cluster.kind=local",
-                        "--set", "cluster.n_workers=1"], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *(["-q"] if quiet else []), "run", str(cfg),
+                        "--set", "cluster.kind=local", "--set", "cluster.n_workers=1"],
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "Compute Failed" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: input") and "NaN/inf" in r.stderr
+    assert not [line for line in r.stderr.splitlines() if "distributed." in line], r.stderr
