@@ -256,7 +256,8 @@ class ClusteringConfig(Frozen):
         None, ge=0, description="agglomeration: how far cores grow (voxels; 0: no growth); none: model default, else 3")
     bandwidth: float | None = Field(None, gt=0, description="meanshift bandwidth; none: model default")
     min_size: int | None = Field(None, ge=0, description="objects smaller than this (voxels) are removed, after "
-                                 "merging; none: the model's calibrated value, else 0")
+                                 "merging; voxels of the grid the model sees (resampled with input.diameter); none: "
+                                 "the model's calibrated value, else 0")
     backend: Literal["auto", "torch", "numpy"] = Field(
         "auto", description="torch (GPU or CPU threads) or numpy (the reference), same results; auto: torch on "
         "a GPU, else the faster of the two per method on a CPU core")
