@@ -43,9 +43,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .prepare import plan_summary, prepare
     from .stages import ScanStage
+    from .stages.labels import label_target
 
     run = prepare(_load(args))
     summary = plan_summary(run)
+    target = label_target(run)
+    summary["label_image"] = (f"{target.group} (NGFF {target.version}, {len(target.levels)} level{'s' if len(target.levels) != 1 else ''}, "
+                              f"{'under the input image' if target.mode == 'image' else 'standalone'})"
+                              if target else "none (output.labels: none)")
     if run.empty is not None and run.empty.kind != "read":  # one coarse read per block, here
         flags = ScanStage(run.plan, run.empty).run(Engine())
         summary["empty_blocks"] = f"{int(flags.sum())} of {len(run.plan)} will be skipped"
