@@ -5,7 +5,8 @@ A worker that closes on purpose (its lifetime reached before the job's walltime,
 cancelled when the run ends) makes distributed log errors with tracebacks about the connections it
 is closing ("Invalid Worker.status transition", "ConnectionPool is closed", "Worker process died
 unexpectedly", SSL EOF from tornado; distributed 2026.8). They describe nothing wrong, yet a person
-reading a SLURM log sees tracebacks. Once this process has logged that it is closing, later ERROR
+reading a SLURM log sees tracebacks. Once this process has started to close (its ``close`` was
+called, or it logged that it is closing), later ERROR
 records, and records carrying a traceback, are written as one line at INFO level (or their own,
 if lower) without the traceback, marked ``(during shutdown)``. Records before a shutdown are
 untouched.
@@ -13,7 +14,9 @@ untouched.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from typing import Any
 
 SHUTDOWN_MARKS = ("Closing worker gracefully", "Stopping worker", "Closing Nanny", "worker-lifetime-reached",
                   "Reason: signal-")
@@ -53,6 +56,23 @@ def install(handlers: list[logging.Handler] | None = None) -> ShutdownNoise:
     return noise
 
 
-def dask_setup(*args: object) -> None:
-    """Called by the worker or nanny loading this preload."""
-    install()
+def mark_closing(server: Any, noise: ShutdownNoise) -> None:
+    """Set ``noise.closing`` as soon as ``server`` (a Worker or Nanny) starts to close, whether or
+    not its INFO lines are logged (``DASK_LOGGING`` may hide them)."""
+    for name in ("close", "close_gracefully"):
+        method = getattr(server, name, None)
+        if method is None or not inspect.iscoroutinefunction(method):
+            continue
+
+        async def closing(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            noise.closing = True
+            return await _method(*args, **kwargs)
+
+        setattr(server, name, closing)
+
+
+def dask_setup(server: Any = None) -> None:
+    """Called by the worker or nanny loading this preload, with itself."""
+    noise = install()
+    if server is not None:
+        mark_closing(server, noise)

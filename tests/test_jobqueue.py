@@ -232,3 +232,26 @@ def job_script_text() -> str:
 
     cfg = validate_model(JobqueueClusterConfig, {"kind": "slurm"}, "cluster")
     return " ".join(jobqueue_options(cfg, Path("logs"), None)["worker_extra_args"])
+
+
+def test_worker_close_marks_the_shutdown():
+    """The preload also learns of a shutdown from the server's close itself (its INFO lines may be
+    hidden by DASK_LOGGING)."""
+    import asyncio
+    import logging
+
+    from pipeline.workerlog import ShutdownNoise, mark_closing
+
+    class Server:
+        async def close(self, reason: str = "") -> str:
+            return reason
+
+    noise, server = ShutdownNoise(), Server()
+    mark_closing(server, noise)
+    record = logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "Exception in callback", None, None)
+    assert noise.filter(record) and record.levelno == logging.ERROR  # not closing yet: untouched
+    assert asyncio.run(server.close(reason="scheduler-close")) == "scheduler-close"
+    record = logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, "Exception in callback\nmore", None,
+                               (ValueError, ValueError("x"), None))
+    assert noise.filter(record) and record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage() == "Exception in callback (during shutdown)"

@@ -225,6 +225,7 @@ def test_all_jobs_cancelled_stops_and_resumes(slurm, data, local_result, tmp_pat
     assert cancelled, "the run finished before its jobs could be cancelled"
     assert first.returncode == 2, first.stderr
     assert ended - cancelled[0] < 60, f"took {ended - cancelled[0]:.0f} s to stop"
+    print(f"stopped {ended - cancelled[0]:.1f} s after every job was cancelled")
     last = first.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cluster: every slurm worker job is gone"), first.stderr
     assert "Traceback" not in first.stderr, first.stderr
@@ -233,4 +234,6 @@ def test_all_jobs_cancelled_stops_and_resumes(slurm, data, local_result, tmp_pat
     import zarr
 
     assert zarr.open_group(str(out_dir), mode="r").attrs["resumed_blocks"] > 0
+    for log in (tmp_path / "logs-cancelled").glob("*.err"):  # cancelled, or closed at the end: no traceback
+        assert "Traceback" not in log.read_text(), log.read_text()
     np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)
