@@ -294,8 +294,40 @@ def relative_source(label_group: Path, image: Path) -> str:
     return rel.rstrip("/") + "/"
 
 
-def spatial_axes(axes: Sequence[Any], ndim: int) -> list[dict[str, Any]]:
-    """Axis dictionaries (name, type, unit as given) of the label image; the default zyx."""
+SPACE_UNITS = frozenset({  # NGFF: the UDUNITS-2 length units an axis may name
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
+    "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer",
+    "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer",
+    "zettameter"})
+
+
+def spatial_axes(axes: Sequence[Any], ndim: int, units: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """Axis dictionaries (name, type, unit as given) of the label image; without OME axes, zyx with
+    the input's ``units`` (TIFF, HDF5 metadata) where NGFF knows them."""
     if axes:
         return [dict(a) if isinstance(a, dict) else {"name": str(a), "type": "space"} for a in axes]
-    return [{"name": a, "type": "space"} for a in "zyx"[-ndim:]]
+    units = list(units) if units else [None] * ndim
+    return [{"name": a, "type": "space", **({"unit": u} if u in SPACE_UNITS else {})}
+            for a, u in zip("zyx"[-ndim:], units, strict=True)]
+
+
+def physical_grid(vol: Any, scale_level: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Voxel size and origin (the centre of voxel 0) of the segmented level in the image's
+    coordinates: the level's scale and translation, then the multiscales entry's own transforms
+    (OME-Zarr); the voxel size and origin 0 otherwise; None without a voxel size."""
+    if vol.voxel_size is None:
+        return None
+    scale, origin = [float(v) for v in vol.voxel_size], [0.0] * vol.ndim
+    if vol.ome:
+        multiscale = vol.ome["multiscales"][0]
+        level = multiscale["datasets"][scale_level]
+        for t in level.get("coordinateTransformations", []):
+            if t.get("type") == "translation" and "translation" in t:
+                origin = [float(t["translation"][i]) for i in vol.spatial_axes]
+        for t in global_transforms(multiscale, vol.spatial_axes) or []:
+            if t["type"] == "scale":
+                scale = [s * float(g) for s, g in zip(scale, t["scale"], strict=True)]
+                origin = [o * float(g) for o, g in zip(origin, t["scale"], strict=True)]
+            else:
+                origin = [o + float(g) for o, g in zip(origin, t["translation"], strict=True)]
+    return tuple(scale), tuple(origin)

@@ -21,6 +21,7 @@ from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
 from .engine import open_engine
 from .merge import label_dtype
+from .ome import physical_grid
 from .prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
 from .stages import (
     FragmentsStage,
@@ -113,7 +114,8 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
         if run.zoom:
             restore(run, task, label_dtype(n), engine)
             timing["restore"] = time.perf_counter() - t0 - sum(timing.values())
-        table = ObjectsStage(store, run.volume.voxel_size).run(engine, n, cfg.output.objects_csv)
+        grid = physical_grid(run.volume, cfg.input.scale_level)
+        table = ObjectsStage(store, *(grid or (None, None))).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
         label_image = LabelsStage(store, target, label_dtype(n)).run(engine) if target else None
         if label_image is not None:

@@ -98,6 +98,11 @@ def test_format_segments_like_zarr_with_its_voxel_size(reference, tmp_path, fmt)
     assert opened.shape == SHAPE and opened.voxel_size == pytest.approx(VOXEL)
     assert opened.units == ("micrometer",) * 3
     np.testing.assert_array_equal(_segment(tmp_path, cfg, fmt), ref)
+    import zarr  # the standalone label image carries the voxel size and its unit
+
+    ms = zarr.open_group(str(tmp_path / f"{fmt}.zarr" / "labels" / "segmentation"), mode="r").attrs["ome"]["multiscales"][0]
+    assert [a.get("unit") for a in ms["axes"]] == ["micrometer"] * 3
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx(VOXEL)
 
 
 def test_bdv_levels_channels_and_xml(tmp_path):

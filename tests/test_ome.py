@@ -177,6 +177,15 @@ def test_scale_level_1_keeps_the_level_translation_and_every_image_level(tmp_pat
     assert np.array_equal(open_array(label / "1")[...], seg)
     assert np.array_equal(open_array(label / "0")[...], upsample_labels(seg, (1, 2, 2), SHAPE))
     assert np.array_equal(open_array(label / "2")[...], downsample_labels(seg, (1, 2, 2)))
+    import csv
+
+    scale, shift = _level_meta(1)  # objects: positions in the image's coordinates (scale and translation)
+    with open(out / "objects.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    for row in rows:
+        for i, a in enumerate("zyx"):
+            assert np.isclose(float(row[f"position_{a}"]), float(row[f"centroid_{a}"]) * scale[i] + shift[i])
 
 
 def test_existing_label_image_is_never_replaced_silently(tmp_path):

@@ -112,7 +112,7 @@ def label_target(run: Prepared) -> LabelTarget | None:
         source = "../../"
     elif vol.ome is not None:
         source = relative_source(group_path, image_path(run))
-    axes = spatial_axes(vol.ome["axes"] if vol.ome else [], vol.ndim)
+    axes = spatial_axes(vol.ome["axes"] if vol.ome else [], vol.ndim, vol.units)
     return LabelTarget(mode, group_path, out.label_name, version, tuple(levels), tuple(axes), source,
                        tuple(global_ct) if global_ct else None)
 

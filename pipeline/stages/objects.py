@@ -50,9 +50,11 @@ def combine_rows(parts: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return combined
 
 
-def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None) -> dict[str, np.ndarray]:
+def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None,
+          origin: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """Named columns: ids, voxels, bbox (start inclusive, end exclusive), centroid; with a
-    voxel size also the centroid in physical units (``position_<axis>``) and ``volume``."""
+    voxel size also the centroid in physical units (``position_<axis>`` = centroid * voxel size
+    + ``origin``, the image's coordinates) and ``volume``."""
     nd = objects["lo"].shape[1] if objects["lo"].ndim == 2 else 0
     axes = "zyx"[-nd:] if nd else ""
     count = objects["count"]
@@ -62,7 +64,8 @@ def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None) ->
     cols |= {f"bbox_end_{a}": objects["hi"][:, i] for i, a in enumerate(axes)}
     cols |= {f"centroid_{a}": centroid[:, i] for i, a in enumerate(axes)}
     if voxel_size:
-        cols |= {f"position_{a}": centroid[:, i] * voxel_size[i] for i, a in enumerate(axes)}
+        shift = origin or (0.0,) * nd
+        cols |= {f"position_{a}": centroid[:, i] * voxel_size[i] + shift[i] for i, a in enumerate(axes)}
         cols["volume"] = count * float(np.prod(voxel_size))
     cols["blocks"] = objects.get("blocks", np.ones(len(count), np.int64)).astype(np.int64)
     return cols
@@ -121,14 +124,14 @@ def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
 class ObjectsStage:
     name = "objects"
 
-    def __init__(self, store: Store, voxel_size: Sequence[float] | None) -> None:
+    def __init__(self, store: Store, voxel_size: Sequence[float] | None, origin: Sequence[float] | None = None) -> None:
         self.store = store
-        self.voxel_size = voxel_size
+        self.voxel_size, self.origin = voxel_size, origin
 
     def reduce_parts(self, parts: Batch) -> int:
         rows = 0
         for part in parts:
-            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size)
+            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size, self.origin)
             write_part(Path(self.store.path) / OBJECTS / f"part-{part:05d}.parquet", cols)
             rows += len(cols["id"])
         return rows
