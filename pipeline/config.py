@@ -230,6 +230,10 @@ class JobqueueClusterConfig(Frozen):
             raise PydanticCustomError("directive", "cluster.job_extra_directives: `key = value` lines are "
                                       "HTCondor's; give {kind} directives without the prefix, e.g. '--qos=high'",
                                       {"kind": self.kind})
+        if self.cores < self.processes:
+            raise PydanticCustomError("cores", "cluster.cores {cores} is less than cluster.processes {processes}: every "
+                                      "worker process needs at least one core; raise cores or lower processes",
+                                      {"cores": self.cores, "processes": self.processes})
         return self
 
 

@@ -122,7 +122,7 @@ def open_session(cfg: AnyCluster) -> Iterator[Session]:
     if isinstance(cfg, JobqueueClusterConfig):
         with _jobqueue(cfg) as cluster, Client(cluster, security=cluster.security) as client:
             logger.info("%s scheduler %s, dashboard %s, logs in %s", cfg.kind.upper(), cluster.scheduler_address,
-                        client.dashboard_link, cfg.log_directory)
+                        dashboard_link(client.dashboard_link, cfg.dashboard_address), cfg.log_directory)
             with JobGuard(cluster, cfg, on_fatal=lambda err: cancel_all(client, str(err))) as guard:
                 session = Session(client, guard)
                 try:
@@ -137,6 +137,21 @@ def open_session(cfg: AnyCluster) -> Iterator[Session]:
     with cluster, Client(cluster) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link if cfg.dashboard_address else "disabled")
         yield Session(client)
+
+
+def dashboard_link(link: str, address: str | None) -> str:
+    """The dashboard URL where it listens: distributed names the scheduler's host (the cluster
+    interface), but a dashboard bound to a loopback ``address`` (the default) is only reachable
+    there, e.g. through ``ssh -L``."""
+    if not address:
+        return "disabled"
+    host = address.rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost"):
+        return link
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(link)
+    return f"{parts.scheme}://{host}:{parts.port}{parts.path} (on this machine; from yours: ssh -L {parts.port}:{host}:{parts.port} <this host>)"
 
 
 def _local(cfg: LocalClusterConfig) -> Any:

@@ -255,3 +255,20 @@ def test_worker_close_marks_the_shutdown():
                                (ValueError, ValueError("x"), None))
     assert noise.filter(record) and record.levelno == logging.INFO and record.exc_info is None
     assert record.getMessage() == "Exception in callback (during shutdown)"
+
+
+def test_fewer_cores_than_processes_is_refused(capsys):
+    from pipeline.cli import main
+
+    assert main(["job-script", "configs/slurm.yaml", "--set", "cluster.processes=2", "--set", "cluster.cores=1"]) == 2
+    err = capsys.readouterr().err
+    assert "cluster.cores 1 is less than cluster.processes 2" in err and "Traceback" not in err
+
+
+def test_dashboard_link_names_where_it_listens():
+    from pipeline.deploy import dashboard_link
+
+    link = dashboard_link("http://192.0.2.2:42797/status", "127.0.0.1:0")
+    assert link.startswith("http://127.0.0.1:42797/status") and "ssh -L 42797:127.0.0.1:42797" in link
+    assert dashboard_link("http://192.0.2.2:42797/status", "0.0.0.0:8787") == "http://192.0.2.2:42797/status"
+    assert dashboard_link("http://x:1/status", None) == "disabled"
