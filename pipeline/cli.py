@@ -315,8 +315,9 @@ def _add_more(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", help="AP, precision, recall, F1 at IoU thresholds; splits and merges")
-    p.add_argument("--pred", required=True, help="zarr label array (or group with --pred-dataset)")
-    p.add_argument("--gt", required=True, help="zarr label array (or group with --gt-dataset)")
+    p.add_argument("--pred", required=True, help="labels: a run's output group, a zarr array (or group with "
+                   "--pred-dataset), an OME-Zarr label image, a TIFF file or folder, an HDF5 file")
+    p.add_argument("--gt", required=True, help="labels, in any of --pred's formats (a group with --gt-dataset)")
     p.add_argument("--pred-dataset", default=None)
     p.add_argument("--gt-dataset", default=None)
     p.add_argument("--json", action="store_true")

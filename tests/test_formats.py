@@ -159,3 +159,7 @@ def test_evaluate_reads_tiff_and_hdf5_labels(reference, tmp_path, capsys):
     scores = json.loads(capsys.readouterr().out)
     assert scores["n_gt"] == scores["n_pred"] == ref.max() and scores["avap"] == 1.0
     assert main(["evaluate", "--pred", str(root / "ref.zarr"), "--gt", str(tmp_path / "gt.tif")]) == 0
+    capsys.readouterr()  # the run's OME-Zarr label image (a group with multiscales) is read at level 0
+    assert main(["evaluate", "--pred", str(root / "ref.zarr" / "labels" / "segmentation"), "--gt",
+                 str(tmp_path / "gt.tif"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["avap"] == 1.0

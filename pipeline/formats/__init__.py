@@ -111,7 +111,8 @@ def read_image(path: str | Path, dataset: str | None = None) -> np.ndarray:
 
 def open_label_array(path: str | Path, dataset: str | None = None) -> Any:
     """A label array for evaluation, read lazily: a zarr array or ``dataset`` inside a group
-    (default ``segmentation``), a TIFF file or folder of slices, an HDF5 dataset."""
+    (default ``segmentation``), an OME-Zarr (label) image (its full-resolution level), a TIFF file
+    or folder of slices, an HDF5 dataset."""
     p = Path(path)
     if p.exists() and kind_of(p) != "zarr":
         vol = open_input(InputConfig(path=p, dataset=dataset))
@@ -123,5 +124,14 @@ def open_label_array(path: str | Path, dataset: str | None = None) -> Any:
     if isinstance(node, zarr.Group):
         if "segmentation" in node:
             return node["segmentation"]
+        from ..io import _multiscales
+
+        multiscales = _multiscales(dict(node.attrs))
+        if multiscales and multiscales[0].get("datasets"):  # an OME-Zarr (label) image: level 0
+            level = node[multiscales[0]["datasets"][0]["path"]]
+            if level.ndim not in (2, 3):
+                raise InputError(f"labels '{p}' level 0 has shape {list(level.shape)}; give a label image with "
+                                 "only z, y, x axes")
+            return level
         raise InputError(f"'{path}' is a group: name the label array with --pred-dataset/--gt-dataset")
     return node
