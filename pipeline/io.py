@@ -121,13 +121,24 @@ def open_zarr_node(path: Path, dataset: str | None) -> Any:
         raise InputError(f"input.path: '{path}' is not a zarr array or group ({exc})") from None
     if dataset is None:
         return node
+    ms = _multiscales(dict(node.attrs)) if isinstance(node, zarr.Group) else None
+    levels = [d.get("path") for d in ms[0].get("datasets", [])] if ms else []
     try:
-        return node[dataset]
+        found = node[dataset]
     except (KeyError, TypeError):
         names = sorted(node.keys()) if isinstance(node, zarr.Group) else []
+        if ms:
+            raise InputError(
+                f"input.dataset: '{path}' is an OME-Zarr image (levels {', '.join(map(str, levels))}) with no "
+                f"'{dataset}'; remove input.dataset (input.scale_level picks a level)") from None
         raise InputError(
             f"input.dataset: no array '{dataset}' in '{path}' (available: {', '.join(names) or 'none'})"
         ) from None
+    if dataset in levels:
+        logger.warning("input.dataset '%s' is level %d of the OME-Zarr image '%s', read as a bare array (no voxel "
+                       "size, pyramid or label image under the image); remove input.dataset and set "
+                       "input.scale_level: %d", dataset, levels.index(dataset), path, levels.index(dataset))
+    return found
 
 
 def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -338,3 +338,19 @@ def test_level_planning():
     assert len(plain) == 5 and max(plain[-1].shape) < 256 and max(plain[-2].shape) >= 256
     huge = plan_levels(PyramidLevel((1 << 20,), (1,), (0,)), None, 0, under_image=False)
     assert len(huge) == 8
+
+
+def test_input_dataset_inside_an_ome_image(tmp_path, caplog):
+    """input.dataset left over from a plain-zarr config: a missing name says to remove it; a level's
+    name is read as a bare array with a warning that says how to keep the image's metadata."""
+    import logging
+
+    from pipeline.config import InputConfig
+    from pipeline.io import InputError, open_input
+
+    img = ome_image(tmp_path / "img.zarr", "0.5")
+    with pytest.raises(InputError, match="is an OME-Zarr image .* remove input.dataset"):
+        open_input(InputConfig(path=img, dataset="raw"))
+    with caplog.at_level(logging.WARNING, logger="pipeline.io"):
+        vol = open_input(InputConfig(path=img, dataset="1"))
+    assert vol.voxel_size is None and "set input.scale_level: 1" in caplog.text
