@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    # tifffile warns about what our own errors then explain (e.g. a file with no pages)
+    logging.getLogger("tifffile").setLevel(logging.ERROR if not args.verbose else logging.INFO)
     # distributed sets its own level when imported, here and in the workers this process starts;
     # set for this command only (the variable would otherwise follow into later jobs of a caller)
     # (the state machine warns of every task cancelled when a run stops on an error: expected)

@@ -163,3 +163,10 @@ def test_evaluate_reads_tiff_and_hdf5_labels(reference, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(root / "ref.zarr" / "labels" / "segmentation"), "--gt",
                  str(tmp_path / "gt.tif"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["avap"] == 1.0
+
+
+def test_empty_tiff_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")  # a header, no page
+    assert main(["evaluate", "--pred", str(tmp_path / "empty.tif"), "--gt", str(tmp_path / "empty.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image (an empty or truncated TIFF)" in err and "Traceback" not in err

@@ -82,11 +82,16 @@ def open_tiff(path: Path) -> InputVolume:
     where = f"'{path}'"
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"input.path: '{path}' holds no image (an empty or truncated TIFF); "
+                                 "write it again or give another file")
             series = tif.series[0]
             axes = tiff_axes(series.axes, where)
             voxel, units = tiff_voxel(tif, axes)
         array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
-    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+    except InputError:
+        raise
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
         raise InputError(f"input.path: '{path}' is not a readable TIFF ({exc})") from None
     logger.debug("TIFF %s: axes %s shape %s voxel %s", path, axes, array.shape, voxel)
     return InputVolume(str(path), array, axes, voxel, units)
