@@ -26,6 +26,20 @@ __all__ = [
 PositiveShape = tuple[Annotated[int, Field(gt=0)], ...]
 
 
+def check_diameter(value: Any) -> Any:
+    """A diameter: one positive number, or a list of them (one per axis); one message otherwise."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if value is None or (number(value) and value > 0):
+        return value
+    if isinstance(value, list | tuple) and value and all(number(v) and v > 0 for v in value):
+        return tuple(value)
+    raise PydanticCustomError(
+        "diameter", "give the typical object diameter in voxels: one positive number, or one per axis "
+        "(z, y, x), e.g. [12, 24, 24]", {"value": value})
+
+
 class InputConfig(Frozen):
     """Where the raw volume is: a zarr array, an OME-Zarr image (group with multiscales), a TIFF
     file, a folder of 2D TIFF slices or an HDF5 file (BigDataViewer layout included)."""
@@ -40,14 +54,17 @@ class InputConfig(Frozen):
         None, ge=0, description="the one channel to read from a multi-channel input (BigDataViewer: the setup); "
         "none: every channel"
     )
-    diameter: Annotated[float, Field(gt=0)] | tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
-        None, description="typical object diameter in voxels of this input: one number (in-plane; every axis "
-        "scaled alike) or one per axis (z, y, x). The input is resampled so objects have the model's training "
-        "diameter (`pipeline model info` shows it) and the labels are mapped back; none: no resampling"
+    diameter: float | tuple[float, ...] | None = Field(
+        None, description="typical object diameter in voxels of this input: one per axis (z, y, x), or one number "
+        "(then every axis is scaled by the model's in-plane diameter over it, like cellpose's diameter). The input "
+        "is resampled so objects have the model's training diameter (`pipeline model info` shows it) and the labels "
+        "are mapped back; none: no resampling"
     )
     diameter_unit: Literal["voxel", "physical"] = Field(
         "voxel", description="physical: input.diameter is in the input's units (OME-Zarr, TIFF, HDF5 voxel size), "
         "converted per axis, so one number suits anisotropic voxels")
+
+    _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
 
 
 class OutputConfig(Frozen):
@@ -78,9 +95,11 @@ class ModelConfig(Frozen):
     )
     batch_size: int = Field(1, gt=0, description="blocks per forward pass (GPU: more blocks keep it busier)")
     channels_last: bool = Field(True, description="channels-last memory format: measured 14% faster on CPU, as exact")
-    diameter: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
-        None, description="typical object diameter (voxels per axis) of the model's training data, for "
-        "input.diameter; none: the checkpoint's record")
+    diameter: float | tuple[float, ...] | None = Field(
+        None, description="typical object diameter (voxels per axis, or one number for every axis) of the model's "
+        "training data, for input.diameter; none: the checkpoint's record")
+
+    _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
 
 
 class BlocksConfig(Frozen):

@@ -67,7 +67,10 @@ class Level:
 
     @property
     def task_shape(self) -> tuple[int, ...]:
-        return task_shape(self.chunks, self.shape)
+        """Whole chunks per task; a downsampled level's task reads ``prod(factors)`` times its
+        voxels (and the mode's sort holds several int64 copies of them): it gets fewer."""
+        reads = math.prod(self.factors) if self.kind == "down" else 1
+        return task_shape(self.chunks, self.shape, max(1, TASK_VOXELS // reads))
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,10 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     if cfg.input.diameter is not None:
         diameter = cfg.input.diameter if cfg.input.diameter_unit == "voxel" else \
             voxel_diameter(cfg.input.diameter, vol.voxel_size, f"'{cfg.input.path}'")
-        zoom = zoom_factors(diameter, cfg.model.diameter or ckpt.info.diameter, vol.ndim,
+        trained = cfg.model.diameter or ckpt.info.diameter
+        if isinstance(trained, int | float):
+            trained = (float(trained),) * vol.ndim
+        zoom = zoom_factors(diameter, trained, vol.ndim,
                             f"model.checkpoint '{cfg.model.checkpoint}'")
     grid = ZoomedVolume(vol, zoom) if zoom else vol
     if zoom:

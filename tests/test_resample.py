@@ -182,3 +182,15 @@ def test_zoomed_demo_with_diameter(tmp_path):
     seg = open_array(out / "segmentation", mode="r")[...]
     assert seg.shape == big.shape
     assert scores(contingency(seg, truth)).at(0.5)["ap"] >= 0.9
+
+
+@pytest.mark.parametrize("bad", [0, [-1, 24, 24], "abc", [12, True, 3]])
+def test_bad_diameters_are_one_message(tmp_path, bad):
+    from pipeline.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_config({"input": {"path": "x.zarr", "diameter": bad}, "output": {"path": "o.zarr"}})
+    msg = str(err.value)
+    assert msg.count("input.diameter") == 1 and "one positive number, or one per axis (z, y, x)" in msg
+    assert validate_config({"input": {"path": "x", "diameter": 20}, "output": {"path": "o"},
+                            "model": {"diameter": 12}}).model.diameter == 12
