@@ -43,14 +43,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .prepare import plan_summary, prepare
     from .stages import ScanStage
-    from .stages.labels import label_target
+    from .stages.labels import check_labels, label_target
+    from .store import check_output
 
     run = prepare(_load(args))
+    out = run.config.output
     summary = plan_summary(run)
+    vol = run.volume
+    summary["voxel_size"] = (f"{list(vol.voxel_size)} {vol.units[0] if vol.units and vol.units[0] else ''}".strip()
+                             if vol.voxel_size else "unknown (the input records none)")
     target = label_target(run)
     summary["label_image"] = (f"{target.group} (NGFF {target.version}, {len(target.levels)} level{'s' if len(target.levels) != 1 else ''}, "
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
                               if target else "none (output.labels: none)")
+    problems = []  # what `pipeline run` would refuse before starting
+    for check in (lambda: check_output(out.path, out.overwrite),
+                  lambda: check_labels(target, Path(out.path), out.overwrite) if target else None):
+        try:
+            check()
+        except UsageError as exc:
+            problems.append(str(exc))
+    summary["run_would_refuse"] = "; ".join(problems) if problems else "nothing (output and label image are free)"
     if run.empty is not None and run.empty.kind != "read":  # one coarse read per block, here
         flags = ScanStage(run.plan, run.empty).run(Engine())
         summary["empty_blocks"] = f"{int(flags.sum())} of {len(run.plan)} will be skipped"

@@ -83,7 +83,13 @@ def test_cli_plan(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "blocks" in out and "[3, 3, 3]" in out and "redundancy" in out and "memory_per_block_mib" in out
     assert "input_over_read" in out
+    assert f"label_image           {tmp_path / 'out.zarr' / 'labels' / 'segmentation'} (NGFF 0.5" in out
+    assert "voxel_size            unknown" in out and "run_would_refuse      nothing" in out
     assert not (tmp_path / "out.zarr").exists()  # plan computes nothing
+    (tmp_path / "out.zarr").mkdir()  # what run would refuse, plan says (and still exits 0)
+    assert main(["plan", str(cfg)]) == 0
+    assert "out.zarr' already exists; choose another path or pass --overwrite" in capsys.readouterr().out
+    (tmp_path / "out.zarr").rmdir()
     assert main(["plan", str(cfg), "--set", "blocks.write_shape=[4,15,16]"]) == 2
     err = capsys.readouterr().err
     assert "axis 1: 15 -> use 12 or 16" in err and "Traceback" not in err
