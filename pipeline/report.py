@@ -241,7 +241,8 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
                                               f"seam / inside gradient ratio {ratio:.3f}" if ratio else "no seam in the region"),
             "The run's blocks around one block corner predicted again: embedding gradient magnitude across block borders "
             "vs across the same-phase planes inside blocks (Rumberger et al., supplementary Fig. 1c); about 1.0 when "
-            "stitching is exact.")
+            "stitching is exact." + (f" Voxels of the resampled grid the model saw (input.diameter, zoom {list(zoom)})."
+                                     if p.get("zoom") else ""))
     (out / "seams.json").write_text(json.dumps({"audit": audit, "gradient": gradient}, indent=1))
     seconds = time.perf_counter() - t0
     page = write_page(out / "index.html", result, meta, sections, audit, gradient, seconds)
