@@ -145,6 +145,9 @@ def cmd_job_script(args: argparse.Namespace) -> int:
         raise ConfigError(f"job-script: cluster.kind is '{cluster.kind}'; it needs a batch scheduler kind "
                           f"({', '.join(JOBQUEUE_KINDS)}), e.g. --set cluster.kind=slurm")
     print(job_script(cluster))
+    if cluster.tls:
+        print("# TLS: the run adds --tls-ca-file/--tls-cert/--tls-key for credentials it makes when it starts "
+              f"(temporary, in {cluster.log_directory}/.credentials)")
     return 0
 
 

@@ -66,7 +66,7 @@ def test_job_script_cli(tmp_path, capsys):
 
 
 def test_n_workers_and_renamed_keys():
-    assert jobs(cluster(kind="slurm", n_workers=5, processes=2)) == 3
+    assert jobs(cluster(kind="slurm", n_workers=5, processes=2, cores=2)) == 3
     with pytest.raises(ConfigError, match=r"cluster\.jobs: use cluster\.n_workers \(Dask worker processes in all"):
         cluster(kind="slurm", jobs=2)
     with pytest.raises(ConfigError, match=r"cluster\.gres: use cluster\.gpu_request"):
