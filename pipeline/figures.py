@@ -86,7 +86,12 @@ def objects(path: Path, cols: dict[str, np.ndarray], unit: str) -> Path:
             bins = np.geomspace(max(v.min(), 1), max(v.max(), 2), 30) if log else 30
             ax.hist(v, bins=bins, color="steelblue")
             if log:
-                ax.set_xscale("log")
+                from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+                ax.set_xscale("log")  # labels at 1, 2, 5 x 10^k as plain numbers (matplotlib's overlap)
+                ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
             ax.axvline(float(np.median(v)), color="black", ls="--", lw=1)
         ax.set_xlabel(label, fontsize=9)
         ax.set_ylabel("objects", fontsize=9)
@@ -162,7 +167,10 @@ def gradient(path: Path, profiles: Sequence[tuple[str, np.ndarray, int]], image:
     ax.axvline(0, color="black", ls="--", lw=1)
     ax.set_xlabel("plane pair relative to the block border (0: across it)", fontsize=9)
     ax.set_ylabel("mean embedding gradient magnitude", fontsize=9)
-    ax.legend(fontsize=8)
+    if profiles:
+        ax.legend(fontsize=8)
+    else:  # one block in the region: no border to profile
+        ax.text(0.5, 0.5, "no block border in the region", transform=ax.transAxes, ha="center", va="center")
     ax = fig.add_subplot(1, 2, 2)
     im = ax.imshow(image, cmap="magma", interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8)
