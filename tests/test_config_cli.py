@@ -256,8 +256,8 @@ def test_planned_workers_per_cluster_kind():
         return planned_workers(validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": cluster}).cluster)
 
     assert workers({"kind": "serial"}) == 1 and workers({"kind": "local", "n_workers": 3}) == 3
-    assert workers({"kind": "slurm", "n_workers": 8, "processes": 2}) == 8
-    assert workers({"kind": "pbs", "n_workers": 7, "processes": 2}) == 8  # whole jobs
+    assert workers({"kind": "slurm", "n_workers": 8, "processes": 2, "cores": 2}) == 8
+    assert workers({"kind": "pbs", "n_workers": 7, "processes": 2, "cores": 4}) == 8  # whole jobs
     assert workers({"kind": "lsf", "adaptive": {"maximum": 10}}) == 10
     assert workers({"kind": "local-cuda", "devices": [0, 1]}) == 2
     assert workers({"kind": "address", "address": "tcp://h:8786"}) == UNKNOWN_WORKERS
