@@ -270,6 +270,11 @@ def check_output(path: str | Path, overwrite: bool) -> None:
     p = Path(path)
     if p.exists() and not overwrite and unfinished_key(p) is None:
         prepare_output(p, overwrite)  # raises: exists
+    if not p.exists():  # its nearest existing folder must take new entries (nothing is created here)
+        base = next((a for a in p.absolute().parents if a.exists()), Path("/"))
+        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+            raise OutputError(f"output.path '{p}' is not writable ('{base}' is "
+                              f"{'not a folder' if not base.is_dir() else 'read-only'}); choose a writable location")
 
 
 def prepare_output(path: str | Path, overwrite: bool) -> zarr.Group:
