@@ -278,6 +278,7 @@ def jobqueue_options(cfg: JobqueueClusterConfig, logs: Path, creds: Path | None)
         "cores": cfg.cores, "processes": cfg.processes, "memory": cfg.memory, "interface": cfg.interface,
         "log_directory": str(logs), "job_script_prologue": list(cfg.job_script_prologue),
         "worker_extra_args": extra_args, "python": cfg.python or sys.executable, "job_name": "dask-worker",
+        "worker_command": "pipeline.worker",  # dask-worker, a failed start in one line (pipeline/worker.py)
         "security": True if cfg.tls else None,
         "scheduler_options": {"dashboard_address": cfg.dashboard_address or ":0",
                               **({"interface": cfg.interface} if cfg.interface else {})},

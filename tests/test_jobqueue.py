@@ -272,3 +272,32 @@ def test_dashboard_link_names_where_it_listens():
     assert link.startswith("http://127.0.0.1:42797/status") and "ssh -L 42797:127.0.0.1:42797" in link
     assert dashboard_link("http://192.0.2.2:42797/status", "0.0.0.0:8787") == "http://192.0.2.2:42797/status"
     assert dashboard_link("http://x:1/status", None) == "disabled"
+
+
+def test_worker_entry_point_reports_a_failed_start_in_one_line(monkeypatch, capsys):
+    """Batch jobs run `python -m pipeline.worker`: a dask-worker that fails to start (e.g. its job
+    cancelled while the nanny starts) is one line and exit code 1, not a traceback."""
+    from distributed.cli import dask_worker
+
+    from pipeline import worker
+
+    def fails() -> None:
+        try:
+            raise RuntimeError("Nanny failed to start worker process")
+        except RuntimeError as exc:
+            raise RuntimeError("Nanny failed to start.") from exc
+
+    monkeypatch.setattr(dask_worker, "main", fails)
+    with pytest.raises(SystemExit) as stop:
+        worker.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Nanny failed to start. (RuntimeError: Nanny failed to start worker process)" in err
+    assert "-m pipeline.worker " in job_script_text_full()
+
+
+def job_script_text_full() -> str:
+    from pipeline.config import JobqueueClusterConfig, validate_model
+    from pipeline.deploy import job_script
+
+    return job_script(validate_model(JobqueueClusterConfig, {"kind": "slurm"}, "cluster"))
