@@ -221,17 +221,7 @@ def test_worker_shutdown_errors_are_one_line():
     before, after = text.split("Closing worker gracefully")
     assert "ERROR task failed" in before and "Traceback" in before
     assert "INFO ConnectionPool is closed (during shutdown)" in after and "Traceback" not in after
-    assert "--preload pipeline.workerlog" in job_script_text()
-
-
-def job_script_text() -> str:
-    from pathlib import Path
-
-    from pipeline.config import JobqueueClusterConfig, validate_model
-    from pipeline.deploy import jobqueue_options
-
-    cfg = validate_model(JobqueueClusterConfig, {"kind": "slurm"}, "cluster")
-    return " ".join(jobqueue_options(cfg, Path("logs"), None)["worker_extra_args"])
+    assert "--preload pipeline.workerlog" in job_script(cluster(kind="slurm"))
 
 
 def test_worker_close_marks_the_shutdown():
@@ -293,11 +283,4 @@ def test_worker_entry_point_reports_a_failed_start_in_one_line(monkeypatch, caps
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Nanny failed to start. (RuntimeError: Nanny failed to start worker process)" in err
-    assert "-m pipeline.worker " in job_script_text_full()
-
-
-def job_script_text_full() -> str:
-    from pipeline.config import JobqueueClusterConfig, validate_model
-    from pipeline.deploy import job_script
-
-    return job_script(validate_model(JobqueueClusterConfig, {"kind": "slurm"}, "cluster"))
+    assert "-m pipeline.worker " in job_script(cluster(kind="slurm"))
