@@ -253,7 +253,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     overrides = list(args.set)
     if args.checkpoint:
-        overrides.append(f"resume={args.checkpoint}")
+        overrides += [f"resume={args.checkpoint}", "init=null"]
     if args.out:
         overrides.append(f"out={args.out}")
     if args.overwrite:

@@ -11,6 +11,12 @@ The embedding terms use foreground instances only and are averaged over the
 samples of a batch that contain at least one instance; instances cut by the
 crop border use their visible voxels. The foreground term is binary
 cross-entropy of the foreground logit against ``labels > 0``.
+
+Partly annotated data: a ``weight`` of 0 marks voxels that were not annotated. They take
+no part in any term: their labels are treated as unknown (not background, not an object)
+and their foreground term is dropped. An object is identified by its label, never by
+connectivity, so one nucleus whose annotated voxels are split by unannotated ones is one
+instance (its parts are pulled together, never pushed apart).
 """
 
 from __future__ import annotations
@@ -67,13 +73,17 @@ def discriminative_terms(
 
 def discriminative_loss(
     output: torch.Tensor, labels: torch.Tensor, w: LossWeights = LossWeights(),
-    foreground: torch.Tensor | None = None,
+    foreground: torch.Tensor | None = None, weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss for a batch. ``output``: ``(B, E + 1, *S)`` (last channel:
     foreground logit); ``labels``: ``(B, *S)``; ``foreground``: the foreground
-    target (default ``labels > 0``). Returns ``(loss, parts)``."""
+    target (default ``labels > 0``); ``weight``: ``(B, *S)`` per-voxel weight of the
+    foreground term, 0 where not annotated (those voxels leave the embedding terms too).
+    Returns ``(loss, parts)``."""
     if output.shape[0] != labels.shape[0] or output.shape[2:] != labels.shape[1:]:
         raise ValueError(f"output {tuple(output.shape)} and labels {tuple(labels.shape)} do not match")
+    if weight is not None:
+        labels = torch.where(weight > 0, labels, torch.zeros_like(labels))
     emb, logit = output[:, :-1], output[:, -1]
     var = dist = reg = output.sum() * 0.0
     n = 0
@@ -84,7 +94,12 @@ def discriminative_loss(
     if n:
         var, dist, reg = var / n, dist / n, reg / n
     target = (labels > 0) if foreground is None else foreground
-    fg = F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype))
+    if weight is None:
+        fg = F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype))
+    else:
+        weight = weight.to(logit.dtype)
+        bce = F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype), reduction="none")
+        fg = (bce * weight).sum() / weight.sum().clamp(min=1.0)
     total = w.alpha * var + w.beta * dist + w.gamma * reg + w.foreground * fg
     parts = {k: float(v.detach()) for k, v in (("var", var), ("dist", dist), ("reg", reg), ("fg", fg), ("total", total))}
     return total, parts

@@ -160,15 +160,38 @@ def _splits_merges(pi: np.ndarray, gi: np.ndarray, inter: np.ndarray) -> tuple[i
     return extra(pi, gi), extra(gi, pi)
 
 
-def evaluate(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> Scores:
-    return scores(contingency(pred, gt), thresholds)
+def restrict(pred: np.ndarray, gt: np.ndarray, annotated: np.ndarray | None,
+             min_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and ground truth of a partly annotated volume, scored only where it was annotated.
+
+    Ground-truth objects are the labels inside ``annotated``; a predicted object counts only when
+    at least ``min_fraction`` of its voxels were annotated (the rest predict objects nobody
+    annotated, e.g. nuclei left unlabelled: neither right nor wrong). Both are cut to the
+    annotated voxels, so IoUs compare what was annotated. ``annotated`` None: unchanged."""
+    if annotated is None:
+        return pred, gt
+    annotated = np.asarray(annotated, dtype=bool)
+    pred = np.asarray(pred).astype(np.int64)
+    total = np.bincount(pred.ravel())
+    inside = np.bincount(pred[annotated], minlength=total.size)
+    keep = inside >= min_fraction * np.maximum(total, 1)
+    keep[0] = False
+    return np.where(annotated & keep[pred], pred, 0), np.where(annotated, np.asarray(gt), 0)
 
 
-def evaluate_many(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Scores:
-    """Scores pooled over several volumes (ids of different volumes never collide)."""
+def evaluate(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = THRESHOLDS,
+             annotated: np.ndarray | None = None) -> Scores:
+    """Scores of ``pred`` against ``gt``; with ``annotated``, only the annotated part (:func:`restrict`)."""
+    return scores(contingency(*restrict(pred, gt, annotated)), thresholds)
+
+
+def evaluate_many(pairs: Iterable[tuple[np.ndarray, ...]]) -> Scores:
+    """Scores pooled over several volumes (ids of different volumes never collide); a pair may
+    carry a third item, the volume's annotation mask (:func:`restrict`)."""
     table = Contingency()
     p_off = g_off = 0
-    for p, g in pairs:
+    for p, g, *ann in pairs:
+        p, g = restrict(p, g, ann[0] if ann else None)
         p = np.asarray(p).astype(np.uint64)
         g = np.asarray(g).astype(np.uint64)
         table.add(np.where(p > 0, p + np.uint64(p_off), 0), np.where(g > 0, g + np.uint64(g_off), 0))

@@ -42,8 +42,8 @@ def test_crop_sampler_keeps_image_and_labels_aligned():
     sampler = CropSampler([(img, lab)], spec, (8, 8), AugmentConfig(intensity=False, noise=0.0, elastic=1.0), rng)
     ctx = spec.context
     for _ in range(30):
-        x, y, fg = sampler.sample()
-        assert np.array_equal(fg, y > 0)
+        x, y, fg, w = sampler.sample()
+        assert np.array_equal(fg, y > 0) and (w == 1).all()
         assert x.shape == (1, 8 + 2 * ctx[0], 8 + 2 * ctx[1]) and y.shape == (8, 8)
         inner = x[0, ctx[0] : ctx[0] + 8, ctx[1] : ctx[1] + 8]
         assert ((inner > 50) == (y > 0)).mean() > 0.9
@@ -148,7 +148,7 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
     model, extra = load_checkpoint(tmp_path / "c.pt")
     c = extra["clustering"]
     assert c["method"] in METHODS and extra["iterations"] == 20
-    img, lab = synthetic_volumes(SyntheticSource(count=2, shape=(48, 48), radius=(4.0, 7.0)))[-1]
+    img, lab, _ = synthetic_volumes(SyntheticSource(count=2, shape=(48, 48), radius=(4.0, 7.0)))[-1]
     out = predict_whole(Predictor(model, device="cpu"), img[None], norm_stats(img, model.spec))
     seg = remove_small(fragments(out[:-1], out[-1], ClusteringParams.from_dict(c)), c["min_size"])
     assert evaluate(seg, lab).at(0.5)["ap"] == pytest.approx(extra["metrics"]["ap50"])
@@ -166,9 +166,9 @@ def test_data_loading_workers_use_one_thread():
 
         def sample(self):
             n = max([i["num_threads"] for i in threadpool_info()] + [torch.get_num_threads()])
-            return np.array([n]), np.array([0]), np.array([0])
+            return np.array([n]), np.array([0]), np.array([0]), np.array([1.0])
 
-    x, _, _ = next(batches(Probe(), 2, 1, seed=0))
+    x, *_ = next(batches(Probe(), 2, 1, seed=0))
     assert x.tolist() == [[1], [1]]
 
 

@@ -51,20 +51,22 @@ def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, devi
              full: bool = True) -> dict[str, Any]:
     """AP@0.5 and avAP on whole validation volumes for every candidate of
     :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
-    stored in the checkpoint as the model's default method and parameters."""
+    stored in the checkpoint as the model's default method and parameters. Partly annotated
+    volumes are scored on their annotated voxels only (:func:`pipeline.metrics.restrict`)."""
     from ..metrics import evaluate_many
 
     pred = Predictor(model, device=device)
-    outs = [(predict_whole(pred, img[None], norm_stats(img, model.spec)), lab) for img, lab in volumes]
-    sizes = np.concatenate([np.bincount(lab.ravel())[1:] for _, lab in volumes])
+    outs = [predict_whole(pred, v.image[None], norm_stats(v.image, model.spec)) for v in volumes]
+    sizes = np.concatenate([np.bincount(v.known_labels().ravel())[1:] for v in volumes])
     median = float(np.median(sizes[sizes > 0])) if (sizes > 0).any() else 0.0
     best: dict[str, Any] = {}
     key, segs = None, []
     for cand in clustering_grid(delta_d, median, full):  # min_size varies fastest: cluster once per key
         params = ClusteringParams.from_dict({**cand, "min_size": 0})
         if params != key:
-            key, segs = params, [fragments(o[:-1], o[-1], params) for o, _ in outs]
-        s = evaluate_many([(remove_small(seg, cand["min_size"]), lab) for seg, (_, lab) in zip(segs, outs)])
+            key, segs = params, [fragments(o[:-1], o[-1], params) for o in outs]
+        s = evaluate_many([(remove_small(seg, cand["min_size"]), v.labels, v.annotated)
+                           for seg, v in zip(segs, volumes)])
         row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand}
         if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
             best = row
@@ -81,11 +83,15 @@ def train_device(cfg: TrainConfig) -> str:
 
 def split_volumes(cfg: TrainConfig) -> tuple[list[Volume], list[Volume]]:
     """``(training, validation)`` volumes: ``validation`` when given, else the last
-    ``validation_split`` of the training list (which keeps at least one)."""
+    ``validation_split`` of the training list (which keeps at least one); ``validation_split``
+    0: the training volumes themselves."""
     volumes = load_volumes(cfg.data)
     if cfg.synthetic:
         volumes += synthetic_volumes(cfg.synthetic)
     val = load_volumes(cfg.validation)
+    if not val and cfg.validation_split == 0:
+        logger.info("validating on the %d training volume(s) (validation_split: 0)", len(volumes))
+        return volumes, volumes
     if not val:
         k = min(cfg.validation_split, len(volumes) - 1)
         volumes, val = volumes[: len(volumes) - k], volumes[len(volumes) - k :]
@@ -93,14 +99,16 @@ def split_volumes(cfg: TrainConfig) -> tuple[list[Volume], list[Volume]]:
 
 
 def calibrate(cfg: TrainConfig) -> Path:
-    """Score the clustering grid for the checkpoint ``cfg.resume`` on the validation
-    volumes of ``cfg`` (as training would) and write it with the best parameters to ``cfg.out``.
+    """Score the clustering grid for the checkpoint ``cfg.resume`` (or ``cfg.init``) on the
+    validation volumes of ``cfg`` (as training would; partly annotated ones on their annotated
+    voxels) and write it with the best parameters to ``cfg.out``.
 
     The metadata stays a dict so that its other keys are written back unchanged."""
-    if cfg.resume is None:
-        raise ConfigError("calibrate needs the checkpoint to calibrate in 'resume'")
+    source = cfg.resume or cfg.init
+    if source is None:
+        raise ConfigError("calibrate needs the checkpoint to calibrate: --checkpoint, or 'resume'/'init' in the config")
     check_out(cfg)
-    model, extra = load_checkpoint(cfg.resume)
+    model, extra = load_checkpoint(source)
     _, val = split_volumes(cfg)
     device = train_device(cfg)
     model.to(device).eval()

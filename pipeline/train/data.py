@@ -3,14 +3,17 @@
 A :class:`CropSampler` cuts crops whose input is the output window plus the model's
 context on each side (reflected at the volume border), augments them (flips, in-plane
 90 degree rotations, elastic deformation, intensity scale/shift, gaussian noise) and
-returns the normalised input, the instance labels and the foreground target of the
-output window. :func:`batches` stacks crops into tensors, in this process or in seeded
-data-loading workers.
+returns the normalised input, the instance labels, the foreground target and the loss
+weight of the output window. A partly annotated volume (:class:`Volume` with an
+``annotated`` mask) has labels only where it was annotated and weight 0 elsewhere; its
+crops are centred on annotated voxels. :func:`batches` stacks crops into tensors, in this
+process or in seeded data-loading workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,8 +26,22 @@ from ..model import ModelSpec
 from ..predict import NormStats, normalise
 from .config import AugmentConfig, SyntheticSource, VolumeSource
 
-Volume = tuple[np.ndarray, np.ndarray]  # (image, instance labels)
-Crop = tuple[np.ndarray, np.ndarray, np.ndarray]  # (input (1, *in), labels (*out), foreground (*out))
+
+class Volume(NamedTuple):
+    """A training or validation volume: image, instance labels and, when only part of it was
+    annotated, the mask of annotated voxels (``None``: all of it)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    annotated: np.ndarray | None = None
+
+    def known_labels(self) -> np.ndarray:
+        """The labels where they are known, 0 (background or unknown) elsewhere."""
+        return self.labels if self.annotated is None else np.where(self.annotated, self.labels, 0)
+
+
+# (input (1, *in), labels (*out) 0 where not annotated, foreground target (*out), loss weight (*out))
+Crop = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def norm_stats(image: np.ndarray, spec: ModelSpec) -> NormStats:
@@ -44,17 +61,36 @@ def load_volumes(sources: tuple[VolumeSource, ...]) -> list[Volume]:
             raise ConfigError(f"image '{src.image}' {img.shape} and labels '{src.labels}' {lab.shape} differ in shape")
         if src.labels_are_mask:
             lab, _ = ndimage.label(lab > 0)
-        out.append((img, lab.astype(np.int64)))
+        ann = None
+        if src.annotated is not None:
+            ann = read_image(src.annotated, src.annotated_dataset) != 0
+            if ann.shape != img.shape:
+                raise ConfigError(f"annotated '{src.annotated}' {ann.shape} and image '{src.image}' {img.shape} differ "
+                                  "in shape; the mask marks the annotated voxels of the image")
+            if not ann.any():
+                raise ConfigError(f"annotated '{src.annotated}' marks no voxel as annotated (all 0); mark the "
+                                  "annotated region nonzero, or leave 'annotated' out when every voxel is annotated")
+            if ann.all():
+                ann = None
+        out.append(Volume(img, lab.astype(np.int64), ann))
     return out
 
 
 def synthetic_volumes(src: SyntheticSource) -> list[Volume]:
-    from ..synthetic import SyntheticSpec, generate
+    """``src.count`` generated volumes; appearance ranges are drawn per volume (seeded)."""
+    from ..synthetic import draw_spec, generate
 
-    spec = SyntheticSpec(shape=tuple(src.shape), radius=src.radius, anisotropy=src.anisotropy, density=src.density,
-                         overlap=src.overlap)
-    return [tuple(a.astype(np.int64) if i else a for i, a in enumerate(generate(spec, seed=src.seed + k)))  # type: ignore[misc]
-            for k in range(src.count)]
+    ranges = src.model_dump(exclude={"count", "seed", "size"})
+    out = []
+    for k in range(src.count):
+        rng = np.random.default_rng([src.seed, k, 0xC0FFEE])
+        values = dict(ranges)
+        if src.size is not None:
+            r = float(np.exp(rng.uniform(np.log(src.size[0]), np.log(src.size[1]))))
+            values["radius"] = (0.7 * r, 1.3 * r)
+        image, labels = generate(draw_spec(values, rng), seed=src.seed + k)
+        out.append(Volume(image, labels.astype(np.int64)))
+    return out
 
 
 def _read_reflected(arr: np.ndarray, start: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
@@ -62,65 +98,123 @@ def _read_reflected(arr: np.ndarray, start: tuple[int, ...], shape: tuple[int, .
     return arr[np.ix_(*idx)]
 
 
+def _face_pairs(ndim: int) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """For each axis, the index pair (all but last, all but first) of face neighbours."""
+    for ax in range(ndim):
+        a = [slice(None)] * ndim
+        b = [slice(None)] * ndim
+        a[ax], b[ax] = slice(0, -1), slice(1, None)
+        yield tuple(a), tuple(b)
+
+
 def interior(labels: np.ndarray) -> np.ndarray:
     """Foreground without the voxels that touch a different instance (face neighbours)."""
-    fg = labels > 0
-    out = fg.copy()
-    for ax in range(labels.ndim):
-        a = [slice(None)] * labels.ndim
-        b = [slice(None)] * labels.ndim
-        a[ax], b[ax] = slice(0, -1), slice(1, None)
-        la, lb = labels[tuple(a)], labels[tuple(b)]
+    out = labels > 0
+    for a, b in _face_pairs(labels.ndim):
+        la, lb = labels[a], labels[b]
         touch = (la != lb) & (la > 0) & (lb > 0)
-        out[tuple(a)] &= ~touch
-        out[tuple(b)] &= ~touch
+        out[a] &= ~touch
+        out[b] &= ~touch
     return out
 
 
-class CropSampler:
-    """Random training crops: input ``output_shape + 2 * context``, labels and foreground
-    target on the output window."""
+def touches(mask: np.ndarray) -> np.ndarray:
+    """Voxels with a face neighbour in ``mask``."""
+    out = np.zeros_like(mask)
+    for a, b in _face_pairs(mask.ndim):
+        out[a] |= mask[b]
+        out[b] |= mask[a]
+    return out
 
-    def __init__(self, volumes: list[Volume], spec: ModelSpec, output_shape: tuple[int, ...],
-                 augment: AugmentConfig, rng: np.random.Generator, foreground_target: str = "mask") -> None:
+
+def crop_targets(labels: np.ndarray, annotated: np.ndarray | None, foreground_target: str) -> tuple[np.ndarray, ...]:
+    """``(labels, foreground target, loss weight)`` of a crop: labels 0 and weight 0 where not
+    annotated. With the ``interior`` target an object voxel next to an unannotated one has
+    weight 0 too: whether it touches another object there is unknown."""
+    if annotated is None:
+        fg = interior(labels) if foreground_target == "interior" else labels > 0
+        return labels, fg, np.ones(labels.shape, np.float32)
+    labels = np.where(annotated, labels, 0)
+    weight = annotated.copy()
+    if foreground_target == "interior":
+        fg = interior(labels)
+        weight &= ~((labels > 0) & touches(~annotated))
+    else:
+        fg = labels > 0
+    return labels, fg, weight.astype(np.float32)
+
+
+class CropSampler:
+    """Random training crops: input ``output_shape + 2 * context``; labels, foreground target
+    and loss weight on the output window. Crops of partly annotated volumes are centred on
+    annotated voxels; volumes are drawn in proportion to their (annotated) voxels."""
+
+    MAX_ANCHORS = 1 << 20  # annotated voxels kept as crop centres per volume
+
+    def __init__(self, volumes: Sequence[Volume | tuple[np.ndarray, ...]], spec: ModelSpec,
+                 output_shape: tuple[int, ...], augment: AugmentConfig, rng: np.random.Generator,
+                 foreground_target: str = "mask") -> None:
         self.foreground_target = foreground_target
-        self.volumes = [(normalise(img, norm_stats(img, spec)), lab) for img, lab in volumes]
+        vols = [Volume(*v) for v in volumes]
+        self.volumes = [Volume(normalise(v.image, norm_stats(v.image, spec)), v.known_labels(), v.annotated)
+                        for v in vols]
+        self.anchors = [None if v.annotated is None else self._anchors(v.annotated) for v in vols]
         self.spec = spec
         self.out = output_shape
         self.ctx = spec.context
         self.aug = augment
         self.rng = rng
-        self.weights = np.array([img.size for img, _ in self.volumes], dtype=float)
+        size = [v.image.size if a is None else a.size for v, a in zip(vols, self.anchors)]
+        self.weights = np.array(size, dtype=float)
         self.weights /= self.weights.sum()
 
+    @classmethod
+    def _anchors(cls, annotated: np.ndarray) -> np.ndarray:
+        flat = np.flatnonzero(annotated)
+        return flat[:: max(1, -(-flat.size // cls.MAX_ANCHORS))]
+
+    def _start(self, k: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output window's corner: uniform, or around an annotated voxel."""
+        anchors = self.anchors[k]
+        if anchors is None:
+            return tuple(int(self.rng.integers(0, max(1, s - o + 1))) for s, o in zip(shape, self.out))
+        centre = np.unravel_index(int(anchors[self.rng.integers(anchors.size)]), shape)
+        return tuple(int(np.clip(c - self.rng.integers(0, o), 0, max(0, s - o)))
+                     for c, o, s in zip(centre, self.out, shape))
+
     def sample(self) -> Crop:
-        img, lab = self.volumes[self.rng.choice(len(self.volumes), p=self.weights)]
+        k = int(self.rng.choice(len(self.volumes), p=self.weights))
+        img, lab, ann = self.volumes[k]
         inp = tuple(o + 2 * c for o, c in zip(self.out, self.ctx))
-        start = tuple(int(self.rng.integers(0, max(1, s - o + 1))) - c for s, o, c in zip(img.shape, self.out, self.ctx))
+        start = tuple(s - c for s, c in zip(self._start(k, img.shape), self.ctx))
         x = _read_reflected(img, start, inp)
         y = _read_reflected(lab, start, inp)
-        x, y = self._augment(x, y)
+        m = None if ann is None else _read_reflected(ann, start, inp)
+        x, y, m = self._augment(x, y, m)
         win = tuple(slice(c, c + o) for c, o in zip(self.ctx, self.out))
-        fg = interior(y) if self.foreground_target == "interior" else y > 0
-        return x[None].astype(np.float32), y[win], fg[win]
+        y, fg, weight = crop_targets(y, m, self.foreground_target)
+        return x[None].astype(np.float32), y[win], fg[win], weight[win]
 
-    def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _augment(self, x: np.ndarray, y: np.ndarray, m: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         a, rng, nd = self.aug, self.rng, x.ndim
         if a.flips:
             for ax in range(nd):
                 if rng.random() < 0.5:
                     x, y = np.flip(x, ax), np.flip(y, ax)
+                    m = None if m is None else np.flip(m, ax)
         if a.rotations and x.shape[-1] == x.shape[-2]:
             k = int(rng.integers(0, 4))
             x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+            m = None if m is None else np.rot90(m, k, axes=(-2, -1))
         if a.elastic and rng.random() < a.elastic:
-            x, y = elastic(x, y, a.elastic_strength, rng)
+            x, y, m = elastic(x, y, a.elastic_strength, rng, mask=m)
         x = np.ascontiguousarray(x)
         if a.intensity:
             x = x * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1)
         if a.noise:
             x = x + rng.normal(0, rng.uniform(0, a.noise), size=x.shape)
-        return x, np.ascontiguousarray(y)
+        return x, np.ascontiguousarray(y), None if m is None else np.ascontiguousarray(m)
 
 
 def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -143,14 +237,17 @@ def smooth_field(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def elastic(x: np.ndarray, y: np.ndarray, strength: float, rng: np.random.Generator, spacing: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth random displacement (coarse gaussian field, interpolated); labels nearest."""
+def elastic(x: np.ndarray, y: np.ndarray, strength: float, rng: np.random.Generator, spacing: int = 8,
+            mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Smooth random displacement (coarse gaussian field, interpolated); labels and the
+    annotation mask nearest."""
     coarse = [max(2, s // spacing) for s in x.shape]
     coords = list(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in x.shape], indexing="ij", sparse=True))
     full = [c + smooth_field(rng.normal(0, strength, size=coarse).astype(np.float32), x.shape) for c in coords]
     xs = ndimage.map_coordinates(x, full, order=1, mode="reflect")
     ys = ndimage.map_coordinates(y, full, order=0, mode="reflect")
-    return xs, ys
+    ms = None if mask is None else ndimage.map_coordinates(mask, full, order=0, mode="reflect")
+    return xs, ys, ms
 
 
 class _Crops(torch.utils.data.IterableDataset):
@@ -174,13 +271,13 @@ class _Crops(torch.utils.data.IterableDataset):
 
 
 def batches(sampler: CropSampler, batch_size: int, workers: int, seed: int,
-            pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Endless ``(x, labels, foreground)`` tensor batches, made in ``workers`` processes
+            pin: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Endless ``(x, labels, foreground, weight)`` tensor batches, made in ``workers`` processes
     (or in this one when 0, drawing from ``sampler.rng``)."""
     if workers == 0:
         while True:
             batch = [sampler.sample() for _ in range(batch_size)]
-            yield tuple(torch.from_numpy(np.stack([b[i] for b in batch])) for i in range(3))  # type: ignore[misc]
+            yield tuple(torch.from_numpy(np.stack([b[i] for b in batch])) for i in range(4))
     loader = torch.utils.data.DataLoader(_Crops(sampler, seed), batch_size=batch_size, num_workers=workers,
                                          pin_memory=pin, prefetch_factor=4, persistent_workers=True)
     yield from loader
