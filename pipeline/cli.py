@@ -317,13 +317,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.crops is None:
+        args.crops = 0 if args.look == "demo" else 3
     result = run_demo(Path(args.out), size=args.size, seed=args.seed, overwrite=args.overwrite,
-                      n_workers=args.workers, progress=not args.quiet)
+                      n_workers=args.workers, progress=not args.quiet, look=args.look, crops=args.crops)
     print(f"demo volume: {result['input']}")
     print(f"segmentation: {result['output']}/segmentation ({result['objects']} objects, "
           f"ground truth {result['gt_objects']})")
     print(f"AP@0.5 {result['ap50']:.3f}  AP@0.75 {result['ap75']:.3f}  avAP {result['avap']:.3f}  "
           f"({result['seconds']:.1f} s)")
+    if result["finetune"]:
+        print(f"partly annotated training crops and their fine-tuning config: {result['finetune']}")
     return 0
 
 
@@ -347,6 +351,10 @@ def _add_more(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--look", default="demo", help="appearance of the volume: demo (the bundled model's training "
+                   "look), lightsheet, lightsheet-dense, confocal, widefield")
+    p.add_argument("--crops", type=int, default=None, help="also write this many partly annotated training crops and "
+                   "a fine-tuning config (default: 3 with a --look other than demo, else 0)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -34,10 +34,16 @@ class Contingency:
     def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
         if pred.shape != gt.shape:
             raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
-        stacked = np.stack([pred.ravel().astype(np.uint64), gt.ravel().astype(np.uint64)])
-        uniq, counts = np.unique(stacked, axis=1, return_counts=True)
-        for (p, g), c in zip(uniq.T.tolist(), counts.tolist()):
-            self.keys[(p, g)] = self.keys.get((p, g), 0) + c
+        p, g = pred.ravel().astype(np.uint64), gt.ravel().astype(np.uint64)
+        span = int(g.max(initial=0)) + 1
+        if int(p.max(initial=0)) < (1 << 63) // span:  # one 64-bit key per pair: a 1D unique (~10x faster)
+            keys, counts = np.unique(p * np.uint64(span) + g, return_counts=True)
+            pairs = zip((keys // np.uint64(span)).tolist(), (keys % np.uint64(span)).tolist())
+        else:
+            uniq, counts = np.unique(np.stack([p, g]), axis=1, return_counts=True)
+            pairs = zip(uniq[0].tolist(), uniq[1].tolist())
+        for pg, c in zip(pairs, counts.tolist()):
+            self.keys[pg] = self.keys.get(pg, 0) + c
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self.keys:

@@ -234,6 +234,17 @@ def appearance(name: str, **overrides: Any) -> SyntheticSpec:
     return SyntheticSpec(**{**APPEARANCES[name], **overrides})
 
 
+def partial_annotation(labels: np.ndarray, fraction: float, rng: np.random.Generator, ring: int = 2) -> np.ndarray:
+    """What a person who labelled ``fraction`` of the objects would mark as annotated: those
+    objects and a ring of ``ring`` voxels of background around them (they saw where each one
+    ends), never a voxel of an object they left out."""
+    ids = np.unique(labels[labels > 0])
+    chosen = rng.choice(ids, size=max(1, round(fraction * ids.size)), replace=False) if ids.size else ids
+    mine = np.isin(labels, chosen)
+    near = ndimage.binary_dilation(mine, iterations=ring) if ring else mine
+    return near & ((labels == 0) | mine)
+
+
 def draw_spec(ranges: Mapping[str, Any], rng: np.random.Generator) -> SyntheticSpec:
     """A spec whose fields are drawn from ``ranges``: a ``[low, high]`` pair of a scalar field is
     drawn uniformly (log-uniformly for ``photons``); other values are used as given."""

@@ -205,7 +205,9 @@ def test_finetune_on_partly_annotated_files(tmp_path, caplog, monkeypatch):
         train(cfg, progress=True)
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("train: iteration 3 of 6, loss") for m in lines), lines
-    assert all(a is not None and a[:, :40].all() and not a[:, 40:].any() for a in seen) and len(seen) == 4
+    assert any(m.startswith("before fine-tuning: validation AP@0.5") for m in lines), lines
+    # validated at the start, at iteration 3 and at the end, on both (training) volumes' annotated voxels
+    assert all(a is not None and a[:, :40].all() and not a[:, 40:].any() for a in seen) and len(seen) == 6
     info = open_checkpoint(tmp_path / "ft.pt").info
     assert info.iterations == 6 and info.clustering is not None and info.diameter is not None
     assert 6 < info.diameter[1] < 16  # radii 4-7: whole annotated objects, not slivers cut by the mask

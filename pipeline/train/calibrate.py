@@ -9,6 +9,7 @@ does the same for an existing checkpoint and writes a copy with the new calibrat
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,30 +49,44 @@ def clustering_grid(delta_d: float, median_size: float, full: bool = True) -> li
 
 
 def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, device: str,
-             full: bool = True) -> dict[str, Any]:
+             full: bool = True, timing: dict[str, float] | None = None) -> dict[str, Any]:
     """AP@0.5 and avAP on whole validation volumes for every candidate of
     :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
     stored in the checkpoint as the model's default method and parameters. Partly annotated
-    volumes are scored on their annotated voxels only (:func:`pipeline.metrics.restrict`)."""
+    volumes are scored on their annotated voxels only (:func:`pipeline.metrics.restrict`).
+    ``timing`` (a dict) receives the seconds of prediction and of clustering and scoring per
+    clustering key, from which :func:`validation_seconds` estimates a full calibration."""
     from ..metrics import evaluate_many
 
+    t0 = time.perf_counter()
     pred = Predictor(model, device=device)
     outs = [predict_whole(pred, v.image[None], norm_stats(v.image, model.spec)) for v in volumes]
+    t1 = time.perf_counter()
     sizes = np.concatenate([np.bincount(v.known_labels().ravel())[1:] for v in volumes])
     median = float(np.median(sizes[sizes > 0])) if (sizes > 0).any() else 0.0
     best: dict[str, Any] = {}
-    key, segs = None, []
+    key, segs, keys = None, [], 0
     for cand in clustering_grid(delta_d, median, full):  # min_size varies fastest: cluster once per key
         params = ClusteringParams.from_dict({**cand, "min_size": 0})
         if params != key:
-            key, segs = params, [fragments(o[:-1], o[-1], params) for o in outs]
+            key, segs, keys = params, [fragments(o[:-1], o[-1], params) for o in outs], keys + 1
         s = evaluate_many([(remove_small(seg, cand["min_size"]), v.labels, v.annotated)
                            for seg, v in zip(segs, volumes)])
         row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand}
         if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
             best = row
+    if timing is not None:
+        timing.update(predict=t1 - t0, per_key=(time.perf_counter() - t1) / max(keys, 1))
     model.train()
     return best
+
+
+def validation_seconds(timing: dict[str, float], full: bool = True) -> float:
+    """Estimated seconds of a validation (the full grid, or the two candidates), from the
+    ``timing`` an earlier :func:`validate` measured."""
+    keys = {tuple((k, v) for k, v in c.items() if k != "min_size") for c in clustering_grid(1.0, 100.0, full)}
+    # x1.5: clustering a trained model's output tends to cost more than an earlier one's (more fragments)
+    return timing["predict"] + 1.5 * timing["per_key"] * len(keys)
 
 
 def train_device(cfg: TrainConfig) -> str:

@@ -26,7 +26,7 @@ from ..config import ConfigError
 from ..loss import LossWeights, discriminative_loss
 from ..model import UNet, init_model
 from ..progress import EVERY_S
-from .calibrate import split_volumes, train_device, validate
+from .calibrate import split_volumes, train_device, validate, validation_seconds
 from .config import Schedule, TrainConfig, check_out, schedule
 from .data import CropSampler, Volume, batches, touches
 
@@ -102,6 +102,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     """Train, fine-tune or resume a model as ``cfg`` says; returns the checkpoint path ``cfg.out``.
     ``progress``: a bar when standard error is a terminal (else log lines)."""
     check_out(cfg)
+    t0 = time.perf_counter()  # a time limit counts everything from here
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.threads:
@@ -120,13 +121,17 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
                 "on %s", len(volumes), sum(v.annotated is not None for v in volumes), len(val), sch.batch_size,
                 list(sch.output_shape), sch.lr, f"{sch.time_limit_s:.0f} s" if sch.time_limit_s else
                 f"{sch.iterations} iterations", device)
+    timing: dict[str, float] = {}
+    if val and start_iter == 0 and cfg.init:  # where the fine-tune starts, and what validating costs
+        start = validate(model, val, cfg.loss.delta_d, device, full=False, timing=timing)
+        logger.info("before fine-tuning: validation AP@0.5 %.3f avAP %.3f at %s", start["ap50"], start["avap"],
+                    start["clustering"])
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=sch.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sch.iterations, eta_min=sch.lr * 0.05)
     weights = LossWeights(**cfg.loss.model_dump())
     amp = device == "cuda"
     best, history = -1.0, []
-    t0 = time.perf_counter()
     end = start_iter + sch.iterations
     bar = TrainProgress(sch, start_iter, progress and sys.stderr.isatty())
     metrics: dict[str, Any] = {}
@@ -136,8 +141,10 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         elapsed = time.perf_counter() - t0
         last = done + 1 == end
         if sch.time_limit_s:
-            # the cosine schedule follows the elapsed fraction of the time budget
-            frac = min(1.0, elapsed / sch.time_limit_s)
+            # the cosine schedule follows the elapsed fraction of the time budget, less the final
+            # calibration (estimated from the last validation), so the limit is the whole run's
+            budget = sch.time_limit_s - (validation_seconds(timing) if timing else 0.0)
+            frac = min(1.0, elapsed / max(budget, 1e-9))
             for group in opt.param_groups:
                 group["lr"] = sch.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             last = last or frac >= 1.0
@@ -156,7 +163,11 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         if val and (done % sch.val_every == 0 or last):
             model.eval()
             # the full calibration grid at the end, two candidates at intermediate validations
-            metrics = validate(model, val, cfg.loss.delta_d, device, full=last)
+            started = time.perf_counter()
+            metrics = validate(model, val, cfg.loss.delta_d, device, full=last, timing=timing)
+            if last:
+                logger.info("calibrated the clustering on %d validation volume(s) in %.0f s", len(val),
+                            time.perf_counter() - started)
             logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f at %s",
                         done, float(np.mean(history[-sch.val_every:])), min(len(history), sch.val_every),
                         metrics["ap50"], metrics["avap"], metrics["clustering"])
