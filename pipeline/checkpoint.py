@@ -1,5 +1,8 @@
 """The checkpoint file format and its typed, validated metadata.
 
+``model.checkpoint`` also reads a bioimage.io package this project exported (its
+``rdf.yaml``; :mod:`pipeline.modelzoo`).
+
 A checkpoint is a single ``torch.save`` file holding only tensors and JSON strings:
 the architecture (:class:`~pipeline.model.ModelSpec`), the weights, and the metadata
 (``extra``) that training and calibration record, typed here as
@@ -117,7 +120,12 @@ def _digest(data: bytes) -> str:
 
 
 def checkpoint_digest(path: str | Path) -> str:
-    """SHA-256 of the checkpoint file (first 16 hex digits), for provenance and resume."""
+    """SHA-256 of the checkpoint file (first 16 hex digits), for provenance and resume; of a
+    bioimage.io package: of its description and weights."""
+    from .modelzoo import is_package
+
+    if is_package(path):
+        return open_checkpoint(path).digest
     h = hashlib.sha256()
     with open(resolve_checkpoint(path), "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -165,8 +173,14 @@ def _read(path: str | Path) -> tuple[Path, bytes, UNet, dict[str, Any]]:
     if not p.is_file():
         raise CheckpointError(
             f"model.checkpoint: no file at '{p}' (give the path of a .pt file made by "
-            "'pipeline model init' or 'pipeline train', or 'demo' for the bundled model)"
+            "'pipeline model init' or 'pipeline train', a bioimage.io package's rdf.yaml, or 'demo' for the "
+            "bundled model)"
         )
+    from .modelzoo import is_package, read_bioimageio
+
+    if is_package(p):
+        data, model, extra = read_bioimageio(p)
+        return p, data, model, extra
     data = p.read_bytes()
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

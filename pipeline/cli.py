@@ -136,6 +136,16 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from .modelzoo import export_bioimageio
+
+    rdf = export_bioimageio(args.checkpoint, args.out, name=args.name, authors=tuple(args.author),
+                            overwrite=args.overwrite)
+    print(f"bioimage.io model package written to {rdf.parent} (description {rdf}; run it with "
+          f"--set model.checkpoint={rdf})")
+    return 0
+
+
 def cmd_job_script(args: argparse.Namespace) -> int:
     from .config import JOBQUEUE_KINDS
     from .deploy import job_script
@@ -183,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or 'demo'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_info)
+    p = msub.add_parser("export", help="write a model package for other tools (bioimage.io format 0.5)")
+    p.add_argument("checkpoint", help="checkpoint file or 'demo'")
+    p.add_argument("--format", choices=["bioimageio"], default="bioimageio")
+    p.add_argument("--out", required=True, help="folder for rdf.yaml, weights, test tensors, documentation")
+    p.add_argument("--name", default=None, help="the model's name (default: the checkpoint's file name)")
+    p.add_argument("--author", action="append", default=[], help="an author's name (repeat for several)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(func=cmd_model_export)
 
     for extra in _EXTRA_COMMANDS:
         extra(sub)
