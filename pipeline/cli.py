@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .config import ConfigError, load_config
 from .errors import UsageError
@@ -311,16 +313,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .formats import open_label_array
-    from .metrics import contingency, scores
+    from .metrics import by_size, contingency, restrict, scores
 
     pred = open_label_array(args.pred, args.pred_dataset)
     gt = open_label_array(args.gt, args.gt_dataset)
     if pred.shape != gt.shape:
         raise InputError(f"--pred {list(pred.shape)} and --gt {list(gt.shape)} differ in shape")
-    s = scores(contingency(pred, gt))
+    if args.annotated:  # a partly annotated ground truth: score what was annotated (read whole)
+        mask = open_label_array(args.annotated, args.annotated_dataset)
+        if mask.shape != gt.shape:
+            raise InputError(f"--annotated {list(mask.shape)} and --gt {list(gt.shape)} differ in shape")
+        pred, gt = restrict(np.asarray(pred[...]), np.asarray(gt[...]), np.asarray(mask[...]) != 0)
+    table = contingency(pred, gt)
+    s, sizes = scores(table), by_size(table)
     if args.json:
         print(json.dumps({**s.summary(), "per_threshold": [
-            {"threshold": t, **s.at(t)} for t in s.thresholds]}, indent=2))
+            {"threshold": t, **s.at(t)} for t in s.thresholds], "by_size": sizes}, indent=2))
         return 0
     print(f"objects: predicted {s.n_pred}, ground truth {s.n_gt}; false splits {s.false_splits}, "
           f"false merges {s.false_merges}")
@@ -329,6 +337,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         r = s.at(t)
         print(f"{t:9.2f} {r['ap']:6.3f} {r['precision']:10.3f} {r['recall']:7.3f} {r['f1']:6.3f}")
     print(f"avAP(0.5:0.95) {s.avap:.3f}")
+    if sizes:
+        print("by ground-truth object size (voxels; groups of about equal count), at IoU 0.5:")
+        print("        size   objects  found  missed  false splits  false merges")
+        for r in sizes:
+            size = f"{r['voxels_from']}-{r['voxels_to']}"
+            print(f"{size:>12} {r['objects']:9d} {r['found']:6d} {r['missed']:7d} {r['false_splits']:13d} "
+                  f"{r['false_merges']:13d}")
     return 0
 
 
@@ -360,6 +375,9 @@ def _add_more(sub: Any) -> None:
     p.add_argument("--gt", required=True, help="labels, in any of --pred's formats (a group with --gt-dataset)")
     p.add_argument("--pred-dataset", default=None)
     p.add_argument("--gt-dataset", default=None)
+    p.add_argument("--annotated", default=None, help="mask of the annotated voxels of a partly annotated --gt "
+                   "(nonzero = annotated): only they are scored, and predicted objects mostly outside it are ignored")
+    p.add_argument("--annotated-dataset", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

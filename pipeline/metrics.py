@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -156,14 +157,60 @@ def _splits_merges(pi: np.ndarray, gi: np.ndarray, inter: np.ndarray) -> tuple[i
         return 0, 0
 
     def extra(owner: np.ndarray, other: np.ndarray) -> int:
-        order = np.lexsort((-inter, owner))  # per owner, largest overlap first
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = owner[order][1:] != owner[order][:-1]
-        best_other = other[order][first]
-        _, counts = np.unique(best_other, return_counts=True)
+        _, counts = np.unique(_best(owner, other, inter), return_counts=True)
         return int((counts - 1).sum())
 
     return extra(pi, gi), extra(gi, pi)
+
+
+def by_size(table: Contingency, bins: int = 4, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Errors by ground-truth object size: the objects split into ``bins`` groups of about equal
+    count by voxels; per group the objects found (a prediction with IoU >= ``threshold``),
+    missed, false splits (extra predicted objects whose largest overlap is one of them) and
+    false merges (of them, those that share their largest-overlap prediction with a larger
+    overlap of another object). Tells where a model fails: small, typical or large objects."""
+    pred, gt, inter = table.arrays()
+    g_ids, g_inv = np.unique(gt, return_inverse=True)
+    p_inv = np.unique(pred, return_inverse=True)[1]
+    g_size, p_size = np.bincount(g_inv, weights=inter), np.bincount(p_inv, weights=inter)
+    obj = (pred > 0) & (gt > 0)
+    pi, gi, it = p_inv[obj], g_inv[obj], inter[obj].astype(np.float64)
+    found = np.zeros(g_ids.size, bool)
+    found[gi[it / (p_size[pi] + g_size[gi] - it) >= threshold]] = True
+    splits, merges = np.zeros(g_ids.size, np.int64), np.zeros(g_ids.size, np.int64)
+    if pi.size:
+        best_gt = _best(pi, gi, it)  # per predicted object: its largest-overlap gt object
+        owners, counts = np.unique(best_gt, return_counts=True)
+        splits[owners] = counts - 1
+        best_pred = _best(gi, pi, it)  # per gt object: its largest-overlap prediction
+        gt_of_best = np.unique(gi)
+        order = np.lexsort((-g_size[gt_of_best], best_pred))
+        shared = np.zeros(order.size, bool)
+        shared[1:] = best_pred[order][1:] == best_pred[order][:-1]
+        merges[gt_of_best[order][shared]] = 1
+    real = np.flatnonzero(g_ids > 0)
+    if real.size == 0:
+        return []
+    edges = np.unique(np.quantile(g_size[real], np.linspace(0, 1, bins + 1)))
+    group = np.clip(np.searchsorted(edges, g_size[real], side="right") - 1, 0, max(len(edges) - 2, 0))
+    rows = []
+    for k in range(max(len(edges) - 1, 1)):
+        members = real[group == k]
+        if members.size == 0:
+            continue
+        rows.append({"voxels_from": int(g_size[members].min()), "voxels_to": int(g_size[members].max()),
+                     "objects": int(members.size), "found": int(found[members].sum()),
+                     "missed": int((~found[members]).sum()), "false_splits": int(splits[members].sum()),
+                     "false_merges": int(merges[members].sum())})
+    return rows
+
+
+def _best(owner: np.ndarray, other: np.ndarray, inter: np.ndarray) -> np.ndarray:
+    """For each distinct ``owner`` (sorted), the ``other`` with the largest overlap."""
+    order = np.lexsort((-inter, owner))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    return other[order][first]
 
 
 def restrict(pred: np.ndarray, gt: np.ndarray, annotated: np.ndarray | None,

@@ -116,3 +116,50 @@ def test_evaluate_many_pools_volumes_without_id_collisions():
     gt = _two_objects()
     s = evaluate_many([(gt, gt), (gt, gt)])
     assert s.n_gt == 4 and s.n_pred == 4 and s.at(0.5)["ap"] == 1.0
+
+
+def test_errors_by_object_size_add_up_to_the_totals():
+    """`by_size` splits found/missed objects, false splits and merges by ground-truth size; its
+    sums equal the totals of `scores` (so the breakdown neither loses nor invents errors)."""
+    from pipeline.metrics import by_size, contingency, scores
+
+    gt = np.zeros((10, 40), np.int64)
+    pred = np.zeros_like(gt)
+    gt[1:3, 1:3] = pred[1:3, 1:3] = 1  # small, found
+    gt[1:4, 5:9] = 2
+    pred[1:4, 5:7], pred[1:4, 7:9] = 2, 3  # split in two
+    gt[5:9, 1:9], gt[5:9, 10:18] = 3, 4
+    pred[5:9, 1:18] = 4  # two large objects merged
+    gt[5:9, 20:32] = 5  # a large one missed
+    table = contingency(pred, gt)
+    rows, s = by_size(table, bins=2), scores(table)
+    assert [r["objects"] for r in rows] == [2, 3] and rows[0]["voxels_to"] < rows[1]["voxels_from"]
+    assert rows[0]["false_splits"] == 1 and rows[1]["false_merges"] == 1 and rows[1]["missed"] == 3
+    assert sum(r["false_splits"] for r in rows) == s.false_splits
+    assert sum(r["false_merges"] for r in rows) == s.false_merges
+    assert sum(r["found"] for r in rows) == s.at(0.5)["tp"]
+
+
+def test_evaluate_cli_prints_errors_by_size_and_scores_annotated_voxels(tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+    from pipeline.io import write_zarr
+
+    gt = np.zeros((4, 20, 20), np.uint32)
+    gt[:, 2:6, 2:6], gt[:, 10:14, 2:6], gt[:, 2:6, 12:16] = 1, 2, 3
+    pred = gt.copy()
+    pred[:, 2:6, 12:16] = 0  # object 3 missed ...
+    mask = np.zeros_like(gt, np.uint8)
+    mask[..., :9] = 1  # ... but it was never annotated
+    for name, arr in (("gt", gt), ("pred", pred), ("mask", mask)):
+        write_zarr(tmp_path / f"{name}.zarr", arr)
+    argv = ["evaluate", "--pred", str(tmp_path / "pred.zarr"), "--gt", str(tmp_path / "gt.zarr"), "--json"]
+    assert main(argv) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["ap50"] < 1 and sum(r["missed"] for r in full["by_size"]) == 1
+    assert main([*argv, "--annotated", str(tmp_path / "mask.zarr")]) == 0
+    part = json.loads(capsys.readouterr().out)
+    assert part["ap50"] == 1.0 and part["n_gt"] == 2
+    assert main(argv[:-1]) == 0
+    assert "by ground-truth object size" in capsys.readouterr().out
