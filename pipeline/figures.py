@@ -179,3 +179,26 @@ def gradient(path: Path, profiles: Sequence[tuple[str, np.ndarray, int]], image:
     ax.set_title("gradient magnitude, one plane (dotted: block borders)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def suspects(path: Path, panels: Sequence[dict[str, Any]]) -> Path:
+    """One panel per object to check: the plane through its centroid, the object outlined in red,
+    other objects in cyan, the model's foreground (when predicted) dashed yellow."""
+    from .views import stretch
+
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig = Figure(figsize=(3.4 * ncol, 3.6 * nrow))
+    for k, p in enumerate(panels):
+        ax = fig.add_subplot(nrow, ncol, k + 1)
+        ax.imshow(stretch(p["raw"]), cmap="gray", interpolation="nearest", aspect=p.get("aspect", 1.0))
+        if (p["others"] > 0).any():
+            ax.contour(p["others"] > 0, levels=[0.5], colors="cyan", linewidths=0.6)
+        if p["mine"].any():
+            ax.contour(p["mine"], levels=[0.5], colors="red", linewidths=1.2)
+        if p.get("foreground") is not None and p["foreground"].any():
+            ax.contour(p["foreground"], levels=[0.5], colors="yellow", linewidths=0.8, linestyles="dashed")
+        ax.set_title(p["title"], fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)

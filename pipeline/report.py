@@ -165,6 +165,58 @@ def gradient_check(meta: dict[str, Any], raw: InputVolume, plan: BlockPlan) -> d
     return out
 
 
+def objects_to_check(meta: dict[str, Any], objects: dict[str, Any], seg: Any, raw: InputVolume | None, plan: BlockPlan,
+                     predict: bool) -> tuple[list[dict[str, Any]], bool] | None:
+    """Panels of :func:`pipeline.suspects.pick`'s objects; with ``predict`` (and the input and an
+    unchanged checkpoint) their foreground predicted again on the run's grid, worst first."""
+    from .suspects import disagreement, pick, view_box
+
+    found = pick(objects, seg.ndim)
+    if not found:
+        return None
+    fg_of = foreground_predictor(meta, raw, plan) if predict and raw is not None else None
+    threshold = float(meta.get("parameters", {}).get("foreground_threshold", 0.5))
+    panels = []
+    for s in found:
+        box = view_box(s, tuple(seg.shape))
+        image, labels = read_box(seg, raw, box)
+        fg = fg_of(box) if fg_of is not None else None
+        score = disagreement(labels, s.id, fg, threshold) if fg is not None else None
+        z = min(max(round(s.centroid[0]) - box.offset[0], 0), box.shape[0] - 1) if seg.ndim == 3 else None
+        cut = (z,) if z is not None else ()
+        panels.append({"raw": image[cut], "mine": (labels == s.id)[cut],
+                       "others": np.where(labels == s.id, 0, labels)[cut],
+                       "foreground": (fg > threshold)[cut] if fg is not None else None, "score": score,
+                       "title": f"#{s.id} at {[round(c) for c in s.centroid]}: {s.voxels} voxels\n{s.reason}"
+                                + (f"\ndisagrees with the foreground on {score:.0%}" if score is not None else "")})
+    if fg_of is not None:
+        panels.sort(key=lambda p: -p["score"])
+    return panels, fg_of is not None
+
+
+def foreground_predictor(meta: dict[str, Any], raw: InputVolume, plan: BlockPlan) -> Any:
+    """A function box -> the run's foreground probability over it (blocks on the run's grid, so the
+    values are the run's), or None when the checkpoint changed since the run."""
+    from .checkpoint import open_checkpoint
+    from .predict import NormStats, get_predictor
+    from .seams import predict_tiles
+
+    m = meta["config"]["model"]
+    ckpt = open_checkpoint(m["checkpoint"])
+    if ckpt.digest != meta["model_digest"]:
+        logger.warning("report: checkpoint '%s' changed since the run; objects to check without its foreground",
+                       m["checkpoint"])
+        return None
+    pred = get_predictor(str(ckpt.path), m["device"], m["precision"], m["channels_last"], None)
+    stats = NormStats(meta["normalisation"]["offset"], meta["normalisation"]["scale"])
+
+    def foreground(box: Box) -> np.ndarray:
+        tile = tuple(-(-(n + o % s) // s) * s for n, o, s in zip(box.shape, box.offset, plan.step, strict=True))
+        return predict_tiles(lambda x: pred(x, stats), raw.read, box, tile, plan.step, plan.context,
+                             anchor=tuple(o - o % s for o, s in zip(box.offset, plan.step, strict=True)))[-1]
+    return foreground
+
+
 def report(result: str | Path, out: str | Path | None = None, seams: bool = True) -> dict[str, Any]:
     """Write the report of ``result`` into ``out`` (default: ``<result>-report`` next to it)."""
     from .page import write_page
@@ -180,7 +232,8 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
     shape, ndim = tuple(seg.shape), seg.ndim
     raw = open_raw(meta["config"], result)
     voxel = list(raw.voxel_size) if raw is not None and raw.voxel_size else [1.0] * ndim
-    cols = object_columns(read_objects(result), ndim, raw.voxel_size if raw is not None else None)
+    objects = read_objects(result)
+    cols = object_columns(objects, ndim, raw.voxel_size if raw is not None else None)
     centre = tuple(n // 2 for n in shape)
     positions = [("centre", centre)] + [(f"busy {i + 1}", q) for i, q in
                                         enumerate(busy_positions(cols["centroids"], shape, 2, exclude=centre))]
@@ -221,6 +274,17 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
     unit = "voxels"
     add("Objects", figures.objects(out / "objects.png", cols, unit),
         "From the objects table: sizes, and shape measures from the bounding boxes (physical units when the input has a voxel size).")
+    check = objects_to_check(meta, objects, seg, raw, plan, seams and not p.get("zoom"))
+    if check:
+        panels, predicted = check
+        add("Objects to check", figures.suspects(out / "suspects.png", panels),
+            "Where the model most likely erred, so you know where to annotate: the largest and smallest objects for "
+            "their median size, the least compact and those spanning the most blocks"
+            + (", ordered by how much they disagree with the model's foreground, predicted again around them "
+               "(dashed yellow; red: the object, cyan: other objects)." if predicted else
+               " (red: the object, cyan: other objects; the model's foreground is shown when the input and the "
+               "checkpoint are available).") + " Correct them in a viewer and fine-tune on them (README: fit the "
+            "model to your data).")
     if blocks:
         maps, note = block_maps(blocks)
         add("Blocks", figures.block_maps(out / "blocks.png", maps, note),

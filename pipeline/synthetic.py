@@ -221,6 +221,9 @@ APPEARANCES: dict[str, dict[str, Any]] = {
     # confocal: large isotropic nuclei with chromatin texture, bright and dim, touching
     "confocal": {"radius": (12.0, 20.0), "anisotropy": 1.0, "density": 0.35, "overlap": 0.1, "clusters": 0.3,
                  "texture": 0.8, "chromatin": 0.8, "irregularity": 0.25, "brightness": (0.15, 1.0), "photons": 120.0},
+    # dense nuclei about 7 voxels across in z and 15 in-plane (z sampled ~2x coarser), like StarDist's 3D sample
+    "stardist-like": {"radius": (6.5, 8.5), "z_scale": 2.1, "density": 0.45, "overlap": 0.1, "clusters": 0.6,
+                      "blur_z": 1.0, "texture": 0.5, "seam": 0.8, "photons": 150.0, "brightness": (0.3, 1.0)},
     # widefield-like: strong haze, low contrast, mild anisotropy
     "widefield": {"radius": (5.0, 9.0), "anisotropy": 2.0, "density": 0.3, "overlap": 0.05, "blur": 1.5,
                   "haze": 0.8, "photons": 80.0, "seam": 0.9},

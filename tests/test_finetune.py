@@ -211,3 +211,13 @@ def test_finetune_on_partly_annotated_files(tmp_path, caplog, monkeypatch):
     info = open_checkpoint(tmp_path / "ft.pt").info
     assert info.iterations == 6 and info.clustering is not None and info.diameter is not None
     assert 6 < info.diameter[1] < 16  # radii 4-7: whole annotated objects, not slivers cut by the mask
+
+
+def test_finetune_config_example_validates():
+    from pathlib import Path
+
+    from pipeline.train import load_train_config
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml")
+    assert cfg.init == "demo" and len(cfg.data) == 3 and all(d.annotated is not None for d in cfg.data)
+    assert schedule(cfg, (2, 4, 4), "cpu").time_limit_s == 600

@@ -144,6 +144,7 @@ def test_report_html_and_figures(audited, tmp_path):
     assert seams["audit"] == json.loads((out / "qc" / "seam_audit.json").read_text())
     assert seams["gradient"]["region"] == {"offset": [0, 0, 0], "shape": [16, 32, 32]}
     assert "Seam audit" in page and "Provenance" in page
+    assert "Objects to check" in page and "suspects.png" in page
 
 
 def test_report_refuses_what_is_not_a_result(tmp_path):

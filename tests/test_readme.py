@@ -32,7 +32,11 @@ TINY_TRAINING = [
     "synthetic.count=4", "synthetic.shape=[16,48,48]",
 ]
 
+# A fine-tune (`init:`) of the demo's crops: 2 iterations, then validation and calibration on one crop (~30 s).
+TINY_FINETUNE = ["iterations=2", "val_every=2"]
+
 SKIP, SLURM, TINY, RUN = "skip", "needs SLURM", "tiny override appended", "runs as written"
+TINY_FT = "tiny fine-tune override appended"
 
 # fmt: off
 # The rules: the first whose pattern matches a command (after comment stripping) applies; every
@@ -45,6 +49,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (r"^pipeline job-script\b",                           RUN,    "prints a worker job script, submits nothing: runs without any batch scheduler"),
     (r"\bsbatch\b|deploy/local-slurm/|cluster\.kind=slurm|configs/slurm\.yaml",
                                                            SLURM,  "needs SLURM: runs only when `sbatch` is on PATH and PIPELINE_REQUIRE_SLURM=1 (CI), else skipped"),
+    (r"^pipeline train \S*finetune\S*\.yaml",                TINY_FT, "a fine-tune takes 10 minutes on CPU: `--set` " + " ".join(TINY_FINETUNE)),
     (r"^pipeline (train|calibrate)\b",                     TINY,   "full training takes hours on CPU: `--set` " + " ".join(TINY_TRAINING)),
 )
 # fmt: on
@@ -158,8 +163,8 @@ def test_readme_command(step: Step, workspace: Path) -> None:
             pytest.skip(f"{step.source} `{code}`: {reason}")
         if action == SLURM and not _slurm_wanted():
             pytest.skip(f"{step.source} `{code}`: {reason}")
-        if action == TINY:
-            code += "".join(f" --set {shlex.quote(x)}" for x in TINY_TRAINING)
+        if action in (TINY, TINY_FT):
+            code += "".join(f" --set {shlex.quote(x)}" for x in (TINY_TRAINING if action == TINY else TINY_FINETUNE))
     if _failed:
         pytest.skip(f"an earlier README command failed ({_failed[0]}); this one depends on it")
     if step.lang == "python":
@@ -184,7 +189,8 @@ def test_readme_extraction_finds_the_commands() -> None:
     bash = [s.code for s in STEPS if s.lang == "bash"]
     python = [s.code for s in STEPS if s.lang == "python"]
     for prefix in ("pipeline demo", "pipeline plan", "pipeline run", "pipeline predict", "pipeline evaluate",
-                   "pipeline model init", "pipeline model info", "pipeline train", "pipeline calibrate"):
+                   "pipeline model init", "pipeline model info", "pipeline model export", "pipeline train",
+                   "pipeline calibrate"):
         assert any(re.match(re.escape(prefix).replace(r"\ ", r"\s+") + r"\b", c) for c in bash), (
             f"no `{prefix}` command found in the ```bash blocks of {READMES}")
     assert any("sbatch" in c for c in bash), "no sbatch command found in deploy/README.md"

@@ -102,7 +102,7 @@ def split_volumes(cfg: TrainConfig) -> tuple[list[Volume], list[Volume]]:
     0: the training volumes themselves."""
     volumes = load_volumes(cfg.data)
     if cfg.synthetic:
-        volumes += synthetic_volumes(cfg.synthetic)
+        volumes += synthetic_volumes(cfg.synthetic, cfg.workers)
     val = load_volumes(cfg.validation)
     if not val and cfg.validation_split == 0:
         logger.info("validating on the %d training volume(s) (validation_split: 0)", len(volumes))

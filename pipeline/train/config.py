@@ -58,6 +58,8 @@ class SyntheticSource(Frozen):
     texture: Range = 0.6
     chromatin: Range = 0.0
     seam: Range = 0.6
+    brightness: tuple[float, float] = Field((0.4, 1.0), description="range of per-object brightness (dim and "
+                                            "bright nuclei in one volume)")
     photons: Range = 200.0
     read_noise: Range = 2.0
     background: Range = 10.0
@@ -65,12 +67,12 @@ class SyntheticSource(Frozen):
 
     @model_validator(mode="after")
     def _ranges(self) -> SyntheticSource:
-        for name, value in self.model_dump(exclude={"count", "shape", "seed"}).items():
+        for name, value in self.model_dump(exclude={"count", "shape", "seed", "brightness"}).items():
             if isinstance(value, tuple | list) and (len(value) != 2 or value[0] > value[1] or value[0] < 0):
                 raise ValueError(f"synthetic.{name}: a range is [low, high] with 0 <= low <= high, got {list(value)}")
         for name, top in (("density", 1.0), ("overlap", 0.99), ("clusters", 1.0), ("attenuation", 0.99)):
             value = getattr(self, name)
-            if max(value) if isinstance(value, tuple) else value > top:
+            if (max(value) if isinstance(value, tuple) else value) > top:
                 raise ValueError(f"synthetic.{name} must be at most {top}, got {value}")
         return self
 

@@ -76,21 +76,27 @@ def load_volumes(sources: tuple[VolumeSource, ...]) -> list[Volume]:
     return out
 
 
-def synthetic_volumes(src: SyntheticSource) -> list[Volume]:
-    """``src.count`` generated volumes; appearance ranges are drawn per volume (seeded)."""
+def synthetic_volumes(src: SyntheticSource, workers: int = 0) -> list[Volume]:
+    """``src.count`` generated volumes; appearance ranges are drawn per volume (seeded), so the
+    volumes are the same for any number of ``workers`` (processes generating them)."""
+    if workers > 1 and src.count > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, src.count)) as pool:
+            return list(pool.map(_synthetic_volume, [src] * src.count, range(src.count)))
+    return [_synthetic_volume(src, k) for k in range(src.count)]
+
+
+def _synthetic_volume(src: SyntheticSource, k: int) -> Volume:
     from ..synthetic import draw_spec, generate
 
-    ranges = src.model_dump(exclude={"count", "seed", "size"})
-    out = []
-    for k in range(src.count):
-        rng = np.random.default_rng([src.seed, k, 0xC0FFEE])
-        values = dict(ranges)
-        if src.size is not None:
-            r = float(np.exp(rng.uniform(np.log(src.size[0]), np.log(src.size[1]))))
-            values["radius"] = (0.7 * r, 1.3 * r)
-        image, labels = generate(draw_spec(values, rng), seed=src.seed + k)
-        out.append(Volume(image, labels.astype(np.int64)))
-    return out
+    rng = np.random.default_rng([src.seed, k, 0xC0FFEE])
+    values = src.model_dump(exclude={"count", "seed", "size"})
+    if src.size is not None:
+        r = float(np.exp(rng.uniform(np.log(src.size[0]), np.log(src.size[1]))))
+        values["radius"] = (0.7 * r, 1.3 * r)
+    image, labels = generate(draw_spec(values, rng), seed=src.seed + k)
+    return Volume(image, labels.astype(np.int64))
 
 
 def _read_reflected(arr: np.ndarray, start: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
