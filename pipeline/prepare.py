@@ -21,7 +21,7 @@ from .empty import EmptySource, empty_source
 from .io import InputError, InputVolume, open_input, percentiles
 from .model import ModelSpec
 from .predict import NormStats
-from .resample import ZoomedVolume, voxel_diameter, zoom_factors
+from .resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class Prepared:
     stats: NormStats
     empty: EmptySource | None = None  # how empty blocks are found (None: never skipped)
     zoom: tuple[float, ...] | None = None  # input.diameter's resampling (None: the input's own grid)
+    notes: tuple[str, ...] = ()  # why input.diameter's resampling may not help (pipeline plan shows them)
 
     @property
     def grid(self) -> Any:
@@ -101,6 +102,11 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
             trained = (float(trained),) * vol.ndim
         zoom = zoom_factors(diameter, trained, vol.ndim,
                             f"model.checkpoint '{cfg.model.checkpoint}'")
+    notes: list[str] = []
+    if zoom:
+        notes = zoom_warnings(zoom, trained, spec.step)  # type: ignore[arg-type]
+        for note in notes:
+            logger.warning("input.diameter: %s", note)
     grid = ZoomedVolume(vol, zoom) if zoom else vol
     if zoom:
         logger.info("input.diameter %s: resampling %s by %s to %s", cfg.input.diameter, list(vol.shape),
@@ -112,7 +118,8 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     if not zoom:
         warn_chunking(vol.chunks, plan)
     stats = NormStats.from_values(norm, low, high)
-    return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom)
+    return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom,
+                    tuple(notes))
 
 
 UNKNOWN_WORKERS = 8  # an existing scheduler (kind address), or GPUs not known before the cluster starts
@@ -246,6 +253,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "zoom": list(run.zoom) if run.zoom else None,
+        "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),
         "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
         "plan_digest": plan.digest(),

@@ -64,6 +64,40 @@ def zoom_factors(diameter: float | Sequence[float], model_diameter: Sequence[flo
     return None if all(z == 1.0 for z in zoom) else zoom
 
 
+TOLERATED = 0.3  # size mismatch (relative) a model trained on a spread of sizes handles (measured: RESULTS.md)
+SMALLEST = 5.0  # objects fewer voxels across than this along an axis are below what the network resolves
+
+
+def zoom_warnings(zoom: Sequence[float] | None, model_diameter: Sequence[float], step: Sequence[int]) -> list[str]:
+    """Why a resampling may not help, for ``pipeline plan`` and the run's log: an axis upsampled by
+    interpolation (it cannot add the detail the data lacks and blurs the seams between touching
+    objects: on dense anisotropic nuclei every resampling lowered AP, benchmarks/RESULTS.md), an
+    axis resampled although within the size range the model tolerates while another one is
+    resampled, and objects fewer than :data:`SMALLEST` voxels across on an axis."""
+    if not zoom:
+        return []
+    axes = "zyx"[-len(zoom):]
+    notes = []
+    up = [f"{a} x{z:.2f}" for a, z in zip(axes, zoom, strict=True) if z > 1.0 and z != round(z)]
+    if up:
+        notes.append(f"upsampled by interpolation ({', '.join(up)}): it cannot restore detail the input lacks and "
+                     "blurs the seams between touching objects (on dense nuclei this lowered AP@0.5, "
+                     "benchmarks/RESULTS.md); compare a crop with and without input.diameter (pipeline evaluate), or "
+                     "fine-tune the model on your data")
+    big = [abs(math.log(z)) > math.log1p(TOLERATED) for z in zoom]
+    small = [a for a, z, b in zip(axes, zoom, big, strict=True) if z != 1.0 and not b]
+    if any(big) and small:
+        notes.append(f"axis {', '.join(small)} is resampled although its size is within the +-{TOLERATED:.0%} the model "
+                     f"tolerates: that only smooths it; give input.diameter for it equal to the model's "
+                     f"({[round(d, 1) for d in model_diameter]}) to leave it as it is")
+    tiny = [f"{a} ({m / z:.1f})" for a, m, z in zip(axes, model_diameter, zoom, strict=True) if m / z < SMALLEST]
+    if tiny:
+        notes.append(f"objects fewer than {SMALLEST:.0f} voxels across along {', '.join(tiny)}: below what the "
+                     f"network resolves (step {list(step)}); resampling interpolates them (expect merges): fine-tune "
+                     "on your data, or use a model trained on data sampled like yours")
+    return notes
+
+
 def snap(zoom: float, tolerance: float = SNAP_TOLERANCE) -> float:
     """``zoom``, or the integer ratio (1, k or 1/k) nearest to it when within ``tolerance``
     (relative) of it: see :data:`SNAP_TOLERANCE`."""

@@ -194,3 +194,25 @@ def test_bad_diameters_are_one_message(tmp_path, bad):
     assert msg.count("input.diameter") == 1 and "one positive number, or one per axis (z, y, x)" in msg
     assert validate_config({"input": {"path": "x", "diameter": 20}, "output": {"path": "o"},
                             "model": {"diameter": 12}}).model.diameter == 12
+
+
+def test_plan_says_when_resampling_is_unlikely_to_help(tmp_path, capsys):
+    """input.diameter of dense anisotropic nuclei (z 7, in-plane 15 voxels for a model of ~12):
+    `pipeline plan` names the interpolated upsampling and the axes within the model's tolerance;
+    objects 4 voxels across are below the network's resolution; the 2x-zoomed demo gets no warning."""
+    from pipeline.cli import main
+    from pipeline.resample import zoom_warnings
+
+    model = (11.2, 11.9, 11.9)
+    notes = zoom_warnings((11.2 / 7, 11.9 / 15, 11.9 / 15), model, (2, 4, 4))
+    assert len(notes) == 2 and "upsampled by interpolation (z x1.60)" in notes[0]
+    assert "axis y, x is resampled although" in notes[1]
+    tiny = zoom_warnings((11.2 / 4, 1.0, 1.0), model, (2, 4, 4))
+    assert any("fewer than 5 voxels across along z (4.0)" in n for n in tiny)
+    assert zoom_warnings((1.0, 0.5, 0.5), model, (2, 4, 4)) == [] and zoom_warnings(None, model, (2, 4, 4)) == []
+    write_zarr(tmp_path / "in.zarr", np.zeros((16, 32, 32), np.uint16), name="raw")
+    argv = ["plan", "--set", f"input.path={tmp_path / 'in.zarr'}", "--set", "input.dataset=raw",
+            "--set", f"output.path={tmp_path / 'out.zarr'}", "--set", "input.diameter=[7,15,15]"]
+    assert main(argv) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("diameter_check"))
+    assert "upsampled by interpolation" in line and "within the +-30%" in line

@@ -189,7 +189,7 @@ def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
                       val_every=5, out=tmp_path / "m.pt"))
     assert calls == [False, True]
     assert len(train_mod.clustering_grid(1.5, 100.0, full=False)) == 2
-    assert len(train_mod.clustering_grid(1.5, 100.0)) == 3 * 7 * 3
+    assert len(train_mod.clustering_grid(1.5, 100.0)) == 4 * (4 + 2 * 3) * 3
 
 
 # a few seconds on 2 CPU cores: one iteration of a 2-feature net on two small generated volumes

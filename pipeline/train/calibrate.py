@@ -34,16 +34,17 @@ def clustering_grid(delta_d: float, median_size: float, full: bool = True) -> li
     def conn(fg: float, k: float) -> dict[str, Any]:
         return {"method": "connectivity", "foreground_threshold": fg, "threshold": round(k * delta_d, 4)}
 
-    def agg(fg: float, k: float) -> dict[str, Any]:
-        return {"method": "agglomeration", "foreground_threshold": fg, "threshold": round(0.2 * delta_d, 4),
+    def agg(fg: float, k: float, t: float = 0.2) -> dict[str, Any]:
+        return {"method": "agglomeration", "foreground_threshold": fg, "threshold": round(t * delta_d, 4),
                 "merge_distance": round(k * delta_d, 4), "grow_threshold": min(0.5, fg),
                 "grow_distance": ClusteringParams.grow_distance}
 
     if not full:
         return [{**conn(0.5, 1.0), "min_size": 0}, {**agg(0.7, 4 / 3), "min_size": int(0.1 * median_size)}]
     grid: list[dict[str, Any]] = []
-    for fg in (0.5, 0.7, 0.85):
-        grid += [conn(fg, k) for k in (0.5, 0.75, 1.0, 1.25)] + [agg(fg, k) for k in (1.0, 4 / 3, 5 / 3)]
+    for fg in (0.5, 0.7, 0.85, 0.95):  # dim, low-contrast data needs the strict end (measured: fine-tunes)
+        grid += [conn(fg, k) for k in (0.5, 0.75, 1.0, 1.25)]
+        grid += [agg(fg, k, t) for t in (0.2, 0.13) for k in (1.0, 4 / 3, 5 / 3)]
     sizes = sorted({0, int(0.1 * median_size), int(0.25 * median_size)})
     return [{**g, "min_size": m} for g in grid for m in sizes]
 
