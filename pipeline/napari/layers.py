@@ -183,11 +183,24 @@ def image_layer(result: Path, meta: dict[str, Any]) -> tuple[LayerData | None, F
     return (data if len(data) > 1 else data[0], kwargs, "image"), frame
 
 
+def label_image_of(result: Path, meta: dict[str, Any]) -> Path | None:
+    """The run's label image: ``labels/<name>`` of the result itself (standalone; also after the
+    result was moved or copied), else the recorded one (under the input image); None: none."""
+    recorded = meta.get("label_image")
+    if not recorded:
+        return None
+    name = meta.get("config", {}).get("output", {}).get("label_name") or Path(recorded).name
+    inside = result / "labels" / name
+    if group_attrs(inside) is not None:
+        return inside
+    found = resolve(recorded, result)
+    return found if found is not None and group_attrs(found) is not None else None
+
+
 def label_arrays(result: Path, meta: dict[str, Any], frame: Frame | None) -> tuple[list[Any], dict[str, Any], str]:
     """The label image's levels with its scale/translation (NGFF metadata), else ``segmentation``."""
-    recorded = meta.get("label_image")
-    group = resolve(recorded, result) if recorded else None
-    if group is not None and group_attrs(group):
+    group = label_image_of(result, meta)
+    if group is not None:
         arrays, attrs = multiscale_arrays(group)
         nd = len(arrays[0].shape)
         scale, translate = level_transforms(attrs, arrays, list(range(nd)))

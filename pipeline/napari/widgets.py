@@ -35,7 +35,7 @@ from ..geometry import Box
 from ..region import RegionRecord, exact_mask, read_record, region_box
 from . import launch
 from .keep import annotated_mask, save_crop, save_label_image
-from .layers import Frame, group_attrs, objects_features
+from .layers import Frame, group_attrs, label_image_of, objects_features
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class SegmentViewWidget(QWidget):
         self.go.setEnabled(False)
         self.cancel.setEnabled(True)
         self.status.setText(f"segmenting {region} ...")
-        self.worker = create_worker(self.segment, config, region, layer)
+        self.worker = create_worker(self.segment, config, region, layer, _ignore_errors=True)  # shown by _failed
         self.worker.returned.connect(self._done)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
@@ -569,10 +569,7 @@ class KeepWidget(QWidget):
     def save_labels(self) -> str:
         layer, edit = self.edited()
         result = Path(edit["result"])
-        meta = (group_attrs(result) or {}).get("pipeline", {})
-        from .layers import resolve
-
-        source = resolve(meta["label_image"], result) if meta.get("label_image") else None
+        source = label_image_of(result, (group_attrs(result) or {}).get("pipeline", {}))
         if source is None:
             raise UsageError(f"the result '{result}' has no label image to correct (output.labels: none)")
         name = self.name.text().strip()
