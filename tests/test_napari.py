@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,20 @@ def test_screenshot(make_napari_viewer, qtbot, demo, tmp_path):
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 100  # not a blank window
     if SCREENSHOT:
         shutil.copy(path, SCREENSHOT)
+
+
+def test_a_million_objects_open_in_the_viewer_in_seconds(make_napari_viewer, qtbot, tmp_path, record_property):
+    from .test_napari_layers import fake_result
+
+    out = fake_result(tmp_path / "big.zarr", 10**6)
+    viewer = make_napari_viewer(show=True)
+    t0 = time.perf_counter()
+    viewer.open(str(out), plugin="pipeline")
+    viewer.dims.set_point(0, 50)
+    qtbot.wait(1)  # the first draw
+    seconds = time.perf_counter() - t0
+    record_property("open_seconds", round(seconds, 2))
+    print(f"10^6-object result opened in {seconds:.2f} s")
+    labels = viewer.layers["segmentation"]
+    assert labels.multiscale and len(labels.features) == 200_000
+    assert seconds < 10, seconds
