@@ -93,7 +93,8 @@ def test_segment_this_view_equals_the_full_run_clear_of_the_edge(make_napari_vie
     widget.start()
     qtbot.waitUntil(lambda: "preview" in viewer.layers or widget.status.text().startswith("error"), timeout=300_000)
     assert "preview" in viewer.layers, widget.status.text()
-    assert "blocks of [48, 64, 64]" in widget.plan.text() and "label image:" in widget.plan.text()
+    plan = widget.plan.text()
+    assert "4 blocks of [48, 64, 64]" in plan and "label image: standalone" in plan and "this preview: 1 block" in plan
     preview = viewer.layers["preview"]
     result = Path(preview.metadata["pipeline"]["result"])
     full, part = open_array(out / "segmentation")[...], open_array(result / "segmentation")[...]

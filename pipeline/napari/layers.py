@@ -43,6 +43,7 @@ FEATURES_LIMIT = 200_000  # rows of the objects table given to napari (a sample 
 SEAM_FILES = 256  # seam audit records read (evenly spaced beyond)
 POINTS_LIMIT = 20_000  # rejected pairs shown
 GRID_LINES = 1_000  # block borders drawn per axis (every k-th beyond)
+KEPT = ("blocks", "empty", "merge")  # config sections of the run that a widget's preview or run keeps
 
 
 def group_attrs(path: Path) -> dict[str, Any] | None:
@@ -173,9 +174,11 @@ def image_layer(result: Path, meta: dict[str, Any]) -> tuple[LayerData | None, F
     views = [spatial_view(a, vol.axes, cfg.channel) for a in arrays]
     data = [v[0] for v in views]
     norm = meta.get("normalisation") or {}
+    config = meta.get("config", {})
+    kept = {k: config[k] for k in KEPT if k in config}  # a preview or a new run on this image keeps its blocks
     kwargs: dict[str, Any] = {"name": Path(cfg.path).stem + (f" {cfg.dataset}" if cfg.dataset else ""),
                               "scale": scale, "translate": translate, "multiscale": len(data) > 1,
-                              "metadata": {"pipeline": {"input": {**recorded, "path": str(where)}}}}
+                              "metadata": {"pipeline": {"input": {**recorded, "path": str(where)}, "run": kept}}}
     if "offset" in norm and "scale" in norm:  # what the network saw as 0..1
         kwargs["contrast_limits"] = [float(norm["offset"]), float(norm["offset"]) + float(norm["scale"])]
     if views[0][1]:

@@ -44,6 +44,7 @@ GUARANTEE = ("Computes the blocks of the full run's grid that meet the region, w
              "normalisation. Objects clear of the computed box's edge (column 'exact') are exactly what "
              "`pipeline run` writes there; objects on the edge may be cut.")
 WHOLE_LAYER_VOXELS = 1 << 24  # "whole layer" is offered for layers up to this size
+PREVIEW_VOXELS = 1 << 27  # the most a preview computes (its labels are held in memory)
 
 
 class Cancelled(Exception):
@@ -52,7 +53,7 @@ class Cancelled(Exception):
 
 def source_of(layer: Any) -> dict[str, Any] | None:
     """The input config (path, dataset, ...) an image layer was read from, when it records one."""
-    return (getattr(layer, "metadata", None) or {}).get("pipeline", {}).get("input")
+    return pipeline_meta(layer).get("input")
 
 
 def level0(layer: Any) -> Any:
@@ -97,6 +98,41 @@ def shapes_box(shapes: Any, layer: Any, viewer: Any) -> Box:
     return region_box(list(zip(lo.tolist(), hi.tolist(), strict=True)), shape)
 
 
+class LayerChoice(QComboBox):
+    """The viewer's layers that ``accept`` takes, kept up to date as layers come and go."""
+
+    def __init__(self, viewer: Any, accept: Any, missing: str) -> None:
+        super().__init__()
+        self.viewer, self.accept, self.missing = viewer, accept, missing
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        current = self.currentText()
+        self.clear()
+        names = [layer.name for layer in self.viewer.layers if self.accept(layer)]
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+
+    def layer(self) -> Any:
+        name = self.currentText()
+        if not name or name not in self.viewer.layers:
+            raise UsageError(self.missing)
+        return self.viewer.layers[name]
+
+
+def pipeline_meta(layer: Any) -> dict[str, Any]:
+    return (getattr(layer, "metadata", None) or {}).get("pipeline", {})
+
+
+def result_labels(layer: Any) -> bool:
+    """A Labels layer of a result (not an edited copy)."""
+    meta = pipeline_meta(layer)
+    return layer._type_string == "labels" and bool(meta.get("result")) and not meta.get("edit")
+
+
 class Settings(QWidget):
     """Model, object size and clustering: the parts of a config both widgets share."""
 
@@ -104,7 +140,8 @@ class Settings(QWidget):
         super().__init__()
         self.viewer = viewer
         form = QFormLayout(self)
-        self.image = QComboBox()
+        self.image = LayerChoice(viewer, source_of, "no image layer with a source on disk: open a pipeline result "
+                                 "or the sample data")
         form.addRow("image", self.image)
         self.model = QLineEdit("demo")
         browse = QPushButton("...")
@@ -125,9 +162,6 @@ class Settings(QWidget):
             form.addRow(key.replace("_", " "), self.fields[key])
         self.model.editingFinished.connect(self.show_defaults)
         self.method.currentIndexChanged.connect(self.show_defaults)
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        self.refresh()
         self.show_defaults()
 
     def _browse_model(self) -> None:
@@ -136,19 +170,8 @@ class Settings(QWidget):
             self.model.setText(path)
             self.show_defaults()
 
-    def refresh(self, *_: Any) -> None:
-        current = self.image.currentText()
-        self.image.clear()
-        names = [layer.name for layer in self.viewer.layers if source_of(layer)]
-        self.image.addItems(names)
-        if current in names:
-            self.image.setCurrentText(current)
-
     def layer(self) -> Any:
-        name = self.image.currentText()
-        if not name or name not in self.viewer.layers:
-            raise UsageError("no image layer with a source on disk: open a pipeline result or the sample data")
-        return self.viewer.layers[name]
+        return self.image.layer()
 
     def show_defaults(self) -> None:
         """The model's calibrated clustering values as placeholders (what an empty field means)."""
@@ -170,7 +193,8 @@ class Settings(QWidget):
             f.setPlaceholderText(f"model default: {getattr(params, key)}")
 
     def config(self, output: Path, cluster: dict[str, Any]) -> dict[str, Any]:
-        """The config dict of these settings (validated by the caller)."""
+        """The config dict of these settings, with the blocks, empty and merge sections of the run the
+        image came from (same block grid); validated by the caller."""
         clustering: dict[str, Any] = {}
         if self.method.currentText() != METHODS[0]:
             clustering["method"] = self.method.currentText()
@@ -181,16 +205,38 @@ class Settings(QWidget):
                     clustering[key] = int(text) if key == "min_size" else float(text)
                 except ValueError:
                     raise UsageError(f"clustering.{key}: '{text}' is not a number") from None
-        source = dict(source_of(self.layer()) or {})
+        layer = self.layer()
+        source = dict(source_of(layer) or {})
         text = self.diameter.text().replace(",", " ").split()
         if text:
             try:
                 source["diameter"] = [float(v) for v in text] if len(text) > 1 else float(text[0])
             except ValueError:
                 raise UsageError(f"diameter '{self.diameter.text()}': give one number or one per axis") from None
-        return {"input": source, "output": {"path": str(output)},
+        return {**pipeline_meta(layer).get("run", {}), "input": source, "output": {"path": str(output)},
                 "model": {"checkpoint": self.model.text().strip() or "demo"},
                 "cluster": cluster, **({"clustering": clustering} if clustering else {})}
+
+
+def add_controls(layout: Any, *names: str) -> tuple[list[QPushButton], QProgressBar, QLabel]:
+    """A row of buttons, a progress bar and a status line under ``layout``."""
+    row = QHBoxLayout()
+    buttons = [QPushButton(n) for n in names]
+    for b in buttons:
+        row.addWidget(b)
+    layout.addLayout(row)
+    bar = QProgressBar()
+    layout.addWidget(bar)
+    status = QLabel("")
+    status.setWordWrap(True)
+    layout.addWidget(status)
+    return buttons, bar, status
+
+
+def show_progress(bar: QProgressBar, desc: str, done: int, total: int) -> None:
+    bar.setMaximum(max(total, 1))
+    bar.setValue(done)
+    bar.setFormat(f"{desc}: %v/%m")
 
 
 class Bridge(QObject):
@@ -200,29 +246,57 @@ class Bridge(QObject):
     plan = Signal(str)
 
 
-def plan_text(config: dict[str, Any]) -> str:
-    """``pipeline plan``'s numbers for the whole volume, as a few lines."""
+def where(target: Any) -> str:
+    """Where the full run's label image goes (the preview's own output is a scratch folder)."""
+    if target is None:
+        return "none (output.labels: none)"
+    if target.mode == "image":
+        return f"under the input image, {target.group} (NGFF {target.version}, {len(target.levels)} levels)"
+    return f"standalone, <output>/labels/{target.name} (NGFF {target.version}, {len(target.levels)} levels)"
+
+
+def plan_text(config: dict[str, Any], region: Box) -> str:
+    """``pipeline plan``'s numbers for the whole volume (the run the preview stands for: its label
+    image too), and the blocks the preview of ``region`` computes; a preview larger than
+    :data:`PREVIEW_VOXELS` is refused (zoom in, or draw a smaller box)."""
     from ..prepare import plan_summary, prepare
+    from ..region import covering_blocks, zoomed_region
     from ..stages.labels import label_target
 
-    run = prepare(config)
+    output = {k: v for k, v in config["output"].items() if k != "labels"}
+    run = prepare({**config, "output": output})
     s = plan_summary(run)
     target = label_target(run)
+    grid = zoomed_region(region, run.zoom, run.plan.volume) if run.zoom else region
+    blocks = len(covering_blocks(run.plan, grid))
+    voxels = blocks * int(np.prod(run.plan.write_shape))
+    if voxels > PREVIEW_VOXELS:
+        raise UsageError(f"the region {list(region.shape)} needs {blocks} blocks ({voxels / 1e6:.0f} Mvoxels) to "
+                         f"preview, more than {PREVIEW_VOXELS / 1e6:.0f}; zoom in or draw a smaller box")
     return (f"whole volume {s['volume_shape']}: {s['blocks']} blocks of {s['write_shape']} "
             f"(grid {s['grid']}), {s['memory_per_block_mib']} MiB per block ({s['blocks_sized_for']})\n"
             f"empty blocks: {s['empty_blocks_from']}\n"
-            f"label image: {target.group if target else 'none'}")
+            f"label image: {where(target)}\n"
+            f"this preview: {blocks} block{'s' if blocks != 1 else ''}")
 
 
-class SegmentViewWidget(QWidget):
-    """Segment the current view (or a drawn box, or the whole layer) exactly as the full run would."""
+class SettingsWidget(QWidget):
+    """A dock widget that starts with the shared :class:`Settings` (``self.column``: its layout)."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        layout = QVBoxLayout(self)
+        self.column = QVBoxLayout(self)
         self.settings = Settings(napari_viewer)
-        layout.addWidget(self.settings)
+        self.column.addWidget(self.settings)
+
+
+class SegmentViewWidget(SettingsWidget):
+    """Segment the current view (or a drawn box, or the whole layer) exactly as the full run would."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer)
+        layout = self.column
         self.region = QComboBox()
         self.region.addItems(["current view", "last shape of a Shapes layer", "whole layer"])
         layout.addWidget(self.region)
@@ -232,18 +306,8 @@ class SegmentViewWidget(QWidget):
         note = QLabel(GUARANTEE)
         note.setWordWrap(True)
         layout.addWidget(note)
-        row = QHBoxLayout()
-        self.go = QPushButton("Segment this view")
-        self.cancel = QPushButton("Cancel")
+        (self.go, self.cancel), self.bar, self.status = add_controls(layout, "Segment this view", "Cancel")
         self.cancel.setEnabled(False)
-        row.addWidget(self.go)
-        row.addWidget(self.cancel)
-        layout.addLayout(row)
-        self.bar = QProgressBar()
-        layout.addWidget(self.bar)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
         self.go.clicked.connect(self.start)
         self.cancel.clicked.connect(self.stop)
         self.bridge = Bridge()
@@ -299,7 +363,7 @@ class SegmentViewWidget(QWidget):
         from ..progress import listening
         from ..run import segment
 
-        self.bridge.plan.emit(plan_text(config))
+        self.bridge.plan.emit(plan_text(config, region))
 
         def listen(desc: str, done: int, total: int) -> None:
             if self._cancel.is_set():
@@ -314,9 +378,7 @@ class SegmentViewWidget(QWidget):
         self.status.setText("cancelling (after the current step) ...")
 
     def _progress(self, desc: str, done: int, total: int) -> None:
-        self.bar.setMaximum(max(total, 1))
-        self.bar.setValue(done)
-        self.bar.setFormat(f"{desc}: %v/%m")
+        show_progress(self.bar, desc, done, total)
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
@@ -360,17 +422,14 @@ def add_preview(viewer: Any, out: Path, image: Any) -> Any:
                                                     "exact_voxels": int(exact.sum())}})
 
 
-class RunWidget(QWidget):
+class RunWidget(SettingsWidget):
     """Write the config, launch ``pipeline run`` detached, follow it, open the result."""
 
     POLL_MS = 2000
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        layout = QVBoxLayout(self)
-        self.settings = Settings(napari_viewer)
-        layout.addWidget(self.settings)
+        super().__init__(napari_viewer)
+        layout = self.column
         form = QFormLayout()
         self.output = QLineEdit(str(Path.cwd() / "result.zarr"))
         form.addRow("output", self.output)
@@ -388,18 +447,7 @@ class RunWidget(QWidget):
         self.cluster_file.setPlaceholderText("optional: take cluster: from this YAML (e.g. deploy/jobqueue.yaml)")
         form.addRow("cluster from", self.cluster_file)
         layout.addLayout(form)
-        row = QHBoxLayout()
-        self.write = QPushButton("Write config")
-        self.go = QPushButton("Launch")
-        self.halt = QPushButton("Stop")
-        for b in (self.write, self.go, self.halt):
-            row.addWidget(b)
-        layout.addLayout(row)
-        self.bar = QProgressBar()
-        layout.addWidget(self.bar)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        (self.write, self.go, self.halt), self.bar, self.status = add_controls(layout, "Write config", "Launch", "Stop")
         self.write.clicked.connect(self.write_config)
         self.go.clicked.connect(self.start)
         self.halt.clicked.connect(self.stop)
@@ -460,10 +508,7 @@ class RunWidget(QWidget):
         launch.reap()
         status = self.run.status()
         if status.progress:
-            desc, done, total = status.progress
-            self.bar.setMaximum(max(total, 1))
-            self.bar.setValue(done)
-            self.bar.setFormat(f"{desc}: %v/%m")
+            show_progress(self.bar, *status.progress)
         self.status.setText(status.describe() if status.state != "done" else f"done: {self.run.output}")
         if status.state != "running":
             self.timer.stop()
@@ -486,7 +531,8 @@ class KeepWidget(QWidget):
         self.viewer = napari_viewer
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.labels = QComboBox()
+        self.labels = LayerChoice(napari_viewer, result_labels, "no labels layer of a result: open a pipeline "
+                                  "result first")
         form.addRow("labels", self.labels)
         self.edit = QPushButton("Edit a copy of this view")
         form.addRow(self.edit)
@@ -511,9 +557,6 @@ class KeepWidget(QWidget):
         self.edit.clicked.connect(self._guard(self.make_copy))
         self.save.clicked.connect(self._guard(self.save_labels))
         self.crop.clicked.connect(self._guard(self.save_crop))
-        napari_viewer.layers.events.inserted.connect(self.refresh)
-        napari_viewer.layers.events.removed.connect(self.refresh)
-        self.refresh()
 
     def _guard(self, fn: Any) -> Any:
         def run(*_: Any) -> None:
@@ -523,24 +566,8 @@ class KeepWidget(QWidget):
                 self.status.setText(f"error: {exc}")
         return run
 
-    def refresh(self, *_: Any) -> None:
-        current = self.labels.currentText()
-        self.labels.clear()
-        names = [lyr.name for lyr in self.viewer.layers
-                 if lyr._type_string == "labels" and (lyr.metadata or {}).get("pipeline", {}).get("result")
-                 and not (lyr.metadata or {}).get("pipeline", {}).get("edit")]
-        self.labels.addItems(names)
-        if current in names:
-            self.labels.setCurrentText(current)
-
-    def source(self) -> Any:
-        name = self.labels.currentText()
-        if not name or name not in self.viewer.layers:
-            raise UsageError("no labels layer of a result: open a pipeline result first")
-        return self.viewer.layers[name]
-
     def make_copy(self) -> str:
-        layer = self.source()
+        layer = self.labels.layer()
         box = view_box(self.viewer, layer)
         meta = layer.metadata["pipeline"]
         region = meta.get("region")
@@ -561,7 +588,7 @@ class KeepWidget(QWidget):
         layers = [active] if active is not None else []
         layers += [lyr for lyr in reversed(self.viewer.layers) if lyr not in layers]
         for lyr in layers:
-            edit = (getattr(lyr, "metadata", None) or {}).get("pipeline", {}).get("edit")
+            edit = pipeline_meta(lyr).get("edit")
             if edit:
                 return lyr, edit
         raise UsageError("no edited copy: press 'Edit a copy of this view' first")
