@@ -147,3 +147,28 @@ def test_region_outside_the_volume_is_one_line(tmp_path):
     with pytest.raises(RegionError, match="holds no voxel"):
         segment(cfg, region=Box((8, 0, 0), (2, 4, 4)))
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_listener_follows_a_region_run_and_can_stop_it(tmp_path):
+    """The viewer's progress bar and Cancel button: pipeline.progress.listening in this thread."""
+    from pipeline.progress import listening
+
+    write_zarr(tmp_path / "in.zarr", _volume((8, 32, 32)), name="raw")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"}, "output": {"path": str(tmp_path / "o.zarr")},
+           "model": {"checkpoint": str(passthrough_checkpoint(tmp_path / "pt.pt"))},
+           "blocks": {"write_shape": [8, 16, 16]}, "cluster": {"kind": "serial"}}
+    seen = []
+    with listening(lambda desc, done, total: seen.append((desc, done, total))):
+        segment(cfg, region=Box((0, 0, 0), (8, 10, 10)))
+    assert ("fragments", 1, 1) in seen and seen[0] == ("fragments", 0, 1)
+
+    class Stop(Exception):
+        pass
+
+    def stop(desc, done, total):
+        if done:
+            raise Stop
+
+    with pytest.raises(Stop), listening(stop):
+        segment({**cfg, "output": {"path": str(tmp_path / "stopped.zarr")}}, region=Box((0, 0, 0), (8, 32, 32)))
+    assert not dict(open_group(tmp_path / "stopped.zarr", mode="r").attrs)["complete"]  # resumable, never "done"
