@@ -135,9 +135,9 @@ def fake_result(path, n: int, shape=(100, 200, 400)):
 def test_a_million_objects_open_in_seconds(tmp_path):
     """The table is sampled to FEATURES_LIMIT rows, the arrays stay lazy: well under 10 s."""
     out = fake_result(tmp_path / "big.zarr", 10**6)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: what the open costs, whatever else shares the machine
     layers = by_name(result_layers(out))
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     labels = layers["segmentation"]
     assert len(labels[1]["features"]["index"]) == FEATURES_LIMIT
     assert "a sample of 200,000 of 1,000,000 objects" in labels[1]["metadata"]["pipeline"]["features_note"]
