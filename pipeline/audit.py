@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-PAIR_KEYS = ("a", "b", "contact", "distance", "min_distance", "accepted", "face")
+PAIR_KEYS = ("a", "b", "contact", "distance", "min_distance", "accepted", "centre", "face")
 FACE_KEYS = ("block", "axis", "touching", "accepted", "contact", "fg_a", "fg_b", "objects_cut")
 TOP = 20  # closest rejected / farthest accepted pairs listed in the JSON
 FACE_ROWS = 2000  # faces listed one by one in the JSON (all faces stay in the npz records)
@@ -30,25 +30,28 @@ def face_audit(lab_a: np.ndarray, lab_b: np.ndarray, ev_a: np.ndarray, ev_b: np.
                accepted: np.ndarray) -> dict[str, np.ndarray]:
     """Touching fragment pairs of one face with their evidence; ``accepted``: the pairs the
     method's rule accepted (``(m, 2)``). ``distance``/``min_distance``: mean/min over the
-    pair's contact voxel pairs of the distance between the evidence on the two sides."""
+    pair's contact voxel pairs of the distance between the evidence on the two sides;
+    ``centre``: the mean position of its contact voxels in the face plane (``(n, ndim - 1)``)."""
     link = (lab_a > 0) & (lab_b > 0)
     if not link.any():
-        return empty_pairs()
+        return empty_pairs(lab_a.ndim)
     ids = np.stack([lab_a[link], lab_b[link]], axis=1).astype(np.uint64)
     dist = np.sqrt(((ev_a[:, link].astype(np.float64) - ev_b[:, link]) ** 2).sum(axis=0))
     pairs, inv, contact = np.unique(ids, axis=0, return_inverse=True, return_counts=True)
     inv = inv.ravel()
+    centre = np.stack([np.bincount(inv, weights=c) / contact for c in np.nonzero(link)], axis=1)
     min_d = np.full(len(pairs), np.inf)
     np.minimum.at(min_d, inv, dist)
     taken = {(int(a), int(b)) for a, b in np.asarray(accepted).reshape(-1, 2)}
     return {"a": pairs[:, 0], "b": pairs[:, 1], "contact": contact.astype(np.int64),
             "distance": np.bincount(inv, weights=dist) / contact, "min_distance": min_d,
-            "accepted": np.array([(int(a), int(b)) in taken for a, b in pairs], dtype=bool)}
+            "accepted": np.array([(int(a), int(b)) in taken for a, b in pairs], dtype=bool), "centre": centre}
 
 
-def empty_pairs() -> dict[str, np.ndarray]:
+def empty_pairs(plane_ndim: int = 0) -> dict[str, np.ndarray]:
     return {"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64), "contact": np.zeros(0, np.int64),
-            "distance": np.zeros(0), "min_distance": np.zeros(0), "accepted": np.zeros(0, bool)}
+            "distance": np.zeros(0), "min_distance": np.zeros(0), "accepted": np.zeros(0, bool),
+            "centre": np.zeros((0, plane_ndim))}
 
 
 def batch_record(faces: Sequence[tuple[int, int, np.ndarray, np.ndarray, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -62,6 +65,9 @@ def batch_record(faces: Sequence[tuple[int, int, np.ndarray, np.ndarray, dict[st
                            ("fg_b", int((lab_b > 0).sum())), ("objects_cut", 0)):
             rows[key].append(value)
         parts.append({**p, "face": np.full(len(acc), i, np.int64)})
+    if parts:
+        plane = max(q["centre"].shape[1] for q in parts)
+        parts = [{**q, "centre": q["centre"].reshape(-1, plane)} for q in parts]
     pairs = {k: np.concatenate([q[k] for q in parts]) for k in PAIR_KEYS} if parts else {
         **empty_pairs(), "face": np.zeros(0, np.int64)}
     return {**{f"face_{k}": np.asarray(v, np.int64) for k, v in rows.items()}, **pairs}

@@ -24,7 +24,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -88,6 +88,9 @@ class CheckpointInfo(BaseModel):
     diameter: tuple[float, ...] | None = Field(
         None, description="typical object diameter of the training data, voxels per axis (input.diameter "
         "resamples other data to it)")
+    foreground_target: Literal["mask", "interior"] | None = Field(
+        None, description="what the foreground channel learnt: every object voxel, or the interior (touching "
+        "objects apart); a fine-tune of this model keeps it")
 
     def to_json(self) -> str:
         """The ``extra`` string of a checkpoint: the fields that were given, in field order."""

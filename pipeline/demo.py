@@ -33,6 +33,15 @@ def demo_spec(look: str, size: tuple[int, ...] | list[int]) -> SyntheticSpec:
     return appearance(look, shape=tuple(size))
 
 
+def write_demo_input(src: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed: int = 7,
+                     look: str = "demo") -> np.ndarray:
+    """The demo volume (arrays ``raw`` and ``labels``, the ground truth) generated into ``src``; returns the labels."""
+    image, labels = generate(demo_spec(look, size), seed=seed)
+    write_zarr(src, image, chunks=(16, 64, 64), name="raw")
+    write_zarr(src, labels, chunks=(16, 64, 64), name="labels")
+    return labels
+
+
 def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed: int = 7, overwrite: bool = False,
              n_workers: int = 2, progress: bool = False, look: str = "demo", crops: int = 0) -> dict[str, Any]:
     if look not in APPEARANCES:
@@ -42,10 +51,8 @@ def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed
             raise OutputError(f"demo folder '{out}' exists; pass --overwrite or choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    image, labels = generate(demo_spec(look, size), seed=seed)
     src = out / "input.zarr"
-    write_zarr(src, image, chunks=(16, 64, 64), name="raw")
-    write_zarr(src, labels, chunks=(16, 64, 64), name="labels")
+    labels = write_demo_input(src, size, seed, look)
     finetune = write_crops(out, look, crops, seed) if crops else None
     t0 = time.perf_counter()
     result = segment({
@@ -76,7 +83,7 @@ def write_crops(out: Path, look: str, count: int, seed: int, shape: tuple[int, .
             write_zarr(path, arr, chunks=(16, 64, 64), name=name)
         entries.append({"image": str(path), "image_dataset": "image", "labels": str(path), "labels_dataset": "labels",
                         "annotated": str(path), "annotated_dataset": "annotated"})
-    config = {"init": "demo", "data": entries, "validation_split": 1, "foreground_target": "interior",
+    config = {"init": "demo", "data": entries, "validation_split": 1,
               "out": str((out / "finetuned.pt").resolve())}
     target = out / "finetune.yaml"
     header = (f"# Fine-tune the bundled model on {count} partly annotated crops of the '{look}' look ({fraction:.0%} of\n"

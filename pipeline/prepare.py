@@ -69,9 +69,13 @@ class Prepared:
     @property
     def blocks_per_task(self) -> int:
         """Configured, else :func:`auto_blocks_per_task`."""
+        return self.per_task(len(self.plan))
+
+    def per_task(self, blocks: int) -> int:
+        """Blocks per task for a run of ``blocks`` blocks (a region run computes fewer than the plan's)."""
         c = self.config
         return c.blocks.blocks_per_task or auto_blocks_per_task(
-            len(self.plan), planned_workers(c.cluster), 4 * (self.spec.embed_dim + 1) * math.prod(self.plan.write_shape),
+            blocks, planned_workers(c.cluster), 4 * (self.spec.embed_dim + 1) * math.prod(self.plan.write_shape),
             c.model.batch_size)
 
 

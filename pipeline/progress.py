@@ -4,12 +4,35 @@ logs, redirected output and ``-q`` (a terminal gets tqdm's bar instead)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger("pipeline.progress")
 
 EVERY_S = 30.0
+
+Listener = Callable[[str, int, int], None]
+_listeners = threading.local()
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Call ``listener(desc, done, total)`` at every progress step of the runs this thread makes
+    while the context is open (a viewer's progress bar). An exception the listener raises stops
+    the run there (a Cancel button)."""
+    stack: list[Listener] = getattr(_listeners, "stack", [])
+    _listeners.stack = [*stack, listener]
+    try:
+        yield
+    finally:
+        _listeners.stack = stack
+
+
+def _tell(desc: str, done: int, total: int) -> None:
+    for listener in getattr(_listeners, "stack", ()):
+        listener(desc, done, total)
 
 
 def progress_line(desc: str, done: int, total: int, elapsed: float, unit: str = "task", item_voxels: int = 0) -> str:
@@ -31,9 +54,11 @@ class ProgressLog:
         self.done = 0
         self.start = self.last = clock()
         self.logged = -1
+        _tell(desc, 0, total)
 
     def update(self, n: int = 1) -> None:
         self.done += n
+        _tell(self.desc, self.done, self.total)
         now = self.clock()
         if now - self.last >= self.every:
             self._log(now)

@@ -12,17 +12,31 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .checkpoint import CheckpointInfo
 from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
 from .engine import open_engine
+from .geometry import Box
 from .merge import label_dtype
 from .ome import physical_grid
 from .prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
+from .region import (
+    REGION,
+    RegionError,
+    RegionRecord,
+    computed_box,
+    covering_blocks,
+    edge_ids,
+    input_box,
+    region_box,
+    zoomed_region,
+)
 from .stages import (
     FragmentsStage,
     MergeStage,
@@ -80,16 +94,22 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     return Path(cfg.output.path)
 
 
-def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> Path:
+def segment(config: ConfigLike, client: Any = None, progress: bool = False, region: Box | None = None) -> Path:
     """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when
     more than 2**32 - 1 objects) and the objects table (``objects/part-*.parquet``, and
     ``objects.csv`` for small results) to the output group; then the OME-Zarr label image
-    (``output.labels``: under the input image's ``labels/``, or ``<output>/labels/<name>``)."""
+    (``output.labels``: under the input image's ``labels/``, or ``<output>/labels/<name>``).
+
+    With ``region`` (input voxels), only the blocks of the full run's plan that meet it are
+    computed, and the output holds their labels (0 elsewhere), their objects table and a
+    :class:`~pipeline.region.RegionRecord` (no label image): objects clear of the computed
+    box's edge are the full run's (see :mod:`pipeline.region`)."""
     run = prepare(config)
     cfg, per = run.config, run.blocks_per_task
     method = clustering_method(run)
     check_output(cfg.output.path, cfg.output.overwrite)
-    target = label_target(run)
+    area = _region(run, region) if region is not None else None
+    target = label_target(run) if area is None else None
     if target is not None:
         check_labels(target, Path(cfg.output.path), cfg.output.overwrite)
     min_size = method.params.min_size
@@ -97,22 +117,34 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     with open_engine(cfg.cluster, client, progress) as engine:
-        store = _open_store(run, "segment", method.describe())
+        params = method.describe() if area is None else {**method.describe(), "region": area.to_json()}
+        store = _open_store(run, "segment", params)
         task = Task.of(run, store)
         fragments = FragmentsStage(task, method, run.spec.embed_dim)
+        blocks = covering_blocks(run.plan, area.grid) if area else None
+        if blocks is not None:
+            per = run.per_task(len(blocks))
+        outside = np.ones(len(run.plan), bool) if area else np.zeros(len(run.plan), bool)
+        outside[blocks or []] = False
+        fragments.skip = outside
         if run.empty is not None:
-            fragments.skip = ScanStage(run.plan, run.empty).run(engine)
+            fragments.skip = ScanStage(run.plan, run.empty).run(engine, blocks) | outside
         counts, empty = fragments.summaries(engine, per)
+        empty &= ~outside  # blocks outside a region were not skipped as empty space
         timing["fragments"] = time.perf_counter() - t0
-        tables, n = MergeStage(task, method).run(engine, counts, min_size, per)
+        tables, n = MergeStage(task, method).run(engine, counts, min_size, per, blocks)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())
         relabel = RelabelStage(task, label_dtype(n), ZOOMED if run.zoom else SEGMENTATION, stats=not run.zoom)
         relabel.skip = counts == 0  # nothing to relabel: the fill value (0) stands
         for _ in relabel.run(engine, per, per_batch=lambda b: (engine.call(select_tables, tables, b),)):
             pass
         timing["relabel"] = time.perf_counter() - t0 - sum(timing.values())
+        record = None
+        if area is not None:  # the objects on the edge of the computed box, before scratch goes
+            labels = store.array(ZOOMED if run.zoom else SEGMENTATION, mode="r")
+            record = area.record(len(blocks or []), edge_ids(labels, area.computed_grid, run.plan.volume))
         if run.zoom:
-            restore(run, task, label_dtype(n), engine)
+            restore(run, task, label_dtype(n), engine, area.computed if area else None)
             timing["restore"] = time.perf_counter() - t0 - sum(timing.values())
         grid = physical_grid(run.volume, cfg.input.scale_level)
         table = ObjectsStage(store, *(grid or (None, None))).run(engine, n, cfg.output.objects_csv)
@@ -125,6 +157,8 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
             "label_image": str(label_image) if label_image is not None else None,
             "empty_blocks": {"skipped": int(empty.sum()), "of": len(run.plan),
                              "decided_by": run.empty.describe() if run.empty else None}}
+    if record is not None:
+        meta[REGION] = record.to_json()
     attrs: dict[str, Any] = {"pipeline": meta, "resumed_blocks": fragments.resumed}
     store.write_empty(run.plan, empty)
     store.finish(attrs)
@@ -132,16 +166,51 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     return Path(cfg.output.path)
 
 
-def restore(run: Prepared, task: Task, dtype: str, engine: Any) -> None:
-    """``input.diameter``: the labels of the resampled grid back onto the input grid."""
+def restore(run: Prepared, task: Task, dtype: str, engine: Any, box: Box | None = None) -> None:
+    """``input.diameter``: the labels of the resampled grid back onto the input grid (only the
+    blocks that meet ``box``, when given)."""
     assert run.zoom is not None
     plan = restore_plan(run.volume.shape, run.plan, run.zoom)
     per = run.config.blocks.blocks_per_task or auto_blocks_per_task(
         len(plan), planned_workers(run.config.cluster), 16 * math.prod(plan.write_shape))
     logger.info("restore: labels from the resampled %s grid to the input's %s", list(run.plan.volume),
                 list(plan.volume))
-    for _ in RestoreStage(replace(task, plan=plan), dtype, run.plan.volume, run.zoom).run(engine, per):
+    stage = RestoreStage(replace(task, plan=plan), dtype, run.plan.volume, run.zoom)
+    if box is not None:
+        stage.skip = np.ones(len(plan), bool)
+        stage.skip[covering_blocks(plan, box)] = False
+    for _ in stage.run(engine, per):
         pass
+
+
+@dataclass(frozen=True)
+class _Area:
+    """A region run's boxes: the region and the computed box, on the input grid and on the grid
+    the blocks cover (the same without ``input.diameter``)."""
+
+    requested: Box
+    grid: Box
+    computed_grid: Box
+    computed: Box
+
+    def record(self, blocks: int, edge: np.ndarray) -> RegionRecord:
+        return RegionRecord(self.requested, self.computed, blocks, tuple(int(i) for i in edge))
+
+    def to_json(self) -> list[list[int]]:
+        return [list(self.requested.offset), list(self.requested.shape)]
+
+
+def _region(run: Prepared, region: Box) -> _Area:
+    shape = run.volume.shape
+    if not isinstance(region, Box):
+        raise RegionError(f"region must be a pipeline.geometry.Box, got {type(region).__name__}")
+    requested = region_box(list(zip(region.offset, region.end, strict=True)), shape)
+    if run.zoom is None:
+        box = computed_box(run.plan, requested)
+        return _Area(requested, requested, box, box)
+    grid = zoomed_region(requested, run.zoom, run.plan.volume)
+    box = computed_box(run.plan, grid)
+    return _Area(requested, grid, box, input_box(box, run.zoom, shape, run.plan.volume))
 
 
 __all__ = ["as_config", "clustering_params", "predict", "prepare", "segment"]

@@ -46,6 +46,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     (r"^(python -m )?pip install\b",                       SKIP,   "installing is the user's step; the suite runs in the installed environment"),
     (r"^python -m pytest\b",                               SKIP,   "the test suite: this test is part of it (it would run itself)"),
     (r"deploy/local-slurm/(start|stop)\.sh",               SKIP,   "never run here: CI starts SLURM with start.sh before the suite, and stopping it would break the other SLURM tests"),
+    (r"^napari\b",                                        SKIP,   "opens the viewer's window and waits for its user: tests/test_napari.py opens the same result headless"),
     (r"^pipeline job-script\b",                           RUN,    "prints a worker job script, submits nothing: runs without any batch scheduler"),
     (r"\bsbatch\b|deploy/local-slurm/|cluster\.kind=slurm|configs/slurm\.yaml",
                                                            SLURM,  "needs SLURM: runs only when `sbatch` is on PATH and PIPELINE_REQUIRE_SLURM=1 (CI), else skipped"),

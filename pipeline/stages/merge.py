@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -89,12 +90,15 @@ class MergeStage:
             save_record(store.qc_path(f"{SEAMS}/{linears[0]}.npz"), batch_record(faces))
         return components(edges)
 
-    def run(self, engine: Engine, counts: np.ndarray, min_size: int, blocks_per_task: int) -> tuple[Ref, int]:
+    def run(self, engine: Engine, counts: np.ndarray, min_size: int, blocks_per_task: int,
+            blocks: Sequence[int] | None = None) -> tuple[Ref, int]:
         """``(tables, N)``: a reference to the lookup tables (for :func:`select_tables`) and
-        the number of objects."""
+        the number of objects. Only the upper faces of ``blocks`` are read when given (a region
+        run: the other blocks wrote no faces)."""
         plan = self.task.plan
         shutil.rmtree(self.task.store.qc_path(SEAMS), ignore_errors=True)  # records of an interrupted run
-        root = engine.reduce(self.pairs, components, batched(range(len(plan)), blocks_per_task), desc=self.name)
+        todo = range(len(plan)) if blocks is None else blocks
+        root = engine.reduce(self.pairs, components, batched(todo, blocks_per_task), desc=self.name)
         fin = engine.call(tables, counts, self.task.id_stride, root, self.task.store if min_size else None, min_size)
         rule = {"method": self.method.name, **self.method.describe()}
         self.audit = engine.result(engine.call(audit_summary, fin, self.task.store, self.task.id_stride, rule))

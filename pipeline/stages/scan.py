@@ -4,6 +4,8 @@ The client keeps one flag per block."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ..blocks import BlockPlan
@@ -32,11 +34,13 @@ class ScanStage:
         return [i for i, box in zip(linears, boxes, strict=True)
                 if is_empty(vol.read(coarse_box(box, self.plan.volume, src.factors, vol.shape)), None if mask else src.background)]
 
-    def run(self, engine: Engine) -> np.ndarray:
-        """One flag per block (linear order): True where the block is empty."""
+    def run(self, engine: Engine, blocks: Sequence[int] | None = None) -> np.ndarray:
+        """One flag per block (linear order): True where the block is empty (only ``blocks`` are
+        scanned when given: a region run)."""
         flags = np.zeros(len(self.plan), dtype=bool)
         if self.source.kind == "read":
             return flags  # decided as each block is read
-        for empty in engine.map(self.scan, batched(range(len(self.plan)), SCAN_BATCH), desc=self.name):
+        todo = range(len(self.plan)) if blocks is None else blocks
+        for empty in engine.map(self.scan, batched(todo, SCAN_BATCH), desc=self.name):
             flags[empty] = True
         return flags

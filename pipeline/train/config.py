@@ -112,9 +112,10 @@ class TrainConfig(Frozen):
                                   "(0: validate and calibrate on the training volumes themselves)")
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
-    foreground_target: Literal["mask", "interior"] = Field(
-        "mask", description="interior: voxels touching another instance are background, so touching "
-        "objects are apart in the foreground channel")
+    foreground_target: Literal["mask", "interior"] | None = Field(
+        None, description="interior: voxels touching another instance are background, so touching objects are "
+        "apart in the foreground channel; none: what the init/resume checkpoint learnt (the bundled model: "
+        "interior), else mask")
     output_shape: tuple[Annotated[int, Field(gt=0)], ...] | None = Field(
         None, description="output window of a crop (multiple of step, > step); none: 3*step, or about (16, 48, 48) "
         "for a fine-tune on a CPU")

@@ -33,21 +33,23 @@ from .data import CropSampler, Volume, batches, touches
 logger = logging.getLogger(__name__)
 
 
-def starting_model(cfg: TrainConfig) -> tuple[UNet, int]:
-    """The model to train and the iteration it has done: fresh from ``cfg.model``, the weights
-    and architecture of ``cfg.init`` (iteration 0), or the checkpoint ``cfg.resume`` (its count)."""
-    if cfg.resume:
-        ckpt = open_checkpoint(cfg.resume)
-        logger.info("resuming %s at iteration %d", cfg.resume, ckpt.info.iterations)
-        return ckpt.model, ckpt.info.iterations
-    if cfg.init:
-        ckpt = open_checkpoint(cfg.init)
+def starting_model(cfg: TrainConfig) -> tuple[UNet, int, str]:
+    """The model to train, the iteration it has done and its foreground target: fresh from
+    ``cfg.model``, the weights and architecture of ``cfg.init`` (iteration 0), or the checkpoint
+    ``cfg.resume`` (its count); the target as configured, else as the checkpoint learnt it."""
+    if cfg.resume or cfg.init:
+        ckpt = open_checkpoint(cfg.resume or cfg.init)  # type: ignore[arg-type]
+        target = cfg.foreground_target or ckpt.info.foreground_target or "mask"
+        if cfg.resume:
+            logger.info("resuming %s at iteration %d", cfg.resume, ckpt.info.iterations)
+            return ckpt.model, ckpt.info.iterations, target
         if "model" in cfg.model_fields_set and cfg.model != ckpt.spec:
             raise ConfigError(f"init '{cfg.init}' brings its own architecture, which differs from the config's "
                               "'model' section; remove 'model' (fine-tuning keeps the architecture of 'init')")
-        logger.info("fine-tuning %s (%d iterations trained), a fresh schedule", cfg.init, ckpt.info.iterations)
-        return ckpt.model, 0
-    return init_model(cfg.model, seed=cfg.seed), 0
+        logger.info("fine-tuning %s (%d iterations trained), a fresh schedule, foreground target %s", cfg.init,
+                    ckpt.info.iterations, target)
+        return ckpt.model, 0, target
+    return init_model(cfg.model, seed=cfg.seed), 0, cfg.foreground_target or "mask"
 
 
 def check_window(window: tuple[int, ...], step: tuple[int, ...]) -> None:
@@ -108,7 +110,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = train_device(cfg)
-    model, start_iter = starting_model(cfg)
+    model, start_iter, target = starting_model(cfg)
     spec = model.spec
     sch = schedule(cfg, spec.step, device)
     check_window(sch.output_shape, spec.step)
@@ -116,7 +118,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     if any(v.image.ndim != spec.ndim for v in volumes + val):
         raise ConfigError(f"training volumes must be {spec.ndim}D like the model")
     diameter = training_diameter(volumes)
-    sampler = CropSampler(volumes, spec, sch.output_shape, cfg.augment, rng, cfg.foreground_target)
+    sampler = CropSampler(volumes, spec, sch.output_shape, cfg.augment, rng, target)
     logger.info("training on %d volume(s) (%d partly annotated), validating on %d: batch %d of output %s, lr %g, %s "
                 "on %s", len(volumes), sum(v.annotated is not None for v in volumes), len(val), sch.batch_size,
                 list(sch.output_shape), sch.lr, f"{sch.time_limit_s:.0f} s" if sch.time_limit_s else
@@ -171,7 +173,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f at %s",
                         done, float(np.mean(history[-sch.val_every:])), min(len(history), sch.val_every),
                         metrics["ap50"], metrics["avap"], metrics["clustering"])
-            info = checkpoint_info(cfg, done, metrics, time.perf_counter() - t0, diameter)
+            info = checkpoint_info(cfg, done, metrics, time.perf_counter() - t0, diameter, target)
             save_checkpoint(model.cpu(), cfg.out, info)
             if metrics["ap50"] > best:
                 best = metrics["ap50"]
@@ -181,7 +183,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             break
     bar.close()
     if not val:
-        save_checkpoint(model.cpu(), cfg.out, checkpoint_info(cfg, done, metrics, time.perf_counter() - t0, diameter))
+        save_checkpoint(model.cpu(), cfg.out, checkpoint_info(cfg, done, metrics, time.perf_counter() - t0, diameter, target))
     seconds = time.perf_counter() - t0
     logger.info("trained %d iterations in %.0f s (%.2f it/s, batch %d, %s) -> %s", done - start_iter, seconds,
                 (done - start_iter) / seconds, sch.batch_size, device, cfg.out)
@@ -210,7 +212,7 @@ def training_diameter(volumes: list[Volume]) -> tuple[float, ...] | None:
 
 
 def checkpoint_info(cfg: TrainConfig, iterations: int, metrics: dict[str, Any], seconds: float,
-                    diameter: tuple[float, ...] | None = None) -> CheckpointInfo:
+                    diameter: tuple[float, ...] | None = None, target: str | None = None) -> CheckpointInfo:
     """The metadata of a training checkpoint; ``metrics`` as :func:`validate` returns them
     (its ``clustering`` becomes the checkpoint's calibration), or empty without validation."""
     metrics = dict(metrics)
@@ -219,4 +221,5 @@ def checkpoint_info(cfg: TrainConfig, iterations: int, metrics: dict[str, Any], 
                           metrics=metrics, seed=cfg.seed, train_seconds=round(seconds, 1),
                           **({"clustering": clustering} if clustering else {}),
                           **({"diameter": diameter} if diameter else {}),
-                          **({"fine_tuned_from": str(cfg.init)} if cfg.init else {}))
+                          **({"fine_tuned_from": str(cfg.init)} if cfg.init else {}),
+                          foreground_target=target or cfg.foreground_target or "mask")
