@@ -179,12 +179,7 @@ class RunLock:
         while not self._stop.wait(REFRESH_S):
             found = read_lock(self.path)
             if found is None:  # deleted by hand: this run still holds the output
-                try:
-                    tmp = self._write_temp()
-                    os.link(tmp, self.path)
-                    tmp.unlink()
-                except OSError:
-                    pass
+                self._recreate()
                 continue
             if found[0].get("run_id") != self.run_id:
                 self.lost = describe(found[0])
@@ -193,6 +188,17 @@ class RunLock:
                 os.utime(self.path)
             except OSError as exc:  # e.g. the filesystem went away: the run's own writes will say so
                 logger.debug("could not refresh the lock %s: %s", self.path, exc)
+
+    def _recreate(self) -> None:
+        tmp = None
+        try:
+            tmp = self._write_temp()
+            os.link(tmp, self.path)
+        except OSError:  # another run's lock is there now (seen at the next refresh), or no space
+            pass
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def check(self) -> None:
         """Raise :class:`LockError` when another run has taken this run's lock over."""

@@ -28,13 +28,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# bytes per voxel on disk, measured (benchmarks/faults.py `space`) on dense synthetic nuclei
-LABELS_BYTES = 0.12  # uint32 labels, zstd (segmentation, label image levels, resampled labels)
-FRAGMENTS_BYTES = 0.2  # uint64 block-unique fragment ids, zstd
+# On disk, measured (benchmarks/faults.py `space`, RESULTS.md) on synthetic nuclei at 10-40% of the volume
+# (blocks 24 x 48 x 48), the densest kept: bytes per voxel
+LABELS_BYTES = 0.13  # uint32 labels, zstd: segmentation, each label image level, resampled labels
+FRAGMENTS_BYTES = 0.16  # uint64 block-unique fragment ids, zstd (scratch)
+STATS_BYTES = 0.07  # partial object statistics (scratch)
+OBJECT_BYTES = 0.05  # the objects table: Parquet parts and objects.csv
 FLOAT_BYTES = 3.8  # float32 embeddings and foreground (predict), zstd: about incompressible
-OBJECT_BYTES = 0.06  # objects table (Parquet parts, objects.csv) and statistics, per voxel at nuclei density
-QC_BLOCK_BYTES = 2048  # qc/ per block: blocks.npz, seam records
-CLEARLY = 0.5  # refuse when free space is below this fraction of the estimated peak
+# bytes per voxel of the planes where blocks meet (faces): the seam records in qc/
+SEAM_BYTES = 0.8
+QC_BLOCK_BYTES = 128  # qc/blocks.npz per block
+EVIDENCE_ITEMSIZE = 8  # face evidence: float64 fragment means (connectivity writes float32 embeddings: less)
+CLEARLY = 0.5  # refuse when free space is below this fraction of the estimate
 
 
 @dataclass(frozen=True)
@@ -67,29 +72,30 @@ def gib(n: float) -> str:
     return f"{int(n)} B"
 
 
-def face_bytes(volume: tuple[int, ...], grid: tuple[int, ...], channels: int, itemsize: int) -> int:
-    """The raw face files: every block's planes that touch a neighbour, ids (8 bytes) and
-    evidence (``channels`` x ``itemsize``) per voxel, plus a 16-byte header per block."""
-    planes = sum(2 * (g - 1) * math.prod(v for b, v in enumerate(volume) if b != a) for a, g in enumerate(grid))
-    return planes * (8 + channels * itemsize) + 16 * math.prod(grid)
+def face_planes(volume: tuple[int, ...], grid: tuple[int, ...]) -> int:
+    """Voxels of the block planes that touch a neighbour, both sides of every face."""
+    return sum(2 * (g - 1) * math.prod(v for b, v in enumerate(volume) if b != a) for a, g in enumerate(grid))
 
 
 def estimate(run: Prepared, target: LabelTarget | None, predict_only: bool = False) -> Estimate:
-    """The output's size for ``run`` (``predict_only``: ``pipeline predict``'s arrays)."""
+    """The output's size for ``run`` (``predict_only``: ``pipeline predict``'s arrays). The
+    raw face files are exact: per face voxel a uint64 id and the evidence (E values), plus a
+    16-byte header per block."""
     plan, spec = run.plan, run.spec
-    itemsize = 8 if run.config.model.precision == "float64" else 4
     grid_voxels = math.prod(plan.volume)
-    qc = QC_BLOCK_BYTES * len(plan)
     if predict_only:
+        itemsize = 8 if run.config.model.precision == "float64" else 4
         return Estimate({"embeddings and foreground": int(grid_voxels * (spec.embed_dim + 1) * FLOAT_BYTES * itemsize / 4),
                          "scratch": 16 * len(plan)})
     voxels = math.prod(run.volume.shape)
-    scratch = (grid_voxels * FRAGMENTS_BYTES + face_bytes(plan.volume, plan.grid, spec.embed_dim, itemsize)
-               + voxels * OBJECT_BYTES + (grid_voxels * LABELS_BYTES if run.zoom else 0))
+    planes = face_planes(plan.volume, plan.grid)
+    faces = planes * (8 + spec.embed_dim * EVIDENCE_ITEMSIZE) + 16 * len(plan)
+    scratch = grid_voxels * FRAGMENTS_BYTES + faces + voxels * STATS_BYTES + (grid_voxels * LABELS_BYTES if run.zoom else 0)
     labels = sum(math.prod(level.shape) for level in target.levels) * LABELS_BYTES if target else 0
     inside = target is None or target.mode == "standalone"
     return Estimate({"segmentation": int(voxels * LABELS_BYTES), "scratch": int(scratch),
-                     "label image": int(labels if inside else 0), "objects": int(voxels * OBJECT_BYTES), "qc": qc},
+                     "label image": int(labels if inside else 0), "objects": int(voxels * OBJECT_BYTES),
+                     "qc": int(planes * SEAM_BYTES + len(plan) * QC_BLOCK_BYTES)},
                     elsewhere=int(0 if inside else labels))
 
 
