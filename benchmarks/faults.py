@@ -31,33 +31,13 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import machine, synthetic_volume
+
+from tests.helpers import KILL_CLIENT
 
 # ---------------------------------------------------------------- the matrix
 
-KILL = """
-import os, signal, sys
-import pipeline.engine as engine
-stage, after = sys.argv[1], int(sys.argv[2])
-seen = []
-def kill_after(desc):
-    if desc.split()[0] == stage:
-        seen.append(desc)
-        if len(seen) >= after:
-            os.kill(os.getpid(), signal.SIGKILL)
-original_map, original_reduce = engine.Engine.map, engine.Engine.reduce
-def map_(self, fn, batches, *args, desc, **kw):
-    for result in original_map(self, fn, batches, *args, desc=desc, **kw):
-        yield result
-        kill_after(desc)
-def reduce_(self, leaf, combine, batches, *args, desc):
-    ref = original_reduce(self, leaf, combine, batches, *args, desc=desc)
-    kill_after(desc)
-    return ref
-engine.Engine.map, engine.Engine.reduce = map_, reduce_
-from pipeline.cli import main
-sys.exit(main(sys.argv[3:]))
-"""
 
 
 class Matrix:
@@ -68,13 +48,13 @@ class Matrix:
         image, _ = synthetic_volume(shape, seed=3)
         write_zarr(tmp / "in.zarr", image, chunks=(16, 64, 64), name="raw")
         write_zarr(tmp / "other.zarr", image[..., ::-1].copy(), chunks=(16, 64, 64), name="raw")  # same statistics
-        (tmp / "kill.py").write_text(KILL)
+        (tmp / "kill.py").write_text(KILL_CLIENT)
         self.rows: list[dict] = []
         self.refs = {src: self.run(self.config(f"ref-{src}", src))[0] for src in ("in.zarr", "other.zarr")}
 
     def config(self, name: str, src: str = "in.zarr", out: Path | None = None, **over: dict) -> Path:
         cfg = {"input": {"path": str(self.tmp / src), "dataset": "raw"},
-               "output": {"path": str(out or self.tmp / f"{name}.zarr"), "overwrite": False},
+               "output": {"path": str(out or self.tmp / f"{name}-out.zarr"), "overwrite": False},
                "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1}}
         for key, value in over.items():
             cfg[key] = {**cfg.get(key, {}), **value}

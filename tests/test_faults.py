@@ -27,7 +27,8 @@ from scipy import ndimage
 from pipeline.cli import main
 from pipeline.io import open_array, open_group, write_zarr
 
-from .helpers import passthrough_checkpoint
+from .helpers import KILL_CLIENT, passthrough_checkpoint
+from .test_slurm import slurm  # noqa: F401 - the fixture: skipped without SLURM (required in CI)
 
 SHAPE = (16, 64, 64)
 BLOCKS = [8, 16, 16]  # 2 x 4 x 4 = 32 blocks
@@ -222,6 +223,10 @@ def test_corrupt_zarr_chunk(data, capsys):
     assert rows == meta["unreadable_input"]["first"]
     seg = open_array(data / "corrupt.zarr" / "segmentation")[...]
     assert not seg[8:16, 0:32, 32:64].any()  # read as empty (0): background
+    from pipeline.page import provenance_rows
+
+    assert ("unreadable input", f"1 chunk(s) read as empty: chunk file '{data / 'corrupt-in.zarr/raw/c/1/0/1'}' "
+            "(z 8:16, y 0:32, x 32:64)") in provenance_rows(meta)  # the report's provenance table
 
 
 def test_truncated_tiff_page_and_corrupt_hdf5_chunk(tmp_path, capsys):
@@ -374,29 +379,6 @@ def test_lock_of_another_host(tmp_path, caplog):
 
 # ---------------------------------------------------------------- 6. the client killed in every stage
 
-KILL = """
-import os, signal, sys
-import pipeline.engine as engine
-stage, after = sys.argv[1], int(sys.argv[2])
-seen = []
-def kill_after(desc):
-    if desc.split()[0] == stage:
-        seen.append(desc)
-        if len(seen) >= after:
-            os.kill(os.getpid(), signal.SIGKILL)
-original_map, original_reduce = engine.Engine.map, engine.Engine.reduce
-def map_(self, fn, batches, *args, desc, **kw):
-    for result in original_map(self, fn, batches, *args, desc=desc, **kw):
-        yield result
-        kill_after(desc)
-def reduce_(self, leaf, combine, batches, *args, desc):
-    ref = original_reduce(self, leaf, combine, batches, *args, desc=desc)
-    kill_after(desc)
-    return ref
-engine.Engine.map, engine.Engine.reduce = map_, reduce_
-from pipeline.cli import main
-sys.exit(main(sys.argv[3:]))
-"""
 
 
 @pytest.mark.parametrize("stage,after", [("fragments", 3), ("merge", 1), ("relabel", 2), ("objects", 1),
@@ -405,7 +387,7 @@ def test_client_killed_in_every_stage(data, tmp_path, stage, after, capsys):
     """SIGKILL of the client in each stage: the rerun of the same command takes the dead run's
     lock over, resumes what was finished, logs no traceback and gives the uninterrupted result."""
     cfg = config(data, f"killed-{stage}")
-    (tmp_path / "kill.py").write_text(KILL)
+    (tmp_path / "kill.py").write_text(KILL_CLIENT)
     r = subprocess.run([sys.executable, str(tmp_path / "kill.py"), stage, str(after), "-q", "run", str(cfg)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
@@ -416,3 +398,22 @@ def test_client_killed_in_every_stage(data, tmp_path, stage, after, capsys):
     same_result(out, data / "reference.zarr")
     resumed = open_group(out).attrs["resumed_blocks"]
     assert resumed == (3 * 2 if stage == "fragments" else 32)  # nothing finished was lost (2 blocks per task)
+
+
+@pytest.mark.usefixtures("slurm")
+def test_corrupt_chunk_on_slurm_no_traceback_in_job_logs(data, tmp_path):
+    """Unreadable input on SLURM workers: the one line, exit 2; no job log holds a traceback."""
+    copy_input(data, "in.zarr", "corrupt-slurm-in.zarr")
+    truncate(data / "corrupt-slurm-in.zarr" / "raw" / "c" / "1" / "1" / "1")
+    cluster = {"kind": "slurm", "n_workers": 1, "cores": 1, "memory": "3GiB", "walltime": "00:10:00",
+               "log_directory": str(tmp_path / "logs")}
+    cfg = config(data, "corrupt-slurm", "corrupt-slurm-in.zarr", cluster=cluster)
+    r = subprocess.run([sys.executable, "-m", "pipeline", "-q", "run", str(cfg)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 2, r.stderr
+    one_line(r.stderr, "(z 8:16, y 32:64, x 32:64) cannot be read")
+    time.sleep(1)  # the cancelled job's last lines
+    logs = list((tmp_path / "logs").glob("*.err"))
+    assert logs
+    for log in logs:
+        assert "Traceback" not in log.read_text(), log.read_text()
