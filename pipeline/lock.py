@@ -92,12 +92,19 @@ def gone(info: dict[str, Any], age: float) -> str | None:
     return None
 
 
-def held_by(folder: Path) -> str | None:
-    """The run holding ``folder``'s lock, in words; None when it is free or its holder is gone."""
+def refused(folder: Path, info: dict[str, Any], age: float) -> LockError:
+    """The one-line refusal of a run that finds ``folder`` locked by the run ``info``."""
+    return LockError(
+        f"output.path '{folder}' is in use by another run ({describe(info, age)}); wait for it to end or stop it, "
+        f"then rerun to resume; the lock of a run that was killed is taken over once its process is gone (same "
+        f"host) or after {STALE_S:.0f} s without refresh (or delete '{folder / LOCK}' if no run uses it)")
+
+
+def check_free(folder: Path) -> None:
+    """Raise :class:`LockError` when a run that may still be running holds ``folder``'s lock."""
     found = read_lock(folder / LOCK)
-    if found is None or gone(*found) is not None:
-        return None
-    return describe(*found)
+    if found is not None and gone(*found) is None:
+        raise refused(folder, *found)
 
 
 class RunLock:
@@ -119,12 +126,6 @@ class RunLock:
         tmp.write_text(json.dumps(self.info))
         return tmp
 
-    def _refused(self, info: dict[str, Any], age: float) -> LockError:
-        return LockError(
-            f"output.path '{self.folder}' is in use by another run ({describe(info, age)}); wait for it to end or "
-            f"stop it, then rerun to resume; the lock of a run that was killed is taken over once its process is "
-            f"gone (same host) or after {STALE_S:.0f} s without refresh (or delete '{self.path}' if no run uses it)")
-
     def acquire(self) -> None:
         """Take the lock (the folder exists), or raise :class:`LockError` naming its holder."""
         tmp = self._write_temp()
@@ -141,7 +142,7 @@ class RunLock:
                 info, age = found
                 why = gone(info, age)
                 if why is None:
-                    raise self._refused(info, age)
+                    raise refused(self.folder, info, age)
                 if self._take_over(tmp, info, why):
                     break
                 time.sleep(0.1)

@@ -61,7 +61,7 @@ import zarr
 
 from .blocks import Block, BlockPlan
 from .io import OutputError, create_array, dimension_names, open_array, open_group
-from .lock import LOCK, LockError, RunLock, held_by
+from .lock import LOCK, RunLock, check_free
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -322,10 +322,7 @@ def check_output(path: str | Path, overwrite: bool) -> None:
     if p.exists() and not overwrite and unfinished_key(p) is None:
         prepare_output(p, overwrite)  # raises: exists
     if p.is_dir():
-        holder = held_by(p)
-        if holder is not None:
-            raise LockError(f"output.path '{p}' is in use by another run ({holder}); wait for it to end or stop it, "
-                            "then rerun to resume")
+        check_free(p)
     if not p.exists():  # its nearest existing folder must take new entries (nothing is created here)
         base = next((a for a in p.absolute().parents if a.exists()), Path("/"))
         if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):

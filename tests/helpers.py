@@ -27,14 +27,17 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 # A client that kills itself (SIGKILL) in a stage: `python kill.py STAGE N pipeline-args...` runs the CLI and
-# dies once the stage has returned N results (merge: once its tree reduction is submitted). Used by
-# tests/test_faults.py and benchmarks/faults.py.
+# dies once the stage has returned N results (merge: once its tree reduction has returned; STAGE `none`:
+# never); with PIPELINE_TEST_DELAY=<seconds> it waits that long after each result (a run that lasts).
+# Used by tests/test_faults.py and benchmarks/faults.py.
 KILL_CLIENT = """
-import os, signal, sys
+import os, signal, sys, time
 import pipeline.engine as engine
 stage, after = sys.argv[1], int(sys.argv[2])
+delay = float(os.environ.get("PIPELINE_TEST_DELAY", "0"))
 seen = []
 def kill_after(desc):
+    time.sleep(delay)
     if desc.split()[0] == stage:
         seen.append(desc)
         if len(seen) >= after:
