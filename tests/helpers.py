@@ -33,7 +33,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 KILL_CLIENT = """
 import os, signal, sys, time
 import pipeline.engine as engine
-stage, after = sys.argv[1], int(sys.argv[2])
+stage, after = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("none", 0)
 delay = float(os.environ.get("PIPELINE_TEST_DELAY", "0"))
 seen = []
 def kill_after(desc):
@@ -51,7 +51,8 @@ def reduce_(self, leaf, combine, batches, *args, desc):
     ref = original_reduce(self, leaf, combine, batches, *args, desc=desc)
     kill_after(desc)
     return ref
-engine.Engine.map, engine.Engine.reduce = map_, reduce_
-from pipeline.cli import main
-sys.exit(main(sys.argv[3:]))
+if __name__ == "__main__":  # not in the worker processes a LocalCluster spawns (they import this module)
+    engine.Engine.map, engine.Engine.reduce = map_, reduce_
+    from pipeline.cli import main
+    sys.exit(main(sys.argv[3:]))
 """
