@@ -92,17 +92,19 @@ def data(tmp_path_factory):
     return tmp
 
 
-def crash_in_fragments(monkeypatch, cfg: Path, after: int = 6) -> None:
-    """The client stops in the fragments stage after ``after`` blocks (as if killed)."""
+def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6) -> None:
+    """The client stops in a blockwise stage after ``after`` blocks (as if killed; its lock is
+    released, which a killed run's is not: see the SIGKILL tests)."""
     from pipeline.stages.base import BlockStage
 
     done = []
     original = BlockStage.run_batch
 
     def run_batch(self, linears, loaded, *args):
-        if self.name == "fragments" and len(done) >= after:
+        if self.name == stage and len(done) >= after:
             raise KeyboardInterrupt  # what the CLI sees when the client is stopped
-        done.extend(linears)
+        if self.name == stage:
+            done.extend(linears)
         return original(self, linears, loaded, *args)
 
     with monkeypatch.context() as m:
@@ -118,16 +120,18 @@ def copy_input(tmp: Path, src: str, dst: str) -> None:
 # ---------------------------------------------------------------- 1. resume only over the same input
 
 
-def test_input_replaced_by_one_with_identical_statistics(data, tmp_path, monkeypatch, capsys):
-    """The issue's bug: a run stopped, its input replaced at the same path by another volume with
-    the same statistics. The rerun refuses in one line (exit 2) naming the input and where it
-    changed; with --recompute-changed it recomputes the changed blocks and gives exactly the
-    uninterrupted result of the new input."""
+@pytest.mark.parametrize("stage", ["fragments", "relabel"])
+def test_input_replaced_by_one_with_identical_statistics(data, monkeypatch, capsys, stage):
+    """The issue's bug: a run stopped (in fragments, or in relabel: every fragment finished), its
+    input replaced at the same path by another volume with the same statistics. The rerun refuses
+    in one line (exit 2) naming the input and where it changed; with --recompute-changed it
+    recomputes the changed blocks and every later stage, giving exactly the uninterrupted result
+    of the new input."""
     copy_input(data, "in.zarr", "replaced-in.zarr")
-    cfg = config(data, "replaced", "replaced-in.zarr")
-    crash_in_fragments(monkeypatch, cfg)
-    out = data / "replaced.zarr"
-    assert len(list((out / "scratch" / "done_fragments").iterdir())) == 6
+    cfg = config(data, f"replaced-{stage}", "replaced-in.zarr")
+    crash_in(monkeypatch, cfg, stage)
+    out = data / f"replaced-{stage}.zarr"
+    assert len(list((out / "scratch" / f"done_{stage}").iterdir())) == 6
     copy_input(data, "mirrored.zarr", "replaced-in.zarr")  # same values, so the same percentiles
     code, err = run(["run", str(cfg)], capsys)
     assert code == 2
@@ -137,9 +141,27 @@ def test_input_replaced_by_one_with_identical_statistics(data, tmp_path, monkeyp
     code, err = run(["run", str(cfg), "--recompute-changed"], capsys)
     assert code == 0, err
     same_result(out, data / "reference-mirrored.zarr")
-    attrs = open_group(out).attrs
-    assert attrs["pipeline"]["recomputed_blocks"] > 0
-    assert attrs["pipeline"]["recomputed_blocks"] + (32 - 6) <= 32
+    recomputed = open_group(out).attrs["pipeline"]["recomputed_blocks"]
+    assert 0 < recomputed <= (6 if stage == "fragments" else 32)
+
+
+def test_empty_mask_changed(data, tmp_path, monkeypatch, capsys):
+    """Finished blocks that a changed empty.mask now skips: refused; recomputed (dropped) with
+    consent, giving the uninterrupted result with the new mask."""
+    mask = np.ones((2, 4, 4), np.uint8)
+    write_zarr(tmp_path / "mask.zarr", mask, name="m")
+    cfg = config(data, "masked", empty={"mask": {"path": str(tmp_path / "mask.zarr"), "dataset": "m"}})
+    crash_in(monkeypatch, cfg)  # blocks 0..5 finished
+    mask[:, :2, :3] = 0  # blocks 0 and 1 are now empty space (a block's mask box is grown by one mask voxel)
+    write_zarr(tmp_path / "mask.zarr", mask, name="m")
+    code, err = run(["run", str(cfg)], capsys)
+    assert code == 2
+    one_line(err, "2 finished blocks are now skipped as empty space (empty.mask")
+    code, err = run(["run", str(cfg), "--recompute-changed"], capsys)
+    assert code == 0, err
+    ref = config(data, "masked-reference", empty={"mask": {"path": str(tmp_path / "mask.zarr"), "dataset": "m"}})
+    assert main(["-q", "run", str(ref)]) == 0
+    same_result(data / "masked.zarr", data / "masked-reference.zarr")
 
 
 def test_input_restored_or_copied_again_resumes(data, monkeypatch, capsys):
@@ -147,7 +169,7 @@ def test_input_restored_or_copied_again_resumes(data, monkeypatch, capsys):
     trusted: the run resumes every finished block and equals the reference."""
     copy_input(data, "in.zarr", "copied-in.zarr")
     cfg = config(data, "copied", "copied-in.zarr")
-    crash_in_fragments(monkeypatch, cfg)
+    crash_in(monkeypatch, cfg)
     time.sleep(0.01)
     copy_input(data, "in.zarr", "copied-in.zarr")  # the same voxels, new files
     code, err = run(["run", str(cfg)], capsys)
@@ -160,7 +182,7 @@ def test_changed_model_or_settings_refused_by_name(data, monkeypatch, capsys):
     """A changed model file (same path) and every config value that changes block outputs: one
     line naming it; --overwrite starts again."""
     cfg = config(data, "settings")
-    crash_in_fragments(monkeypatch, cfg)
+    crash_in(monkeypatch, cfg)
     (data / "pt.pt").rename(data / "pt.keep")
     passthrough_checkpoint(data / "pt.pt", gain=12.0)
     code, err = run(["run", str(cfg)], capsys)
@@ -188,7 +210,7 @@ def test_changed_statistics_are_named(tmp_path, monkeypatch, capsys):
     write_zarr(tmp_path / "in.zarr", random_volume((8, 32, 32)), chunks=(8, 16, 16), name="raw")
     make_checkpoint(tmp_path / "m.pt")
     cfg = config(tmp_path, "o", model={"checkpoint": str(tmp_path / "m.pt")}, blocks={"write_shape": [4, 16, 16]})
-    crash_in_fragments(monkeypatch, cfg, after=2)
+    crash_in(monkeypatch, cfg, after=2)
     write_zarr(tmp_path / "in.zarr", random_volume((8, 32, 32)) // 2, chunks=(8, 16, 16), name="raw")
     code, err = run(["run", str(cfg)], capsys)
     assert code == 2
