@@ -392,11 +392,32 @@ def test_lock_of_another_host(tmp_path, caplog):
         other.acquire()
     lock.release()
     assert not (tmp_path / LOCK).exists()
-    other.acquire()
-    other.lost = "host x"  # what the refresh thread sets when another run took the lock over
-    with pytest.raises(LockError, match="taken over by another run"):
-        other.check()
     other.release()
+
+
+def test_lock_refreshed_recreated_and_lost(tmp_path, monkeypatch):
+    """While a run lasts its lock's time is refreshed; a lock deleted by hand is made again; a
+    lock another run took over stops this run at its next check, and is left to that run."""
+    import pipeline.lock as lock_module
+    from pipeline.lock import LOCK, LockError, RunLock
+
+    monkeypatch.setattr(lock_module, "REFRESH_S", 0.02)
+    lock = RunLock(tmp_path, "mine")
+    lock.acquire()
+    path = tmp_path / LOCK
+    os.utime(path, (time.time() - 100,) * 2)
+    time.sleep(0.3)
+    assert time.time() - path.stat().st_mtime < 50
+    path.unlink()
+    time.sleep(0.3)
+    assert json.loads(path.read_text())["run_id"] == "mine"
+    (tmp_path / "other").write_text(json.dumps({"host": "elsewhere", "pid": 7, "run_id": "theirs", "started": 0}))
+    os.replace(tmp_path / "other", path)
+    time.sleep(0.3)
+    with pytest.raises(LockError, match=r"taken over by another run \(host elsewhere, pid 7"):
+        lock.check()
+    lock.release()
+    assert json.loads(path.read_text())["run_id"] == "theirs"
 
 
 # ---------------------------------------------------------------- 6. the client killed in every stage
