@@ -40,6 +40,16 @@ from tests.helpers import KILL_CLIENT
 
 
 
+def traceback_of(stderr: str) -> str | None:
+    """The first traceback in ``stderr``: the line before it, and its last line (None: none)."""
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            end = next((j for j in range(i + 1, len(lines)) if lines[j] and not lines[j].startswith(" ")), i)
+            return " | ".join(x.strip() for x in (lines[i - 1] if i else "", lines[end]))
+    return None
+
+
 class Matrix:
     def __init__(self, tmp: Path, shape: tuple[int, ...]) -> None:
         from pipeline.io import write_zarr
@@ -86,7 +96,7 @@ class Matrix:
             errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
             cells.append({"step": what, "exit": r.returncode, "seconds": round(seconds, 1),
                           "error": errors[-1][:400] if errors else "", "error_lines": len(errors),
-                          "traceback": "Traceback" in r.stderr})
+                          "traceback": traceback_of(r.stderr)})
         self.rows.append({"fault": fault, "steps": cells, "result": result})
         print(json.dumps(self.rows[-1]), flush=True)
 
@@ -178,7 +188,7 @@ class Matrix:
         self.add("NaN input", [("run", refused, t1)], "")
 
     def client_killed(self, stage: str, after: int) -> None:
-        cfg = self.config(f"killed-{stage}")
+        cfg = self.config(f"killed-{stage}-{len(self.rows)}")
         killed, t1 = self.run(cfg, script=[str(self.tmp / "kill.py"), stage, str(after)])
         again, t2 = self.run(cfg)
         import zarr
@@ -191,14 +201,12 @@ class Matrix:
 def matrix(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         m = Matrix(Path(tmp), tuple(args.shape))
-        m.worker_killed()
-        m.input_replaced()
-        m.truncated_chunk()
-        m.full_disk()
-        m.twice()
-        m.nan()
-        for stage, after in (("fragments", 3), ("merge", 1), ("relabel", 3), ("objects", 1), ("labels", 1)):
-            m.client_killed(stage, after)
+        faults = [m.worker_killed, m.input_replaced, m.truncated_chunk, m.full_disk, m.twice, m.nan,
+                  *(lambda s=stage, a=after: m.client_killed(s, a)
+                    for stage, after in (("fragments", 3), ("merge", 1), ("relabel", 3), ("objects", 1), ("labels", 1)))]
+        for fault in faults[args.only] if args.only is not None else faults:
+            for _ in range(args.repeat):
+                fault()
         print(json.dumps({"machine": machine(), "shape": args.shape, "rows": m.rows}))
 
 
@@ -340,6 +348,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3)
     parser.add_argument("--sample", type=int, default=4, help="checks: blocks predicted to measure compute")
     parser.add_argument("--tmp", default=tempfile.gettempdir())
+    parser.add_argument("--only", type=lambda v: slice(int(v), int(v) + 1), help="matrix: only this row (0-based)")
+    parser.add_argument("--repeat", type=int, default=1, help="matrix: run each row this often")
     args = parser.parse_args()
     if args.shape is None:
         args.shape = [256, 1024, 1024] if args.what == "checks" else [48, 192, 192]

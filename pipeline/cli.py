@@ -72,7 +72,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             check()
         except UsageError as exc:
             problems.append(str(exc))
-    summary["run_would_refuse"] = "; ".join(problems) if problems else "nothing (output and label image are free)"
+    summary["run_would_refuse"] = "; ".join(problems) if problems else "nothing (output and label image are free, the space suffices)"
     if run.empty is not None and run.empty.kind != "read":  # one coarse read per block, here
         flags = ScanStage(run.plan, run.empty).run(Engine())
         summary["empty_blocks"] = f"{int(flags.sum())} of {len(run.plan)} will be skipped"
