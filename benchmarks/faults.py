@@ -204,7 +204,7 @@ def matrix(args: argparse.Namespace) -> None:
         faults = [m.worker_killed, m.input_replaced, m.truncated_chunk, m.full_disk, m.twice, m.nan,
                   *(lambda s=stage, a=after: m.client_killed(s, a)
                     for stage, after in (("fragments", 3), ("merge", 1), ("relabel", 3), ("objects", 1), ("labels", 1)))]
-        for fault in faults[args.only] if args.only is not None else faults:
+        for fault in [faults[i] for i in args.only] if args.only else faults:
             for _ in range(args.repeat):
                 fault()
         print(json.dumps({"machine": machine(), "shape": args.shape, "rows": m.rows}))
@@ -348,7 +348,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3)
     parser.add_argument("--sample", type=int, default=4, help="checks: blocks predicted to measure compute")
     parser.add_argument("--tmp", default=tempfile.gettempdir())
-    parser.add_argument("--only", type=lambda v: slice(int(v), int(v) + 1), help="matrix: only this row (0-based)")
+    parser.add_argument("--only", type=lambda v: [int(i) for i in v.split(",")], help="matrix: only these rows "
+                        "(0-based, e.g. 6,7,8)")
     parser.add_argument("--repeat", type=int, default=1, help="matrix: run each row this often")
     args = parser.parse_args()
     if args.shape is None:

@@ -460,3 +460,20 @@ def test_corrupt_chunk_on_slurm_no_traceback_in_job_logs(data, tmp_path):
     assert logs
     for log in logs:
         assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_worker_that_lost_its_scheduler_logs_one_line():
+    """A worker whose client was killed (LocalCluster) or whose driver ended (SLURM) logs the lost
+    heartbeat as one WARNING line, not distributed's traceback."""
+    import logging
+
+    from pipeline.workerlog import ShutdownNoise
+
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        record = logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1,
+                                   "Failed to communicate with scheduler during heartbeat.", None, sys.exc_info())
+    assert ShutdownNoise().filter(record) and record.exc_info is None and record.levelno == logging.WARNING
+    assert record.getMessage() == ("Failed to communicate with scheduler during heartbeat. (ConnectionResetError: "
+                                   "[Errno 104] Connection reset by peer)")
