@@ -1,8 +1,9 @@
 """Command line: a thin layer over the Python API.
 
 Usage errors (every :class:`~pipeline.errors.UsageError`: bad config, input, checkpoint,
-plan, cluster, existing output, ...) print one line and exit with code 2; ``--debug``
-shows the full traceback instead.
+plan, cluster, existing output, unreadable input, changed input on resume, an output in use,
+a full disk, ...) print one line and exit with code 2; ``--debug`` shows the full traceback
+instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .config import ConfigError, load_config
-from .errors import UsageError
+from .errors import UsageError, space_error
 from .io import InputError
 
 logger = logging.getLogger("pipeline")
@@ -32,18 +33,24 @@ def _config_args(p: argparse.ArgumentParser, overwrite: bool = False) -> None:
                    help="override a config field, e.g. --set blocks.write_shape=[16,32,32]")
     if overwrite:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        p.add_argument("--recompute-changed", action="store_true",
+                       help="resuming a run whose input changed: recompute the blocks that read changed input "
+                       "and every later stage (output.changed_input: recompute)")
 
 
 def _load(args: argparse.Namespace) -> Any:
     overrides = list(args.set)
     if getattr(args, "overwrite", False):
         overrides.append("output.overwrite=true")
+    if getattr(args, "recompute_changed", False):
+        overrides.append("output.changed_input=recompute")
     return load_config(args.config, overrides)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .prepare import plan_summary, prepare
+    from .space import check_space, space_summary
     from .stages import ScanStage
     from .stages.labels import check_labels, label_target
     from .store import check_output
@@ -58,14 +65,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     summary["label_image"] = (f"{target.group} (NGFF {target.version}, {len(target.levels)} level{'s' if len(target.levels) != 1 else ''}, "
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
                               if target else "none (output.labels: none)")
+    summary.update(space_summary(run, target))
     problems = []  # what `pipeline run` would refuse before starting
     for check in (lambda: check_output(out.path, out.overwrite),
-                  lambda: check_labels(target, Path(out.path), out.overwrite) if target else None):
+                  lambda: check_labels(target, Path(out.path), out.overwrite) if target else None,
+                  lambda: check_space(run, target)):
         try:
             check()
         except UsageError as exc:
             problems.append(str(exc))
-    summary["run_would_refuse"] = "; ".join(problems) if problems else "nothing (output and label image are free)"
+    summary["run_would_refuse"] = "; ".join(problems) if problems else "nothing (output and label image are free, the space suffices)"
     if run.empty is not None and run.empty.kind != "read":  # one coarse read per block, here
         flags = ScanStage(run.plan, run.empty).run(Engine())
         summary["empty_blocks"] = f"{int(flags.sum())} of {len(run.plan)} will be skipped"
@@ -255,6 +264,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        full = space_error(exc)
+        if full is not None:
+            print(f"error: {full}; free space (or raise the quota) and rerun", file=sys.stderr)
+            return 2
         print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

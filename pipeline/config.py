@@ -63,6 +63,11 @@ class InputConfig(Frozen):
     diameter_unit: Literal["voxel", "physical"] = Field(
         "voxel", description="physical: input.diameter is in the input's units (OME-Zarr, TIFF, HDF5 voxel size), "
         "converted per axis, so one number suits anisotropic voxels")
+    unreadable: Literal["error", "empty"] = Field(
+        "error", description="an input chunk, TIFF page or HDF5 chunk that cannot be read (corrupt, truncated): "
+        "error = stop with one line naming it and its region; empty = read it as the array's fill value (0) and "
+        "go on; the regions are recorded in the result's attributes (pipeline.unreadable_input), "
+        "qc/unreadable.json and the report")
 
     _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
 
@@ -84,6 +89,17 @@ class OutputConfig(Frozen):
         description="name of the label image (its group under labels/); an existing one is replaced only with "
         "output.overwrite"
     )
+    changed_input: Literal["refuse", "recompute"] = Field(
+        "refuse", description="resuming an interrupted run whose finished blocks now read different input: "
+        "refuse (one line naming the input and where it changed), or recompute those blocks and every later "
+        "stage (--recompute-changed)")
+    resume_check: Literal["metadata", "content"] = Field(
+        "metadata", description="how a resumed run checks that finished blocks' input is unchanged: metadata = "
+        "the size and modification time of the chunk files each block read, re-reading and comparing the "
+        "content digest only where they differ; content = re-read every finished block and compare digests")
+    check_space: bool = Field(
+        True, description="refuse to start when the output's filesystem has clearly less free space than the "
+        "run's estimated output (`pipeline plan` shows the estimate)")
 
 
 class ModelConfig(Frozen):

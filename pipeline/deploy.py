@@ -165,6 +165,7 @@ def _local(cfg: LocalClusterConfig) -> Any:
         dashboard_address=cfg.dashboard_address or ":0",
         host="127.0.0.1",
         resources={"model": 1},
+        preload=["pipeline.workerlog"],  # a worker whose client was killed logs no traceback
     )
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, space_error
 from .progress import ProgressLog
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ class Refused:
 
 
 class Guarded:
-    """``fn`` as a task: a :class:`~pipeline.errors.UsageError` becomes a :class:`Refused` result,
-    and a task given a :class:`Refused` (its first step failed) passes it on."""
+    """``fn`` as a task: a :class:`~pipeline.errors.UsageError` (a write that failed for space or
+    quota included) becomes a :class:`Refused` result, and a task given a :class:`Refused` (its
+    first step failed) passes it on."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
@@ -71,6 +72,11 @@ class Guarded:
             return self.fn(*args)
         except UsageError as exc:
             return Refused(exc)
+        except OSError as exc:
+            full = space_error(exc)
+            if full is None:
+                raise
+            return Refused(full)
 
 
 def batched(items: Sequence[int], size: int) -> list[list[int]]:
@@ -88,6 +94,7 @@ class Engine:
         self.progress = progress
         self.fan_in = fan_in
         self.memory_per_worker = memory_per_worker  # for intermediate results in flight
+        self.checks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ shared helpers
 
@@ -117,6 +124,13 @@ class Engine:
     def _check(self) -> None:
         if self.abort is not None:
             self.abort()
+        for check in self.checks:
+            check()
+
+    def also_check(self, check: Callable[[], None]) -> None:
+        """Call ``check`` (it raises to stop the run, e.g. when the output's lock was lost) as
+        results come in."""
+        self.checks.append(check)
 
     def _get(self, fut: Any) -> Any:
         """``fut.result()``; when it fails because the cluster stopped, the reason why."""
@@ -153,10 +167,15 @@ class Engine:
     def call(self, fn: Callable[..., Any], *args: Any) -> Ref:
         if self.client is None:
             return Local(fn(*map(self._value, args)))
-        return self.client.submit(fn, *args, pure=False)
+        return self.client.submit(Guarded(fn), *args, pure=False)
 
     def result(self, ref: Ref) -> Any:
-        return ref.value if isinstance(ref, Local) else self._get(ref)
+        if isinstance(ref, Local):
+            return ref.value
+        result = self._get(ref)
+        if isinstance(result, Refused):
+            raise result.error
+        return result
 
     def map(
         self,
@@ -186,6 +205,7 @@ class Engine:
         try:
             if self.client is None:
                 for batch in batches:
+                    self._check()
                     extra = per_batch(batch) if per_batch else ()
                     loaded = (first[0](batch),) if first else ()
                     yield fn(batch, *loaded, *map(self._value, (*args, *extra)))
@@ -220,6 +240,7 @@ class Engine:
                 fut.release()
                 if isinstance(result, Refused):
                     raise result.error
+                self._check()
                 for batch in islice(it, 1):
                     pending.add(submit(batch))
                 bar.update(sizes.pop(fut.key) if items else 1)
@@ -247,12 +268,14 @@ class Engine:
         def _combine(*parts: Any) -> Any:
             return combine(parts)
 
+        guarded_leaf, guarded_combine = Guarded(leaf), Guarded(_combine)
+
         it = iter(batches)
         depth: dict[str, int] = {}
         buckets: dict[int, list[Any]] = {}
 
         def submit_leaf(batch: Batch) -> Any:
-            fut = self.client.submit(leaf, batch, *args, pure=False)
+            fut = self.client.submit(guarded_leaf, batch, *args, pure=False)
             depth[fut.key] = 0
             return fut
 
@@ -261,8 +284,7 @@ class Engine:
         for fut in pending:
             if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
                 continue
-            if fut.cancelled():
-                self._check()
+            self._check()
             d = depth.pop(fut.key)
             if d == 0:
                 bar.update(1)
@@ -271,13 +293,13 @@ class Engine:
             bucket = buckets.setdefault(d, [])
             bucket.append(fut)
             if len(bucket) == fan_in:
-                parent = self.client.submit(_combine, *bucket, pure=False)
+                parent = self.client.submit(guarded_combine, *bucket, pure=False)
                 depth[parent.key] = d + 1
                 buckets[d] = []
                 pending.add(parent)
         bar.close()
         rest = [f for d in sorted(buckets) for f in buckets[d]]
-        return rest[0] if len(rest) == 1 else self.client.submit(_combine, *rest, pure=False)
+        return rest[0] if len(rest) == 1 else self.client.submit(guarded_combine, *rest, pure=False)
 
 
 def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:

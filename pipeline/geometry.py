@@ -107,6 +107,13 @@ class Box:
             slice(o - b, o - b + s) for o, s, b in zip(self.offset, self.shape, base, strict=True)
         )
 
+    def describe(self, volume: Sequence[int] | None = None, axes: str = "zyx") -> str:
+        """The box as ranges in volume coordinates, clipped to ``volume`` when given: e.g.
+        ``z 0:28, y 0:52, x 0:52`` (start inclusive, end exclusive): how messages name a region."""
+        box = self.intersect(Box.from_shape(volume)) if volume is not None else self
+        names = axes[-self.ndim:] if self.ndim <= len(axes) else [f"axis {i}" for i in range(self.ndim)]
+        return ", ".join(f"{a} {o}:{e}" for a, o, e in zip(names, box.offset, box.end, strict=True))
+
     def snap_to_grid(self, grid: Sequence[int], mode: str = "grow") -> Box:
         """Snap to multiples of ``grid``: ``grow`` outwards, ``shrink`` inwards."""
         g = as_coord(grid, self.ndim)

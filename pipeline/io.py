@@ -10,11 +10,16 @@ computed at full size.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,67 @@ class OutputError(UsageError):
     """An output that cannot be written without losing data or permission."""
 
 
+class InputReadError(InputError):
+    """Voxel data of the input that cannot be read: a corrupt, truncated or unreadable chunk,
+    TIFF page or HDF5 chunk."""
+
+
 SPATIAL = "zyx"
+UNREADABLE_HINT = ("copy the file again from its source; or set input.unreadable: empty to read unreadable chunks "
+                   "as empty (their regions are recorded in the result), or give empty.mask to skip the region")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A chunk of the input read as empty (``input.unreadable: empty``): what it is and where."""
+
+    chunk: str  # the chunk file, TIFF page or HDF5 chunk
+    region: Box  # spatial, in volume coordinates, clipped to the volume
+
+    def as_json(self) -> list[Any]:
+        return [self.chunk, [v for o, e in zip(self.region.offset, self.region.end, strict=True) for v in (o, e)]]
+
+    @classmethod
+    def from_json(cls, item: Sequence[Any]) -> Unreadable:
+        ranges = item[1]
+        return cls(str(item[0]), Box(tuple(ranges[0::2]), tuple(e - o for o, e in zip(ranges[0::2], ranges[1::2],
+                                                                                        strict=True))))
+
+
+_UNREADABLE: ContextVar[list[Unreadable] | None] = ContextVar("unreadable", default=None)
+
+
+@contextmanager
+def collect_unreadable() -> Iterator[list[Unreadable]]:
+    """The chunks that reads in this context (this thread) read as empty."""
+    found: list[Unreadable] = []
+    token = _UNREADABLE.set(found)
+    try:
+        yield found
+    finally:
+        _UNREADABLE.reset(token)
+
+
+def digest(data: np.ndarray) -> str:
+    """Content digest of an array (dtype, shape and bytes): 128 bits of SHA-256."""
+    h = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
+    h.update(memoryview(np.ascontiguousarray(data)).cast("B"))
+    return h.hexdigest()[:32]
+
+
+def stamp(files: Sequence[str] | None) -> str | None:
+    """Digest of the size and modification time (ns) of ``files`` (a missing file counts as
+    such); None when the input's storage has no files to look at."""
+    if files is None:
+        return None
+    h = hashlib.sha256()
+    for name in files:
+        try:
+            st = os.stat(name)
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{name}\0-\n".encode())
+    return h.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -52,6 +117,8 @@ class InputVolume:
     units: tuple[str | None, ...] | None = None
     ome: dict[str, Any] | None = field(default=None, repr=False)
     channel: int | None = None
+    where: str = ""  # how messages name it, e.g. "'in.zarr' dataset 'raw'"
+    unreadable: str = "error"  # input.unreadable: error | empty
 
     @property
     def spatial_axes(self) -> tuple[int, ...]:
@@ -80,10 +147,11 @@ class InputVolume:
     def chunks(self) -> tuple[int, ...]:
         return tuple(self.array.chunks[i] for i in self.spatial_axes)
 
-    def read(self, box: Box) -> np.ndarray:
-        """``(C, *box.shape)`` float32 data; outside the volume the data is reflected."""
+    def _selection(self, box: Box) -> tuple[tuple[Any, ...], list[np.ndarray], list[int], list[int]]:
+        """The array index that reads ``box`` (its part inside the volume), the reflected voxel
+        indices per spatial axis, and the read's spatial start and stop."""
         if box.ndim != self.ndim:
-            raise ValueError(f"box {box} is {box.ndim}D, volume is {self.ndim}D")
+            raise ValueError(f"box {box.describe()} is {box.ndim}D, volume is {self.ndim}D")
         spatial = [
             np.asarray(reflect_indices(o, o + s, n), dtype=np.int64)
             for o, s, n in zip(box.offset, box.shape, self.shape, strict=True)
@@ -100,7 +168,14 @@ class InputVolume:
                 index.append(slice(None) if self.channel is None else self.channel)
             else:  # t (size 1, checked on open)
                 index.append(0)
-        data = np.asarray(self.array[tuple(index)])
+        return tuple(index), spatial, lo, hi
+
+    def read(self, box: Box) -> np.ndarray:
+        """``(C, *box.shape)`` data in the input's dtype; outside the volume the data is reflected.
+        A chunk that cannot be read is an :class:`InputReadError` naming it, or with
+        ``input.unreadable: empty`` reads as the fill value (see :func:`collect_unreadable`)."""
+        index, spatial, lo, hi = self._selection(box)
+        data = self._get(index)
         kept = [a for a in self.axes if a != "t" and (a != "c" or self.channel is None)]
         if "c" not in kept:
             data = data[None]
@@ -110,6 +185,109 @@ class InputVolume:
         if any(not isinstance(r, np.ndarray) or len(r) != (h - s) or not np.array_equal(r, np.arange(h - s)) for r, s, h in zip(rel, lo, hi, strict=True)):
             data = data[(slice(None), *np.ix_(*rel))]
         return data
+
+    # ------------------------------------------------------------ unreadable chunks
+
+    def _get(self, index: tuple[Any, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self.array[index])
+        except UsageError:
+            raise
+        except Exception:  # noqa: BLE001 - find the chunk that fails, and say which
+            return self._get_by_chunk(index)
+
+    def _get_by_chunk(self, index: tuple[Any, ...]) -> np.ndarray:
+        """``array[index]`` read chunk by chunk: an unreadable chunk raises :class:`InputReadError`
+        naming it, or reads as the fill value (``unreadable: empty``)."""
+        arr, shape, chunks = self.array, tuple(self.array.shape), tuple(self.array.chunks)
+        ranges = [(*k.indices(n)[:2], True) if isinstance(k, slice) else (int(k), int(k) + 1, False)
+                  for k, n in zip(index, shape, strict=True)]
+        out = np.empty(tuple(b - a for a, b, keep in ranges if keep), dtype=np.dtype(arr.dtype))
+        cells = [range(a // c, (b - 1) // c + 1) for (a, b, _), c in zip(ranges, chunks, strict=True)]
+        for coords in itertools.product(*cells):
+            src, dst = [], []
+            for (a, b, keep), c, j in zip(ranges, chunks, coords, strict=True):
+                start, stop = max(a, j * c), min(b, (j + 1) * c)
+                src.append(slice(start, stop) if keep else start)
+                if keep:
+                    dst.append(slice(start - a, stop - a))
+            try:
+                out[tuple(dst)] = np.asarray(arr[tuple(src)])
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported in one line, or read as empty
+                bad = Unreadable(self.chunk_name(coords), self.chunk_region(coords))
+                if self.unreadable != "empty":
+                    reason = (str(exc).strip().splitlines() or [""])[0]
+                    raise InputReadError(
+                        f"input {self.where or repr(self.path)}: {bad.chunk} ({bad.region.describe(axes=self.spatial_names)}) "
+                        f"cannot be read ({type(exc).__name__}: {reason}); {UNREADABLE_HINT}") from None
+                out[tuple(dst)] = getattr(arr, "fill_value", None) or 0
+                found = _UNREADABLE.get()
+                if found is None:
+                    logger.warning("input %s: %s (%s) cannot be read; read as empty (input.unreadable: empty)",
+                                   self.where or repr(self.path), bad.chunk, bad.region.describe(axes=self.spatial_names))
+                else:
+                    found.append(bad)
+        return out
+
+    @property
+    def spatial_names(self) -> str:
+        return "".join(a for a in self.axes if a in SPATIAL)
+
+    def chunk_region(self, coords: Sequence[int]) -> Box:
+        """The spatial region of the array chunk at ``coords``, clipped to the volume."""
+        chunks = self.array.chunks
+        box = Box(tuple(coords[i] * chunks[i] for i in self.spatial_axes), tuple(chunks[i] for i in self.spatial_axes))
+        return box.intersect(Box.from_shape(self.shape))
+
+    def chunk_name(self, coords: Sequence[int]) -> str:
+        """How a message names the chunk at ``coords``: its file, its TIFF page, its HDF5 chunk."""
+        named = getattr(self.array, "chunk_name", None)
+        if named is not None:  # TIFF slices, HDF5 (pipeline.formats)
+            return str(named(coords))
+        store = getattr(getattr(self.array, "store_path", None), "store", None)
+        if type(store).__name__ == "ZarrTiffStore":  # pages: the planes before y
+            before = self.axes.index("y")
+            grid = [-(-n // c) for n, c in zip(self.array.shape, self.array.chunks, strict=True)]
+            page = int(np.ravel_multi_index(tuple(coords[:before]), tuple(grid[:before]))) if before else 0
+            tiled = self.array.chunks[before] < self.array.shape[before]
+            return f"page {page}" + (f" (tile {list(coords[before:])})" if tiled else "")
+        key = self.storage_key(coords)
+        if isinstance(store, zarr.storage.LocalStore):
+            return f"chunk file '{Path(store.root) / self.array.store_path.path / key}'"
+        return f"chunk '{key}'"
+
+    def storage_key(self, coords: Sequence[int]) -> str:
+        """The zarr store key of the chunk at ``coords`` (its shard's, for a sharded array)."""
+        shards = getattr(self.array, "shards", None)
+        if shards:
+            coords = tuple(j * c // s for j, c, s in zip(coords, self.array.chunks, shards, strict=True))
+        return str(self.array.metadata.encode_chunk_key(tuple(coords)))
+
+    # ------------------------------------------------------------ what a read depends on
+
+    def files(self, box: Box) -> list[str] | None:
+        """The files a read of ``box`` depends on (chunk files and the array's metadata; the one
+        TIFF or HDF5 file; the TIFF slices), for :func:`stamp`; None: not files on a disk."""
+        own = getattr(self.array, "files_of", None)
+        index = self._selection(box)[0]
+        if own is not None:  # TIFF slices, HDF5 (pipeline.formats)
+            return list(own(index))
+        store = getattr(getattr(self.array, "store_path", None), "store", None)
+        if type(store).__name__ == "ZarrTiffStore":
+            return [str(self.path)]
+        if not isinstance(store, zarr.storage.LocalStore):
+            return None
+        grid_chunks = getattr(self.array, "shards", None) or self.array.chunks
+        cells = []
+        for k, n, c in zip(index, self.array.shape, grid_chunks, strict=True):
+            a, b = k.indices(n)[:2] if isinstance(k, slice) else (int(k), int(k) + 1)
+            cells.append(range(a // c, (b - 1) // c + 1))
+        base = Path(store.root) / self.array.store_path.path
+        meta = "zarr.json" if self.array.metadata.zarr_format == 3 else ".zarray"
+        keys = (str(self.array.metadata.encode_chunk_key(coords)) for coords in itertools.product(*cells))
+        return [str(base / meta), *(str(base / key) for key in keys)]
 
 
 def open_zarr_node(path: Path, dataset: str | None) -> Any:
@@ -148,13 +326,19 @@ def _multiscales(attrs: dict[str, Any]) -> list[dict[str, Any]] | None:
     return ms if isinstance(ms, list) and ms else None
 
 
+def input_where(cfg: InputConfig) -> str:
+    """How messages name an input: its path, and its dataset when one is set."""
+    return f"'{cfg.path}'" + (f" dataset '{cfg.dataset}'" if cfg.dataset else "")
+
+
 def open_input(cfg: InputConfig) -> InputVolume:
     """Open the input described by ``cfg`` (metadata only, no voxel data read): zarr here,
     TIFF and HDF5 in :mod:`pipeline.formats`; ``cfg.channel`` selects one channel."""
     from .formats import open_format, select_channel  # they import this module
 
-    where = f"'{cfg.path}'" + (f" dataset '{cfg.dataset}'" if cfg.dataset else "")
+    where = input_where(cfg)
     vol = open_format(cfg) or select_channel(_open_zarr(cfg, where), cfg.channel, where)
+    vol = replace(vol, where=where, unreadable=cfg.unreadable)
     check_dtype(vol.dtype, where)
     if "t" in vol.axes and vol.array.shape[vol.axes.index("t")] != 1:
         raise InputError(f"input {where} has {vol.array.shape[vol.axes.index('t')]} time points; select one (t must be 1)")

@@ -32,9 +32,22 @@ def audit_rows(audit: dict[str, Any] | None, gradient: dict[str, Any]) -> list[t
     return rows
 
 
+def unreadable_text(found: dict[str, Any] | None) -> str:
+    """The input chunks a run read as empty (``input.unreadable: empty``), with their regions."""
+    from .io import Unreadable
+
+    if not found:
+        return "none"
+    shown = [Unreadable.from_json((r["chunk"], r["region"])) for r in found["first"][:10]]
+    more = f"; ... (all in {found['all']})" if found["chunks"] > len(shown) else ""
+    return f"{found['chunks']} chunk(s) read as empty: " + "; ".join(
+        f"{u.chunk} ({u.region.describe()})" for u in shown) + more
+
+
 def provenance_rows(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     cfg = meta["config"]
     return [("pipeline version", meta.get("pipeline_version")), ("input", f"{cfg['input']['path']} ({cfg['input'].get('dataset')})"),
+            ("unreadable input", unreadable_text(meta.get("unreadable_input"))),
             ("model", f"{cfg['model']['checkpoint']} (digest {meta.get('model_digest')}, {cfg['model']['precision']})"),
             ("plan", meta.get("plan")), ("clustering", meta.get("parameters")), ("objects", meta.get("objects")),
             ("timing (s)", meta.get("timing_s")), ("resumed blocks", meta.get("resumed_blocks")),

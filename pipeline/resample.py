@@ -218,12 +218,23 @@ class ZoomedVolume:
         vs = self.source.voxel_size
         return None if vs is None else tuple(v / z for v, z in zip(vs, self.zoom, strict=True))
 
+    def _source(self, box: Box) -> tuple[Box, list[tuple[np.ndarray, np.ndarray]]]:
+        indices = [np.asarray(reflect_indices(o, o + s, n), dtype=np.int64)
+                   for o, s, n in zip(box.offset, box.shape, self.shape, strict=True)]
+        return source_box(indices, self.zoom, self.source.shape)
+
+    def source_region(self, box: Box) -> Box:
+        """The region of the input (its own coordinates) a read of ``box`` reads."""
+        return self._source(box)[0]
+
+    def files(self, box: Box) -> list[str] | None:
+        """The files a read of ``box`` depends on (see :meth:`InputVolume.files`)."""
+        return self.source.files(self.source_region(box))  # type: ignore[no-any-return]
+
     def read(self, box: Box) -> np.ndarray:
         """``(C, *box.shape)`` float32, reflected outside the resampled volume like
         :meth:`InputVolume.read`."""
-        indices = [np.asarray(reflect_indices(o, o + s, n), dtype=np.int64)
-                   for o, s, n in zip(box.offset, box.shape, self.shape, strict=True)]
-        src, taps = source_box(indices, self.zoom, self.source.shape)
+        src, taps = self._source(box)
         data = self.source.read(src).astype(np.float32, copy=False)
         for axis, (lo, w) in enumerate(taps):
             data = interpolate_axis(data, axis + 1, lo, w)

@@ -8,10 +8,13 @@ do the work; the store records provenance and completion.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,10 @@ import numpy as np
 from .checkpoint import CheckpointInfo
 from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
-from .engine import open_engine
+from .engine import Engine, open_engine
+from .errors import SpaceError, space_error
 from .geometry import Box
+from .lock import RunLock
 from .merge import label_dtype
 from .ome import physical_grid
 from .prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
@@ -37,6 +42,7 @@ from .region import (
     region_box,
     zoomed_region,
 )
+from .space import Estimate, check_space, free_bytes, gib
 from .stages import (
     FragmentsStage,
     MergeStage,
@@ -50,7 +56,7 @@ from .stages import (
 )
 from .stages.labels import LabelsStage, check_labels, label_target
 from .stages.relabel import SEGMENTATION, restore_plan
-from .store import ZOOMED, Store, check_output, provenance, resume_key
+from .store import ZOOMED, Store, check_output, provenance, resume_parts
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +73,52 @@ def clustering_method(run: Prepared) -> Method:
     return make_method(params, c.merge.min_contact, c.merge.max_distance, c.clustering.backend, c.clustering.device)
 
 
-def _open_store(run: Prepared, stage: str, params: dict[str, Any]) -> Store:
-    """The output group: new (with provenance), or the interrupted identical run's."""
+@contextmanager
+def _open_store(run: Prepared, stage: str, params: dict[str, Any], engine: Engine, need: Estimate) -> Iterator[Store]:
+    """The output group: new (with provenance), or the interrupted identical run's; locked for
+    this run until it ends (see :mod:`pipeline.lock`). A write that fails for space ends the
+    run with one line naming the path and ``need``."""
     out = run.config.output
-    store, resumed = Store.open(out.path, out.overwrite, resume_key(run, stage, params), run_id=uuid.uuid4().hex)
-    if not resumed:
-        store.update_attrs({"pipeline": {**provenance(run), "parameters": params}})
-    return store
+    run_id = uuid.uuid4().hex
+    lock = RunLock(out.path, run_id)
+    try:
+        store, resumed = Store.open(out.path, out.overwrite, resume_parts(run, stage, params), run_id, lock)
+        if not resumed:
+            store.update_attrs({"pipeline": {**provenance(run), "parameters": params}})
+        engine.also_check(lock.check)
+        yield store
+    except Exception as exc:
+        full = space_error(exc)
+        if full is None:
+            raise
+        raise space_refusal(run, full, need) from None
+    finally:
+        lock.release()
+
+
+def space_refusal(run: Prepared, error: SpaceError, need: Estimate) -> SpaceError:
+    """A write that failed for space, in one line: what, where, how much the run needs."""
+    out = Path(run.config.output.path)
+    where = f"'{error.path}'" if error.path else f"into output.path '{out}'"
+    reason = str(error).split(" writing ")[0]
+    return SpaceError(
+        f"{reason} writing {where} (free on its filesystem now: {gib(free_bytes(error.path or out))}; this run needs "
+        f"{need.describe()}); everything written so far is kept: free space (or raise the quota) and rerun the "
+        "same command to resume", error.path)
+
+
+def _unreadable(store: Store, found: dict[str, list[int]]) -> dict[str, Any] | None:
+    """The input chunks read as empty: all in ``qc/unreadable.json``, the first ones in the attributes."""
+    if not found:
+        return None
+    rows = [{"chunk": chunk, "region": region} for chunk, region in sorted(found.items())]
+    store.qc_path("unreadable.json").write_text(json.dumps(rows, indent=1))
+    logger.warning("%d input chunk(s) could not be read and were read as empty (input.unreadable: empty), first: %s; "
+                   "all in %s", len(rows), rows[0]["chunk"], store.qc_path("unreadable.json"))
+    return {"chunks": len(rows), "first": rows[:UNREADABLE_LISTED], "all": "qc/unreadable.json"}
+
+
+UNREADABLE_LISTED = 100  # unreadable chunks listed in the attributes (all of them in qc/unreadable.json)
 
 
 def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> Path:
@@ -82,14 +127,16 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
     run = prepare(config)
     cfg, plan = run.config, run.plan
     check_output(cfg.output.path, cfg.output.overwrite)
+    need = check_space(run, None, predict_only=True)
     t0 = time.perf_counter()
-    with open_engine(cfg.cluster, client, progress) as engine:
-        store = _open_store(run, "predict", {"channels_last": cfg.model.channels_last})
+    with open_engine(cfg.cluster, client, progress) as engine, \
+            _open_store(run, "predict", {"channels_last": cfg.model.channels_last}, engine, need) as store:
         logger.info("predict: %d blocks of %s (read %s)", len(plan), plan.write_shape, plan.read_shape)
         stage = PredictStage(Task.of(run, store), run.spec.embed_dim)
         for _ in stage.run(engine, run.blocks_per_task):
             pass
-    store.finish({"resumed_blocks": stage.resumed})
+        store.finish({"resumed_blocks": stage.resumed, "recomputed_blocks": stage.recomputed,
+                      "unreadable_input": _unreadable(store, stage.unreadable)})
     logger.info("predict: done in %.1f s -> %s", time.perf_counter() - t0, cfg.output.path)
     return Path(cfg.output.path)
 
@@ -112,16 +159,16 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
     target = label_target(run) if area is None else None
     if target is not None:
         check_labels(target, Path(cfg.output.path), cfg.output.overwrite)
+    blocks = covering_blocks(run.plan, area.grid) if area else None
+    need = check_space(run, target, fraction=len(blocks) / len(run.plan) if blocks is not None else 1.0)
     min_size = method.params.min_size
     logger.info("segment: clustering %s", method.describe())
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    with open_engine(cfg.cluster, client, progress) as engine:
-        params = method.describe() if area is None else {**method.describe(), "region": area.to_json()}
-        store = _open_store(run, "segment", params)
+    params = method.describe() if area is None else {**method.describe(), "region": area.to_json()}
+    with open_engine(cfg.cluster, client, progress) as engine, _open_store(run, "segment", params, engine, need) as store:
         task = Task.of(run, store)
         fragments = FragmentsStage(task, method, run.spec.embed_dim)
-        blocks = covering_blocks(run.plan, area.grid) if area else None
         if blocks is not None:
             per = run.per_task(len(blocks))
         outside = np.ones(len(run.plan), bool) if area else np.zeros(len(run.plan), bool)
@@ -131,6 +178,9 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
             fragments.skip = ScanStage(run.plan, run.empty).run(engine, blocks) | outside
         counts, empty = fragments.summaries(engine, per)
         empty &= ~outside  # blocks outside a region were not skipped as empty space
+        if fragments.computed and store.has_markers(RelabelStage.name):  # blocks changed after relabel began
+            logger.info("segment: %d blocks computed again; relabelling every block", fragments.computed)
+            reset_after_fragments(store)
         timing["fragments"] = time.perf_counter() - t0
         tables, n = MergeStage(task, method).run(engine, counts, min_size, per, blocks)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())
@@ -152,18 +202,27 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
         label_image = LabelsStage(store, target, label_dtype(n)).run(engine) if target else None
         if label_image is not None:
             timing["labels"] = time.perf_counter() - t0 - sum(timing.values())
-    meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
-            "objects_table": table, "resumed_blocks": fragments.resumed,
-            "label_image": str(label_image) if label_image is not None else None,
-            "empty_blocks": {"skipped": int(empty.sum()), "of": len(run.plan),
-                             "decided_by": run.empty.describe() if run.empty else None}}
-    if record is not None:
-        meta[REGION] = record.to_json()
-    attrs: dict[str, Any] = {"pipeline": meta, "resumed_blocks": fragments.resumed}
-    store.write_empty(run.plan, empty)
-    store.finish(attrs)
+        meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
+                "objects_table": table, "resumed_blocks": fragments.resumed, "recomputed_blocks": fragments.recomputed,
+                "label_image": str(label_image) if label_image is not None else None,
+                "unreadable_input": _unreadable(store, fragments.unreadable),
+                "empty_blocks": {"skipped": int(empty.sum()), "of": len(run.plan),
+                                 "decided_by": run.empty.describe() if run.empty else None}}
+        if record is not None:
+            meta[REGION] = record.to_json()
+        attrs: dict[str, Any] = {"pipeline": meta, "resumed_blocks": fragments.resumed}
+        store.write_empty(run.plan, empty)
+        store.finish(attrs)
     logger.info("segment: %d objects in %.1f s -> %s", n, time.perf_counter() - t0, cfg.output.path)
     return Path(cfg.output.path)
+
+
+def reset_after_fragments(store: Store) -> None:
+    """Forget every stage after ``fragments`` (relabel, restore, the label image) and the object
+    statistics: global ids change when any block's fragments do."""
+    for stage in (RelabelStage.name, RestoreStage.name, LabelsStage.name):
+        store.clear_markers(stage)
+    store.clear_stats()
 
 
 def restore(run: Prepared, task: Task, dtype: str, engine: Any, box: Box | None = None) -> None:

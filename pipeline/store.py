@@ -3,8 +3,11 @@ stage, the resume key, provenance and completion.
 
 ::
 
-    result.zarr/                      attrs: resume_key, complete, pipeline (provenance; its
-                                      label_image: where the OME-Zarr label image went)
+    result.zarr/                      attrs: resume_key, resume (what the key is made of),
+                                      complete, pipeline (provenance; its label_image: where
+                                      the OME-Zarr label image went; unreadable_input)
+      lock.json                       while a run writes: its host, pid, run id, start time
+                                      (pipeline.lock); its modification time is refreshed
       segmentation                    (run) global instance labels (dimension_names z, y, x)
       labels/<name>/0, 1, ...         (run, output.labels standalone, or auto for a non-OME input)
                                       OME-Zarr 0.5 label image: pyramid of segmentation; labels/
@@ -14,10 +17,15 @@ stage, the resume key, provenance and completion.
       objects.csv                     (run) the same rows, for small results
       empty_blocks                    (run) uint8 per block of the grid: 1 = skipped as empty space
       qc/                             (run) quality record, kept: blocks.npz (per block),
-                                      seams/<batch>.npz (per face and pair), seam_audit.json
+                                      seams/<batch>.npz (per face and pair), seam_audit.json,
+                                      unreadable.json (input chunks read as empty)
       scratch/                        removed when the run completes
-        done_<stage>/<block>          empty file: the stage finished that block (labels:
-                                      done_labels_<level>/<task box>)
+        done_<stage>/<block>          the stage finished that block (labels:
+                                      done_labels_<level>/<task box>): an empty file, or the
+                                      block's record (JSON) for stages that read the input:
+                                      ``input`` (digest of the data read), ``stamp`` (sizes
+                                      and times of the files read), ``unreadable`` (chunks
+                                      read as empty); the one place per-block records live
         fragments                     uint64 fragment ids, block-unique
         faces/<block>                 the block's outer planes that touch a neighbour, raw
                                       (face_layout); no file: a skipped empty block
@@ -41,6 +49,8 @@ import logging
 import math
 import os
 import shutil
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +61,7 @@ import zarr
 
 from .blocks import Block, BlockPlan
 from .io import OutputError, create_array, dimension_names, open_array, open_group
+from .lock import LOCK, RunLock, check_free
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -127,9 +138,32 @@ class Store:
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
 
-    def mark_done(self, stage: str, block: Block) -> None:
-        """An empty file per finished block: one metadata operation, no read-modify-write."""
-        (self._markers(stage) / str(block.linear)).touch()
+    def mark_done(self, stage: str, block: Block, record: dict[str, Any] | None = None) -> None:
+        """The block's done marker: an empty file (one metadata operation), or the block's record
+        as JSON, written whole (a temporary file renamed) so a marker is never half a record."""
+        path = self._markers(stage) / str(block.linear)
+        if record is None:
+            path.touch()
+            return
+        tmp = path.with_name(f".{block.linear}.{uuid.uuid4().hex}")
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def records(self, stage: str, linears: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The records of finished blocks (``{}`` for a marker without one)."""
+        out = {}
+        for i in linears:
+            text = (self._markers(stage) / str(i)).read_text()
+            out[int(i)] = json.loads(text) if text else {}
+        return out
+
+    def forget(self, stage: str, linears: Sequence[int]) -> None:
+        """Unmark finished blocks (they are computed again)."""
+        for i in linears:
+            (self._markers(stage) / str(i)).unlink(missing_ok=True)
 
     def done(self, stage: str, blocks: int) -> np.ndarray:
         """One bool per block (linear order): finished by this or an earlier run."""
@@ -146,6 +180,11 @@ class Store:
     def has_faces(self, linear: int) -> bool:
         """Whether the block wrote its faces (every block that was not skipped as empty does)."""
         return self._faces(linear).exists()
+
+    def drop_block(self, linear: int) -> None:
+        """Remove what a block wrote besides its arrays (faces, fragment sizes): it is computed again."""
+        self._faces(linear).unlink(missing_ok=True)
+        (Path(self.path) / SIZES / str(linear)).unlink(missing_ok=True)
 
     def create_faces(self) -> None:
         (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
@@ -211,6 +250,10 @@ class Store:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / f"{name}.npy", rows, allow_pickle=False)
 
+    def clear_stats(self) -> None:
+        """Forget every partial object statistic (relabel writes them all again)."""
+        shutil.rmtree(Path(self.path) / STATS, ignore_errors=True)
+
     def read_stats(self, part: int) -> list[np.ndarray]:
         folder = Path(self.path) / STATS / str(part)
         return [np.load(f, allow_pickle=False) for f in sorted(folder.glob("*.npy"))] if folder.is_dir() else []
@@ -224,23 +267,31 @@ class Store:
     # ------------------------------------------------------------ lifecycle (client only)
 
     @classmethod
-    def open(cls, path: str | Path, overwrite: bool, key: str, run_id: str) -> tuple[Store, bool]:
+    def open(cls, path: str | Path, overwrite: bool, parts: dict[str, Any] | str, run_id: str,
+             lock: RunLock | None = None) -> tuple[Store, bool]:
         """A new output group, or the unfinished one of an earlier identical run (resume).
 
-        Never replaces an existing output without ``overwrite``; refuses to resume output
-        made with a different plan, model or parameters."""
+        ``parts`` (see :func:`resume_parts`) is everything that determines block outputs; ``lock``
+        is taken before anything is written or deleted. Never replaces an existing output without
+        ``overwrite``; refuses to resume output made with another plan, model, input statistics or
+        parameters, naming what differs."""
         p = Path(path)
+        parts = parts if isinstance(parts, dict) else {"key": parts}
+        key = resume_hash(parts)
         if p.exists() and not overwrite:
             unfinished = unfinished_key(p)
             if unfinished is not None:
+                if lock is not None:
+                    lock.acquire()
                 if unfinished != key:
+                    if lock is not None:
+                        lock.release()
                     raise OutputError(
-                        f"output.path '{p}' holds an unfinished run made with a different plan, model or "
-                        f"parameters (key {unfinished}, this run {key}); pass --overwrite to start "
-                        "again, or rerun with the original config to resume"
-                    )
+                        f"output.path '{p}' holds an unfinished run made with other settings "
+                        f"({changes(open_group(p, mode='r').attrs.get('resume'), parts)}); rerun with the original "
+                        "settings to resume, or pass --overwrite to start again")
                 return cls(str(p), run_id), True
-        prepare_output(p, overwrite).attrs.update({"resume_key": key, "complete": False})
+        prepare_output(p, overwrite, lock).attrs.update({"resume_key": key, "resume": parts, "complete": False})
         return cls(str(p), run_id), False
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
@@ -266,10 +317,12 @@ def unfinished_key(path: Path) -> str | None:
 
 def check_output(path: str | Path, overwrite: bool) -> None:
     """Fail early (before a cluster starts) on an output that :meth:`Store.open` would refuse
-    to replace; writes nothing."""
+    to replace, or that another run is writing; writes nothing."""
     p = Path(path)
     if p.exists() and not overwrite and unfinished_key(p) is None:
         prepare_output(p, overwrite)  # raises: exists
+    if p.is_dir():
+        check_free(p)
     if not p.exists():  # its nearest existing folder must take new entries (nothing is created here)
         base = next((a for a in p.absolute().parents if a.exists()), Path("/"))
         if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
@@ -277,8 +330,9 @@ def check_output(path: str | Path, overwrite: bool) -> None:
                               f"{'not a folder' if not base.is_dir() else 'read-only'}); choose a writable location")
 
 
-def prepare_output(path: str | Path, overwrite: bool) -> zarr.Group:
-    """Create the output group. An existing path is replaced only with ``overwrite``."""
+def prepare_output(path: str | Path, overwrite: bool, lock: RunLock | None = None) -> zarr.Group:
+    """Create the output group. An existing path is replaced only with ``overwrite`` (and only
+    a zarr group); ``lock`` is taken in the folder before anything in it is deleted."""
     p = Path(path)
     if p.exists():
         if not overwrite:
@@ -288,9 +342,16 @@ def prepare_output(path: str | Path, overwrite: bool) -> zarr.Group:
             )
         if p.is_dir() and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
             raise OutputError(f"output.path '{p}' exists and is not a zarr group: refusing to delete it")
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if not p.is_dir():
+            p.unlink()
     check_writable(p)
-    return zarr.open_group(str(p), mode="w-")
+    p.mkdir(exist_ok=True)
+    if lock is not None:
+        lock.acquire()
+    for entry in p.iterdir():  # what an earlier output left (overwrite), the lock apart
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return zarr.open_group(str(p), mode="a")
 
 
 def check_writable(path: Path) -> None:
@@ -305,16 +366,65 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"output.path '{path}' is not writable ({exc.strerror}); choose a writable location") from None
 
 
-def resume_key(run: Prepared, stage: str, params: dict[str, Any]) -> str:
-    """Hash of everything that determines a stage's block outputs."""
+def resume_parts(run: Prepared, stage: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines a stage's block outputs, by name (recorded in the output's
+    ``resume`` attribute; a resumed run must match it). The input's content is checked per
+    block (records with the done markers), its identity and intensity statistics here."""
     c = run.config
-    payload = {
-        "stage": stage, "plan": run.plan.digest(), "model": run.checkpoint.digest,
-        "input": [str(Path(c.input.path).resolve()), c.input.dataset, c.input.scale_level],
-        "stats": [run.stats.offset, run.stats.scale], "precision": c.model.precision, "params": params,
-        **({"zoom": list(run.zoom)} if run.zoom else {}),
+    e = c.empty
+    return {
+        "stage": stage,
+        "plan": {"volume": list(run.plan.volume), "write_shape": list(run.plan.write_shape),
+                 "context": list(run.plan.context), "step": list(run.plan.step)},
+        "model": {"checkpoint": str(c.model.checkpoint), "digest": run.checkpoint.digest},
+        "input": {"path": str(Path(c.input.path).resolve()), "dataset": c.input.dataset,
+                  "scale_level": c.input.scale_level, "channel": c.input.channel, "dtype": str(run.volume.dtype)},
+        "normalisation": {"offset": run.stats.offset, "scale": run.stats.scale},
+        "precision": c.model.precision,
+        "zoom": list(run.zoom) if run.zoom else None,
+        "empty": {"skip": e.skip, "threshold": e.threshold, "level": e.level,
+                  "mask": str(Path(e.mask.path).resolve()) if e.mask else None,
+                  "mask_dataset": e.mask.dataset if e.mask else None},
+        "params": params,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def resume_hash(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def resume_key(run: Prepared, stage: str, params: dict[str, Any]) -> str:
+    """Hash of :func:`resume_parts`."""
+    return resume_hash(resume_parts(run, stage, params))
+
+
+NAMES = {"plan": "blocks", "model": "model.checkpoint", "input": "input", "precision": "model.precision",
+         "zoom": "input.diameter (zoom)", "empty": "empty", "params": "clustering/merge parameters",
+         "stage": "command (run or predict)"}
+
+
+def changes(recorded: Any, parts: dict[str, Any]) -> str:
+    """What differs between the recorded resume parts and this run's, in words."""
+    recorded = json.loads(json.dumps(recorded, default=str)) if isinstance(recorded, dict) else None
+    parts = json.loads(json.dumps(parts, default=str))
+    if recorded is None or set(recorded) != set(parts):
+        return "made by another version of the pipeline"
+    out = []
+    for name in parts:
+        old, new = recorded[name], parts[name]
+        if old == new:
+            continue
+        if name == "normalisation":
+            out.append(f"the input's intensity statistics (normalisation offset {old['offset']:.6g} -> "
+                       f"{new['offset']:.6g}, scale {old['scale']:.6g} -> {new['scale']:.6g}): the input changed")
+        elif name == "model" and old["checkpoint"] == new["checkpoint"]:
+            out.append(f"model.checkpoint '{new['checkpoint']}' changed (digest {old['digest']} -> {new['digest']})")
+        elif isinstance(old, dict) and isinstance(new, dict):
+            diff = [f"{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
+            out.append(f"{NAMES.get(name, name)}: {', '.join(diff)}")
+        else:
+            out.append(f"{NAMES.get(name, name)} {old} -> {new}")
+    return "; ".join(out) or "unknown"
 
 
 def provenance(run: Prepared) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Quiet shutdowns in batch workers' logs: a Dask preload (``--preload pipeline.workerlog`` and
-``--preload-nanny pipeline.workerlog``) that every job-queue worker loads.
+"""Quiet shutdowns in workers' logs: a Dask preload (``--preload pipeline.workerlog`` and
+``--preload-nanny pipeline.workerlog``) that every job-queue worker loads, and a LocalCluster's
+workers too (``preload``).
 
 A worker that closes on purpose (its lifetime reached before the job's walltime, or its job
 cancelled when the run ends) makes distributed log errors with tracebacks about the connections it
@@ -9,7 +10,9 @@ reading a SLURM log sees tracebacks. Once this process has started to close (its
 called, or it logged that it is closing), later ERROR
 records, and records carrying a traceback, are written as one line at INFO level (or their own,
 if lower) without the traceback, marked ``(during shutdown)``. Records before a shutdown are
-untouched.
+untouched, except one: a worker whose scheduler is gone (the run's client was killed, a driver job
+ended) logs "Failed to communicate with scheduler during heartbeat" with a traceback before it
+closes; that record becomes one WARNING line naming the error.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 SHUTDOWN_MARKS = ("Closing worker gracefully", "Stopping worker", "Closing Nanny", "worker-lifetime-reached",
                   "Reason: signal-")
 QUIET_LOGGERS = ("distributed", "tornado")
+LOST_SCHEDULER = ("Failed to communicate with scheduler during heartbeat",)  # the scheduler is gone
 
 
 class ShutdownNoise(logging.Filter):
@@ -31,6 +35,12 @@ class ShutdownNoise(logging.Filter):
         self.closing = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self.closing and record.exc_info and record.getMessage().startswith(LOST_SCHEDULER):
+            error = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {error})", None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
         if not self.closing and record.levelno < logging.ERROR:
             message = record.getMessage()
             self.closing = any(mark in message for mark in SHUTDOWN_MARKS)

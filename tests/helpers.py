@@ -24,3 +24,35 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+# A client that kills itself (SIGKILL) in a stage: `python kill.py STAGE N pipeline-args...` runs the CLI and
+# dies once the stage has returned N results (merge: once its tree reduction has returned; STAGE `none`:
+# never); with PIPELINE_TEST_DELAY=<seconds> it waits that long after each result (a run that lasts).
+# Used by tests/test_faults.py and benchmarks/faults.py.
+KILL_CLIENT = """
+import os, signal, sys, time
+import pipeline.engine as engine
+stage, after = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("none", 0)
+delay = float(os.environ.get("PIPELINE_TEST_DELAY", "0"))
+seen = []
+def kill_after(desc):
+    time.sleep(delay)
+    if desc.split()[0] == stage:
+        seen.append(desc)
+        if len(seen) >= after:
+            os.kill(os.getpid(), signal.SIGKILL)
+original_map, original_reduce = engine.Engine.map, engine.Engine.reduce
+def map_(self, fn, batches, *args, desc, **kw):
+    for result in original_map(self, fn, batches, *args, desc=desc, **kw):
+        yield result
+        kill_after(desc)
+def reduce_(self, leaf, combine, batches, *args, desc):
+    ref = original_reduce(self, leaf, combine, batches, *args, desc=desc)
+    kill_after(desc)
+    return ref
+if __name__ == "__main__":  # not in the worker processes a LocalCluster spawns (they import this module)
+    engine.Engine.map, engine.Engine.reduce = map_, reduce_
+    from pipeline.cli import main
+    sys.exit(main(sys.argv[3:]))
+"""

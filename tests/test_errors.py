@@ -68,7 +68,8 @@ def test_nan_in_input(tmp_path, capsys):
     vol[5, 3, 3] = np.nan
     vol[6, 3, 3] = np.inf
     err = _fails(capsys, ["run", str(_cfg(tmp_path, vol))], "NaN/inf", "replace them")
-    assert "input" in err
+    # where they are, in volume coordinates clipped to the volume (never an internal box)
+    assert "input '" in err and "at 2 voxel(s) in z 5:7, y 3:4, x 3:4" in err and "Box(" not in err
 
 
 def test_all_zero_volume_gives_empty_result(tmp_path):

@@ -70,13 +70,13 @@ def test_stale_markers_are_refused(tmp_path, capsys):
     out = tmp_path / "a.zarr"
     from pipeline.config import load_config
     from pipeline.run import prepare
-    from pipeline.store import Store, resume_key
+    from pipeline.store import Store, resume_parts
 
     s = prepare(load_config(cfg))
-    Store.open(out, False, resume_key(s, "segment", {"x": 1}), "other")  # an unfinished run with other parameters
+    Store.open(out, False, resume_parts(s, "segment", {"x": 1}), "other")  # an unfinished run with other parameters
     assert main(["-q", "run", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "different plan, model or parameters" in err and "--overwrite" in err
+    assert "other settings (clustering/merge parameters:" in err and "--overwrite" in err
     assert main(["-q", "run", str(cfg), "--overwrite"]) == 0
     assert open_group(out).attrs["complete"] is True
     # a complete output is never replaced without --overwrite

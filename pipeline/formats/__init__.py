@@ -11,6 +11,7 @@ the process that reads it, so an :class:`~pipeline.config.InputConfig` is all a 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +75,7 @@ def select_channel(vol: InputVolume, channel: int | None, where: str) -> InputVo
                          f"set input.channel to one of 0..{have - 1}")
     if "c" not in vol.axes:
         return vol
-    return InputVolume(vol.path, vol.array, vol.axes, vol.voxel_size, vol.units, vol.ome, channel)
+    return replace(vol, channel=channel)
 
 
 UNITS = {"um": "micrometer", "µm": "micrometer", "\u03bcm": "micrometer", "micron": "micrometer",

@@ -51,6 +51,14 @@ class H5Array:
             data = np.asarray(self._file[self.name][key])
         return data.view(self.view) if self.view is not None else data
 
+    def chunk_name(self, coords: Any) -> str:
+        """How a message names the chunk at ``coords`` (chunk indices)."""
+        return f"HDF5 chunk {list(coords)} of dataset '{self.name}' in '{self.path}'"
+
+    def files_of(self, index: Any) -> list[str]:
+        """The files a read of ``index`` depends on."""
+        return [str(self.path)]
+
 
 def _datasets(f: Any) -> list[str]:
     import h5py

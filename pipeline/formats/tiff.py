@@ -137,6 +137,15 @@ class TiffSlices:
         data = np.stack(planes) if planes else np.zeros((0, *self.plane), self.dtype)[(slice(None), *key[1:])]
         return data if isinstance(key[0], slice) else data[0]
 
+    def chunk_name(self, coords: Any) -> str:
+        """How a message names the chunk at ``coords``: its slice file."""
+        return f"slice '{self.files[coords[0]]}'"
+
+    def files_of(self, index: Any) -> list[str]:
+        """The slice files a read of ``index`` depends on."""
+        zs = range(self.shape[0])[index[0]] if isinstance(index[0], slice) else [index[0]]
+        return [str(self.files[z]) for z in zs]
+
 
 def open_tiff_folder(path: Path) -> InputVolume:
     """A folder of 2D TIFF slices, in natural name order (voxel size from the first slice)."""

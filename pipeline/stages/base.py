@@ -2,9 +2,10 @@
 
 A stage says which arrays it creates (:meth:`BlockStage.create`) and how it processes a
 batch of blocks on a worker (:meth:`BlockStage.process`). The base class marks each
-block done as soon as it is written, skips finished blocks when an interrupted run is
-resumed, and asks the stage to :meth:`~BlockStage.recover` what the client needs of
-those blocks (summaries, statistics) from what they wrote.
+block done as soon as it is written (with the block's record, for stages that read the
+input), skips finished blocks when an interrupted run is resumed once the stage has
+:meth:`~BlockStage.verify`-ed them, and asks the stage to :meth:`~BlockStage.recover` what
+the client needs of those blocks (summaries, statistics) from what they wrote.
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ class Task:
     batch_size: int = 1  # blocks per forward pass
     background: float | None = None  # raw level: a block whose input never exceeds it is empty (None: no skipping)
     zoom: tuple[float, ...] | None = None  # the input is read resampled by this (input.diameter)
+    changed_input: str = "refuse"  # output.changed_input: refuse | recompute
+    resume_check: str = "metadata"  # output.resume_check: metadata | content
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
-        m = run.config.model
+        m, out = run.config.model, run.config.output
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
                    m.channels_last, torch_threads(run.config.cluster), m.batch_size,
-                   run.empty.background if run.empty else None, run.zoom)
+                   run.empty.background if run.empty else None, run.zoom, out.changed_input, out.resume_check)
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""
@@ -90,6 +93,8 @@ class BlockStage(ABC):
     def __init__(self, task: Task) -> None:
         self.task = task
         self.resumed = 0  # blocks finished by an earlier run (set by :meth:`run`)
+        self.computed = 0  # blocks computed by this run (set by :meth:`run`)
+        self.recomputed = 0  # finished blocks computed again because their input changed
         self.skip: np.ndarray | None = None  # one flag per block: not run at all (e.g. empty space)
 
     @property
@@ -113,13 +118,24 @@ class BlockStage(ABC):
         return 0
 
     @abstractmethod
-    def process(self, blocks: Sequence[Block], loaded: list[Any] | None, *args: Any) -> Iterator[tuple[Block, Any]]:
+    def process(self, blocks: Sequence[Block], loaded: list[Any] | None, *args: Any) -> Iterator[tuple[Any, ...]]:
         """Compute and write ``blocks`` (worker side) from what :meth:`load` returned for
-        them; yield ``(block, result)`` per block."""
+        them; yield ``(block, result)`` per block, or ``(block, result, record)`` where
+        ``record`` (a small JSON-able dict) is kept with the block's done marker."""
 
     def recover(self, blocks: Sequence[Block]) -> list[Any]:
         """Results of blocks finished by an earlier run, from what they wrote."""
         return [None] * len(blocks)
+
+    def verify(self, engine: Engine, finished: list[int], stale: list[int]) -> list[int]:
+        """Client side, when resuming: the blocks among ``finished`` that must be computed again
+        (what they were computed from changed); ``stale``: finished blocks now skipped. The
+        default trusts them (stages that read only the output's own arrays)."""
+        return []
+
+    def forget(self, linears: Sequence[int]) -> None:
+        """Finished blocks that are computed again (or now skipped): unmark them."""
+        self.store.forget(self.name, linears)
 
     # ------------------------------------------------------------ worker side
 
@@ -133,8 +149,8 @@ class BlockStage(ABC):
     def run_batch(self, linears: Batch, loaded: list[Any] | None, *args: Any) -> list[Any]:
         self.task.set_threads()
         results = []
-        for block, result in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
-            self.store.mark_done(self.name, block)
+        for block, result, *record in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
+            self.store.mark_done(self.name, block, record[0] if record else None)
             results.append(result)
         return results
 
@@ -155,10 +171,14 @@ class BlockStage(ABC):
             self.create()
             self.store.create_markers(self.name)
         skip = self.skip if self.skip is not None else np.zeros(len(self.plan), dtype=bool)
-        done = self.store.done(self.name, len(self.plan)) & ~skip
+        marked = self.store.done(self.name, len(self.plan))
+        done = marked & ~skip
+        changed = self.verify(engine, np.flatnonzero(done).tolist(), np.flatnonzero(marked & skip).tolist())
+        done[changed] = False
+        self.recomputed = len(changed)
         todo = np.flatnonzero(~done & ~skip).tolist()
         finished = np.flatnonzero(done).tolist()
-        self.resumed = len(finished)
+        self.resumed, self.computed = len(finished), len(todo)
         if finished:
             logger.info("%s: resuming, %d of %d blocks already done", self.name, len(finished), len(self.plan))
             for results in engine.map(self.recover_batch, batched(finished, RECOVER_BATCH), desc=f"{self.name} (resumed)"):

@@ -20,8 +20,8 @@ from ..clustering import Method
 from ..engine import Engine
 from ..merge import fragment_ids, local_ids
 from ..store import FRAGMENTS
-from .base import MODEL, BlockStage, Task
-from .predict import output_bytes, predict_blocks
+from .base import MODEL, Task
+from .predict import InputStage, output_bytes, predict_blocks
 
 
 def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def summary(linear: int, local: np.ndarray) -> dict[str, Any]:
     return {"linear": linear, "count": int(local.max()) if local.size else 0, "empty": False}
 
 
-class FragmentsStage(BlockStage):
+class FragmentsStage(InputStage):
     """Predicts blocks in tasks holding the ``model`` resource; clusters them in tasks on
     any thread of the worker that holds the embeddings (never written to disk)."""
 
@@ -46,20 +46,21 @@ class FragmentsStage(BlockStage):
         self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
         self.store.create_faces()
 
-    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray, float] | None]:
+    def load(self, blocks: Sequence[Block]) -> list[tuple[tuple[np.ndarray, np.ndarray, float] | None, dict[str, Any]]]:
         t0 = time.perf_counter()
         out = predict_blocks(self.task, blocks, skip_empty=True)
         seconds = (time.perf_counter() - t0) / max(len(blocks), 1)  # per block of the batch
-        return [None if o is None else (*o, seconds) for o in out]
+        return [(None if o is None else (*o, seconds), record) for o, record in out]
 
     def load_bytes(self, blocks: int) -> int:
         return output_bytes(self.task, self.embed_dim, blocks)
 
-    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, Any]]]:
+    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, Any], dict[str, Any]]]:
         frag = self.store.array(FRAGMENTS)
-        for block, predicted in zip(blocks, loaded, strict=True):
+        for block, (predicted, record) in zip(blocks, loaded, strict=True):
+            unreadable = {"unreadable": record["unreadable"]} if "unreadable" in record else {}
             if predicted is None:  # empty space: nothing written, the arrays' fill value stands
-                yield block, {"linear": block.linear, "count": 0, "empty": True}
+                yield block, {"linear": block.linear, "count": 0, "empty": True, **unreadable}, record
                 continue
             emb, fg, predict_s = predicted
             t0 = time.perf_counter()
@@ -69,7 +70,8 @@ class FragmentsStage(BlockStage):
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
             if self.keep_sizes:
                 self.store.write_sizes(block, np.bincount(local.ravel())[1:])
-            yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0}
+            yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0,
+                          **unreadable}, record
 
     def summaries(self, engine: Engine, blocks_per_task: int) -> tuple[np.ndarray, np.ndarray]:
         """Run the stage: the number of fragments of every block, and which blocks were
@@ -86,10 +88,20 @@ class FragmentsStage(BlockStage):
 
     def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")
+        records = self.store.records(self.name, [b.linear for b in blocks])
         out = []
         for b in blocks:
+            unreadable = {"unreadable": records[b.linear]["unreadable"]} if "unreadable" in records[b.linear] else {}
             if not self.store.has_faces(b.linear):  # found empty when it was read
-                out.append({"linear": b.linear, "count": 0, "empty": True})
+                out.append({"linear": b.linear, "count": 0, "empty": True, **unreadable})
             else:
-                out.append(summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)))
+                out.append({**summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)),
+                            **unreadable})
         return out
+
+    def forget(self, linears: Sequence[int]) -> None:
+        """Unmark the blocks and drop their faces and fragment sizes (their fragments are
+        rewritten, or no longer read: a skipped block counts no fragments)."""
+        super().forget(linears)
+        for i in linears:
+            self.store.drop_block(i)

@@ -7,7 +7,9 @@ their write box inside the volume; the ``fragments`` stage clusters what it retu
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -18,11 +20,14 @@ import numpy as np
 from ..blocks import Block
 from ..config import InputConfig
 from ..empty import is_empty
+from ..engine import Batch, Engine, batched
 from ..geometry import Box
-from ..io import InputError, InputVolume, open_input
+from ..io import InputError, InputVolume, collect_unreadable, digest, input_where, open_input, stamp
 from ..predict import get_predictor
 from ..resample import ZoomedVolume
 from .base import MODEL, BlockStage, Task
+
+logger = logging.getLogger(__name__)
 
 PREFETCH_THREADS = 4  # input readers per process, shared by its tasks
 
@@ -34,17 +39,42 @@ def input_volume(cfg: InputConfig, zoom: tuple[float, ...] | None = None) -> Inp
     return ZoomedVolume(vol, zoom) if zoom else vol
 
 
-def read_input(cfg: InputConfig, box: Box, zoom: tuple[float, ...] | None = None) -> np.ndarray:
-    """The input in ``box`` (reflected outside the volume; resampled by ``zoom``); NaN/inf is
-    a user error."""
-    data = input_volume(cfg, zoom).read(box)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise InputError(
-            f"input '{cfg.path}' holds {bad} NaN/inf values in the region {box}; "
-            "replace them (e.g. with 0) before running"
-        )
-    return data
+def input_region(vol: InputVolume | ZoomedVolume, box: Box) -> tuple[InputVolume, Box]:
+    """The input volume itself and the region of it (its own coordinates, clipped) that a
+    read of ``box`` reads."""
+    if isinstance(vol, ZoomedVolume):
+        return vol.source, vol.source_region(box)
+    return vol, box.intersect(Box.from_shape(vol.shape))
+
+
+def check_finite(vol: InputVolume | ZoomedVolume, box: Box, data: np.ndarray) -> None:
+    """NaN/inf in the input is a user error naming where they are, in volume coordinates."""
+    if data.dtype.kind != "f" or np.isfinite(data).all():
+        return
+    source, region = input_region(vol, box)
+    bad = ~np.isfinite(source.read(region)).all(axis=0)
+    where = np.nonzero(bad)
+    lo = [int(w.min()) + o for w, o in zip(where, region.offset, strict=True)] if bad.any() else list(region.offset)
+    hi = [int(w.max()) + 1 + o for w, o in zip(where, region.offset, strict=True)] if bad.any() else list(region.end)
+    raise InputError(
+        f"input {source.where or repr(source.path)} holds NaN/inf at {int(bad.sum())} voxel(s) in "
+        f"{Box(tuple(lo), tuple(h - a for a, h in zip(lo, hi, strict=True))).describe(axes=source.spatial_names)}; "
+        "replace them (e.g. with 0) before running")
+
+
+def read_input(cfg: InputConfig, box: Box, zoom: tuple[float, ...] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The input in ``box`` (reflected outside the volume; resampled by ``zoom``) and the block
+    record of what was read: the content digest, the stamp of the files read (taken before
+    reading) and the chunks read as empty (``input.unreadable: empty``). NaN/inf is a user error."""
+    vol = input_volume(cfg, zoom)
+    before = stamp(vol.files(box))
+    with collect_unreadable() as skipped:
+        data = vol.read(box)
+    check_finite(vol, box, data)
+    record: dict[str, Any] = {"input": digest(data), "stamp": before}
+    if skipped:
+        record["unreadable"] = [u.as_json() for u in skipped]
+    return data, record
 
 
 @lru_cache(maxsize=1)
@@ -54,31 +84,37 @@ def _prefetch_pool() -> ThreadPoolExecutor:
 
 
 def prefetched(cfg: InputConfig, blocks: Sequence[Block],
-               zoom: tuple[float, ...] | None = None) -> Iterator[tuple[Block, np.ndarray]]:
-    """``(block, input)`` pairs; the next block's input is read in a background thread
+               zoom: tuple[float, ...] | None = None) -> Iterator[tuple[Block, np.ndarray, dict[str, Any]]]:
+    """``(block, input, record)``; the next block's input is read in a background thread
     while the caller computes on the current one (I/O overlaps compute)."""
     if len(blocks) == 1:  # nothing to overlap with
-        yield blocks[0], read_input(cfg, blocks[0].read, zoom)
+        yield blocks[0], *read_input(cfg, blocks[0].read, zoom)
         return
     pool = _prefetch_pool()
     nxt = pool.submit(read_input, cfg, blocks[0].read, zoom) if blocks else None
     for i, block in enumerate(blocks):
-        data = nxt.result()  # type: ignore[union-attr]
+        data, record = nxt.result()  # type: ignore[union-attr]
         if i + 1 < len(blocks):
             nxt = pool.submit(read_input, cfg, blocks[i + 1].read, zoom)
-        yield block, data
+        yield block, data, record
 
 
-def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """``(embeddings (E, *valid), foreground (*valid))`` of every block: the network's
-    output cropped to the part of the write box inside the volume; with ``skip_empty``,
-    None for a block whose input is background (see :mod:`pipeline.empty`), not predicted."""
+Predicted = tuple[np.ndarray, np.ndarray] | None
+
+
+def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False) -> list[tuple[Predicted, dict[str, Any]]]:
+    """``((embeddings (E, *valid), foreground (*valid)), record)`` of every block: the network's
+    output cropped to the part of the write box inside the volume, and the block's input record
+    (see :func:`read_input`); with ``skip_empty``, None instead of the output for a block whose
+    input is background (see :mod:`pipeline.empty`), not predicted."""
     pred = get_predictor(task.checkpoint, task.device, task.precision, task.channels_last, task.threads)
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(blocks)
+    out: list[Predicted] = [None] * len(blocks)
+    records: list[dict[str, Any]] = [{}] * len(blocks)
     predicted: list[int] = []
 
     def inputs() -> Iterator[np.ndarray]:
-        for i, (_, data) in enumerate(prefetched(task.input, blocks, task.zoom)):
+        for i, (_, data, record) in enumerate(prefetched(task.input, blocks, task.zoom)):
+            records[i] = record
             if not (skip_empty and task.background is not None and is_empty(data, task.background)):
                 predicted.append(i)
                 yield data
@@ -87,7 +123,33 @@ def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False
         block = blocks[predicted[k]]
         rel = block.valid.to_slices(relative_to=block.write)
         out[predicted[k]] = (y[(slice(0, -1), *rel)], y[(-1, *rel)])
-    return out
+    return list(zip(out, records, strict=True))
+
+
+def changed_inputs(task: Task, stage: str, linears: Batch, content: bool) -> list[int]:
+    """The finished blocks among ``linears`` whose input is no longer what they were computed
+    from. ``content``: re-read every block and compare its digest; else only blocks whose files'
+    sizes or times changed (:func:`pipeline.io.stamp`) are re-read and compared, and those that
+    read chunks as empty when ``input.unreadable`` is now ``error`` (the read says whether they
+    are still unreadable). A block whose content is unchanged gets the new stamp (the next check
+    is cheap again)."""
+    vol = input_volume(task.input, task.zoom)
+    records = task.store.records(stage, linears)
+    changed = []
+    for linear in linears:
+        block, old = task.plan.block_at(linear), records[int(linear)]
+        if "input" not in old:  # a marker without a record: nothing to trust
+            changed.append(int(linear))
+            continue
+        filled = bool(old.get("unreadable")) and task.input.unreadable == "error"  # read as empty, now an error
+        if not (content or filled) and old.get("stamp") is not None and stamp(vol.files(block.read)) == old["stamp"]:
+            continue
+        _, now = read_input(task.input, block.read, task.zoom)
+        if now["input"] != old["input"]:
+            changed.append(int(linear))
+        elif now["stamp"] != old.get("stamp"):
+            task.store.mark_done(stage, block, {**old, "stamp": now["stamp"]})
+    return changed
 
 
 def output_bytes(task: Task, embed_dim: int, blocks: int) -> int:
@@ -95,7 +157,62 @@ def output_bytes(task: Task, embed_dim: int, blocks: int) -> int:
     return blocks * (embed_dim + 1) * math.prod(task.plan.write_shape) * (8 if task.precision == "float64" else 4)
 
 
-class PredictStage(BlockStage):
+class InputChanged(InputError):
+    """Finished blocks of an interrupted run whose input changed since they were computed."""
+
+
+CHECK_BATCH = 64  # finished blocks whose input one task checks
+
+
+class InputStage(BlockStage):
+    """A stage that reads the input: each block's record (:func:`read_input`) is kept with its
+    done marker, and a resumed run checks its finished blocks against it (:meth:`verify`).
+    Results that are dicts may carry ``unreadable`` (the block's input chunks read as empty),
+    gathered in :attr:`unreadable`."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(task)
+        self.unreadable: dict[str, list[int]] = {}  # input chunks read as empty: chunk -> region (z0, z1, y0, ...)
+
+    def run(self, engine: Engine, blocks_per_task: int, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for result in super().run(engine, blocks_per_task, *args, **kwargs):
+            if isinstance(result, dict):
+                self.unreadable.update((chunk, region) for chunk, region in result.get("unreadable", ()))
+            yield result
+
+    def check_inputs(self, linears: Batch) -> list[int]:
+        return changed_inputs(self.task, self.name, linears, self.task.resume_check == "content")
+
+    def verify(self, engine: Engine, finished: list[int], stale: list[int]) -> list[int]:
+        """Finished blocks whose input changed, and those now skipped as empty space (``stale``):
+        a one-line refusal, or (``output.changed_input: recompute``) forgotten, to be computed
+        again (the changed ones) or skipped (the stale ones)."""
+        changed: list[int] = []
+        if finished:
+            t0 = time.perf_counter()
+            for found in engine.map(self.check_inputs, batched(finished, CHECK_BATCH), desc=f"{self.name} (input check)"):
+                changed += found
+            logger.info("%s: input of %d finished blocks checked by %s in %.1f s; %d changed", self.name,
+                        len(finished), self.task.resume_check, time.perf_counter() - t0, len(changed))
+        if not changed and not stale:
+            return []
+        first = self.plan.block_at(min(changed + stale))
+        vol, region = input_region(input_volume(self.task.input, self.task.zoom), first.read)
+        parts = [f"{len(changed)} of {len(finished)} finished blocks read different data"] if changed else []
+        if stale:
+            parts.append(f"{len(stale)} finished blocks are now skipped as empty space (empty.mask or the input's "
+                         "pyramid level changed)")
+        what = (f"input {input_where(self.task.input)} changed since this output was started: {' and '.join(parts)} "
+                f"(first at {region.describe(axes=vol.spatial_names)})")
+        if self.task.changed_input != "recompute":
+            raise InputChanged(f"{what}; restore the original input and rerun to resume, pass --recompute-changed to "
+                               "recompute those blocks and every later stage, or --overwrite to start again")
+        logger.warning("%s; recomputing them and every later stage (output.changed_input: recompute)", what)
+        self.forget(sorted(changed + stale))
+        return sorted(changed)
+
+
+class PredictStage(InputStage):
     """Writes ``embeddings`` ``(E, *volume)`` and ``foreground`` ``(*volume)``: the network
     runs in tasks holding the ``model`` resource, the writing in tasks on any thread."""
 
@@ -112,15 +229,19 @@ class PredictStage(BlockStage):
                           channels=True)
         self.store.create("foreground", plan.volume, plan.write_shape, dtype)
 
-    def load(self, blocks: Sequence[Block]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def load(self, blocks: Sequence[Block]) -> list[tuple[Predicted, dict[str, Any]]]:
         return predict_blocks(self.task, blocks)
 
     def load_bytes(self, blocks: int) -> int:
         return output_bytes(self.task, self.embed_dim, blocks)
 
-    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
+    def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, Any, dict[str, Any]]]:
         emb, fg = self.store.array("embeddings"), self.store.array("foreground")
-        for block, (e, f) in zip(blocks, loaded, strict=True):
+        for block, ((e, f), record) in zip(blocks, loaded, strict=True):
             emb[(slice(None), *block.valid.to_slices())] = e
             fg[block.valid.to_slices()] = f
-            yield block, None
+            yield block, {"unreadable": record["unreadable"]} if "unreadable" in record else None, record
+
+    def recover(self, blocks: Sequence[Block]) -> list[Any]:
+        records = self.store.records(self.name, [b.linear for b in blocks])
+        return [{"unreadable": r["unreadable"]} if "unreadable" in r else None for r in records.values()]
