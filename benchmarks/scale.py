@@ -11,6 +11,12 @@ process). Inputs are generated chunk by chunk (never held in memory) on disk:
 * empty: the demo model on synthetic nuclei, filled vs 90% empty (nuclei only in the first
   tenth along x: 8 of 80 blocks); the 90%-empty run also without skipping, to check the labels
   are the same.
+* void: an input of which no chunk is stored (default (512, 4096, 4096) uint16, 8.6 Gvox),
+  bundled model, default config: what nothing costs, per stage, and the files a run leaves.
+* sparse: a (2048, 16384, 16384) uint16 input (1.1 TB, 2.1 M default blocks) of which only
+  ``--filled`` chunks hold synthetic nuclei, bundled model, default config; each filled region's
+  labels are checked against a run on a small volume holding the same chunk at the same
+  alignment (same partition).
 
 Columns: wall, ns per voxel, client and worker peak RSS, scheduler share (CPU seconds of the
 client process, scheduler included, over all processes' CPU seconds), and merge+relabel
@@ -19,6 +25,8 @@ against dask-image ``label`` + ``to_zarr`` of the same mask on the same chunks a
     python benchmarks/scale.py objects --sizes 1e5 1e6 [1e7]
     python benchmarks/scale.py blocks --sizes 1e3 1e4 [1e5]
     python benchmarks/scale.py empty [--width 2560] [--check]
+    python benchmarks/scale.py void [--shape 512 4096 4096]
+    python benchmarks/scale.py sparse [--shape 2048 16384 16384] [--filled 4]
 """
 
 from __future__ import annotations
@@ -134,7 +142,9 @@ with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limi
     compute = float(np.nansum(rec["predict_s"]) + np.nansum(rec["cluster_s"])) if "predict_s" in rec else 0.0
     result = {"wall": wall, "client_mib": client_mib, "worker_mib": max(workers.values()), "objects": meta["objects"],
               "timing": meta["timing_s"], "scheduler_share": ccpu / max(ccpu + wcpu, 1e-9),
-              "empty": meta["empty_blocks"], "compute_s": compute}
+              "empty": meta["empty_blocks"], "compute_s": compute,
+              "files": sum(len(f) for _, _, f in os.walk(out)) + sum(len(f) for _, _, f in os.walk(meta["label_image"] or out)
+                                                                    if meta["label_image"] and not str(meta["label_image"]).startswith(str(out)))}
 print(json.dumps(result))
 """
 
@@ -197,9 +207,44 @@ HEADER = ("| series | volume | blocks | objects | wall | ns/voxel | client MiB |
           "dask-image / (merge+relabel) |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
+def filled_chunks(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> list[tuple[int, ...]]:
+    """``n`` chunk positions spread through the volume, at least 2 chunks from its faces and
+    from each other."""
+    grid = [s // c for s, c in zip(shape, chunks, strict=True)]
+    rng = np.random.default_rng(0)
+    spots: list[tuple[int, ...]] = []
+    while len(spots) < n:
+        spot = tuple(int(rng.integers(2, g - 2)) for g in grid)
+        if all(max(abs(a - b) for a, b in zip(spot, o, strict=True)) > 2 for o in spots):
+            spots.append(spot)
+    return spots
+
+
+def check_regions(base: Path, spots: list[tuple[int, ...]], chunks: tuple[int, ...], data: np.ndarray) -> bool:
+    """Each filled chunk's neighbourhood in the big result against a (3 chunks)^3 volume holding
+    the chunk in its middle (offsets are multiples of the blocks: the same block alignment)."""
+    import zarr
+
+    small = tuple(3 * c for c in chunks)
+    arr = zarr.create_array(str(base / "small.zarr"), shape=small, chunks=chunks, dtype="uint16", fill_value=0)
+    arr[tuple(slice(c, 2 * c) for c in chunks)] = data
+    run({"input": {"path": str(base / "small.zarr")}, "output": {"path": str(base / "small-out.zarr")}})
+    ref = zarr.open_array(str(base / "small-out.zarr" / "segmentation"), mode="r")[...]
+    big = zarr.open_array(str(base / "out.zarr" / "segmentation"), mode="r")
+    ok = True
+    for spot in spots:
+        got = big[tuple(slice((j - 1) * c, (j + 2) * c) for j, c in zip(spot, chunks, strict=True))]
+        pairs = np.unique(np.stack([ref.ravel(), got.ravel()]), axis=1)
+        ok &= len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1] and bool(((pairs[0] == 0) == (pairs[1] == 0)).all())
+        ok &= int(ref.max()) > 0
+    return bool(ok)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("series", choices=["objects", "blocks", "empty", "tables"])
+    p.add_argument("series", choices=["objects", "blocks", "empty", "tables", "void", "sparse"])
+    p.add_argument("--shape", type=int, nargs=3, default=None, help="void, sparse: the input's shape")
+    p.add_argument("--filled", type=int, default=4, help="sparse: chunks holding nuclei")
     p.add_argument("--sizes", type=float, nargs="*", default=None)
     p.add_argument("--dask-image-up-to", type=float, default=2e6, help="compare with dask-image up to this many objects")
     p.add_argument("--width", type=int, default=1280, help="empty: volume width in x (blocks are 128 wide)")
@@ -242,6 +287,23 @@ def main() -> None:
             overhead = (2 * r["wall"] - r["compute_s"]) / blocks  # 2 workers' time not spent in model or clustering
             print(row(f"blocks {list(write)}", shape, r, blocks) + f" {1000 * r['wall'] / blocks:.1f} ms wall/block, "
                   f"{1000 * overhead:.1f} ms non-compute worker time/block (stages {t})", flush=True)
+    elif args.series in ("void", "sparse"):
+        import zarr
+
+        shape = tuple(args.shape or ((512, 4096, 4096) if args.series == "void" else (2048, 16384, 16384)))
+        chunks = (64, 256, 256)
+        arr = zarr.create_array(str(base / "in.zarr"), shape=shape, chunks=chunks, dtype="uint16", fill_value=0)
+        spots = filled_chunks(shape, chunks, args.filled if args.series == "sparse" else 0)
+        chunk_data, _ = synthetic_volume(chunks, seed=3)
+        for spot in spots:
+            arr[tuple(slice(j * c, (j + 1) * c) for j, c in zip(spot, chunks, strict=True))] = chunk_data
+        cfg = {"input": {"path": str(base / "in.zarr")}, "output": {"path": str(base / "out.zarr")}}
+        r = run(cfg)
+        blocks = r["empty"]["of"]
+        print(row(f"{args.series}, {len(spots)} filled chunks", shape, r, blocks)
+              + f" skipped {r['empty']['skipped']}, files left {r['files']}, stages {r['timing']}", flush=True)
+        if spots:
+            print(f"filled regions equal to a small run of the same chunk: {check_regions(base, spots, chunks, chunk_data)}")
     else:
         shape, chunks = (64, 512, args.width), (32, 128, 128)  # nuclei in the first tenth along x
         results = {}

@@ -50,9 +50,11 @@ def _load(args: argparse.Namespace) -> Any:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .prepare import plan_summary, prepare
+    from .run import work_fraction
     from .space import check_space, space_summary
     from .stages import ScanStage
     from .stages.labels import check_labels, label_target
+    from .stages.scan import listed_empty
     from .store import check_output
 
     run = prepare(_load(args))
@@ -66,18 +68,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
                               if target else "none (output.labels: none)")
     summary.update(space_summary(run, target))
+    absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom)
     problems = []  # what `pipeline run` would refuse before starting
     for check in (lambda: check_output(out.path, out.overwrite),
                   lambda: check_labels(target, Path(out.path), out.overwrite) if target else None,
-                  lambda: check_space(run, target)):
+                  lambda: check_space(run, target, fraction=work_fraction(len(run.plan), None, absent))):
         try:
             check()
         except UsageError as exc:
             problems.append(str(exc))
     summary["run_would_refuse"] = "; ".join(problems) if problems else "nothing (output and label image are free, the space suffices)"
-    if run.empty is not None and run.empty.kind != "read":  # one coarse read per block, here
-        flags = ScanStage(run.plan, run.empty).run(Engine())
-        summary["empty_blocks"] = f"{int(flags.sum())} of {len(run.plan)} will be skipped"
+    if run.empty is not None:  # the store's listing, and one coarse read per other block (mask, pyramid)
+        flags = ScanStage(run.plan, run.empty, absent).run(Engine())
+        listed = f"{int(absent.sum())} of them read no stored input chunk" if absent is not None and absent.any() else ""
+        summary["empty_blocks"] = (f"{int(flags.sum())} of {len(run.plan)} will be skipped" + (f" ({listed})" if listed else "")
+                                   + ("; others as they are read" if run.empty.kind == "read" else ""))
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")

@@ -170,6 +170,11 @@ class InputVolume:
                 index.append(0)
         return tuple(index), spatial, lo, hi
 
+    def source_region(self, box: Box) -> Box:
+        """The region of the volume a read of ``box`` touches (its reflected halo included)."""
+        _, _, lo, hi = self._selection(box)
+        return Box(tuple(lo), tuple(h - a for a, h in zip(lo, hi, strict=True)))
+
     def read(self, box: Box) -> np.ndarray:
         """``(C, *box.shape)`` data in the input's dtype; outside the volume the data is reflected.
         A chunk that cannot be read is an :class:`InputReadError` naming it, or with

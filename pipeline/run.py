@@ -54,8 +54,9 @@ from .stages import (
     Task,
     select_tables,
 )
-from .stages.labels import LabelsStage, check_labels, label_target
+from .stages.labels import LabelsStage, Occupied, check_labels, label_target
 from .stages.relabel import SEGMENTATION, restore_plan
+from .stages.scan import listed_empty
 from .store import ZOOMED, Store, check_output, provenance, resume_parts
 
 logger = logging.getLogger(__name__)
@@ -160,9 +161,10 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
     if target is not None:
         check_labels(target, Path(cfg.output.path), cfg.output.overwrite)
     blocks = covering_blocks(run.plan, area.grid) if area else None
-    need = check_space(run, target, fraction=len(blocks) / len(run.plan) if blocks is not None else 1.0)
+    absent = listed_empty(run.plan, run.empty, cfg.input, run.zoom)
+    need = check_space(run, target, fraction=work_fraction(len(run.plan), blocks, absent))
     min_size = method.params.min_size
-    logger.info("segment: clustering %s", method.describe())
+    logger.info("segment: clustering %s", ", ".join(f"{k} {v}" for k, v in method.describe().items()))
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     params = method.describe() if area is None else {**method.describe(), "region": area.to_json()}
@@ -175,7 +177,7 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
         outside[blocks or []] = False
         fragments.skip = outside
         if run.empty is not None:
-            fragments.skip = ScanStage(run.plan, run.empty).run(engine, blocks) | outside
+            fragments.skip = ScanStage(run.plan, run.empty, absent).run(engine, blocks) | outside
         counts, empty = fragments.summaries(engine, per)
         empty &= ~outside  # blocks outside a region were not skipped as empty space
         if fragments.computed and store.has_markers(RelabelStage.name):  # blocks changed after relabel began
@@ -199,7 +201,8 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
         grid = physical_grid(run.volume, cfg.input.scale_level)
         table = ObjectsStage(store, *(grid or (None, None))).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
-        label_image = LabelsStage(store, target, label_dtype(n)).run(engine) if target else None
+        occupied = Occupied((counts > 0).reshape(run.plan.grid), run.plan.write_shape, run.zoom)
+        label_image = LabelsStage(store, target, label_dtype(n), occupied).run(engine) if target else None
         if label_image is not None:
             timing["labels"] = time.perf_counter() - t0 - sum(timing.values())
         meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,
@@ -215,6 +218,15 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
         store.finish(attrs)
     logger.info("segment: %d objects in %.1f s -> %s", n, time.perf_counter() - t0, cfg.output.path)
     return Path(cfg.output.path)
+
+
+def work_fraction(total: int, blocks: list[int] | None, absent: np.ndarray | None) -> float:
+    """The share of the plan's blocks that can write anything: those of a region run (``blocks``),
+    less those known empty from the store's listing (``absent``); arrays hold only their chunks."""
+    wanted = np.ones(total, dtype=bool) if blocks is None else np.isin(np.arange(total), blocks)
+    if absent is not None:
+        wanted &= ~absent
+    return float(wanted.sum()) / total
 
 
 def reset_after_fragments(store: Store) -> None:

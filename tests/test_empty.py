@@ -3,6 +3,8 @@ decides (each block's input, a pyramid level, a mask); the geometry of coarse re
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -11,12 +13,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from pipeline.blocks import BlockPlan
 from pipeline.cli import main
-from pipeline.empty import choose_level, coarse_box
+from pipeline.config import InputConfig
+from pipeline.empty import absent_blocks, any_within, choose_level, coarse_box
 from pipeline.geometry import Box
 from pipeline.io import open_array, open_group, write_zarr
+from pipeline.ome import downsample_labels
 from pipeline.prepare import plan_summary, prepare
 from pipeline.run import segment
+from pipeline.stages.predict import input_volume
 
 from .helpers import passthrough_checkpoint, same_partition
 
@@ -117,3 +123,94 @@ def test_automatic_level_keeps_four_voxels_per_block_axis():
     assert choose_level(levels, 0, (8, 64, 64)) == 2
     assert choose_level(levels, 0, (8, 8, 8)) == 1
     assert choose_level(levels, 0, (4, 4, 4)) == 0 and choose_level(levels, 2, (64, 64, 64)) == 3
+
+
+# ---------------------------------------------------------------- chunks absent from the store
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid=st.lists(st.integers(1, 6), min_size=1, max_size=3), cell=st.lists(st.integers(1, 5), min_size=3, max_size=3),
+       data=st.data())
+def test_any_within_equals_a_brute_force_scan(grid, cell, data):
+    nd = len(grid)
+    flags = np.array(data.draw(st.lists(st.booleans(), min_size=int(np.prod(grid)), max_size=int(np.prod(grid))))).reshape(grid)
+    cell = cell[:nd]
+    ranges = []
+    for g, c in zip(grid, cell, strict=True):
+        n = data.draw(st.integers(1, 4))
+        lo = np.array(data.draw(st.lists(st.integers(-3, g * c + 2), min_size=n, max_size=n)))
+        hi = lo + np.array(data.draw(st.lists(st.integers(0, 2 * c + 3), min_size=n, max_size=n)))
+        ranges.append((lo, hi))
+    dense = np.kron(flags, np.ones(cell, bool))  # one flag per voxel
+    expected = [bool(dense[tuple(slice(max(r[0][i], 0), max(r[1][i], 0)) for r, i in zip(ranges, idx, strict=True))].any())
+                for idx in np.ndindex(*(len(r[0]) for r in ranges))]
+    assert any_within(flags, cell, ranges).tolist() == expected
+
+
+@pytest.mark.parametrize("zoom", [None, (1.0, 0.5, 0.75)])
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_absent_blocks_are_those_whose_reads_touch_no_stored_chunk(tmp_path, zoom, fmt):
+    """Reference: the chunk files each block's read depends on (reflected halos at the volume's
+    edges, a last block mostly outside it, resampling), none of them on disk."""
+    shape, chunks = (13, 37, 29), (4, 8, 6)
+    data = np.zeros(shape, np.uint16)
+    rng = np.random.default_rng(1)
+    for _ in range(4):  # a few isolated bright voxels: most chunks are never written
+        data[tuple(rng.integers(0, s) for s in shape)] = 100
+    arr = zarr.create_array(str(tmp_path / "in.zarr"), name="raw", shape=shape, chunks=chunks, dtype="uint16",
+                            zarr_format=fmt)
+    arr[...] = data
+    vol = input_volume(InputConfig(path=str(tmp_path / "in.zarr"), dataset="raw"), zoom)
+    plan = BlockPlan(vol.shape, (4, 8, 8), (3, 5, 2), (4, 8, 8))
+    absent = absent_blocks(plan, vol, background=0.0)
+    files = [[f for f in vol.files(b.read) if not f.endswith(("zarr.json", ".zarray"))] for b in plan]
+    expected = np.array([not any(Path(f).exists() for f in fs) for fs in files])
+    assert absent is not None and absent.tolist() == expected.tolist()
+    assert 0 < absent.sum() < len(plan)
+    for b, skip in zip(plan, absent, strict=True):  # absent blocks really are background
+        assert not skip or vol.read(b.read).max() == 0
+    assert absent_blocks(plan, vol, background=-1.0) is None  # the fill value (0) is not background
+
+
+def test_an_empty_volume_costs_no_block_task_in_any_stage(tmp_path, caplog):
+    """No chunk stored: every block is known empty from the listing; merge, relabel and the label
+    pyramid run no task over it, and the result is a valid, all-background label image."""
+    shape = (24, 512, 512)
+    zarr.create_array(str(tmp_path / "in.zarr"), name="raw", shape=shape, chunks=(8, 128, 128), dtype="uint16")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"}, "output": {"path": str(tmp_path / "out.zarr")},
+           "model": {"checkpoint": str(passthrough_checkpoint(tmp_path / "pt.pt"))},
+           "blocks": {"write_shape": [8, 32, 32]}, "cluster": {"kind": "serial"}}
+    caplog.set_level("INFO")
+    out = segment(cfg)
+    meta = open_group(out).attrs["pipeline"]
+    assert meta["objects"] == 0 and meta["empty_blocks"]["skipped"] == meta["empty_blocks"]["of"] == 3 * 16 * 16
+    assert f"{3 * 16 * 16} of {3 * 16 * 16} blocks read only input chunks the store does not hold" in caplog.text
+    assert "0 task boxes resumed" in caplog.text and "over empty space skipped" in caplog.text
+    labels = out / "labels" / "segmentation"
+    written = [p for p in labels.rglob("c/*") if p.is_file()] + [p for p in (out / "segmentation").rglob("c/*") if p.is_file()]
+    assert written == []  # nothing was written: every chunk is the fill value
+    assert open_array(labels / "0")[...].max() == 0 and open_array(labels / "0").shape == shape
+
+
+def test_skipped_label_boxes_leave_the_same_pyramid(tmp_path, caplog):
+    """Label task boxes over blocks without fragments are never tasks; every level still equals
+    the label-mode pyramid of the segmentation."""
+    vol = np.zeros((32, 512, 512), np.float32)  # a level 0 of several task boxes, objects in one corner
+    vol[:16, :64, :64] = _sparse()[:, :64, :64]
+    write_zarr(tmp_path / "in.zarr", vol, chunks=(8, 64, 64), name="raw")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"}, "output": {"path": str(tmp_path / "out.zarr")},
+           "model": {"checkpoint": str(passthrough_checkpoint(tmp_path / "pt.pt"))},
+           "blocks": {"write_shape": [8, 64, 64]}, "cluster": {"kind": "serial"}}
+    caplog.set_level("INFO")
+    out = segment(cfg)
+    seg = open_array(out / "segmentation")[...]
+    assert seg.max() > 0
+    group = out / "labels" / "segmentation"
+    levels = sorted((p.name for p in group.iterdir() if p.name.isdigit()), key=int)
+    previous = seg
+    for name in levels:
+        level = open_array(group / name)[...]
+        if name != "0":
+            previous = downsample_labels(previous, tuple(-(-a // b) for a, b in zip(previous.shape, level.shape, strict=True)))
+        assert np.array_equal(level, previous[tuple(slice(0, s) for s in level.shape)]), name
+    assert "over empty space skipped" in caplog.text and " 0 over empty space skipped" not in caplog.text

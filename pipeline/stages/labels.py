@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ import numpy as np
 import zarr
 
 from ..blocks import BlockPlan
+from ..empty import any_within
 from ..engine import Batch, Engine, batched
 from ..geometry import Box
 from ..io import OutputError, create_array, open_array, open_group
@@ -156,6 +158,47 @@ def _recorded_output(group: Path) -> str | None:
     return str(found) if found else None
 
 
+@dataclass(frozen=True)
+class Occupied:
+    """Where the segmentation can hold labels: one flag per block of the run's plan (False: the
+    block holds no fragment, its labels are the fill value), ``write`` voxels per block, on the
+    grid the blocks cover, ``zoom`` times the segmentation's (input.diameter) when given."""
+
+    flags: np.ndarray  # bool, the plan's grid
+    write: tuple[int, ...]
+    zoom: tuple[float, ...] | None = None
+
+    def boxes(self, plan: BlockPlan, scale: Sequence[float]) -> np.ndarray:
+        """One flag per block of ``plan`` (a label level's task boxes; ``scale``: segmentation
+        voxels per level voxel): True where the box may hold a label. Conservative by one voxel
+        where coordinates are not integer multiples (upsampled levels, resampling)."""
+        zoom = self.zoom or (1.0,) * plan.ndim
+        ranges = []
+        for a in range(plan.ndim):
+            starts = np.arange(plan.grid[a], dtype=np.int64) * plan.write_shape[a]
+            stops = np.minimum(starts + plan.write_shape[a], plan.volume[a])
+            f = scale[a] * zoom[a]
+            exact = float(f).is_integer()
+            lo = starts * int(f) if exact else np.floor(starts * f).astype(np.int64) - 1
+            hi = stops * int(f) if exact else np.ceil(stops * f).astype(np.int64) + 1
+            ranges.append((np.maximum(lo, 0), hi))
+        return any_within(self.flags, self.write, ranges)
+
+
+def level_scales(levels: Sequence[Level]) -> list[tuple[float, ...]]:
+    """Segmentation voxels per voxel of each level (1 for its copy, 1/f upsampled, the product
+    of the factors down the chain)."""
+    out: list[tuple[float, ...]] = []
+    for level in levels:
+        if level.kind == "copy":
+            out.append((1.0,) * len(level.shape))
+        elif level.kind == "up":
+            out.append(tuple(1.0 / f for f in level.factors))
+        else:
+            out.append(tuple(s * f for s, f in zip(out[level.source], level.factors, strict=True)))
+    return out
+
+
 def _level_plan(level: Level) -> BlockPlan:
     nd = len(level.shape)
     return BlockPlan(level.shape, level.task_shape, (0,) * nd, (1,) * nd)
@@ -166,11 +209,13 @@ class LabelsStage:
 
     name = "labels"
 
-    def __init__(self, store: Store, target: LabelTarget, dtype: str) -> None:
+    def __init__(self, store: Store, target: LabelTarget, dtype: str, occupied: Occupied | None = None) -> None:
         self.store = store
         self.target = target
         self.dtype = dtype
+        self.occupied = occupied  # where the segmentation can hold labels (None: anywhere)
         self.resumed = 0
+        self.skipped = 0  # task boxes over empty space: never tasks, the fill value (0) stands
 
     def marker(self, level: Level) -> str:
         return f"{self.name}_{level.path}"
@@ -237,12 +282,17 @@ class LabelsStage:
             plan = _level_plan(level)
             done = self.store.done(self.marker(level), len(plan))
             self.resumed += int(done.sum())
-            todo = np.flatnonzero(~done).tolist()
+            wanted = ~done
+            if self.occupied is not None:
+                held = self.occupied.boxes(plan, level_scales(t.levels)[i])
+                self.skipped += int((wanted & ~held).sum())
+                wanted &= held
+            todo = np.flatnonzero(wanted).tolist()
             for _ in engine.map(self.write, batched(todo, 1), i, desc=f"{self.name} {level.path}"):
                 pass
         self.finish()
-        logger.info("labels: %d levels %s -> %s (%d task boxes resumed)", len(t.levels),
-                    [list(lv.shape) for lv in t.levels], t.group, self.resumed)
+        logger.info("labels: %d levels %s -> %s (%d task boxes resumed, %d over empty space skipped)", len(t.levels),
+                    [list(lv.shape) for lv in t.levels], t.group, self.resumed, self.skipped)
         return t.group
 
     def finish(self) -> None:
@@ -253,4 +303,4 @@ class LabelsStage:
         labels.attrs.put(labels_list(dict(labels.attrs), t.version, t.name))
 
 
-__all__ = ["LabelTarget", "LabelsStage", "check_labels", "image_path", "label_target"]
+__all__ = ["LabelTarget", "LabelsStage", "Occupied", "check_labels", "image_path", "label_target"]

@@ -93,11 +93,12 @@ class MergeStage:
     def run(self, engine: Engine, counts: np.ndarray, min_size: int, blocks_per_task: int,
             blocks: Sequence[int] | None = None) -> tuple[Ref, int]:
         """``(tables, N)``: a reference to the lookup tables (for :func:`select_tables`) and
-        the number of objects. Only the upper faces of ``blocks`` are read when given (a region
-        run: the other blocks wrote no faces)."""
-        plan = self.task.plan
+        the number of objects. Only the upper faces of blocks that hold fragments are read (a
+        face with background on one side joins nothing: empty space costs no task), of
+        ``blocks`` only when given (a region run: the other blocks wrote no faces)."""
         shutil.rmtree(self.task.store.qc_path(SEAMS), ignore_errors=True)  # records of an interrupted run
-        todo = range(len(plan)) if blocks is None else blocks
+        held = counts > 0
+        todo = np.flatnonzero(held).tolist() if blocks is None else [b for b in blocks if held[b]]
         root = engine.reduce(self.pairs, components, batched(todo, blocks_per_task), desc=self.name)
         fin = engine.call(tables, counts, self.task.id_stride, root, self.task.store if min_size else None, min_size)
         rule = {"method": self.method.name, **self.method.describe()}

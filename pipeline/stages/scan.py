@@ -1,17 +1,23 @@
-"""The ``scan`` stage: which blocks are empty, from a mask or a lower pyramid level (see
-:mod:`pipeline.empty`), one low-resolution read per block, before any block is predicted.
-The client keeps one flag per block."""
+"""The ``scan`` stage: which blocks are empty before any block is predicted (see
+:mod:`pipeline.empty`): first those whose input chunks the store does not hold (one listing,
+on the client), then, from a mask or a lower pyramid level, one low-resolution read per
+remaining block (:func:`listed_empty` runs first, alone, so the space check counts only the
+blocks that can hold anything). The client keeps one flag per block."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..blocks import BlockPlan
-from ..empty import EmptySource, coarse_box, is_empty
+from ..config import InputConfig
+from ..empty import EmptySource, absent_blocks, coarse_box, is_empty
 from ..engine import Batch, Engine, batched
 from .predict import input_volume
+
+logger = logging.getLogger(__name__)
 
 SCAN_BATCH = 256  # blocks per scan task
 
@@ -19,9 +25,10 @@ SCAN_BATCH = 256  # blocks per scan task
 class ScanStage:
     name = "scan"
 
-    def __init__(self, plan: BlockPlan, source: EmptySource) -> None:
+    def __init__(self, plan: BlockPlan, source: EmptySource, absent: np.ndarray | None = None) -> None:
         self.plan = plan
         self.source = source
+        self.absent = absent  # blocks known empty from the store's listing (see :func:`listed_empty`)
 
     def scan(self, linears: Batch) -> list[int]:
         """The empty blocks among ``linears``: a mask is 0 over the block's write box, a
@@ -36,11 +43,27 @@ class ScanStage:
 
     def run(self, engine: Engine, blocks: Sequence[int] | None = None) -> np.ndarray:
         """One flag per block (linear order): True where the block is empty (only ``blocks`` are
-        scanned when given: a region run)."""
-        flags = np.zeros(len(self.plan), dtype=bool)
+        scanned when given: a region run; the listing covers every block, it costs the same)."""
+        flags = np.zeros(len(self.plan), dtype=bool) if self.absent is None else self.absent.copy()
         if self.source.kind == "read":
-            return flags  # decided as each block is read
-        todo = range(len(self.plan)) if blocks is None else blocks
+            return flags  # the rest is decided as each block is read
+        wanted = np.zeros(len(self.plan), dtype=bool)
+        wanted[list(range(len(self.plan))) if blocks is None else list(blocks)] = True
+        todo = np.flatnonzero(wanted & ~flags).tolist()
         for empty in engine.map(self.scan, batched(todo, SCAN_BATCH), desc=self.name):
             flags[empty] = True
         return flags
+
+
+def listed_empty(plan: BlockPlan, source: EmptySource | None, input: InputConfig,
+                 zoom: tuple[float, ...] | None = None) -> np.ndarray | None:
+    """The blocks whose input chunks the store does not hold (client side, one listing; see
+    :func:`pipeline.empty.absent_blocks`); None when empty space is not skipped or the store
+    cannot tell."""
+    if source is None:
+        return None
+    absent = absent_blocks(plan, input_volume(input, zoom), source.background)
+    if absent is not None:
+        logger.info("scan: %d of %d blocks read only input chunks the store does not hold: empty, never read",
+                    int(absent.sum()), len(plan))
+    return absent
