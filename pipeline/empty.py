@@ -23,7 +23,6 @@ network that predicts background on background gives the same segmentation eithe
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from .geometry import Box
 from .io import InputVolume, open_input
 from .predict import NormStats
 from .resample import ZoomedVolume
-
-logger = logging.getLogger(__name__)
 
 MIN_COARSE_VOXELS = 4  # per block axis, at the level decided from
 
@@ -233,7 +230,7 @@ def absent_blocks(plan: BlockPlan, vol: InputVolume | ZoomedVolume, background: 
     cannot be listed or its fill value is not background."""
     source = vol.source if isinstance(vol, ZoomedVolume) else vol
     fill = getattr(source.array, "fill_value", None)
-    if fill is None or not float(np.nan_to_num(float(fill), nan=np.inf)) <= background:
+    if fill is None or not float(fill) <= background:  # NaN: never background
         return None
     found = stored_chunks(source)
     if found is None:

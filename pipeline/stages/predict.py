@@ -42,9 +42,7 @@ def input_volume(cfg: InputConfig, zoom: tuple[float, ...] | None = None) -> Inp
 def input_region(vol: InputVolume | ZoomedVolume, box: Box) -> tuple[InputVolume, Box]:
     """The input volume itself and the region of it (its own coordinates, clipped) that a
     read of ``box`` reads."""
-    if isinstance(vol, ZoomedVolume):
-        return vol.source, vol.source_region(box)
-    return vol, box.intersect(Box.from_shape(vol.shape))
+    return (vol.source if isinstance(vol, ZoomedVolume) else vol), vol.source_region(box)
 
 
 def check_finite(vol: InputVolume | ZoomedVolume, box: Box, data: np.ndarray) -> None:

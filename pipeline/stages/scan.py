@@ -47,8 +47,10 @@ class ScanStage:
         flags = np.zeros(len(self.plan), dtype=bool) if self.absent is None else self.absent.copy()
         if self.source.kind == "read":
             return flags  # the rest is decided as each block is read
-        wanted = np.zeros(len(self.plan), dtype=bool)
-        wanted[list(range(len(self.plan))) if blocks is None else list(blocks)] = True
+        wanted = np.ones(len(self.plan), dtype=bool)
+        if blocks is not None:
+            wanted[:] = False
+            wanted[list(blocks)] = True
         todo = np.flatnonzero(wanted & ~flags).tolist()
         for empty in engine.map(self.scan, batched(todo, SCAN_BATCH), desc=self.name):
             flags[empty] = True
