@@ -86,9 +86,8 @@ class FragmentsStage(InputStage):
         save_record(self.store.qc_path("blocks.npz"), {**record.arrays(), "skipped": empty})
         return counts, empty
 
-    def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    def recover(self, blocks: Sequence[Block], records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")
-        records = self.store.records(self.name, [b.linear for b in blocks])
         out = []
         for b in blocks:
             unreadable = {"unreadable": records[b.linear]["unreadable"]} if "unreadable" in records[b.linear] else {}
