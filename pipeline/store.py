@@ -34,7 +34,9 @@ stage, the resume key, provenance and completion.
         faces/<block>                 the block's outer planes that touch a neighbour, raw
                                       (face_layout); no file: a skipped empty block
         sizes/<block>                 int64 voxel counts of the block's fragments (min_size)
-        stats/<part>/<batch>.npy      partial object statistics of id range <part>
+        stats/<part>/<first>-<last>-<count>.npy
+                                      partial object statistics of id range <part> (rows per
+                                      block) of one relabel batch, named by its marker
         segmentation_zoomed           (input.diameter) labels on the resampled grid, before
                                       the restore stage maps them to the input grid
 
@@ -375,6 +377,15 @@ class Store:
         folder = Path(self.path) / STATS / str(part)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / f"{name}.npy", rows, allow_pickle=False)
+
+    def prune_stats(self, keep: set[str]) -> None:
+        """Remove the partial statistics files not named in ``keep`` (batches never marked done,
+        and files of the one-file-per-block layout of earlier versions)."""
+        root = Path(self.path) / STATS
+        for folder in (e for e in os.scandir(root) if e.is_dir()) if root.is_dir() else ():
+            for f in os.scandir(folder.path):
+                if f.name.endswith(".npy") and f.name.removesuffix(".npy") not in keep:
+                    os.unlink(f.path)
 
     def clear_stats(self) -> None:
         """Forget every partial object statistic (relabel writes them all again)."""

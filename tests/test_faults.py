@@ -93,23 +93,31 @@ def data(tmp_path_factory):
     return tmp
 
 
-def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6) -> None:
+def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6, mid: bool = False) -> None:
     """The client stops in a blockwise stage after ``after`` blocks (as if killed; its lock is
-    released, which a killed run's is not: see the SIGKILL tests)."""
+    released, which a killed run's is not: see the SIGKILL tests). ``mid``: the next batch
+    writes every block (and its statistics) first, and stops just before its done marker."""
     from pipeline.stages.base import BlockStage
+    from pipeline.store import Store
 
     done = []
-    original = BlockStage.run_batch
+    original, mark = BlockStage.run_batch, Store.mark_done
 
     def run_batch(self, linears, loaded, *args):
-        if self.name == stage and len(done) >= after:
+        if self.name == stage and len(done) >= after and not mid:
             raise KeyboardInterrupt  # what the CLI sees when the client is stopped
         if self.name == stage:
             done.extend(linears)
         return original(self, linears, loaded, *args)
 
+    def mark_done(self, name, linears, records=None):
+        if name == stage and len(done) > after:
+            raise KeyboardInterrupt
+        return mark(self, name, linears, records)
+
     with monkeypatch.context() as m:
         m.setattr(BlockStage, "run_batch", run_batch)
+        m.setattr(Store, "mark_done", mark_done)
         assert main(["-q", "run", str(cfg)]) == 130
 
 
@@ -145,6 +153,25 @@ def test_input_replaced_by_one_with_identical_statistics(data, monkeypatch, caps
     same_result(out, data / "reference-mirrored.zarr")
     recomputed = open_group(out).attrs["pipeline"]["recomputed_blocks"]
     assert 0 < recomputed <= (6 if stage == "fragments" else 32)
+
+
+@pytest.mark.parametrize("stage", ["fragments", "relabel"])
+def test_killed_mid_batch_resumes_exactly(data, monkeypatch, capsys, stage):
+    """A run stopped after a batch wrote its blocks (and statistics) but before its one done
+    marker: the rerun, batching blocks otherwise (3 per task, not 4), computes that batch again,
+    drops its unmarked statistics and gives the uninterrupted result."""
+    cfg = config(data, f"mid-{stage}", blocks={"blocks_per_task": 4})
+    crash_in(monkeypatch, cfg, stage, after=8, mid=True)
+    out = data / f"mid-{stage}.zarr"
+    markers = out / "scratch" / f"done_{stage}"
+    assert sorted(p.name for p in markers.iterdir()) == ["0-3-4.json", "4-7-4.json"]
+    if stage == "relabel":  # the stopped batch's statistics were written, not marked
+        assert len(list((out / "scratch" / "stats" / "0").iterdir())) == 3
+    cfg = config(data, f"mid-{stage}", blocks={"blocks_per_task": 3})
+    code, err = run(["run", str(cfg)], capsys)
+    assert code == 0, err
+    same_result(out, data / "reference.zarr")
+    assert open_group(out).attrs["resumed_blocks"] == (8 if stage == "fragments" else 32)
 
 
 def test_empty_mask_changed(data, tmp_path, monkeypatch, capsys):
