@@ -28,12 +28,12 @@ stage, the resume key, provenance and completion.
                                       line 2, for stages that read the input, the blocks'
                                       records (JSON): ``input`` (digest of the data read),
                                       ``stamp`` (sizes and times of the files read),
-                                      ``unreadable`` (chunks read as empty); the one place
+                                      ``unreadable`` (chunks read as empty), ``sizes`` (voxels
+                                      per fragment, min_size); the one place
                                       per-block records live (see :meth:`Store.mark_done`)
         fragments                     uint64 fragment ids, block-unique
         faces/<block>                 the block's outer planes that touch a neighbour, raw
                                       (face_layout); no file: a skipped empty block
-        sizes/<block>                 int64 voxel counts of the block's fragments (min_size)
         stats/<part>/<first>-<last>-<count>.npy
                                       partial object statistics of id range <part> (rows per
                                       block) of one relabel batch, named by its marker
@@ -79,7 +79,6 @@ SCRATCH = "scratch"
 QC = "qc"
 FRAGMENTS = f"{SCRATCH}/fragments"
 FACES = f"{SCRATCH}/faces"
-SIZES = f"{SCRATCH}/sizes"
 STATS = f"{SCRATCH}/stats"
 ZOOMED = f"{SCRATCH}/segmentation_zoomed"
 OBJECTS = "objects"
@@ -310,9 +309,8 @@ class Store:
         return self._faces(linear).exists()
 
     def drop_block(self, linear: int) -> None:
-        """Remove what a block wrote besides its arrays (faces, fragment sizes): it is computed again."""
+        """Remove what a block wrote besides its arrays and its record (faces): it is computed again."""
         self._faces(linear).unlink(missing_ok=True)
-        (Path(self.path) / SIZES / str(linear)).unlink(missing_ok=True)
 
     def create_faces(self) -> None:
         (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
@@ -361,16 +359,20 @@ class Store:
 
     # ------------------------------------------------------------ per-block records
 
-    def write_sizes(self, block: Block, sizes: np.ndarray) -> None:
-        """Voxel counts of the block's fragments (local ids 1..k), for ``min_size``."""
-        path = Path(self.path) / SIZES / str(block.linear)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(np.ascontiguousarray(sizes, dtype=np.int64).tobytes())
-
-    def read_sizes(self, linear: int, count: int) -> np.ndarray:
-        if not count:
-            return np.zeros(0, np.int64)
-        return np.frombuffer((Path(self.path) / SIZES / str(linear)).read_bytes(), np.int64, count)
+    def fragment_sizes(self, stage: str, counts: np.ndarray) -> np.ndarray:
+        """Voxel counts of every fragment in id order (blocks in linear order, local ids 1..k),
+        from the ``sizes`` the blocks' records hold (``min_size``): one read per marker file."""
+        found: dict[int, list[int]] = {}
+        folder = self._markers(stage)
+        for marker in (m for e in os.scandir(folder) if (m := parse_marker(e.name))):
+            ids, records = self.read_marker(stage, marker.name)
+            found.update((i, r["sizes"]) for i, r in zip(ids.tolist(), records or (), strict=False) if r and "sizes" in r)
+        parts = [np.zeros(0, np.int64)]
+        for b in np.flatnonzero(counts).tolist():
+            if len(found.get(b, ())) != counts[b]:
+                raise FileNotFoundError(f"the done marker of block {b} ({stage}) holds no sizes of its {counts[b]} fragments")
+            parts.append(np.asarray(found[b], np.int64))
+        return np.concatenate(parts)
 
     def write_stats(self, part: int, name: str, rows: np.ndarray) -> None:
         """Partial object statistics (a structured array) of id range ``part``."""

@@ -155,22 +155,31 @@ def test_input_replaced_by_one_with_identical_statistics(data, monkeypatch, caps
     assert 0 < recomputed <= (6 if stage == "fragments" else 32)
 
 
-@pytest.mark.parametrize("stage", ["fragments", "relabel"])
-def test_killed_mid_batch_resumes_exactly(data, monkeypatch, capsys, stage):
+@pytest.mark.parametrize("stage,min_size", [("fragments", 0), ("relabel", 0), ("fragments", 60)])
+def test_killed_mid_batch_resumes_exactly(data, monkeypatch, capsys, stage, min_size):
     """A run stopped after a batch wrote its blocks (and statistics) but before its one done
     marker: the rerun, batching blocks otherwise (3 per task, not 4), computes that batch again,
-    drops its unmarked statistics and gives the uninterrupted result."""
-    cfg = config(data, f"mid-{stage}", blocks={"blocks_per_task": 4})
+    drops its unmarked statistics and gives the uninterrupted result (with ``min_size``: the
+    fragment sizes kept in the markers' records)."""
+    over = {"clustering": {"min_size": min_size}} if min_size else {}
+    ref = data / "reference.zarr"
+    if min_size:
+        ref = data / "reference-min-size.zarr"
+        assert main(["-q", "run", str(config(data, "reference-min-size", **over))]) == 0
+    name = f"mid-{stage}-{min_size}"
+    cfg = config(data, name, blocks={"blocks_per_task": 4}, **over)
     crash_in(monkeypatch, cfg, stage, after=8, mid=True)
-    out = data / f"mid-{stage}.zarr"
+    out = data / f"{name}.zarr"
     markers = out / "scratch" / f"done_{stage}"
     assert sorted(p.name for p in markers.iterdir()) == ["0-3-4.json", "4-7-4.json"]
     if stage == "relabel":  # the stopped batch's statistics were written, not marked
         assert len(list((out / "scratch" / "stats" / "0").iterdir())) == 3
-    cfg = config(data, f"mid-{stage}", blocks={"blocks_per_task": 3})
+    if min_size:
+        assert all("sizes" in r for p in markers.iterdir() for r in json.loads(p.read_text().split("\n")[1]))
+    cfg = config(data, name, blocks={"blocks_per_task": 3}, **over)
     code, err = run(["run", str(cfg)], capsys)
     assert code == 0, err
-    same_result(out, data / "reference.zarr")
+    same_result(out, ref)
     assert open_group(out).attrs["resumed_blocks"] == (8 if stage == "fragments" else 32)
 
 

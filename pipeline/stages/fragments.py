@@ -68,8 +68,8 @@ class FragmentsStage(InputStage):
             ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
-            if self.keep_sizes:
-                self.store.write_sizes(block, np.bincount(local.ravel())[1:])
+            if self.keep_sizes:  # kept with the block's done marker
+                record = {**record, "sizes": np.bincount(local.ravel())[1:].tolist()}
             yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0,
                           **unreadable}, record
 
@@ -99,7 +99,7 @@ class FragmentsStage(InputStage):
         return out
 
     def forget(self, linears: Sequence[int]) -> None:
-        """Unmark the blocks and drop their faces and fragment sizes (their fragments are
+        """Unmark the blocks (their records go, sizes included) and drop their faces (their fragments are
         rewritten, or no longer read: a skipped block counts no fragments)."""
         super().forget(linears)
         for i in linears:
