@@ -164,7 +164,7 @@ class BlockStage(ABC):
         for _, result, *record in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
             results.append(result)
             records.append(record[0] if record else None)
-        if linears:  # every block of the batch is written: one marker for the batch
+        if len(linears):  # every block of the batch is written: one marker for the batch
             self.store.mark_done(self.name, linears, records if self.records else None)
         return results
 

@@ -204,7 +204,7 @@ class LabelsStage:
         for i in linears:
             block = plan.block_at(i)
             arr[block.valid.to_slices()] = self._compute(level, block.valid)
-        if linears:
+        if len(linears):
             self.store.mark_done(self.marker(level), linears)  # one marker file per task
         return len(linears)
 
