@@ -183,6 +183,35 @@ def test_killed_mid_batch_resumes_exactly(data, monkeypatch, capsys, stage, min_
     assert open_group(out).attrs["resumed_blocks"] == (8 if stage == "fragments" else 32)
 
 
+def test_killed_mid_batch_resumed_on_a_dask_cluster(data, monkeypatch, client1):
+    """The same, resumed on a Dask cluster with the input files touched (new times): the tasks
+    that check inputs and recover finished blocks get their marker files by name, and rewrite
+    the markers whose stamps changed (the next check reads nothing)."""
+    from pipeline.config import load_config
+    from pipeline.run import segment
+
+    copy_input(data, "in.zarr", "dask-in.zarr")
+    cfg = config(data, "mid-dask", "dask-in.zarr", blocks={"blocks_per_task": 4})
+    crash_in(monkeypatch, cfg, "fragments", after=8, mid=True)
+    markers = data / "mid-dask.zarr" / "scratch" / "done_fragments"
+    before = {p.name: json.loads(p.read_text().split("\n")[1]) for p in markers.iterdir()}
+    for f in (data / "dask-in.zarr").rglob("*"):  # the same voxels, new times
+        os.utime(f, (time.time() + 10, time.time() + 10))
+    with monkeypatch.context() as m:  # see the markers before the run finishes
+        from pipeline.store import Store
+
+        seen = {}
+        finish = Store.finish
+        m.setattr(Store, "finish", lambda self, attrs: (seen.update(
+            (p.name, json.loads(p.read_text().split("\n")[1])) for p in markers.iterdir()), finish(self, attrs))[1])
+        segment(load_config(cfg), client=client1)
+    same_result(data / "mid-dask.zarr", data / "reference.zarr")
+    assert open_group(data / "mid-dask.zarr").attrs["resumed_blocks"] == 8
+    for name, records in before.items():  # restamped in place: same blocks, same digests, new stamps
+        assert [r["input"] for r in seen[name]] == [r["input"] for r in records]
+        assert [r["stamp"] for r in seen[name]] != [r["stamp"] for r in records]
+
+
 def test_empty_mask_changed(data, tmp_path, monkeypatch, capsys):
     """Finished blocks that a changed empty.mask now skips: refused; recomputed (dropped) with
     consent, giving the uninterrupted result with the new mask."""
