@@ -29,11 +29,12 @@ stage, the resume key, provenance and completion.
                                       records (JSON): ``input`` (digest of the data read),
                                       ``stamp`` (sizes and times of the files read),
                                       ``unreadable`` (chunks read as empty), ``sizes`` (voxels
-                                      per fragment, min_size); the one place
-                                      per-block records live (see :meth:`Store.mark_done`)
+                                      per fragment, min_size); the one place per-block records
+                                      live (see :meth:`Store.mark_done`)
         fragments                     uint64 fragment ids, block-unique
         faces/<block>                 the block's outer planes that touch a neighbour, raw
-                                      (face_layout); no file: a skipped empty block
+                                      (face_layout); no file: a skipped empty block (still one
+                                      file per block: merge tasks find a face by its block)
         stats/<part>/<first>-<last>-<count>.npy
                                       partial object statistics of id range <part> (rows per
                                       block) of one relabel batch, named by its marker
