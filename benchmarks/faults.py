@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import machine, synthetic_volume
 
+from pipeline.store import marked_blocks
 from tests.helpers import KILL_CLIENT
 
 # ---------------------------------------------------------------- the matrix
@@ -102,7 +102,7 @@ class Matrix:
 
     def wait_markers(self, out: Path, n: int, proc: subprocess.Popen) -> None:
         folder = out / "scratch" / "done_fragments"
-        while not folder.is_dir() or sum(1 for e in os.scandir(folder) if e.name.isdigit()) < n:
+        while marked_blocks(folder) < n:
             if proc.poll() is not None:
                 raise RuntimeError("the run ended first")
             time.sleep(0.05)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpaceError
+from .store import marked_blocks
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -119,7 +119,7 @@ def done_fraction(output: Path) -> float:
         blocks = int(dict(zarr.open_group(str(output), mode="r").attrs)["pipeline"]["plan"]["blocks"])
     except Exception:  # noqa: BLE001 - not ours or unreadable: count nothing as done
         return 0.0
-    return min(1.0, sum(1 for e in os.scandir(folder) if e.name.isdigit()) / max(blocks, 1))
+    return min(1.0, marked_blocks(folder) / max(blocks, 1))
 
 
 def check_space(run: Prepared, target: LabelTarget | None, predict_only: bool = False, fraction: float = 1.0) -> Estimate:

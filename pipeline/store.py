@@ -20,17 +20,24 @@ stage, the resume key, provenance and completion.
                                       seams/<batch>.npz (per face and pair), seam_audit.json,
                                       unreadable.json (input chunks read as empty)
       scratch/                        removed when the run completes
-        done_<stage>/<block>          the stage finished that block (labels:
-                                      done_labels_<level>/<task box>): an empty file, or the
-                                      block's record (JSON) for stages that read the input:
-                                      ``input`` (digest of the data read), ``stamp`` (sizes
-                                      and times of the files read), ``unreadable`` (chunks
-                                      read as empty); the one place per-block records live
+        done_<stage>/<first>-<last>-<count>.json
+                                      one file per finished batch (task) of blocks, written
+                                      whole once all of them are (labels: done_labels_<level>/,
+                                      per task of boxes): line 1 the blocks as [start, count]
+                                      runs (not read when the name says they are consecutive);
+                                      line 2, for stages that read the input, the blocks'
+                                      records (JSON): ``input`` (digest of the data read),
+                                      ``stamp`` (sizes and times of the files read),
+                                      ``unreadable`` (chunks read as empty), ``sizes`` (voxels
+                                      per fragment, min_size); the one place per-block records
+                                      live (see :meth:`Store.mark_done`)
         fragments                     uint64 fragment ids, block-unique
         faces/<block>                 the block's outer planes that touch a neighbour, raw
-                                      (face_layout); no file: a skipped empty block
-        sizes/<block>                 int64 voxel counts of the block's fragments (min_size)
-        stats/<part>/<batch>.npy      partial object statistics of id range <part>
+                                      (face_layout); no file: a skipped empty block (still one
+                                      file per block: merge tasks find a face by its block)
+        stats/<part>/<first>-<last>-<count>.npy
+                                      partial object statistics of id range <part> (rows per
+                                      block) of one relabel batch, named by its marker
         segmentation_zoomed           (input.diameter) labels on the resampled grid, before
                                       the restore stage maps them to the input grid
 
@@ -48,6 +55,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -72,7 +80,6 @@ SCRATCH = "scratch"
 QC = "qc"
 FRAGMENTS = f"{SCRATCH}/fragments"
 FACES = f"{SCRATCH}/faces"
-SIZES = f"{SCRATCH}/sizes"
 STATS = f"{SCRATCH}/stats"
 ZOOMED = f"{SCRATCH}/segmentation_zoomed"
 OBJECTS = "objects"
@@ -95,6 +102,82 @@ def face_layout(plan: BlockPlan, block: Block) -> list[tuple[int, int]]:
     (int64) and, per plane, its fragment ids (uint64) then its evidence ``(E, *plane)``."""
     return [(a, side) for a in face_axes(plan)
             for side, has in ((0, block.index[a] > 0), (1, block.index[a] < plan.grid[a] - 1)) if has]
+
+
+MARKER = re.compile(r"(\d+)-(\d+)-(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One done-marker file, ``<first>-<last>-<count>.json``: a finished batch of ``count``
+    blocks from ``first`` to ``last`` (linear order), consecutive when ``count`` fills the span."""
+
+    name: str
+    first: int
+    last: int
+    count: int
+
+    @property
+    def consecutive(self) -> bool:
+        return self.last - self.first + 1 == self.count
+
+
+def marker_name(linears: np.ndarray) -> str:
+    """The marker file of the sorted, distinct blocks ``linears`` (distinct batches never share one)."""
+    return f"{int(linears[0])}-{int(linears[-1])}-{len(linears)}.json"
+
+
+def parse_marker(name: str) -> Marker | None:
+    """The marker a file name stands for; None for anything else (temporary files, a marker of
+    the one-file-per-block layout of earlier versions: ignored, its blocks computed again)."""
+    m = MARKER.fullmatch(name)
+    return Marker(name, *(int(g) for g in m.groups())) if m else None
+
+
+def to_ranges(linears: np.ndarray) -> list[list[int]]:
+    """Sorted block indices as ``[start, count]`` runs of consecutive blocks."""
+    if not len(linears):
+        return []
+    cut = np.flatnonzero(np.diff(linears) != 1) + 1
+    starts, ends = np.r_[0, cut], np.r_[cut, len(linears)]
+    return [[int(linears[a]), int(b - a)] for a, b in zip(starts, ends, strict=True)]
+
+
+def from_ranges(ranges: Sequence[Sequence[int]]) -> np.ndarray:
+    parts = [np.arange(s, s + n, dtype=np.int64) for s, n in ranges]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def marked_blocks(folder: Path) -> int:
+    """How many blocks the marker files in ``folder`` mark (from their names only)."""
+    found = (parse_marker(e.name) for e in os.scandir(folder)) if folder.is_dir() else ()
+    return sum(m.count for m in found if m)
+
+
+@dataclass(frozen=True)
+class MarkerIndex:
+    """Which marker file holds each finished block: ``owner`` (one int32 per block, -1: not
+    finished) indexes ``names``. Client side; tasks get only the names they need."""
+
+    owner: np.ndarray
+    names: tuple[str, ...]
+
+    def files(self, linears: Sequence[int]) -> tuple[list[str]]:
+        """The marker files holding ``linears`` (as an ``Engine.map`` ``per_batch`` argument)."""
+        return ([self.names[k] for k in np.unique(self.owner[np.asarray(linears, dtype=np.int64)]) if k >= 0],)
+
+    def batches(self, linears: Sequence[int], size: int) -> list[list[int]]:
+        """``linears`` in batches of whole marker files (no file is shared by two batches, so a
+        task may rewrite the files of its batch), about ``size`` blocks each."""
+        ids = np.asarray(linears, dtype=np.int64)
+        ids = ids[np.argsort(self.owner[ids], kind="stable")]
+        out: list[list[int]] = []
+        for group in np.split(ids, np.flatnonzero(np.diff(self.owner[ids]) != 0) + 1) if len(ids) else ():
+            if out and len(out[-1]) < size:
+                out[-1].extend(group.tolist())
+            else:
+                out.append(group.tolist())
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,39 +221,84 @@ class Store:
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
 
-    def mark_done(self, stage: str, block: Block, record: dict[str, Any] | None = None) -> None:
-        """The block's done marker: an empty file (one metadata operation), or the block's record
-        as JSON, written whole (a temporary file renamed) so a marker is never half a record."""
-        path = self._markers(stage) / str(block.linear)
-        if record is None:
-            path.touch()
-            return
-        tmp = path.with_name(f".{block.linear}.{uuid.uuid4().hex}")
+    def mark_done(self, stage: str, linears: Sequence[int], records: Sequence[dict[str, Any] | None] | None = None) -> str:
+        """Mark a finished batch of blocks: one file (see :func:`marker_name`), written whole (a
+        temporary file renamed) once every block of the batch is written, holding the blocks and,
+        for stages that read the input, their records (JSON). Marking the same blocks again
+        replaces the file (new records). Returns the file's name."""
+        order = np.argsort(np.asarray(linears, dtype=np.int64), kind="stable")
+        ids = np.asarray(linears, dtype=np.int64)[order]
+        text = json.dumps(to_ranges(ids))
+        if records is not None:
+            text += "\n" + json.dumps([records[i] for i in order])
+        name = marker_name(ids)
+        path = self._markers(stage) / name
+        tmp = path.with_name(f".{name}.{uuid.uuid4().hex}")
         try:
-            tmp.write_text(json.dumps(record))
+            tmp.write_text(text)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        return name
 
-    def records(self, stage: str, linears: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """The records of finished blocks (``{}`` for a marker without one)."""
-        out = {}
-        for i in linears:
-            text = (self._markers(stage) / str(i)).read_text()
-            out[int(i)] = json.loads(text) if text else {}
-        return out
+    def read_marker(self, stage: str, name: str) -> tuple[np.ndarray, list[dict[str, Any] | None] | None]:
+        """The blocks of one marker file and their records (None: a stage without records)."""
+        lines = (self._markers(stage) / name).read_text().split("\n", 1)
+        return from_ranges(json.loads(lines[0])), json.loads(lines[1]) if len(lines) > 1 else None
 
-    def forget(self, stage: str, linears: Sequence[int]) -> None:
-        """Unmark finished blocks (they are computed again)."""
-        for i in linears:
-            (self._markers(stage) / str(i)).unlink(missing_ok=True)
+    def _marker_blocks(self, stage: str, marker: Marker) -> np.ndarray:
+        if marker.consecutive:  # the name says it all: no read
+            return np.arange(marker.first, marker.last + 1, dtype=np.int64)
+        with open(self._markers(stage) / marker.name) as f:
+            return from_ranges(json.loads(f.readline()))
+
+    def index(self, stage: str, blocks: int) -> MarkerIndex:
+        """Which marker file holds each finished block (one listing; only files of blocks that
+        are not consecutive are read)."""
+        folder = self._markers(stage)
+        found = [m for e in (os.scandir(folder) if folder.is_dir() else ()) if (m := parse_marker(e.name))]
+        owner = np.full(blocks, -1, dtype=np.int32)
+        for k, m in enumerate(found):
+            ids = self._marker_blocks(stage, m)
+            owner[ids[ids < blocks]] = k
+        return MarkerIndex(owner, tuple(m.name for m in found))
 
     def done(self, stage: str, blocks: int) -> np.ndarray:
         """One bool per block (linear order): finished by this or an earlier run."""
-        flags = np.zeros(blocks, dtype=bool)
-        finished = [int(e.name) for e in os.scandir(self._markers(stage)) if e.name.isdigit()]
-        flags[[i for i in finished if i < blocks]] = True
-        return flags
+        return self.index(stage, blocks).owner >= 0
+
+    def records(self, stage: str, linears: Sequence[int], files: Sequence[str]) -> dict[int, dict[str, Any]]:
+        """The records of finished blocks (``{}`` for a block without one), read from the marker
+        ``files`` that hold them (see :meth:`MarkerIndex.files`)."""
+        want = {int(i) for i in linears}
+        out: dict[int, dict[str, Any]] = {}
+        for name in files:
+            ids, recs = self.read_marker(stage, name)
+            for k, i in enumerate(ids.tolist()):
+                if i in want:
+                    out[i] = (recs[k] if recs is not None else None) or {}
+        missing = want - set(out)
+        if missing:
+            raise FileNotFoundError(f"no done marker of {stage} holds blocks {sorted(missing)[:5]}")
+        return out
+
+    def forget(self, stage: str, linears: Sequence[int]) -> None:
+        """Unmark finished blocks (they are computed again); client only. A marker file holding
+        some of them is removed, then written again without them under its new name: a stop in
+        between forgets the rest of its blocks too (they are computed again), never less."""
+        if not len(linears):
+            return
+        gone = np.asarray(sorted({int(i) for i in linears}), dtype=np.int64)
+        index = self.index(stage, int(gone[-1]) + 1)
+        for k in np.unique(index.owner[gone]):
+            if k < 0:
+                continue
+            name = index.names[k]
+            ids, recs = self.read_marker(stage, name)
+            keep = ~np.isin(ids, gone)
+            (self._markers(stage) / name).unlink()
+            if keep.any():
+                self.mark_done(stage, ids[keep], None if recs is None else [r for r, x in zip(recs, keep) if x])
 
     # ------------------------------------------------------------ faces
 
@@ -182,9 +310,8 @@ class Store:
         return self._faces(linear).exists()
 
     def drop_block(self, linear: int) -> None:
-        """Remove what a block wrote besides its arrays (faces, fragment sizes): it is computed again."""
+        """Remove what a block wrote besides its arrays and its record (faces): it is computed again."""
         self._faces(linear).unlink(missing_ok=True)
-        (Path(self.path) / SIZES / str(linear)).unlink(missing_ok=True)
 
     def create_faces(self) -> None:
         (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
@@ -233,22 +360,35 @@ class Store:
 
     # ------------------------------------------------------------ per-block records
 
-    def write_sizes(self, block: Block, sizes: np.ndarray) -> None:
-        """Voxel counts of the block's fragments (local ids 1..k), for ``min_size``."""
-        path = Path(self.path) / SIZES / str(block.linear)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(np.ascontiguousarray(sizes, dtype=np.int64).tobytes())
-
-    def read_sizes(self, linear: int, count: int) -> np.ndarray:
-        if not count:
-            return np.zeros(0, np.int64)
-        return np.frombuffer((Path(self.path) / SIZES / str(linear)).read_bytes(), np.int64, count)
+    def fragment_sizes(self, stage: str, counts: np.ndarray) -> np.ndarray:
+        """Voxel counts of every fragment in id order (blocks in linear order, local ids 1..k),
+        from the ``sizes`` the blocks' records hold (``min_size``): one read per marker file."""
+        found: dict[int, list[int]] = {}
+        folder = self._markers(stage)
+        for marker in (m for e in os.scandir(folder) if (m := parse_marker(e.name))):
+            ids, records = self.read_marker(stage, marker.name)
+            found.update((i, r["sizes"]) for i, r in zip(ids.tolist(), records or (), strict=False) if r and "sizes" in r)
+        parts = [np.zeros(0, np.int64)]
+        for b in np.flatnonzero(counts).tolist():
+            if len(found.get(b, ())) != counts[b]:
+                raise FileNotFoundError(f"the done marker of block {b} ({stage}) holds no sizes of its {counts[b]} fragments")
+            parts.append(np.asarray(found[b], np.int64))
+        return np.concatenate(parts)
 
     def write_stats(self, part: int, name: str, rows: np.ndarray) -> None:
         """Partial object statistics (a structured array) of id range ``part``."""
         folder = Path(self.path) / STATS / str(part)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / f"{name}.npy", rows, allow_pickle=False)
+
+    def prune_stats(self, keep: set[str]) -> None:
+        """Remove the partial statistics files not named in ``keep`` (batches never marked done,
+        and files of the one-file-per-block layout of earlier versions)."""
+        root = Path(self.path) / STATS
+        for folder in (e for e in os.scandir(root) if e.is_dir()) if root.is_dir() else ():
+            for f in os.scandir(folder.path):
+                if f.name.endswith(".npy") and f.name.removesuffix(".npy") not in keep:
+                    os.unlink(f.path)
 
     def clear_stats(self) -> None:
         """Forget every partial object statistic (relabel writes them all again)."""

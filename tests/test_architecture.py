@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.engine import Engine, batched
 from pipeline.io import open_array, write_zarr
 from pipeline.run import segment
-from pipeline.store import Store, face_axes
+from pipeline.store import Store, face_axes, marked_blocks
 
 from .helpers import passthrough_checkpoint, same_partition
 
@@ -109,6 +109,33 @@ def test_store_face_round_trip(tmp_path):
             plane[axis] = last + 1
             np.testing.assert_array_equal(lb, labels[tuple(plane)])
             np.testing.assert_array_equal(eb, evidence[(slice(None), *plane)])
+
+
+def test_done_markers_one_file_per_batch(tmp_path):
+    """A finished batch is one marker file (its name says which blocks when they are
+    consecutive); records come back per block; forgetting some blocks of a batch keeps the
+    others; files of the earlier one-file-per-block layout and temporary files are ignored."""
+    store, _ = Store.open(tmp_path / "o.zarr", False, "k", "run")
+    store.create_markers("s")
+    folder = tmp_path / "o.zarr" / "scratch" / "done_s"
+    (folder / "3").write_text('{"input": "old"}')  # the old layout: not trusted, never a crash
+    (folder / ".9-12-2.json.tmp").write_text("half")
+    assert store.mark_done("s", [2, 0, 1], [{"r": 2}, {"r": 0}, None]) == "0-2-3.json"
+    assert store.mark_done("s", [5, 9, 7], [{"r": 5}, {"r": 9}, {"r": 7}]) == "5-9-3.json"
+    assert not store.done("s", 12)[3]
+    index = store.index("s", 12)
+    np.testing.assert_array_equal(np.flatnonzero(index.owner >= 0), [0, 1, 2, 5, 7, 9])
+    assert marked_blocks(folder) == 6
+    (files,) = index.files([1, 9])
+    assert sorted(files) == ["0-2-3.json", "5-9-3.json"]
+    assert store.records("s", [1, 9, 2], files) == {1: {}, 9: {"r": 9}, 2: {"r": 2}}
+    assert sorted(map(sorted, index.batches([0, 5, 1, 9, 2, 7], 2))) == [[0, 1, 2], [5, 7, 9]]
+    store.forget("s", [7, 1])
+    np.testing.assert_array_equal(np.flatnonzero(store.done("s", 12)), [0, 2, 5, 9])
+    assert sorted(p.name for p in folder.glob("*.json")) == ["0-2-2.json", "5-9-2.json"]
+    assert store.records("s", [5, 9], ["5-9-2.json"]) == {5: {"r": 5}, 9: {"r": 9}}
+    store.forget("s", [0, 2])
+    assert not (folder / "0-2-2.json").exists() and marked_blocks(folder) == 2
 
 
 def test_a_new_clustering_method_is_one_class(tmp_path):

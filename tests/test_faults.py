@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from pipeline.cli import main
 from pipeline.io import open_array, open_group, write_zarr
+from pipeline.store import marked_blocks
 
 from .helpers import KILL_CLIENT, passthrough_checkpoint
 from .test_slurm import slurm  # noqa: F401 - the fixture: skipped without SLURM (required in CI)
@@ -92,23 +93,31 @@ def data(tmp_path_factory):
     return tmp
 
 
-def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6) -> None:
+def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6, mid: bool = False) -> None:
     """The client stops in a blockwise stage after ``after`` blocks (as if killed; its lock is
-    released, which a killed run's is not: see the SIGKILL tests)."""
+    released, which a killed run's is not: see the SIGKILL tests). ``mid``: the next batch
+    writes every block (and its statistics) first, and stops just before its done marker."""
     from pipeline.stages.base import BlockStage
+    from pipeline.store import Store
 
     done = []
-    original = BlockStage.run_batch
+    original, mark = BlockStage.run_batch, Store.mark_done
 
     def run_batch(self, linears, loaded, *args):
-        if self.name == stage and len(done) >= after:
+        if self.name == stage and len(done) >= after and not mid:
             raise KeyboardInterrupt  # what the CLI sees when the client is stopped
         if self.name == stage:
             done.extend(linears)
         return original(self, linears, loaded, *args)
 
+    def mark_done(self, name, linears, records=None):
+        if name == stage and len(done) > after:
+            raise KeyboardInterrupt
+        return mark(self, name, linears, records)
+
     with monkeypatch.context() as m:
         m.setattr(BlockStage, "run_batch", run_batch)
+        m.setattr(Store, "mark_done", mark_done)
         assert main(["-q", "run", str(cfg)]) == 130
 
 
@@ -131,7 +140,8 @@ def test_input_replaced_by_one_with_identical_statistics(data, monkeypatch, caps
     cfg = config(data, f"replaced-{stage}", "replaced-in.zarr")
     crash_in(monkeypatch, cfg, stage)
     out = data / f"replaced-{stage}.zarr"
-    assert len(list((out / "scratch" / f"done_{stage}").iterdir())) == 6
+    assert marked_blocks(out / "scratch" / f"done_{stage}") == 6  # in 3 marker files: 2 blocks per task
+    assert len(list((out / "scratch" / f"done_{stage}").iterdir())) == 3
     copy_input(data, "mirrored.zarr", "replaced-in.zarr")  # same values, so the same percentiles
     code, err = run(["run", str(cfg)], capsys)
     assert code == 2
@@ -143,6 +153,63 @@ def test_input_replaced_by_one_with_identical_statistics(data, monkeypatch, caps
     same_result(out, data / "reference-mirrored.zarr")
     recomputed = open_group(out).attrs["pipeline"]["recomputed_blocks"]
     assert 0 < recomputed <= (6 if stage == "fragments" else 32)
+
+
+@pytest.mark.parametrize("stage,min_size", [("fragments", 0), ("relabel", 0), ("fragments", 60)])
+def test_killed_mid_batch_resumes_exactly(data, monkeypatch, capsys, stage, min_size):
+    """A run stopped after a batch wrote its blocks (and statistics) but before its one done
+    marker: the rerun, batching blocks otherwise (3 per task, not 4), computes that batch again,
+    drops its unmarked statistics and gives the uninterrupted result (with ``min_size``: the
+    fragment sizes kept in the markers' records)."""
+    over = {"clustering": {"min_size": min_size}} if min_size else {}
+    ref = data / "reference.zarr"
+    if min_size:
+        ref = data / "reference-min-size.zarr"
+        assert main(["-q", "run", str(config(data, "reference-min-size", **over))]) == 0
+    name = f"mid-{stage}-{min_size}"
+    cfg = config(data, name, blocks={"blocks_per_task": 4}, **over)
+    crash_in(monkeypatch, cfg, stage, after=8, mid=True)
+    out = data / f"{name}.zarr"
+    markers = out / "scratch" / f"done_{stage}"
+    assert sorted(p.name for p in markers.iterdir()) == ["0-3-4.json", "4-7-4.json"]
+    if stage == "relabel":  # the stopped batch's statistics were written, not marked
+        assert len(list((out / "scratch" / "stats" / "0").iterdir())) == 3
+    if min_size:
+        assert all("sizes" in r for p in markers.iterdir() for r in json.loads(p.read_text().split("\n")[1]))
+    cfg = config(data, name, blocks={"blocks_per_task": 3}, **over)
+    code, err = run(["run", str(cfg)], capsys)
+    assert code == 0, err
+    same_result(out, ref)
+    assert open_group(out).attrs["resumed_blocks"] == (8 if stage == "fragments" else 32)
+
+
+def test_killed_mid_batch_resumed_on_a_dask_cluster(data, monkeypatch, client1):
+    """The same, resumed on a Dask cluster with the input files touched (new times): the tasks
+    that check inputs and recover finished blocks get their marker files by name, and rewrite
+    the markers whose stamps changed (the next check reads nothing)."""
+    from pipeline.config import load_config
+    from pipeline.run import segment
+
+    copy_input(data, "in.zarr", "dask-in.zarr")
+    cfg = config(data, "mid-dask", "dask-in.zarr", blocks={"blocks_per_task": 4})
+    crash_in(monkeypatch, cfg, "fragments", after=8, mid=True)
+    markers = data / "mid-dask.zarr" / "scratch" / "done_fragments"
+    before = {p.name: json.loads(p.read_text().split("\n")[1]) for p in markers.iterdir()}
+    for f in (data / "dask-in.zarr").rglob("*"):  # the same voxels, new times
+        os.utime(f, (time.time() + 10, time.time() + 10))
+    with monkeypatch.context() as m:  # see the markers before the run finishes
+        from pipeline.store import Store
+
+        seen = {}
+        finish = Store.finish
+        m.setattr(Store, "finish", lambda self, attrs: (seen.update(
+            (p.name, json.loads(p.read_text().split("\n")[1])) for p in markers.iterdir()), finish(self, attrs))[1])
+        segment(load_config(cfg), client=client1)
+    same_result(data / "mid-dask.zarr", data / "reference.zarr")
+    assert open_group(data / "mid-dask.zarr").attrs["resumed_blocks"] == 8
+    for name, records in before.items():  # restamped in place: same blocks, same digests, new stamps
+        assert [r["input"] for r in seen[name]] == [r["input"] for r in records]
+        assert [r["stamp"] for r in seen[name]] != [r["stamp"] for r in records]
 
 
 def test_empty_mask_changed(data, tmp_path, monkeypatch, capsys):
@@ -353,7 +420,7 @@ def test_second_run_refused_then_killed_run_taken_over(data, tmp_path, caplog, c
                              env={**os.environ, "PIPELINE_TEST_DELAY": "0.5"},  # a run that lasts
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (out / "scratch" / "done_fragments").is_dir() or len(os.listdir(out / "scratch" / "done_fragments")) < 4:
+    while marked_blocks(out / "scratch" / "done_fragments") < 4:
         assert first.poll() is None and time.time() < deadline, "the first run ended before the second started"
         time.sleep(0.05)
     code, err = run(["run", str(cfg)], capsys)

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from pipeline.cli import main
 from pipeline.io import open_array, open_group, write_zarr
+from pipeline.store import marked_blocks
 
 from .helpers import passthrough_checkpoint
 
@@ -45,7 +46,7 @@ def test_sigkill_then_rerun_resumes_and_matches(tmp_path, command):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
-        n = sum(1 for p in marker_dir.rglob("*") if p.is_file()) if marker_dir.exists() else 0
+        n = marked_blocks(marker_dir)
         if n >= 40:
             break
         if proc.poll() is not None:
@@ -82,3 +83,28 @@ def test_stale_markers_are_refused(tmp_path, capsys):
     # a complete output is never replaced without --overwrite
     assert main(["-q", "run", str(cfg)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_scratch_files_in_proportion_to_batches(tmp_path, monkeypatch):
+    """256 small blocks, 8 per task: each stage leaves one done marker per batch (not one per
+    block), and the object statistics one file per batch and id range."""
+    from pipeline.store import Store
+
+    cfg = _config(tmp_path, "many", blocks={"write_shape": [4, 8, 8], "blocks_per_task": 8})
+    seen: dict[str, int] = {}
+    finish = Store.finish
+
+    def count_then_finish(self, attrs):
+        scratch = tmp_path / "many.zarr" / "scratch"
+        for folder in scratch.iterdir():
+            seen[folder.name] = sum(1 for p in folder.rglob("*") if p.is_file())
+        return finish(self, attrs)
+
+    monkeypatch.setattr(Store, "finish", count_then_finish)
+    assert main(["-q", "run", str(cfg)]) == 0
+    blocks, batches = 4 * 8 * 8, 4 * 8 * 8 // 8
+    assert seen["done_fragments"] == batches
+    assert 0 < seen["done_relabel"] <= batches and 0 < seen["stats"] <= batches
+    assert seen["done_labels"] == 0 and seen["done_labels_0"] <= 4
+    assert sum(n for name, n in seen.items() if name.startswith("done_") or name == "stats") <= 3 * batches + 8
+    assert seen["faces"] <= blocks  # still one per block that was not empty

@@ -1,11 +1,20 @@
 """What every blockwise stage shares: the task context, done markers and resuming.
 
 A stage says which arrays it creates (:meth:`BlockStage.create`) and how it processes a
-batch of blocks on a worker (:meth:`BlockStage.process`). The base class marks each
-block done as soon as it is written (with the block's record, for stages that read the
-input), skips finished blocks when an interrupted run is resumed once the stage has
-:meth:`~BlockStage.verify`-ed them, and asks the stage to :meth:`~BlockStage.recover` what
-the client needs of those blocks (summaries, statistics) from what they wrote.
+batch of blocks on a worker (:meth:`BlockStage.process`). The base class marks the batch
+done once every block of it is written: one file per batch (with the blocks' records, for
+stages that read the input), so a run leaves files in proportion to its tasks, not to its
+blocks::
+
+    scratch/done_<stage>/
+      0-7-8.json          blocks 0..7 (consecutive: the name says which, nothing is read)
+      8-21-6.json         blocks 8..21 but 6 of them (the others skipped): the file lists them
+                          as [start, count] runs on its first line; records on its second
+
+A run stopped in the middle of a batch computes the whole batch again (its writes are
+idempotent). When an interrupted run is resumed, finished blocks are skipped once the stage
+has :meth:`~BlockStage.verify`-ed them, and the stage :meth:`~BlockStage.recover`-s what the
+client needs of them (summaries, statistics) from what they wrote and their records.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from ..config import InputConfig
 from ..deploy import torch_threads
 from ..engine import Batch, Engine, batched
 from ..predict import NormStats
-from ..store import Store
+from ..store import MarkerIndex, Store
 
 if TYPE_CHECKING:
     from ..prepare import Prepared
@@ -87,6 +96,7 @@ class BlockStage(ABC):
     """
 
     name: ClassVar[str]
+    records: ClassVar[bool] = False  # whether blocks have records (kept with their done markers)
     resources: ClassVar[dict[str, float] | None] = None
     load_resources: ClassVar[dict[str, float] | None] = None
 
@@ -123,14 +133,16 @@ class BlockStage(ABC):
         them; yield ``(block, result)`` per block, or ``(block, result, record)`` where
         ``record`` (a small JSON-able dict) is kept with the block's done marker."""
 
-    def recover(self, blocks: Sequence[Block]) -> list[Any]:
-        """Results of blocks finished by an earlier run, from what they wrote."""
+    def recover(self, blocks: Sequence[Block], records: dict[int, dict[str, Any]]) -> list[Any]:
+        """Results of blocks finished by an earlier run, from what they wrote and their
+        ``records`` (by linear index; read only for stages with :attr:`records`)."""
         return [None] * len(blocks)
 
-    def verify(self, engine: Engine, finished: list[int], stale: list[int]) -> list[int]:
+    def verify(self, engine: Engine, finished: list[int], stale: list[int], index: MarkerIndex) -> list[int]:
         """Client side, when resuming: the blocks among ``finished`` that must be computed again
-        (what they were computed from changed); ``stale``: finished blocks now skipped. The
-        default trusts them (stages that read only the output's own arrays)."""
+        (what they were computed from changed); ``stale``: finished blocks now skipped; ``index``:
+        the marker files that hold them. The default trusts them (stages that read only the
+        output's own arrays)."""
         return []
 
     def forget(self, linears: Sequence[int]) -> None:
@@ -148,17 +160,20 @@ class BlockStage(ABC):
 
     def run_batch(self, linears: Batch, loaded: list[Any] | None, *args: Any) -> list[Any]:
         self.task.set_threads()
-        results = []
-        for block, result, *record in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
-            self.store.mark_done(self.name, block, record[0] if record else None)
+        results, records = [], []
+        for _, result, *record in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
             results.append(result)
+            records.append(record[0] if record else None)
+        if len(linears):  # every block of the batch is written: one marker for the batch
+            self.store.mark_done(self.name, linears, records if self.records else None)
         return results
 
     def run_unloaded(self, linears: Batch, *args: Any) -> list[Any]:
         return self.run_batch(linears, None, *args)
 
-    def recover_batch(self, linears: Batch) -> list[Any]:
-        return self.recover([self.plan.block_at(i) for i in linears])
+    def recover_batch(self, linears: Batch, files: Sequence[str]) -> list[Any]:
+        records = self.store.records(self.name, linears, files) if self.records else {}
+        return self.recover([self.plan.block_at(i) for i in linears], records)
 
     # ------------------------------------------------------------ client side
 
@@ -171,17 +186,22 @@ class BlockStage(ABC):
             self.create()
             self.store.create_markers(self.name)
         skip = self.skip if self.skip is not None else np.zeros(len(self.plan), dtype=bool)
-        marked = self.store.done(self.name, len(self.plan))
+        index = self.store.index(self.name, len(self.plan))
+        marked = index.owner >= 0
         done = marked & ~skip
-        changed = self.verify(engine, np.flatnonzero(done).tolist(), np.flatnonzero(marked & skip).tolist())
+        stale = np.flatnonzero(marked & skip).tolist()
+        changed = self.verify(engine, np.flatnonzero(done).tolist(), stale, index)
         done[changed] = False
+        if changed or stale:  # markers may have been written again (see Store.forget)
+            index = self.store.index(self.name, len(self.plan))
         self.recomputed = len(changed)
         todo = np.flatnonzero(~done & ~skip).tolist()
         finished = np.flatnonzero(done).tolist()
         self.resumed, self.computed = len(finished), len(todo)
         if finished:
             logger.info("%s: resuming, %d of %d blocks already done", self.name, len(finished), len(self.plan))
-            for results in engine.map(self.recover_batch, batched(finished, RECOVER_BATCH), desc=f"{self.name} (resumed)"):
+            for results in engine.map(self.recover_batch, index.batches(finished, RECOVER_BATCH),
+                                      desc=f"{self.name} (resumed)", per_batch=index.files):
                 yield from results
         first = (self.load_batch, self.load_resources) if self.has_load else None
         for results in engine.map(self.run_batch if first else self.run_unloaded, batched(todo, blocks_per_task),

@@ -68,8 +68,8 @@ class FragmentsStage(InputStage):
             ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
             self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
-            if self.keep_sizes:
-                self.store.write_sizes(block, np.bincount(local.ravel())[1:])
+            if self.keep_sizes:  # kept with the block's done marker
+                record = {**record, "sizes": np.bincount(local.ravel())[1:].tolist()}
             yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0,
                           **unreadable}, record
 
@@ -86,9 +86,8 @@ class FragmentsStage(InputStage):
         save_record(self.store.qc_path("blocks.npz"), {**record.arrays(), "skipped": empty})
         return counts, empty
 
-    def recover(self, blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    def recover(self, blocks: Sequence[Block], records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")
-        records = self.store.records(self.name, [b.linear for b in blocks])
         out = []
         for b in blocks:
             unreadable = {"unreadable": records[b.linear]["unreadable"]} if "unreadable" in records[b.linear] else {}
@@ -100,7 +99,7 @@ class FragmentsStage(InputStage):
         return out
 
     def forget(self, linears: Sequence[int]) -> None:
-        """Unmark the blocks and drop their faces and fragment sizes (their fragments are
+        """Unmark the blocks (their records go, sizes included) and drop their faces (their fragments are
         rewritten, or no longer read: a skipped block counts no fragments)."""
         super().forget(linears)
         for i in linears:

@@ -4,7 +4,8 @@ by level, blockwise (see :mod:`pipeline.ome` for where it goes, its levels and m
 Each level is cut into whole-chunk task boxes; a task reads what its box needs of the level
 it comes from (the ``segmentation``, or the level before), resamples it label-safely and
 writes its box, so no task ever holds more than one box and its source. Boxes are marked done
-per level (``scratch/done_labels_<level>``) and a resumed run skips finished ones. The group
+per level and task (``scratch/done_labels_<level>/<first>-<last>-<count>.json``, see
+:mod:`pipeline.stages.base`) and a resumed run skips finished ones. The group
 gets its metadata, and the ``labels`` group its entry, once every level is written.
 """
 
@@ -248,7 +249,8 @@ class LabelsStage:
         for i in linears:
             block = plan.block_at(i)
             arr[block.valid.to_slices()] = self._compute(level, block.valid)
-            self.store.mark_done(self.marker(level), block)
+        if len(linears):
+            self.store.mark_done(self.marker(level), linears)  # one marker file per task
         return len(linears)
 
     # ------------------------------------------------------------ client side

@@ -60,10 +60,10 @@ def select_tables(fin: Tables, linears: Batch) -> list[np.ndarray]:
 
 def tables(counts: np.ndarray, stride: int, mapping: np.ndarray, store: Store | None, min_size: int) -> Tables:
     """:func:`pipeline.merge.global_tables`, on a worker; with ``min_size``, the fragment sizes
-    are read here from what the blocks wrote (they never pass through the client)."""
+    are read here from the records the blocks kept (they never pass through the client)."""
     sizes = None
     if min_size and store is not None:
-        sizes = np.concatenate([np.zeros(0, np.int64)] + [store.read_sizes(b, int(c)) for b, c in enumerate(counts) if c])
+        sizes = store.fragment_sizes("fragments", counts)
     return global_tables(counts, stride, mapping, sizes, min_size)
 
 

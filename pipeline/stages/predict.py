@@ -20,11 +20,12 @@ import numpy as np
 from ..blocks import Block
 from ..config import InputConfig
 from ..empty import is_empty
-from ..engine import Batch, Engine, batched
+from ..engine import Batch, Engine
 from ..geometry import Box
 from ..io import InputError, InputVolume, collect_unreadable, digest, input_where, open_input, stamp
 from ..predict import get_predictor
 from ..resample import ZoomedVolume
+from ..store import MarkerIndex
 from .base import MODEL, BlockStage, Task
 
 logger = logging.getLogger(__name__)
@@ -124,30 +125,39 @@ def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False
     return list(zip(out, records, strict=True))
 
 
-def changed_inputs(task: Task, stage: str, linears: Batch, content: bool) -> list[int]:
-    """The finished blocks among ``linears`` whose input is no longer what they were computed
-    from. ``content``: re-read every block and compare its digest; else only blocks whose files'
+def changed_inputs(task: Task, stage: str, linears: Batch, content: bool, files: Sequence[str]) -> list[int]:
+    """The finished blocks among ``linears`` (held by the marker ``files``, which no other task
+    touches meanwhile) whose input is no longer what they were computed from. ``content``: re-read every block and compare its digest; else only blocks whose files'
     sizes or times changed (:func:`pipeline.io.stamp`) are re-read and compared, and those that
     read chunks as empty when ``input.unreadable`` is now ``error`` (the read says whether they
     are still unreadable). A block whose content is unchanged gets the new stamp (the next check
-    is cheap again)."""
+    is cheap again; its marker file is written again)."""
     vol = input_volume(task.input, task.zoom)
-    records = task.store.records(stage, linears)
+    want = {int(i) for i in linears}
     changed = []
-    for linear in linears:
-        block, old = task.plan.block_at(linear), records[int(linear)]
-        if "input" not in old:  # a marker without a record: nothing to trust
-            changed.append(int(linear))
-            continue
-        filled = bool(old.get("unreadable")) and task.input.unreadable == "error"  # read as empty, now an error
-        if not (content or filled) and old.get("stamp") is not None and stamp(vol.files(block.read)) == old["stamp"]:
-            continue
-        _, now = read_input(task.input, block.read, task.zoom)
-        if now["input"] != old["input"]:
-            changed.append(int(linear))
-        elif now["stamp"] != old.get("stamp"):
-            task.store.mark_done(stage, block, {**old, "stamp": now["stamp"]})
-    return changed
+    for name in files:
+        ids, records = task.store.read_marker(stage, name)
+        records = records if records is not None else [None] * len(ids)
+        restamped = False
+        for k, linear in enumerate(ids.tolist()):
+            old = records[k] or {}
+            if linear not in want:
+                continue
+            if "input" not in old:  # a marker without a record: nothing to trust
+                changed.append(linear)
+                continue
+            block = task.plan.block_at(linear)
+            filled = bool(old.get("unreadable")) and task.input.unreadable == "error"  # read as empty, now an error
+            if not (content or filled) and old.get("stamp") is not None and stamp(vol.files(block.read)) == old["stamp"]:
+                continue
+            _, now = read_input(task.input, block.read, task.zoom)
+            if now["input"] != old["input"]:
+                changed.append(linear)
+            elif now["stamp"] != old.get("stamp"):
+                records[k], restamped = {**old, "stamp": now["stamp"]}, True
+        if restamped:
+            task.store.mark_done(stage, ids, records)
+    return sorted(changed)
 
 
 def output_bytes(task: Task, embed_dim: int, blocks: int) -> int:
@@ -168,6 +178,8 @@ class InputStage(BlockStage):
     Results that are dicts may carry ``unreadable`` (the block's input chunks read as empty),
     gathered in :attr:`unreadable`."""
 
+    records = True
+
     def __init__(self, task: Task) -> None:
         super().__init__(task)
         self.unreadable: dict[str, list[int]] = {}  # input chunks read as empty: chunk -> region (z0, z1, y0, ...)
@@ -178,17 +190,18 @@ class InputStage(BlockStage):
                 self.unreadable.update((chunk, region) for chunk, region in result.get("unreadable", ()))
             yield result
 
-    def check_inputs(self, linears: Batch) -> list[int]:
-        return changed_inputs(self.task, self.name, linears, self.task.resume_check == "content")
+    def check_inputs(self, linears: Batch, files: Sequence[str]) -> list[int]:
+        return changed_inputs(self.task, self.name, linears, self.task.resume_check == "content", files)
 
-    def verify(self, engine: Engine, finished: list[int], stale: list[int]) -> list[int]:
+    def verify(self, engine: Engine, finished: list[int], stale: list[int], index: MarkerIndex) -> list[int]:
         """Finished blocks whose input changed, and those now skipped as empty space (``stale``):
         a one-line refusal, or (``output.changed_input: recompute``) forgotten, to be computed
         again (the changed ones) or skipped (the stale ones)."""
         changed: list[int] = []
         if finished:
             t0 = time.perf_counter()
-            for found in engine.map(self.check_inputs, batched(finished, CHECK_BATCH), desc=f"{self.name} (input check)"):
+            for found in engine.map(self.check_inputs, index.batches(finished, CHECK_BATCH),
+                                    desc=f"{self.name} (input check)", per_batch=index.files):
                 changed += found
             logger.info("%s: input of %d finished blocks checked by %s in %.1f s; %d changed", self.name,
                         len(finished), self.task.resume_check, time.perf_counter() - t0, len(changed))
@@ -240,6 +253,6 @@ class PredictStage(InputStage):
             fg[block.valid.to_slices()] = f
             yield block, {"unreadable": record["unreadable"]} if "unreadable" in record else None, record
 
-    def recover(self, blocks: Sequence[Block]) -> list[Any]:
-        records = self.store.records(self.name, [b.linear for b in blocks])
-        return [{"unreadable": r["unreadable"]} if "unreadable" in r else None for r in records.values()]
+    def recover(self, blocks: Sequence[Block], records: dict[int, dict[str, Any]]) -> list[Any]:
+        return [{"unreadable": records[b.linear]["unreadable"]} if "unreadable" in records[b.linear] else None
+                for b in blocks]

@@ -1,6 +1,6 @@
 """The ``relabel`` stage: each block's fragment ids through its lookup table into the
 global ``segmentation`` (uint32, or uint64 beyond 2**32 - 1 objects); writes the block's
-partial object statistics, split by id range, for the ``objects`` stage.
+partial object statistics, split by id range, one file per batch, for the ``objects`` stage.
 
 With ``input.diameter`` the blocks cover the resampled input: relabel writes the labels of
 that grid to scratch and the ``restore`` stage maps them back to the input grid (nearest
@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..blocks import Block, BlockPlan, rows, span
+from ..engine import Engine
 from ..merge import local_ids, object_stats
 from ..resample import nearest_indices
-from ..store import FRAGMENTS, ZOOMED
+from ..store import FRAGMENTS, ZOOMED, marker_name
 from .base import BlockStage, Task
 from .objects import part_of, stats_rows
 
@@ -33,14 +34,29 @@ class RelabelStage(BlockStage):
         super().__init__(task)
         self.dtype, self.target, self.stats = dtype, target, stats
 
-    def write_stats(self, block: Block, labels: np.ndarray) -> None:
-        """One file per block and id range it touches (a rerun of the block replaces them)."""
-        if not self.stats:
+    def block_stats(self, block: Block, labels: np.ndarray) -> np.ndarray | None:
+        """The block's partial object statistics (one row per object it holds), with ``stats``."""
+        return stats_rows(object_stats(labels, block.valid.offset)) if self.stats else None
+
+    def write_stats(self, blocks: Sequence[Block], rows: list[np.ndarray | None]) -> None:
+        """One file per batch and id range it touches, named by the batch's marker file (a rerun
+        of the batch replaces them; :meth:`run` removes those of batches never marked done)."""
+        if not self.stats or not blocks:
             return
-        rows = stats_rows(object_stats(labels, block.valid.offset))
-        part = part_of(rows["id"])
+        every = np.concatenate([r for r in rows if r is not None])
+        part = part_of(every["id"])
+        name = marker_name(np.sort([b.linear for b in blocks])).removesuffix(".json")
         for p in np.unique(part):
-            self.store.write_stats(int(p), str(block.linear), rows[part == p])
+            self.store.write_stats(int(p), name, every[part == p])
+
+    def run(self, engine: Engine, blocks_per_task: int, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """:meth:`BlockStage.run`, first removing the statistics of batches that were written but
+        not marked done (a run stopped in between; they are computed again, maybe batched
+        otherwise). The stage never forgets single blocks: a changed fragment resets it whole."""
+        if self.stats:
+            names = self.store.index(self.name, len(self.plan)).names
+            self.store.prune_stats({n.removesuffix(".json") for n in names})
+        yield from super().run(engine, blocks_per_task, *args, **kwargs)
 
     def create(self) -> None:
         self.store.create(self.target, self.plan.volume, self.plan.write_shape, self.dtype)
@@ -51,6 +67,7 @@ class RelabelStage(BlockStage):
         (tables,) = args
         table_of = dict(zip((b.linear for b in blocks), tables, strict=True))
         frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(self.target)
+        stats = []
         for run in rows(blocks):
             box = span(run)
             ids = frag[box.to_slices()]
@@ -60,8 +77,9 @@ class RelabelStage(BlockStage):
                 labels[rel] = table_of[block.linear][local_ids(ids[rel], block.linear, self.task.id_stride)]
             seg[box.to_slices()] = labels
             for block in run:
-                self.write_stats(block, labels[block.valid.to_slices(relative_to=box)])
+                stats.append(self.block_stats(block, labels[block.valid.to_slices(relative_to=box)]))
                 yield block, None
+        self.write_stats(blocks, stats)
 
 
 def restore_plan(shape: tuple[int, ...], zoomed: BlockPlan, zoom: tuple[float, ...]) -> BlockPlan:
@@ -83,6 +101,7 @@ class RestoreStage(RelabelStage):
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
         src, seg = self.store.array(ZOOMED, mode="r"), self.store.array(SEGMENTATION)
+        stats = []
         for run in rows(blocks):
             box = span(run)
             idx = [nearest_indices(o, o + s, z, n) for o, s, z, n
@@ -91,5 +110,6 @@ class RestoreStage(RelabelStage):
             labels = np.asarray(region)[np.ix_(*(i - i[0] for i in idx))]
             seg[box.to_slices()] = labels
             for block in run:
-                self.write_stats(block, labels[block.valid.to_slices(relative_to=box)])
+                stats.append(self.block_stats(block, labels[block.valid.to_slices(relative_to=box)]))
                 yield block, None
+        self.write_stats(blocks, stats)
