@@ -49,7 +49,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .engine import Engine
-    from .prepare import plan_summary, prepare
+    from .prepare import cost_table, plan_summary, prepare
     from .run import work_fraction
     from .space import check_space, space_summary
     from .stages import ScanStage
@@ -86,6 +86,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
+    print("\nwrite shapes by predicted cost (* this plan's; cost relative to it):")
+    for line in cost_table(run):
+        print(f"  {line}")
     return 0
 
 

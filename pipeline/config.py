@@ -120,11 +120,13 @@ class ModelConfig(Frozen):
 
 class BlocksConfig(Frozen):
     write_shape: PositiveShape | None = Field(
-        None, description="output block per axis, a multiple of the model step; none: automatic"
+        None, description="output block per axis, a multiple of the model step; none: automatic (target_size, "
+        "else the write shape of least predicted cost that fits the memory, see pipeline.cost)"
     )
     target_size: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="preferred write size per axis when write_shape is automatic; none: 64 on a CPU, "
-        "on a GPU the largest whose batch fits half its memory"
+        None, description="write size per axis (rounded to the model step, at most the volume) when write_shape "
+        "is not given, instead of the cost choice; none: the write shape of least predicted cost whose batch "
+        "of blocks fits a quarter of a CPU worker's memory or half the GPU's (`pipeline plan` shows candidates)"
     )
     gpu_memory_gib: float | None = Field(
         None, gt=0, description="GPU memory to size automatic blocks for, when planning where that GPU is not "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import cost
 from .blocks import BlockPlan
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import JOBQUEUE_KINDS, Config, load_config, validate_config
@@ -115,7 +116,9 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     if zoom:
         logger.info("input.diameter %s: resampling %s by %s to %s", cfg.input.diameter, list(vol.shape),
                     [round(z, 4) for z in zoom], list(grid.shape))
-    write = cfg.blocks.write_shape or auto_write_shape(grid.shape, spec.step, target_size(cfg, spec, grid.shape))
+    write = cfg.blocks.write_shape or (auto_write_shape(grid.shape, spec.step, cfg.blocks.target_size)
+                                       if cfg.blocks.target_size else
+                                       ranked_blocks(cfg, spec, grid.shape, grid.chunks)[0].write)
     plan = BlockPlan(grid.shape, write, spec.context, spec.step)
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
@@ -156,9 +159,6 @@ def auto_blocks_per_task(blocks: int, workers: int, block_bytes: int, batch_size
     return max(batch_size, min(per, max(1, TASK_BYTES // max(block_bytes, 1))))
 
 
-CPU_TARGET = 64  # write size per axis on a CPU: small blocks, many tasks for few cores
-
-
 def gpu_memory(cfg: Config) -> int | None:
     """Bytes of the GPU the model will run on: configured, else the visible one's (None: CPU)."""
     if cfg.blocks.gpu_memory_gib:
@@ -170,36 +170,69 @@ def gpu_memory(cfg: Config) -> int | None:
     return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None
 
 
-def block_bytes(spec: ModelSpec, write: Sequence[int]) -> int:
-    """Estimated device memory of one block through the network: the raw and normalised input,
-    the first level's features (twice, for the skip connection) and the output."""
-    read = [w + 2 * c for w, c in zip(write, spec.context, strict=True)]
-    return 4 * (math.prod(read) * (2 + 2 * spec.base_features) + math.prod(write) * (spec.out_channels + 1))
+UNKNOWN_WORKER_MEMORY = 4 << 30  # a worker of an existing scheduler (kind address): its limit is not known
 
 
-def target_size(cfg: Config, spec: ModelSpec, volume: Sequence[int]) -> int:
-    """The configured target, else 64 on a CPU, else on a GPU the largest target (in steps of
-    16) whose ``model.batch_size`` blocks fit half the GPU's memory."""
-    if cfg.blocks.target_size:
-        return cfg.blocks.target_size
+def worker_memory(cluster: Any) -> int:
+    """Memory limit of one Dask worker of ``cluster`` (serial: this machine's): local as Dask
+    resolves ``memory_limit`` ('auto': the machine's share of the worker's threads), batch jobs
+    ``memory / processes``, an existing scheduler :data:`UNKNOWN_WORKER_MEMORY`."""
+    from dask.system import CPU_COUNT
+    from dask.utils import parse_bytes
+    from distributed.system import MEMORY_LIMIT
+
+    if cluster.kind == "local":
+        if cluster.memory_limit == "auto":
+            return int(MEMORY_LIMIT * min(1, cluster.threads_per_worker / CPU_COUNT))
+        return min(int(parse_bytes(cluster.memory_limit)), MEMORY_LIMIT)
+    if cluster.kind in JOBQUEUE_KINDS:
+        return int(parse_bytes(cluster.memory) // cluster.processes)
+    if cluster.kind == "address":
+        return UNKNOWN_WORKER_MEMORY
+    return int(MEMORY_LIMIT // (len(cluster.devices) if cluster.kind == "local-cuda" and cluster.devices else 1))
+
+
+# block_bytes measured against a CPU forward pass of the bundled model (benchmarks/blocks.py calibrate):
+# the peak is ~2x the estimate (238-275 B per read voxel vs 145), so a CPU block gets a quarter of the
+# worker's memory where a GPU block gets half of the GPU's.
+CPU_MEMORY_SHARE = 4
+GPU_MEMORY_SHARE = 2
+
+
+def block_memory(cfg: Config) -> tuple[int, str]:
+    """Bytes :func:`block_bytes` of one block may use, and what that is a share of: half the GPU's
+    memory, else a quarter of the worker's, divided by ``model.batch_size`` (the blocks of one pass)."""
     memory = gpu_memory(cfg)
-    if memory is None:
-        return CPU_TARGET
-    best = CPU_TARGET
-    for target in range(CPU_TARGET, 1025, 16):
-        write = auto_write_shape(volume, spec.step, target)
-        if block_bytes(spec, write) * cfg.model.batch_size > memory // 2:
-            break
-        best = target
-    return best
+    if memory is not None:
+        return memory // GPU_MEMORY_SHARE // cfg.model.batch_size, f"GPU with {memory / 2**30:.0f} GiB"
+    memory = worker_memory(cfg.cluster)
+    return (memory // CPU_MEMORY_SHARE // cfg.model.batch_size,
+            f"CPU worker with {memory / 2**30:.1f} GiB")
+
+
+def block_bytes(spec: ModelSpec, write: Sequence[int]) -> int:
+    """Estimated memory of one block through the network (:func:`pipeline.cost.block_bytes`)."""
+    return cost.block_bytes(write, spec.context, spec.base_features, spec.out_channels)
+
+
+def ranked_blocks(cfg: Config, spec: ModelSpec, volume: Sequence[int], chunks: Sequence[int]) -> list[cost.Terms]:
+    """Candidate write shapes for ``volume`` read from ``chunks``, cheapest first
+    (:func:`pipeline.cost.ranked`, on the cluster's workers, within :func:`block_memory`)."""
+    memory, _ = block_memory(cfg)
+    found = cost.ranked(volume, spec.step, spec.context, chunks, memory, spec.base_features,
+                        spec.out_channels, workers=planned_workers(cfg.cluster))
+    if block_bytes(spec, found[0].write) > memory:
+        logger.warning("even blocks of one model step %s need about %.0f MiB, more than the %.0f MiB a block may "
+                       "use; give the workers more memory or set blocks.write_shape", list(spec.step),
+                       block_bytes(spec, found[0].write) / 2**20, memory / 2**20)
+    return found
 
 
 def chunks_per_block(chunks: Sequence[int], plan: BlockPlan) -> float:
     """Average number of input chunks one block's read box touches."""
     total = 1.0
-    for c, w, r, ctx, g in zip(chunks, plan.write_shape, plan.read_shape, plan.context, plan.grid, strict=True):
-        starts = [i * w - ctx for i in range(g)]
-        total *= sum((s + r - 1) // c - s // c + 1 for s in starts) / g
+    for v, c, w, ctx, g in zip(plan.volume, chunks, plan.write_shape, plan.context, plan.grid, strict=True):
+        total *= cost.axis_chunks(v, w, ctx, c) / g
     return total
 
 
@@ -237,23 +270,36 @@ def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     )
 
 
+def block_choice(cfg: Config) -> str:
+    """How the write shape was chosen."""
+    if cfg.blocks.write_shape:
+        return "blocks.write_shape"
+    if cfg.blocks.target_size:
+        return f"blocks.target_size {cfg.blocks.target_size}"
+    return "least predicted cost"
+
+
 def plan_summary(run: Prepared) -> dict[str, Any]:
     """Numbers printed by ``pipeline plan``."""
     plan = run.plan
-    memory = gpu_memory(run.config)
+    memory, sized_for = block_memory(run.config)
+    workers = planned_workers(run.config.cluster)
     return {
         "volume_shape": list(plan.volume),
         "input_dtype": str(run.volume.dtype),
         "step": list(plan.step),
         "context": list(plan.context),
         "write_shape": list(plan.write_shape),
+        "write_shape_from": block_choice(run.config),
         "read_shape": list(plan.read_shape),
         "grid": list(plan.grid),
         "blocks": len(plan),
         "blocks_per_task": run.blocks_per_task,
         "redundancy": round(plan.redundancy, 3),
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
-        "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
+        "blocks_sized_for": f"{sized_for}: at most {memory / 2**20:.0f} MiB per block",
+        "predicted_cost_s": round(cost.predicted_cost(plan.volume, plan.write_shape, plan.context, run.grid.chunks,
+                                                      workers=workers), 1),
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "zoom": list(run.zoom) if run.zoom else None,
@@ -262,3 +308,23 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
         "plan_digest": plan.digest(),
     }
+
+
+def cost_table(run: Prepared, rows: int = 5) -> list[str]:
+    """The plan's write shape and the next cheapest candidates, as lines of a table: blocks,
+    redundancy, over-read, memory per block and predicted cost relative to the plan's
+    (:mod:`pipeline.cost`; this CPU's coefficients, the cluster's workers)."""
+    plan, spec = run.plan, run.spec
+    workers = planned_workers(run.config.cluster)
+    chosen = cost.terms(plan.volume, plan.write_shape, plan.context, run.grid.chunks)
+    others = [t for t in ranked_blocks(run.config, spec, plan.volume, run.grid.chunks) if t.write != chosen.write]
+    base = chosen.cost(workers=workers)
+    header = ("write shape", "blocks", "redundancy", "over-read", "MiB/block", "cost")
+    table = [header]
+    for k, t in enumerate([chosen, *others[: rows - 1]]):
+        table.append((str(list(t.write)) + (" *" if k == 0 else ""), str(t.blocks), f"{t.redundancy:.2f}",
+                      f"{t.over_read:.2f}", f"{block_bytes(spec, t.write) / 2**20:.0f}",
+                      f"{t.cost(workers=workers) / base:.2f}x"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in table]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -96,8 +97,9 @@ def test_cli_plan(tmp_path, capsys):
 
 
 def test_automatic_blocks_sized_for_the_gpu(tmp_path, capsys):
-    """Automatic write shapes: 64 per axis on a CPU; on a GPU the largest whose batch of blocks
-    fits half its memory (here a GPU named by size, as when planning on a login node)."""
+    """Automatic write shapes: the cheapest (pipeline.cost) whose block fits a quarter of a CPU
+    worker's memory, or whose batch of blocks fits half the GPU's (here a GPU named by size, as
+    when planning on a login node): more memory, larger blocks, never over the limit."""
     from pipeline.prepare import block_bytes, prepare
 
     cfg = yaml.safe_load(_setup(tmp_path, shape=(12, 40, 40)).read_text())
@@ -108,15 +110,18 @@ def test_automatic_blocks_sized_for_the_gpu(tmp_path, capsys):
     cfg["input"] = {"path": str(tmp_path / "big.zarr"), "dataset": "raw"}
     cfg["blocks"] = {}
     cfg["model"]["device"] = "cpu"
+    cfg["cluster"] = {"kind": "local", "n_workers": 2, "memory_limit": "4GiB"}
     cpu = prepare(cfg)
-    assert cpu.plan.write_shape == (64, 64, 64)
+    assert block_bytes(cpu.spec, cpu.plan.write_shape) <= 2**30
+    assert math.prod(cpu.plan.write_shape) > 64**3
+    sizes = {}
     for gib, batch in ((80, 1), (80, 4), (16, 1)):
         run = prepare({**cfg, "model": {**cfg["model"], "batch_size": batch},
                        "blocks": {"gpu_memory_gib": gib}})
         w = run.plan.write_shape
-        assert w > (64, 64, 64) and block_bytes(run.spec, w) * batch <= gib * 2**30 / 2
-        bigger = tuple(x + 16 for x in w)
-        assert block_bytes(run.spec, bigger) * batch > gib * 2**30 / 2
+        assert math.prod(w) > math.prod(cpu.plan.write_shape) and block_bytes(run.spec, w) * batch <= gib * 2**30 / 2
+        sizes[gib, batch] = math.prod(w)
+    assert sizes[80, 1] > sizes[80, 4] and sizes[80, 1] > sizes[16, 1]
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({**cfg, "blocks": {"gpu_memory_gib": 80}}))
     assert main(["plan", str(tmp_path / "g.yaml")]) == 0
     assert "GPU with 80 GiB" in capsys.readouterr().out
