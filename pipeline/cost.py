@@ -50,7 +50,7 @@ class Coefficients:
 
 # Measured by `python benchmarks/blocks.py calibrate` (AMD EPYC, 2 cores, bundled model, serial, float32
 # input in zstd-compressed chunks (16,64,64)); RESULTS.md "Default blocks chosen by cost" has the runs.
-CPU = Coefficients(network=1.0e-6, growth=0.1e-12, decompress=0.020e-6, block=0.01)
+CPU = Coefficients(network=1.10e-6, growth=0.056e-12, decompress=0.0185e-6, block=0.0027)
 
 
 def axis_blocks(volume: int, write: int) -> int:
