@@ -30,6 +30,7 @@ from pipeline.geometry import Box  # noqa: E402
 from pipeline.io import open_array  # noqa: E402
 from pipeline.napari import launch  # noqa: E402
 from pipeline.napari.widgets import KeepWidget, RunWidget, SegmentViewWidget, view_box  # noqa: E402
+from pipeline.prepare import prepare  # noqa: E402
 from pipeline.run import segment  # noqa: E402
 
 from .test_region import check_region  # noqa: E402
@@ -94,14 +95,20 @@ def test_segment_this_view_equals_the_full_run_clear_of_the_edge(make_napari_vie
     qtbot.waitUntil(lambda: "preview" in viewer.layers or widget.status.text().startswith("error"), timeout=300_000)
     assert "preview" in viewer.layers, widget.status.text()
     plan = widget.plan.text()
-    assert "4 blocks of [48, 64, 64]" in plan and "label image: standalone" in plan and "this preview: 1 block" in plan
+    full_plan = prepare({"input": {"path": str(demo[0]), "dataset": "raw"}, "output": {"path": str(out)},
+                         "cluster": {"kind": "local", "n_workers": 2}}).plan  # the full run's (automatic blocks)
+    assert f"{len(full_plan)} blocks of {list(full_plan.write_shape)}" in plan
+    assert "label image: standalone" in plan and "this preview: 1 block" in plan
     preview = viewer.layers["preview"]
     result = Path(preview.metadata["pipeline"]["result"])
     full, part = open_array(out / "segmentation")[...], open_array(result / "segmentation")[...]
     exact, edge = check_region(full, part, result)
     assert exact >= 10 and edge >= 3, (exact, edge)
-    assert preview.translate.tolist() == [0.0, 0.0, 64.0]  # the computed box: blocks (0, 0, 1) and (0, 1, 1)...
-    assert preview.data.shape == (48, 64, 64) and "exact" in preview.features.columns
+    # the computed box: whole blocks of the full run's grid
+    assert all(t % w == 0 for t, w in zip(preview.translate.tolist(), full_plan.write_shape, strict=True))
+    assert all(n % w == 0 or t + n == v for t, n, w, v in zip(preview.translate.tolist(), preview.data.shape,
+                                                             full_plan.write_shape, full_plan.volume, strict=True))
+    assert "exact" in preview.features.columns
     qtbot.waitUntil(lambda: widget.go.isEnabled(), timeout=10_000)
     widget.start()  # Cancel: the run stops at its next step
     widget.stop()

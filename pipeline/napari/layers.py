@@ -176,6 +176,8 @@ def image_layer(result: Path, meta: dict[str, Any]) -> tuple[LayerData | None, F
     norm = meta.get("normalisation") or {}
     config = meta.get("config", {})
     kept = {k: config[k] for k in KEPT if k in config}  # a preview or a new run on this image keeps its blocks
+    if (meta.get("plan") or {}).get("write_shape"):  # the plan's, also when it was chosen automatically
+        kept["blocks"] = {**kept.get("blocks", {}), "write_shape": meta["plan"]["write_shape"]}
     kwargs: dict[str, Any] = {"name": Path(cfg.path).stem + (f" {cfg.dataset}" if cfg.dataset else ""),
                               "scale": scale, "translate": translate, "multiscale": len(data) > 1,
                               "metadata": {"pipeline": {"input": {**recorded, "path": str(where)}, "run": kept}}}

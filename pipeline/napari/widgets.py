@@ -255,6 +255,20 @@ def where(target: Any) -> str:
     return f"standalone, <output>/labels/{target.name} (NGFF {target.version}, {len(target.levels)} levels)"
 
 
+def pin_blocks(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``blocks.write_shape`` set: the run's own, else the automatic choice for the default
+    cluster (a local one). The automatic write shape depends on the cluster's workers and memory
+    (:mod:`pipeline.cost`); a preview (serial) and the run it previews must share one block grid."""
+    blocks = dict(config.get("blocks") or {})
+    if blocks.get("write_shape"):
+        return config
+    from ..prepare import prepare
+
+    output = {k: v for k, v in config["output"].items() if k != "labels"}
+    run = prepare({**config, "output": output, "cluster": {"kind": "local"}})
+    return {**config, "blocks": {**blocks, "write_shape": list(run.plan.write_shape)}}
+
+
 def plan_text(config: dict[str, Any], region: Box) -> str:
     """``pipeline plan``'s numbers for the whole volume (the run the preview stands for: its label
     image too), and the blocks the preview of ``region`` computes; a preview larger than
@@ -363,6 +377,7 @@ class SegmentViewWidget(SettingsWidget):
         from ..progress import listening
         from ..run import segment
 
+        config = pin_blocks(config)
         self.bridge.plan.emit(plan_text(config, region))
 
         def listen(desc: str, done: int, total: int) -> None:
@@ -480,7 +495,7 @@ class RunWidget(SettingsWidget):
         try:
             out = Path(self.output.text().strip()).expanduser().resolve()
             path = self.config_path()
-            launch.write_config(self.settings.config(out, self.cluster()), path)
+            launch.write_config(pin_blocks(self.settings.config(out, self.cluster())), path)
         except (UsageError, OSError) as exc:
             self.status.setText(f"error: {exc}")
             return None
