@@ -261,6 +261,7 @@ def test_changed_model_or_settings_refused_by_name(data, monkeypatch, capsys):
                            ("merge.min_contact=3", "min_contact 1 -> 3"),
                            ("empty.threshold=0.3", "empty: threshold 0.1 -> 0.3"),
                            ("blocks.write_shape=[8,32,32]", "blocks: write_shape [8, 16, 16] -> [8, 32, 32]"),
+                           ("blocks.write_shape=null", "blocks: write_shape [8, 16, 16] -> "),  # the cost choice
                            ("model.precision=float64", "model.precision float32 -> float64")]:
         code, err = run(["run", str(cfg), "--set", change], capsys)
         assert code == 2, change
