@@ -23,9 +23,9 @@ whose block fits the memory a worker gives one block; the cheapest wins, ties to
 block, then to the earlier axes' smaller size (the same numbers give the same plan).
 
 :data:`CPU` holds coefficients measured on the project's 2-core CPU machine with the bundled
-model by ``python benchmarks/blocks.py calibrate`` (see benchmarks/RESULTS.md). They are
-used on a GPU too, where only the memory limit differs: a GPU computes voxels faster, which
-favours large blocks even more, and there the memory limit decides.
+model by ``python benchmarks/blocks.py calibrate`` (see benchmarks/RESULTS.md). On a GPU
+(:data:`GPU`, not measured) the same without the growth term: a GPU computes voxels faster,
+which favours large blocks even more, and there the memory limit decides.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class Coefficients:
 # Measured by `python benchmarks/blocks.py calibrate` (AMD EPYC, 2 cores, bundled model, serial, float32
 # input in zstd-compressed chunks (16,64,64)); RESULTS.md "Default blocks chosen by cost" has the runs.
 CPU = Coefficients(network=1.10e-6, growth=0.056e-12, decompress=0.0185e-6, block=0.0027)
+# Not measured (no GPU lent to this work): the CPU's, without the growth term, which is the CPU caches'
+# (a GPU is not slower per voxel on larger blocks); there the memory limit decides, as it did before.
+GPU = Coefficients(network=CPU.network, growth=0.0, decompress=CPU.decompress, block=CPU.block)
 
 
 def axis_blocks(volume: int, write: int) -> int:

@@ -215,12 +215,17 @@ def block_bytes(spec: ModelSpec, write: Sequence[int]) -> int:
     return cost.block_bytes(write, spec.context, spec.base_features, spec.out_channels)
 
 
+def coefficients(cfg: Config) -> cost.Coefficients:
+    """The cost model's coefficients for the device the model runs on."""
+    return cost.CPU if gpu_memory(cfg) is None else cost.GPU
+
+
 def ranked_blocks(cfg: Config, spec: ModelSpec, volume: Sequence[int], chunks: Sequence[int]) -> list[cost.Terms]:
     """Candidate write shapes for ``volume`` read from ``chunks``, cheapest first
     (:func:`pipeline.cost.ranked`, on the cluster's workers, within :func:`block_memory`)."""
     memory, _ = block_memory(cfg)
     found = cost.ranked(volume, spec.step, spec.context, chunks, memory, spec.base_features,
-                        spec.out_channels, workers=planned_workers(cfg.cluster))
+                        spec.out_channels, coefficients(cfg), planned_workers(cfg.cluster))
     if block_bytes(spec, found[0].write) > memory:
         logger.warning("even blocks of one model step %s need about %.0f MiB, more than the %.0f MiB a block may "
                        "use; give the workers more memory or set blocks.write_shape", list(spec.step),
@@ -299,7 +304,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
         "blocks_sized_for": f"{sized_for}: at most {memory / 2**20:.0f} MiB per block",
         "predicted_cost_s": round(cost.predicted_cost(plan.volume, plan.write_shape, plan.context, run.grid.chunks,
-                                                      workers=workers), 1),
+                                                      coefficients(run.config), workers), 1),
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "zoom": list(run.zoom) if run.zoom else None,
@@ -313,18 +318,19 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
 def cost_table(run: Prepared, rows: int = 5) -> list[str]:
     """The plan's write shape and the next cheapest candidates, as lines of a table: blocks,
     redundancy, over-read, memory per block and predicted cost relative to the plan's
-    (:mod:`pipeline.cost`; this CPU's coefficients, the cluster's workers)."""
+    (:mod:`pipeline.cost`: the device's coefficients, the cluster's workers)."""
     plan, spec = run.plan, run.spec
     workers = planned_workers(run.config.cluster)
     chosen = cost.terms(plan.volume, plan.write_shape, plan.context, run.grid.chunks)
     others = [t for t in ranked_blocks(run.config, spec, plan.volume, run.grid.chunks) if t.write != chosen.write]
-    base = chosen.cost(workers=workers)
+    coeff = coefficients(run.config)
+    base = chosen.cost(coeff, workers)
     header = ("write shape", "blocks", "redundancy", "over-read", "MiB/block", "cost")
     table = [header]
     for k, t in enumerate([chosen, *others[: rows - 1]]):
         table.append((str(list(t.write)) + (" *" if k == 0 else ""), str(t.blocks), f"{t.redundancy:.2f}",
                       f"{t.over_read:.2f}", f"{block_bytes(spec, t.write) / 2**20:.0f}",
-                      f"{t.cost(workers=workers) / base:.2f}x"))
+                      f"{t.cost(coeff, workers) / base:.2f}x"))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
             for r in table]

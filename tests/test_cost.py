@@ -171,3 +171,14 @@ def test_plan_prints_the_cost_table(tmp_path, capsys):
     assert re.search(r"write_shape_from +blocks.write_shape", out) and "[16, 64, 64] *" in out
     rows = out.split("write shapes by predicted cost")[1].strip().splitlines()[2:]
     assert any(float(r.split()[-1][:-1]) < 1.0 for r in rows)  # a cheaper block than the one given
+
+
+def test_without_the_growth_term_a_gpu_takes_the_largest_block_that_pays():
+    """GPU coefficients (no growth: caches are the CPU's) take at least the CPU's block, and the whole
+    volume when it fits and one device runs it."""
+    volume, chunks = (256, 1024, 1024), (64, 128, 128)
+    cpu = ranked(volume, STEP, CONTEXT, chunks, 40 << 30, FEATURES, OUTPUTS, cost.CPU)[0].write
+    gpu = ranked(volume, STEP, CONTEXT, chunks, 40 << 30, FEATURES, OUTPUTS, cost.GPU)[0].write
+    assert math.prod(gpu) > math.prod(cpu)
+    small = (64, 256, 256)
+    assert ranked(small, STEP, CONTEXT, chunks, 40 << 30, FEATURES, OUTPUTS, cost.GPU)[0].write == small
