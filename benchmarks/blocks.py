@@ -177,9 +177,9 @@ fn = predict if sys.argv[2] == "predict" else segment
 t0 = time.perf_counter()
 out = fn(cfg)
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-result = {"seconds": seconds, "peak_mib": peak, "children_peak_mib": kids}
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+result = {"seconds": seconds, "peak_mib": me.ru_maxrss / 1024, "children_peak_mib": kids.ru_maxrss / 1024,
+          "cpu": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
 if sys.argv[2] == "run":
     import numpy as np
     from pipeline.io import open_array
@@ -225,23 +225,28 @@ def compare(args: argparse.Namespace) -> None:
                         raise SystemExit(f"{name} {what} failed:\n{proc.stderr[-3000:]}")
                     r = json.loads(line[0][7:])
                     results.setdefault((what, name), []).append(r)
-                    print(f"  {what} {name} {list(write)}: {r['seconds']:.1f} s, peak {r['peak_mib']:.0f} MiB"
+                    print(f"  {what} {name} {list(write)}: {r['seconds']:.1f} s ({r['cpu']:.1f} CPU s), "
+                          f"peak {r['peak_mib']:.0f} MiB"
                           + (f", workers peak {r['children_peak_mib']:.0f} MiB" if args.cluster == "local" else "")
                           + (f", {r['objects']} objects, AP@0.5 {r['ap50']:.3f}" if what == "run" else ""), flush=True)
-        print("| stage | write shape | blocks | redundancy | wall (median) | peak RSS | new/old |")
-        print("|---|---|---|---|---|---|---|")
+        print("| stage | write shape | blocks | redundancy | wall (median; runs) | CPU s (median) | peak RSS | "
+              "new/old wall | new/old CPU |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for what in args.what:
             old_s = statistics.median(r["seconds"] for r in results[(what, "old")])
+            old_c = statistics.median(r["cpu"] for r in results[(what, "old")])
             for name, write in shapes.items():
                 rs = results[(what, name)]
                 sec = statistics.median(r["seconds"] for r in rs)
+                cpu = statistics.median(r["cpu"] for r in rs)
                 peak = max(max(r["peak_mib"], r["children_peak_mib"]) for r in rs)
                 from pipeline.cost import terms
 
                 t = terms(shape, write, run.spec.context, args.chunks)
                 runs = ", ".join(f"{r['seconds']:.1f}" for r in rs)
-                print(f"| {what} | {list(write)} | {t.blocks} | {t.redundancy:.2f} | {sec:.1f} s ({runs}) | {peak:.0f} MiB | "
-                      f"{'' if name == 'old' else f'{sec / old_s:.2f}'} |")
+                print(f"| {what} | {list(write)} | {t.blocks} | {t.redundancy:.2f} | {sec:.1f} s ({runs}) | {cpu:.1f} | "
+                      f"{peak:.0f} MiB | {'' if name == 'old' else f'{sec / old_s:.2f}'} | "
+                      f"{'' if name == 'old' else f'{cpu / old_c:.2f}'} |")
 
 
 def main() -> None:
