@@ -17,7 +17,8 @@ calibrate  measures the coefficients of :data:`pipeline.cost.CPU` on this machin
            It also measures the peak memory of one forward pass per read voxel (against
            ``block_bytes``' estimate), which sizes the CPU memory share in ``pipeline.prepare``.
 compare    ``pipeline predict`` and ``pipeline run`` of a synthetic volume with objects, old default
-           (64,64,64) vs the planner's choice, each in a fresh process (peak RSS is its own);
+           (64,64,64) vs the planner's choice, each in a fresh process (peak RSS is its own:
+           VmHWM; workers: the largest child's ru_maxrss, which includes what it inherited);
            ``--repeats`` alternating runs each, the median reported, with ratios.
 
     python benchmarks/blocks.py calibrate
@@ -178,7 +179,9 @@ t0 = time.perf_counter()
 out = fn(cfg)
 seconds = time.perf_counter() - t0
 me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-result = {"seconds": seconds, "peak_mib": me.ru_maxrss / 1024, "children_peak_mib": kids.ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so it would report the parent's peak
+hwm = [int(x.split()[1]) for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM")][0]
+result = {"seconds": seconds, "peak_mib": hwm / 1024, "children_peak_mib": kids.ru_maxrss / 1024,
           "cpu": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
 if sys.argv[2] == "run":
     import numpy as np

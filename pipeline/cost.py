@@ -7,8 +7,8 @@ The automatic write shape is the candidate of least predicted cost::
 
     voxels read            sum of the read boxes (write + 2 x context per axis): the network
                            computes each one, halo included (redundancy = read / written)
-    x read box             a voxel costs more in a larger block (measured: 1.08 us in a read box
-                           of 0.43 Mvox, 1.51 us in one of 4.7 Mvox: caches), so very large
+    x read box             a voxel costs more in a larger block (measured: 1.03 us in a read box
+                           of 0.43 Mvox, 1.48 us in one of 4.7 Mvox: caches), so very large
                            blocks lose what their smaller halo saves
     voxels decompressed    input chunks each read box touches x chunk voxels (over-read)
     blocks                 per-block work that does not grow with its size: a task, its input
@@ -18,9 +18,10 @@ The automatic write shape is the candidate of least predicted cost::
 
 Every term is a product of one factor per axis, so a candidate's cost is a few products.
 Candidates are write shapes that are multiples of ``step`` per axis (each axis: the smallest
-size for each number of blocks along it, and multiples of the input's chunks), no larger than the volume rounded up to ``step``,
-whose block fits the memory a worker gives one block; the cheapest wins, ties to the smaller
-block, then to the earlier axes' smaller size (the same numbers give the same plan).
+size for each number of blocks along it, and multiples of the input's chunks), no larger than
+the volume rounded up to ``step``, whose block fits the memory a worker gives one block; the
+cheapest wins, ties to the smaller block, then to the earlier axes' smaller size (the same
+numbers give the same plan). Costs are CPU seconds of one core; only their ratios choose.
 
 :data:`CPU` holds coefficients measured on the project's 2-core CPU machine with the bundled
 model by ``python benchmarks/blocks.py calibrate`` (see benchmarks/RESULTS.md). On a GPU

@@ -193,8 +193,8 @@ def worker_memory(cluster: Any) -> int:
 
 
 # block_bytes measured against a CPU forward pass of the bundled model (benchmarks/blocks.py calibrate):
-# the peak is ~2x the estimate (238-275 B per read voxel vs 145), so a CPU block gets a quarter of the
-# worker's memory where a GPU block gets half of the GPU's.
+# the peak is 1.4-2.8x the estimate (201-394 B per read voxel vs 141-153; the most on small blocks), so a
+# CPU block gets a quarter of the worker's memory where a GPU block gets half of the GPU's.
 CPU_MEMORY_SHARE = 4
 GPU_MEMORY_SHARE = 2
 
