@@ -8,7 +8,9 @@ stage, the resume key, provenance and completion.
                                       the OME-Zarr label image went; unreadable_input)
       lock.json                       while a run writes: its host, pid, run id, start time
                                       (pipeline.lock); its modification time is refreshed
-      segmentation                    (run) global instance labels (dimension_names z, y, x)
+      segmentation                    (run) global instance labels (dimension_names z, y, x); with a
+                                      label image, a symbolic link to its full-resolution level
+                                      (written once, see Link)
       labels/<name>/0, 1, ...         (run, output.labels standalone, or auto for a non-OME input)
                                       OME-Zarr 0.5 label image: pyramid of segmentation; labels/
                                       lists it (see pipeline.ome)
@@ -181,23 +183,74 @@ class MarkerIndex:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An array of the run written elsewhere, once: ``path``, the array in its own (existing)
+    group, with ``dims`` as its dimension names; the output group holds a symbolic link ``name``
+    to it, so readers of ``<output>/<name>`` find it. The label image's full-resolution level is
+    the ``segmentation`` this way (see :mod:`pipeline.stages.labels`)."""
+
+    name: str
+    path: str
+    dims: tuple[str, ...]
+
+    def target(self, output: Path) -> str:
+        """What the link says: relative inside the output group, absolute elsewhere (the input
+        image's ``labels/``), so that moving the output alone keeps it valid."""
+        real = Path(self.path).resolve()
+        return os.path.relpath(real, output.resolve()) if real.is_relative_to(output.resolve()) else str(real)
+
+
+def can_link(folder: str | Path) -> bool:
+    """Whether ``folder``'s filesystem takes symbolic links (tried with a throwaway link)."""
+    probe = Path(folder) / f".pipeline-link-{uuid.uuid4().hex}"
+    try:
+        os.symlink(".", probe)
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
 class Store:
-    """The output group of one run (``run_id`` keys the per-process array cache)."""
+    """The output group of one run (``run_id`` keys the per-process array cache; ``links``:
+    arrays written elsewhere, see :class:`Link`)."""
 
     path: str
     run_id: str
+    links: tuple[Link, ...] = ()
 
     # ------------------------------------------------------------ arrays
 
+    def link(self, name: str) -> Link | None:
+        return next((k for k in self.links if k.name == name), None)
+
+    def where(self, name: str) -> Path:
+        """Where the array ``name`` is written: the output group, or its link's target."""
+        found = self.link(name)
+        return Path(found.path) if found else Path(self.path) / name
+
     def array(self, name: str, mode: str = "r+") -> Any:
         """An array of the group, opened once per process and run."""
-        return _cached_array(str(Path(self.path) / name), mode, self.run_id)
+        return _cached_array(str(self.where(name)), mode, self.run_id)
 
     def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, channels: bool = False) -> None:
         """A new array (replacing a stale one left by a run that stopped before using it), with
-        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``)."""
-        dims = dimension_names(len(shape) - channels, channels)
-        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
+        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``). A linked array is
+        created at its target, and the link in the output group made (again)."""
+        found = self.link(name)
+        if found is None:
+            dims = dimension_names(len(shape) - channels, channels)
+            create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
+            return
+        real = Path(found.path)
+        create_array(open_group(real.parent), real.name, shape, chunks, dtype, overwrite=True, dims=found.dims)
+        at = Path(self.path) / name
+        if at.is_symlink() or at.is_file():
+            at.unlink()
+        elif at.exists():  # an unlinked copy left by an earlier layout of this output
+            shutil.rmtree(at)
+        os.symlink(found.target(Path(self.path)), at)
 
     def qc_path(self, name: str) -> Path:
         """A file of the run's quality record, ``qc/<name>`` (kept when the run finishes)."""
@@ -217,6 +270,11 @@ class Store:
     def clear_markers(self, stage: str) -> None:
         """Forget which blocks ``stage`` finished (what they wrote is being replaced)."""
         shutil.rmtree(self._markers(stage), ignore_errors=True)
+
+    def clear_markers_of(self, prefix: str) -> None:
+        """Forget every stage whose name starts with ``prefix`` (e.g. each label level's)."""
+        for found in (Path(self.path) / SCRATCH).glob(f"done_{prefix}*"):
+            shutil.rmtree(found, ignore_errors=True)
 
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
