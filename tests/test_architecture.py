@@ -200,3 +200,30 @@ def test_progress_lines_for_logs(caplog):
         assert list(Engine().map(lambda b: b[0], [[1, 2, 3], [4]], desc="d", unit="block", item_voxels=10)) == [1, 4]
     assert caplog.records[0].getMessage().startswith("d: 4/4 blocks (100%), ")
     assert "Mvox/s" in caplog.records[0].getMessage()
+
+
+def test_the_architecture_page_names_what_exists():
+    """docs/architecture.md: its stage table lists exactly the stages of ``pipeline.stages`` (each a
+    class with that ``name``), and every ``pipeline/...`` path it names exists."""
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+
+    import pipeline.stages
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    table = page[page.index("## The stages"):page.index("## Where the code is")]
+    named = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.M))
+    found = set()
+    for info in pkgutil.iter_modules(pipeline.stages.__path__):
+        module = importlib.import_module(f"pipeline.stages.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and isinstance(cls.__dict__.get("name"), str):
+                found.add(cls.__dict__["name"])
+    assert named == found, (named, found)
+    paths = set(re.findall(r"`(pipeline/[\w/.]*)`", page))
+    assert len(paths) > 10
+    for path in paths:
+        assert (ROOT / path).exists(), f"docs/architecture.md names {path}, which does not exist"
+    assert "docs/architecture.md" in (ROOT / "README.md").read_text()
