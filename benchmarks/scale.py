@@ -130,6 +130,14 @@ cfg = json.loads(sys.argv[1])
 if os.environ.get("SCALE_NO_LINK"):  # the layout before issue 22: segmentation and label level 0 both written
     import pipeline.stages.labels
     pipeline.stages.labels.can_link = lambda folder: False
+from pipeline.store import Store
+scratch_files = {}
+finish = Store.finish
+def counted_finish(self, attrs):  # the scratch files at their most, just before they are removed
+    for folder in (Path(self.path) / "scratch").iterdir():
+        scratch_files[folder.name] = sum(len(f) for _, _, f in os.walk(folder))
+    return finish(self, attrs)
+Store.finish = counted_finish
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
                   host="127.0.0.1", resources={"model": 1}) as cluster, Client(cluster) as client:
     me = psutil.Process()
@@ -150,6 +158,7 @@ with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limi
     result = {"wall": wall, "client_mib": client_mib, "worker_mib": max(workers.values()), "objects": meta["objects"],
               "timing": meta["timing_s"], "scheduler_share": ccpu / max(ccpu + wcpu, 1e-9),
               "empty": meta["empty_blocks"], "compute_s": compute,
+              "scratch_files": scratch_files,
               "bytes": sum(os.path.getsize(os.path.join(d, n)) for d, _, f in os.walk(out) for n in f),
               "files": sum(len(f) for _, _, f in os.walk(out)) + sum(len(f) for _, _, f in os.walk(meta["label_image"] or out)
                                                                     if meta["label_image"] and not str(meta["label_image"]).startswith(str(out)))}
@@ -295,7 +304,8 @@ def main() -> None:
             t = r["timing"]
             overhead = (2 * r["wall"] - r["compute_s"]) / blocks  # 2 workers' time not spent in model or clustering
             print(row(f"blocks {list(write)}", shape, r, blocks) + f" {1000 * r['wall'] / blocks:.1f} ms wall/block, "
-                  f"{1000 * overhead:.1f} ms non-compute worker time/block (stages {t})", flush=True)
+                  f"{1000 * overhead:.1f} ms non-compute worker time/block (stages {t}); scratch files before "
+                  f"removal {sum(r['scratch_files'].values())} {r['scratch_files']}", flush=True)
     elif args.series == "labels":  # one copy of the labels vs two (the label image's level 0 a copy)
         shape = tuple(args.shape or (64, 1024, 1024))
         tmp = Path(tempfile.mkdtemp(dir=base))

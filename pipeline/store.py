@@ -34,9 +34,10 @@ stage, the resume key, provenance and completion.
                                       per fragment, min_size); the one place per-block records
                                       live (see :meth:`Store.mark_done`)
         fragments                     uint64 fragment ids, block-unique
-        faces/<block>                 the block's outer planes that touch a neighbour, raw
-                                      (face_layout); no file: a skipped empty block (still one
-                                      file per block: merge tasks find a face by its block)
+        faces/<first>-<last>-<count>  the outer planes that touch a neighbour of every block of
+                                      one fragments batch with fragments, raw (face_blob), one
+                                      file named after the batch's marker; a block in none: a
+                                      skipped or empty block (background on its faces)
         stats/<part>/<first>-<last>-<count>.npy
                                       partial object statistics of id range <part> (rows per
                                       block) of one relabel batch, named by its marker
@@ -129,6 +130,75 @@ def marker_name(linears: np.ndarray) -> str:
     return f"{int(linears[0])}-{int(linears[-1])}-{len(linears)}.json"
 
 
+def batch_name(linears: Sequence[int]) -> str:
+    """The stem of the marker file a batch of blocks gets (its faces and statistics files are
+    named after it)."""
+    return marker_name(np.sort(np.asarray(linears, dtype=np.int64))).removesuffix(".json")
+
+
+def face_blob(plan: BlockPlan, block: Block, labels: np.ndarray, evidence: np.ndarray) -> bytes:
+    """A block's outer planes that touch a neighbour (see :func:`face_layout`): ``labels``
+    ``(*valid)``, ``evidence`` ``(E, *valid)``, as the bytes its batch's faces file holds."""
+    parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
+    for a, side in face_layout(plan, block):
+        pos = 0 if side == 0 else -1
+        parts.append(np.ascontiguousarray(labels.take(pos, axis=a), dtype=np.uint64).tobytes())
+        parts.append(np.ascontiguousarray(evidence.take(pos, axis=a + 1)).tobytes())
+    return b"".join(parts)
+
+
+class Faces:
+    """The faces of blocks, read from their batches' faces files (``files``: the names of the
+    fragments stage's marker files that own them, see :meth:`MarkerIndex.files`); a block in
+    none of them wrote no faces (found empty as it was read, or skipped)."""
+
+    def __init__(self, folder: Path, files: Sequence[str]) -> None:
+        self.data: dict[int, memoryview] = {}
+        for name in files:
+            path = folder / name.removesuffix(".json")
+            if not path.exists():  # every block of the batch was empty
+                continue
+            raw = memoryview(path.read_bytes())
+            n = int(np.frombuffer(raw, np.int64, 1)[0])
+            table = np.frombuffer(raw, np.int64, 3 * n, 8).reshape(n, 3)
+            for linear, at, size in table.tolist():
+                self.data[linear] = raw[at:at + size]
+
+    def has(self, linear: int) -> bool:
+        return linear in self.data
+
+    def side(self, plan: BlockPlan, block: Block, axis: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
+        data = self.data.get(block.linear)
+        if data is None:  # a block without faces: background on them
+            return None
+        channels, itemsize = (int(v) for v in np.frombuffer(data, np.int64, 2))
+        dtype = np.float32 if itemsize == 4 else np.float64
+        at = 16
+        for a, s in face_layout(plan, block):
+            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != a)
+            n = math.prod(shape)
+            if (a, s) == (axis, side):
+                return (np.frombuffer(data, np.uint64, n, at).reshape(shape),
+                        np.frombuffer(data, dtype, channels * n, at + 8 * n).reshape(channels, *shape))
+            at += n * (8 + channels * itemsize)
+        raise ValueError(f"block {block.index} has no face on side {side} of axis {axis}")
+
+    def face(self, plan: BlockPlan, block: Block, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels_a, labels_b, evidence_a, evidence_b)`` of the face between ``block`` (side a,
+        its upper plane) and its upper neighbour along ``axis`` (side b, its lower plane)."""
+        index = list(block.index)
+        index[axis] += 1
+        a = self.side(plan, block, axis, 1)
+        b = self.side(plan, plan.block(index), axis, 0)
+        if a is None or b is None:
+            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != axis)
+            known = a if a is not None else b
+            channels = known[1].shape[0] if known is not None else 1
+            blank = (np.zeros(shape, np.uint64), np.zeros((channels, *shape), np.float32))
+            a, b = a or blank, b or blank
+        return a[0], b[0], a[1], b[1]
+
+
 def parse_marker(name: str) -> Marker | None:
     """The marker a file name stands for; None for anything else (temporary files, a marker of
     the one-file-per-block layout of earlier versions: ignored, its blocks computed again)."""
@@ -198,6 +268,15 @@ class Link:
         image's ``labels/``), so that moving the output alone keeps it valid."""
         real = Path(self.path).resolve()
         return os.path.relpath(real, output.resolve()) if real.is_relative_to(output.resolve()) else str(real)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """``dst`` with the bytes of ``src``: a hard link where the filesystem has them, else a copy."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def can_link(folder: str | Path) -> bool:
@@ -340,10 +419,12 @@ class Store:
             raise FileNotFoundError(f"no done marker of {stage} holds blocks {sorted(missing)[:5]}")
         return out
 
-    def forget(self, stage: str, linears: Sequence[int]) -> None:
+    def forget(self, stage: str, linears: Sequence[int], follow: str | None = None) -> None:
         """Unmark finished blocks (they are computed again); client only. A marker file holding
         some of them is removed, then written again without them under its new name: a stop in
-        between forgets the rest of its blocks too (they are computed again), never less."""
+        between forgets the rest of its blocks too (they are computed again), never less. The file
+        named after the batch in the folder ``follow`` (the faces) is copied to the new name before
+        the marker moves (a marker never lacks its file) and removed after."""
         if not len(linears):
             return
         gone = np.asarray(sorted({int(i) for i in linears}), dtype=np.int64)
@@ -354,67 +435,47 @@ class Store:
             name = index.names[k]
             ids, recs = self.read_marker(stage, name)
             keep = ~np.isin(ids, gone)
+            old = Path(self.path) / follow / name.removesuffix(".json") if follow else None
+            if old is not None and old.exists() and keep.any():
+                _copy(old, old.with_name(batch_name(ids[keep])))
             (self._markers(stage) / name).unlink()
             if keep.any():
                 self.mark_done(stage, ids[keep], None if recs is None else [r for r, x in zip(recs, keep) if x])
+            if old is not None:
+                old.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ faces
-
-    def _faces(self, linear: int) -> Path:
-        return Path(self.path) / FACES / str(linear)
-
-    def has_faces(self, linear: int) -> bool:
-        """Whether the block wrote its faces (every block that was not skipped as empty does)."""
-        return self._faces(linear).exists()
-
-    def drop_block(self, linear: int) -> None:
-        """Remove what a block wrote besides its arrays and its record (faces): it is computed again."""
-        self._faces(linear).unlink(missing_ok=True)
 
     def create_faces(self) -> None:
         (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
 
-    def write_faces(self, plan: BlockPlan, block: Block, labels: np.ndarray, evidence: np.ndarray) -> None:
-        """Store the block's outer planes that touch a neighbour, in one raw file (see
-        :func:`face_layout`): ``labels`` ``(*valid)``, ``evidence`` ``(E, *valid)``."""
-        parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
-        for a, side in face_layout(plan, block):
-            pos = 0 if side == 0 else -1
-            parts.append(np.ascontiguousarray(labels.take(pos, axis=a), dtype=np.uint64).tobytes())
-            parts.append(np.ascontiguousarray(evidence.take(pos, axis=a + 1)).tobytes())
-        self._faces(block.linear).write_bytes(b"".join(parts))
+    def write_faces(self, linears: Sequence[int], blobs: dict[int, bytes]) -> None:
+        """The faces of a batch of blocks (``blobs``, see :func:`face_blob`; blocks without faces
+        left out) in one file named after the batch's marker (:func:`batch_name`), written whole
+        before the batch is marked done: a header ``[n]``, ``n`` rows ``[block, offset, bytes]``
+        (int64), the blobs."""
+        if not blobs:
+            return
+        order = sorted(blobs)
+        at, table = 8 + 24 * len(order), []
+        for linear in order:
+            table.append((linear, at, len(blobs[linear])))
+            at += len(blobs[linear])
+        head = np.array([len(order)], np.int64).tobytes() + np.array(table, np.int64).tobytes()
+        path = Path(self.path) / FACES / batch_name(linears)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(head)
+                for linear in order:
+                    f.write(blobs[linear])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def _face_side(self, plan: BlockPlan, block: Block, axis: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
-        path = self._faces(block.linear)
-        if not path.exists():  # a skipped (empty) block: background on its faces
-            return None
-        data = path.read_bytes()
-        channels, itemsize = (int(v) for v in np.frombuffer(data, np.int64, 2))
-        dtype = np.float32 if itemsize == 4 else np.float64
-        at = 16
-        for a, s in face_layout(plan, block):
-            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != a)
-            n = math.prod(shape)
-            if (a, s) == (axis, side):
-                return (np.frombuffer(data, np.uint64, n, at).reshape(shape),
-                        np.frombuffer(data, dtype, channels * n, at + 8 * n).reshape(channels, *shape))
-            at += n * (8 + channels * itemsize)
-        raise ValueError(f"block {block.index} has no face on side {side} of axis {axis}")
-
-    def read_face(self, plan: BlockPlan, block: Block, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(labels_a, labels_b, evidence_a, evidence_b)`` of the face between ``block`` (side a,
-        its upper plane) and its upper neighbour along ``axis`` (side b, its lower plane)."""
-        index = list(block.index)
-        index[axis] += 1
-        a = self._face_side(plan, block, axis, 1)
-        b = self._face_side(plan, plan.block(index), axis, 0)
-        if a is None or b is None:
-            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != axis)
-            known = a if a is not None else b
-            channels = known[1].shape[0] if known is not None else 1
-            blank = (np.zeros(shape, np.uint64), np.zeros((channels, *shape), np.float32))
-            a, b = a or blank, b or blank
-        return a[0], b[0], a[1], b[1]
+    def faces(self, files: Sequence[str]) -> Faces:
+        """The faces held by the batches ``files`` (marker file names of the fragments stage)."""
+        return Faces(Path(self.path) / FACES, files)
 
     # ------------------------------------------------------------ per-block records
 
