@@ -17,11 +17,15 @@ normalised as on the GPU path, and the output is copied out of the cache as from
 
 For every device speed and threads per worker: the device's busy fraction (busy time over its
 active span, first forward start to last forward end), the fragments stage's and the whole run's
-Mvox/s. The CPU side's throughput per thread is the fragments rate of the fastest device with
-one thread, whose device time is negligible; the threads per GPU a speed needs follow from it.
+Mvox/s, and the worker process's CPU seconds (the cores it used). The CPU side's cost, Mvox per
+CPU second of the worker, does not depend on the device or on other jobs' load (wall-clock rates
+do); the cores per GPU a device speed needs follow from it: speed / cost (x 0.9 for 90% busy).
+First, the GPU task alone (``predict_blocks`` in this process, no clustering): how fast one
+predicting thread feeds the device.
 
     python benchmarks/simulated_gpu.py [--shape 64 256 256] [--write 16 64 64]
-        [--speeds 10 50 200 1000] [--threads 1 2 4 8] [--quick] [--json FILE]
+        [--speeds 0.5 10 50 200 1000] [--threads 1 2 4 8] [--quick] [--feed-only]
+        [--blocks-per-task N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -298,12 +302,12 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"\nCPU side with a negligible device ({fastest:g} Mvox/s), per worker thread count: "
           + ", ".join(f"{t}: {by[fastest, t]['fragments_mvox_s']:.2f} Mvox/s on {by[fastest, t]['cores_used']:.2f} "
                       f"cores" for t in args.threads))
-    rate = max(by[fastest, t]["mvox_per_cpu_s"] for t in args.threads)  # the run least disturbed by others
-    print(f"the CPU side's cost: {rate:.2f} Mvox per CPU second (reading, normalising, clustering, faces, merge, "
+    rate = float(np.median([r["mvox_per_cpu_s"] for r in rows]))  # CPU seconds do not depend on the device's speed
+    print(f"the CPU side's cost: {rate:.2f} Mvox per CPU second, median of all runs (reading, normalising, clustering, faces, merge, "
           "relabel, writing: the worker process's CPU time over the whole run)")
     for s in args.speeds:
-        print(f"  {s:g} Mvox/s device: {math.ceil(0.9 * s / rate)} cores for 90% busy, {math.ceil(s / rate)} to keep "
-              f"up; threads per GPU worker = 1 (predicting, waits on the device) + {math.ceil(s / rate)}")
+        print(f"  {s:g} Mvox/s device: {math.ceil(0.9 * s / rate)} cores per GPU for 90% busy, {math.ceil(s / rate)} "
+              "to keep up (threads of the GPU worker: as many, one of them predicting)")
     print("labels identical in every run:", all(r["same_labels"] for r in rows))
 
 
