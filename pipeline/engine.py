@@ -146,8 +146,17 @@ class Engine:
         threads = self._threads()
         window = max(16, 4 * sum(threads.values()))
         if batch_bytes:
-            window = min(window, max(2 * len(threads), len(threads) * self.memory_per_worker // batch_bytes))
+            fit = sum(budget // batch_bytes for budget in self._budgets())
+            window = min(window, max(2 * len(threads), fit))
         return window
+
+    def _budgets(self) -> list[int]:
+        """Bytes each worker may hold of results waiting for their next step: half its memory
+        limit where the scheduler knows it, else ``memory_per_worker``. A GPU worker's blocks are
+        large (sized to the GPU); a fixed budget let it hold 2 of them, one predicting and one
+        clustering, however many threads it has to cluster with."""
+        workers = self.client.scheduler_info()["workers"].values()
+        return [w["memory_limit"] // 2 if w.get("memory_limit") else self.memory_per_worker for w in workers]
 
     def _resources(self, resources: dict[str, float] | None) -> dict[str, float] | None:
         """``resources`` when some worker offers them, else None (e.g. a cluster of plain workers)."""

@@ -251,3 +251,27 @@ def test_the_architecture_page_names_what_exists():
     for path in paths:
         assert (ROOT / path).exists(), f"docs/architecture.md names {path}, which does not exist"
     assert "docs/architecture.md" in (ROOT / "README.md").read_text()
+
+
+class _Workers:
+    """A client stand-in: workers with their threads and memory limits (0: unknown)."""
+
+    def __init__(self, **workers):
+        self.workers = workers
+
+    def nthreads(self):
+        return {w: t for w, (t, _) in self.workers.items()}
+
+    def scheduler_info(self):
+        return {"workers": {w: {"nthreads": t, "memory_limit": m} for w, (t, m) in self.workers.items()}}
+
+
+def test_window_holds_a_gpu_workers_large_blocks_for_all_its_threads():
+    """A GPU worker with 9 threads and 64 GiB predicts blocks sized to its GPU (3.5 GiB of
+    embeddings each): the window lets it hold as many as half its memory takes (9), so 8 threads
+    cluster while one predicts; a fixed 2 GiB budget allowed 2 in flight (one clustering)."""
+    block = 7 * (2 << 30) // 4
+    assert Engine(_Workers(gpu=(9, 64 << 30)))._window(block) == 9
+    assert Engine(_Workers(gpu=(9, 64 << 30), cpu=(4, 8 << 30)))._window(block) == 10  # 9 + 1 (4 GiB)
+    assert Engine(_Workers(gpu=(9, 0)))._window(block) == 2  # limit unknown: memory_per_worker (2 GiB)
+    assert Engine(_Workers(gpu=(9, 64 << 30)))._window() == 36  # no results held between steps: 4 per thread
