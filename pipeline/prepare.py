@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .blocks import BlockPlan
+from .blocks import BlockPlan, sweep_axes, sweep_chunks
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import JOBQUEUE_KINDS, Config, load_config, validate_config
 from .empty import EmptySource, empty_source
@@ -256,6 +256,9 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
+        "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
+        "input_cache_needed_mib": round(sweep_chunks(plan, run.grid.chunks) * math.prod(run.grid.chunks)
+                                        * run.volume.dtype.itemsize * run.volume.channels / 2**20, 1),
         "zoom": list(run.zoom) if run.zoom else None,
         "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),
