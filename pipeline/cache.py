@@ -164,6 +164,7 @@ def process_memory() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+@lru_cache(maxsize=1)
 def auto_capacity() -> int:
     """``input.chunk_cache_mib: auto``: 1/:data:`AUTO_FRACTION` of :func:`process_memory`, at most
     :data:`AUTO_MAX`."""

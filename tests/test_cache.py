@@ -17,6 +17,7 @@ import pipeline.io
 from pipeline.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
 from pipeline.cache import DECODED, ChunkCache, _cache, chunk_cache
 from pipeline.config import InputConfig
+from pipeline.engine import Engine, interleave, spans_of
 from pipeline.geometry import Box
 from pipeline.io import InputReadError, collect_unreadable, open_array, open_input, write_zarr
 from pipeline.resample import ZoomedVolume
@@ -224,3 +225,21 @@ def test_sweep_order_decodes_every_chunk_once(tmp_path, monkeypatch):
     assert sweep == data.nbytes  # each chunk once: 1.0x the output's bytes
     assert c_order > 1.5 * sweep
     assert uncached == touched > 10 * data.nbytes
+
+
+def ran_on(batch):
+    from distributed import get_worker
+
+    return [(i, get_worker().address) for i in batch]
+
+
+def test_spans_give_each_worker_a_contiguous_run_of_batches(client2):
+    """Batches that share input chunks (consecutive in sweep order) go to one worker: each worker
+    gets a contiguous span, and the spans are submitted in turn (both workers start at once)."""
+    assert spans_of(10, 3) == [range(0, 3), range(3, 6), range(6, 10)] and spans_of(2, 5) == [range(0, 1), range(1, 2)]
+    assert interleave(spans_of(5, 2)) == [0, 2, 1, 3, 4]
+    ran = dict(x for r in Engine(client2).map(ran_on, [[i] for i in range(16)], desc="spans", spans=True) for x in r)
+    assert sorted(ran) == list(range(16))
+    workers = sorted(client2.scheduler_info()["workers"])
+    on_own = sum(ran[k] == workers[w] for w, span in enumerate(spans_of(16, 2)) for k in span)
+    assert on_own >= 12  # the scheduler may still move a few (work stealing balances the load)

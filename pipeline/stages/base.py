@@ -211,5 +211,5 @@ class BlockStage(ABC):
         for results in engine.map(self.run_batch if first else self.run_unloaded, batched(todo, blocks_per_task),
                                   *args, desc=self.name, resources=self.resources, per_batch=per_batch,
                                   first=first, batch_bytes=self.load_bytes(blocks_per_task), unit="block",
-                                  item_voxels=math.prod(self.plan.write_shape)):
+                                  item_voxels=math.prod(self.plan.write_shape), spans=self.task.sweep is not None):
             yield from results
