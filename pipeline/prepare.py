@@ -121,6 +121,7 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
     if not zoom:
         warn_chunking(vol.chunks, plan)
+    warn_cache(cfg.input.chunk_cache_mib, cache_needed(plan, grid.chunks, vol))
     stats = NormStats.from_values(norm, low, high)
     return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom,
                     tuple(notes))
@@ -237,6 +238,20 @@ def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     )
 
 
+def cache_needed(plan: BlockPlan, chunks: Sequence[int], vol: InputVolume) -> int:
+    """Bytes of decoded input chunks (of ``vol``, seen on the plan's grid with ``chunks``) a process's
+    cache holds so that blocks in sweep order decode each chunk once (:func:`pipeline.blocks.sweep_chunks`)."""
+    return sweep_chunks(plan, chunks) * math.prod(vol.chunks) * vol.dtype.itemsize * vol.channels
+
+
+def warn_cache(mib: int | None, needed: int) -> None:
+    """Warn when a configured ``input.chunk_cache_mib`` cannot hold the chunks the block order reuses."""
+    if mib and mib << 20 < needed:
+        logger.warning("input.chunk_cache_mib %d holds less than the %.0f MiB of input chunks the block order "
+                       "reuses: halos decode chunks again (up to ~3x per axis); raise it or leave it automatic",
+                       mib, needed / 2**20)
+
+
 def plan_summary(run: Prepared) -> dict[str, Any]:
     """Numbers printed by ``pipeline plan``."""
     plan = run.plan
@@ -257,8 +272,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
-        "input_cache_needed_mib": round(sweep_chunks(plan, run.grid.chunks) * math.prod(run.grid.chunks)
-                                        * run.volume.dtype.itemsize * run.volume.channels / 2**20, 1),
+        "input_cache_needed_mib": round(cache_needed(plan, run.grid.chunks, run.volume) / 2**20, 1),
         "zoom": list(run.zoom) if run.zoom else None,
         "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),

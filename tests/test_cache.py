@@ -243,3 +243,15 @@ def test_spans_give_each_worker_a_contiguous_run_of_batches(client2):
     workers = sorted(client2.scheduler_info()["workers"])
     on_own = sum(ran[k] == workers[w] for w, span in enumerate(spans_of(16, 2)) for k in span)
     assert on_own >= 12  # the scheduler may still move a few (work stealing balances the load)
+
+
+def test_a_configured_cache_too_small_for_the_order_is_a_warning(caplog):
+    from pipeline.prepare import warn_cache
+
+    with caplog.at_level("WARNING", logger="pipeline.prepare"):
+        warn_cache(None, 1 << 40)  # automatic: no warning (the workers' memory is not known here)
+        warn_cache(0, 1 << 40)  # off: asked for
+        warn_cache(128, 128 << 20)
+        assert not caplog.records
+        warn_cache(64, 128 << 20)
+    assert len(caplog.records) == 1 and "input.chunk_cache_mib 64 holds less than the 128 MiB" in caplog.text
