@@ -201,7 +201,7 @@ def in_sweep(linears: Sequence[int], grid: Sequence[int], axes: Sequence[int] | 
 
     Deterministic: the order (and so the batches) follows from the plan, the input's chunks
     and the blocks asked for. ``axes`` None: C order (``linears`` sorted)."""
-    ids = np.asarray(sorted(linears), dtype=np.int64)
+    ids = np.sort(np.asarray(linears, dtype=np.int64))
     if axes is None or tuple(axes) == tuple(range(len(grid))) or not len(ids):
         return ids.tolist()
     idx = np.unravel_index(ids, tuple(grid))
