@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .blocks import BlockPlan, sweep_axes, sweep_chunks
+from .cache import auto_capacity
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import JOBQUEUE_KINDS, Config, load_config, validate_config
 from .empty import EmptySource, empty_source
@@ -119,9 +120,10 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     plan = BlockPlan(grid.shape, write, spec.context, spec.step)
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
-    if not zoom:
+    needed = cache_needed(plan, grid.chunks, vol)
+    if not zoom and cache_capacity(vol) < needed:  # halos decode chunks again: their shape matters
         warn_chunking(vol.chunks, plan)
-    warn_cache(cfg.input.chunk_cache_mib, cache_needed(plan, grid.chunks, vol))
+    warn_cache(cfg.input.chunk_cache_mib, needed)
     stats = NormStats.from_values(norm, low, high)
     return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom,
                     tuple(notes))
@@ -224,7 +226,8 @@ def aligned_write(chunks: Sequence[int], plan: BlockPlan) -> tuple[int, ...]:
 def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     """Explain the I/O cost of input chunks that do not fit the write blocks: warn when the
     over-read (input voxels decompressed per voxel read, halo included) is more than
-    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have."""
+    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have. Only for reads
+    that the chunk cache does not spare that cost (off, too small, or not a local zarr array)."""
     aligned = aligned_write(chunks, plan)
     better = BlockPlan(plan.volume, aligned, plan.context, plan.step)
     ratio = over_read(chunks, plan)
@@ -242,6 +245,13 @@ def cache_needed(plan: BlockPlan, chunks: Sequence[int], vol: InputVolume) -> in
     """Bytes of decoded input chunks (of ``vol``, seen on the plan's grid with ``chunks``) a process's
     cache holds so that blocks in sweep order decode each chunk once (:func:`pipeline.blocks.sweep_chunks`)."""
     return sweep_chunks(plan, chunks) * math.prod(vol.chunks) * vol.dtype.itemsize * vol.channels
+
+
+def cache_capacity(vol: InputVolume) -> int:
+    """Bytes of decoded chunks a process keeps for ``vol`` (automatic: as this machine's processes would)."""
+    if not vol.cached:
+        return 0
+    return vol.cache_mib << 20 if vol.cache_mib else auto_capacity()
 
 
 def warn_cache(mib: int | None, needed: int) -> None:
