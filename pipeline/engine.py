@@ -207,9 +207,9 @@ class Engine:
         ``load``'s result (which never leaves worker memory). ``batch_bytes``, the size of
         that result, caps the window so that results waiting for ``fn`` fit in memory.
         Progress counts tasks, or with a ``unit`` other than ``task`` the items of the batches
-        (``item_voxels`` each, for a rate in voxels). With ``spans``, consecutive batches share
-        data (the input chunks of neighbouring blocks): each worker is given a contiguous span of
-        them (see :func:`spans_of`), submitted one span after another in turn."""
+        (``item_voxels`` each, for a rate in voxels). ``spans``: consecutive batches share data
+        (the input chunks of neighbouring blocks), so each worker is given a contiguous span of
+        them (:func:`spans_of`, a loose restriction), the spans submitted in turn."""
         items = unit != "task"
         bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
         try:

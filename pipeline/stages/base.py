@@ -14,9 +14,10 @@ blocks::
 Batches are runs of the blocks in :func:`~pipeline.blocks.in_sweep` order (neighbours, in the
 order that lets a worker's chunk cache decode each input chunk once), formed again from the
 plan and the input's chunks on every run. A run stopped in the middle of a batch computes the
-whole batch again (its writes are idempotent). When an interrupted run is resumed, finished blocks are skipped once the stage
-has :meth:`~BlockStage.verify`-ed them, and the stage :meth:`~BlockStage.recover`-s what the
-client needs of them (summaries, statistics) from what they wrote and their records.
+whole batch again (its writes are idempotent). When an interrupted run is resumed, finished
+blocks are skipped once the stage has :meth:`~BlockStage.verify`-ed them, and the stage
+:meth:`~BlockStage.recover`-s what the client needs of them (summaries, statistics) from what
+they wrote and their records.
 """
 
 from __future__ import annotations
