@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .blocks import BlockPlan
+from .blocks import BlockPlan, sweep_axes, sweep_chunks
+from .cache import auto_capacity
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import JOBQUEUE_KINDS, Config, load_config, validate_config
 from .empty import EmptySource, empty_source
@@ -119,8 +120,10 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     plan = BlockPlan(grid.shape, write, spec.context, spec.step)
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
-    if not zoom:
+    needed = cache_needed(plan, grid.chunks, vol)
+    if not zoom and cache_capacity(vol) < needed:  # halos decode chunks again: their shape matters
         warn_chunking(vol.chunks, plan)
+    warn_cache(cfg.input.chunk_cache_mib, needed)
     stats = NormStats.from_values(norm, low, high)
     return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom,
                     tuple(notes))
@@ -223,7 +226,8 @@ def aligned_write(chunks: Sequence[int], plan: BlockPlan) -> tuple[int, ...]:
 def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     """Explain the I/O cost of input chunks that do not fit the write blocks: warn when the
     over-read (input voxels decompressed per voxel read, halo included) is more than
-    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have."""
+    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have. Only for reads
+    that the chunk cache does not spare that cost (off, too small, or not a local zarr array)."""
     aligned = aligned_write(chunks, plan)
     better = BlockPlan(plan.volume, aligned, plan.context, plan.step)
     ratio = over_read(chunks, plan)
@@ -235,6 +239,27 @@ def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
         "needs); with blocks.write_shape %s it would read %.1f chunks of larger blocks; or rechunk the input",
         list(chunks), list(plan.write_shape), have, ratio, aligned, ideal,
     )
+
+
+def cache_needed(plan: BlockPlan, chunks: Sequence[int], vol: InputVolume) -> int:
+    """Bytes of decoded input chunks (of ``vol``, seen on the plan's grid with ``chunks``) a process's
+    cache holds so that blocks in sweep order decode each chunk once (:func:`pipeline.blocks.sweep_chunks`)."""
+    return sweep_chunks(plan, chunks) * math.prod(vol.chunks) * vol.dtype.itemsize * vol.channels
+
+
+def cache_capacity(vol: InputVolume) -> int:
+    """Bytes of decoded chunks a process keeps for ``vol`` (automatic: as this machine's processes would)."""
+    if not vol.cached:
+        return 0
+    return vol.cache_mib << 20 if vol.cache_mib else auto_capacity()
+
+
+def warn_cache(mib: int | None, needed: int) -> None:
+    """Warn when a configured ``input.chunk_cache_mib`` cannot hold the chunks the block order reuses."""
+    if mib and mib << 20 < needed:
+        logger.warning("input.chunk_cache_mib %d holds less than the %.0f MiB of input chunks the block order "
+                       "reuses: halos decode chunks again (up to ~3x per axis); raise it or leave it automatic",
+                       mib, needed / 2**20)
 
 
 def plan_summary(run: Prepared) -> dict[str, Any]:
@@ -256,6 +281,8 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "blocks_sized_for": f"GPU with {memory / 2**30:.0f} GiB" if memory else "CPU",
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
+        "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
+        "cache_needed_mib": round(cache_needed(plan, run.grid.chunks, run.volume) / 2**20, 1),
         "zoom": list(run.zoom) if run.zoom else None,
         "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),

@@ -252,7 +252,7 @@ def restore(run: Prepared, task: Task, dtype: str, engine: Any, box: Box | None 
         len(plan), planned_workers(run.config.cluster), 16 * math.prod(plan.write_shape))
     logger.info("restore: labels from the resampled %s grid to the input's %s", list(run.plan.volume),
                 list(plan.volume))
-    stage = RestoreStage(replace(task, plan=plan), dtype, run.plan.volume, run.zoom)
+    stage = RestoreStage(replace(task, plan=plan, sweep=None), dtype, run.plan.volume, run.zoom)
     if box is not None:
         stage.skip = np.ones(len(plan), bool)
         stage.skip[covering_blocks(plan, box)] = False
