@@ -102,7 +102,7 @@ def test_scratch_files_in_proportion_to_batches(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Store, "finish", count_then_finish)
     assert main(["-q", "run", str(cfg)]) == 0
-    blocks, batches = 4 * 8 * 8, 4 * 8 * 8 // 8
+    batches = 4 * 8 * 8 // 8
     assert seen["done_fragments"] == batches
     assert 0 < seen["done_relabel"] <= batches and 0 < seen["stats"] <= batches
     assert seen["done_labels"] == 0 and "done_labels_0" not in seen  # level 0 is the segmentation: no task
