@@ -202,16 +202,21 @@ def test_existing_label_image_is_never_replaced_silently(tmp_path):
     assert _attrs(img / "labels", "0.5")["labels"] == ["segmentation", "again"]
 
 
-def test_an_interrupted_label_image_is_resumed_by_its_run_only(tmp_path, monkeypatch):
-    img = ome_image(tmp_path / "img.zarr", "0.5")
+def _stopped_before_the_label_metadata(tmp_path, img, monkeypatch, **run) -> None:
+    """A run of ``img`` killed after every level is written, before the label image's metadata."""
 
     def killed(self):
         raise RuntimeError("driver killed")
 
     monkeypatch.setattr(LabelsStage, "finish", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        _run(tmp_path, img)
+        _run(tmp_path, img, **run)
     monkeypatch.undo()
+
+
+def test_an_interrupted_label_image_is_resumed_by_its_run_only(tmp_path, monkeypatch):
+    img = ome_image(tmp_path / "img.zarr", "0.5")
+    _stopped_before_the_label_metadata(tmp_path, img, monkeypatch)
     label = img / "labels" / "segmentation"
     assert label.exists() and _attrs(img / "labels", "0.5")["labels"] == []  # not listed while unfinished
     with pytest.raises(OutputError, match="already exists"):  # another run's output may not take it over
@@ -219,10 +224,7 @@ def test_an_interrupted_label_image_is_resumed_by_its_run_only(tmp_path, monkeyp
     out, _ = _run(tmp_path, img)  # the same run, again: resumed, finished
     _validate(img, label, "0.5")
     assert np.array_equal(open_array(label / "0")[...], open_array(out / "segmentation")[...])
-    monkeypatch.setattr(LabelsStage, "finish", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        _run(tmp_path, img, name="again", label_name="first")
-    monkeypatch.undo()
+    _stopped_before_the_label_metadata(tmp_path, img, monkeypatch, name="again", label_name="first")
     _run(tmp_path, img, name="again", label_name="second")  # resumed, now naming another: written in full
     _validate(img, img / "labels" / "second", "0.5")
     assert np.array_equal(open_array(img / "labels" / "second" / "2")[...], open_array(label / "2")[...])
@@ -347,14 +349,7 @@ def test_a_vanished_label_image_is_written_again_with_its_segmentation(tmp_path,
     import shutil
 
     img = ome_image(tmp_path / "img.zarr", "0.5")
-
-    def killed(self):
-        raise RuntimeError("driver killed")
-
-    monkeypatch.setattr(LabelsStage, "finish", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        _run(tmp_path, img)
-    monkeypatch.undo()
+    _stopped_before_the_label_metadata(tmp_path, img, monkeypatch)
     shutil.rmtree(img / "labels" / "segmentation")
     out, _ = _run(tmp_path, img)
     ref, _ = _run(tmp_path, ome_image(tmp_path / "refimg.zarr", "0.5"), name="ref")
