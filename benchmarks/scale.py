@@ -17,6 +17,9 @@ process). Inputs are generated chunk by chunk (never held in memory) on disk:
   ``--filled`` chunks hold synthetic nuclei, bundled model, default config; each filled region's
   labels are checked against a run on a small volume holding the same chunk at the same
   alignment (same partition).
+* labels: the lattice (pass-through model), its segmentation written once as the label image's
+  level 0 (linked) against the layout before issue 22 (two copies): bytes and files left, the
+  labels stage's wall.
 
 Columns: wall, ns per voxel, client and worker peak RSS, scheduler share (CPU seconds of the
 client process, scheduler included, over all processes' CPU seconds), and merge+relabel
@@ -27,6 +30,7 @@ against dask-image ``label`` + ``to_zarr`` of the same mask on the same chunks a
     python benchmarks/scale.py empty [--width 2560] [--check]
     python benchmarks/scale.py void [--shape 512 4096 4096]
     python benchmarks/scale.py sparse [--shape 2048 16384 16384] [--filled 4]
+    python benchmarks/scale.py labels [--shape 64 1024 1024]
 """
 
 from __future__ import annotations
@@ -123,6 +127,17 @@ from distributed import Client, LocalCluster
 from pipeline.io import open_group
 from pipeline.run import segment
 cfg = json.loads(sys.argv[1])
+if os.environ.get("SCALE_NO_LINK"):  # the layout before issue 22: segmentation and label level 0 both written
+    import pipeline.stages.labels
+    pipeline.stages.labels.can_link = lambda folder: False
+from pipeline.store import Store
+scratch_files = {}
+finish = Store.finish
+def counted_finish(self, attrs):  # the scratch files at their most, just before they are removed
+    for folder in (Path(self.path) / "scratch").iterdir():
+        scratch_files[folder.name] = sum(len(f) for _, _, f in os.walk(folder))
+    return finish(self, attrs)
+Store.finish = counted_finish
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="4GiB", dashboard_address=":0",
                   host="127.0.0.1", resources={"model": 1}) as cluster, Client(cluster) as client:
     me = psutil.Process()
@@ -143,6 +158,8 @@ with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limi
     result = {"wall": wall, "client_mib": client_mib, "worker_mib": max(workers.values()), "objects": meta["objects"],
               "timing": meta["timing_s"], "scheduler_share": ccpu / max(ccpu + wcpu, 1e-9),
               "empty": meta["empty_blocks"], "compute_s": compute,
+              "scratch_files": scratch_files,
+              "bytes": sum(os.path.getsize(os.path.join(d, n)) for d, _, f in os.walk(out) for n in f),
               "files": sum(len(f) for _, _, f in os.walk(out)) + sum(len(f) for _, _, f in os.walk(meta["label_image"] or out)
                                                                     if meta["label_image"] and not str(meta["label_image"]).startswith(str(out)))}
 print(json.dumps(result))
@@ -165,9 +182,10 @@ with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limi
 """
 
 
-def run(cfg: dict, dask_image: float = 0) -> dict:
-    """Our run; then, with ``dask_image`` seconds allowed, dask-image's on the same mask and chunks."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run(cfg: dict, dask_image: float = 0, link: bool = True) -> dict:
+    """Our run; then, with ``dask_image`` seconds allowed, dask-image's on the same mask and chunks.
+    ``link``: False writes the segmentation and the label image's level 0 as two arrays."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({} if link else {"SCALE_NO_LINK": "1"})}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
@@ -242,7 +260,7 @@ def check_regions(base: Path, spots: list[tuple[int, ...]], chunks: tuple[int, .
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("series", choices=["objects", "blocks", "empty", "tables", "void", "sparse"])
+    p.add_argument("series", choices=["objects", "blocks", "empty", "tables", "void", "sparse", "labels"])
     p.add_argument("--shape", type=int, nargs=3, default=None, help="void, sparse: the input's shape")
     p.add_argument("--filled", type=int, default=4, help="sparse: chunks holding nuclei")
     p.add_argument("--sizes", type=float, nargs="*", default=None)
@@ -286,7 +304,22 @@ def main() -> None:
             t = r["timing"]
             overhead = (2 * r["wall"] - r["compute_s"]) / blocks  # 2 workers' time not spent in model or clustering
             print(row(f"blocks {list(write)}", shape, r, blocks) + f" {1000 * r['wall'] / blocks:.1f} ms wall/block, "
-                  f"{1000 * overhead:.1f} ms non-compute worker time/block (stages {t})", flush=True)
+                  f"{1000 * overhead:.1f} ms non-compute worker time/block (stages {t}); scratch files before "
+                  f"removal {sum(r['scratch_files'].values())} {r['scratch_files']}", flush=True)
+    elif args.series == "labels":  # one copy of the labels vs two (the label image's level 0 a copy)
+        shape = tuple(args.shape or (64, 1024, 1024))
+        tmp = Path(tempfile.mkdtemp(dir=base))
+        cfg = lattice_cfg(tmp, shape, WRITE, ckpt)
+        blocks = math.prod(-(-s // w) for s, w in zip(shape, WRITE, strict=True))
+        found = {}
+        for name, link in (("two copies (before)", False), ("one copy, linked", True)):
+            r = found[name] = run({**cfg, "output": {"path": str(tmp / f"out-{link}.zarr")}}, link=link)
+            t = r["timing"]
+            print(row(name, shape, r, blocks) + f" relabel {t['relabel']:.1f} s, labels {t['labels']:.1f} s, "
+                  f"{r['bytes'] / 2**20:.1f} MiB in {r['files']} files", flush=True)
+        a, b = found["two copies (before)"], found["one copy, linked"]
+        print(f"one copy / two: bytes {b['bytes'] / a['bytes']:.2f}, files {b['files'] / a['files']:.2f}, "
+              f"labels stage {b['timing']['labels'] / a['timing']['labels']:.2f}, wall {b['wall'] / a['wall']:.2f}")
     elif args.series in ("void", "sparse"):
         import zarr
 

@@ -25,6 +25,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import UsageError
 from .geometry import Box, Coord, as_coord
 
@@ -155,6 +157,55 @@ class BlockPlan:
             [self.volume, self.write_shape, self.context, self.step], separators=(",", ":")
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def sweep_axes(plan: BlockPlan, chunks: Sequence[int]) -> Coord:
+    """The axes of ``plan``'s grid from slowest to fastest in the order blocks run, so that a
+    process's chunk cache (:mod:`pipeline.cache`) holding :func:`sweep_chunks` chunks decodes
+    every input chunk once.
+
+    Running blocks in C order over ``(a, b, c)`` (``c`` fastest) reuses a decoded chunk across
+    rows of ``a`` only while the cache holds a slab of ``t_a`` chunks across ``a`` (those one
+    block's read box spans) by every chunk of ``b`` and ``c``: the slowest axis is the one whose
+    slab is smallest, and likewise down the remaining axes. With ``(64, 64, 64)`` blocks (context
+    ``(12, 20, 20)``) on ``(64, 256, 256)`` chunks of a ``(512, 2048, 2048)`` volume: y, x, z
+    (a slab of 2 x 8 x 8 chunks, 1 GiB of uint16) instead of C order's z slab (3 x 8 x 8)."""
+    n = [-(-v // c) for v, c in zip(plan.volume, chunks, strict=True)]
+    t = [min(m, -(-(r - 1) // c) + 1) for m, r, c in zip(n, plan.read_shape, chunks, strict=True)]
+    axes: list[int] = []
+    left = list(range(plan.ndim))
+    while left:
+        slab = [t[a] * math.prod(n[b] for b in left if b != a) for a in left]
+        axes.append(left.pop(slab.index(min(slab))))
+    return tuple(axes)
+
+
+def sweep_chunks(plan: BlockPlan, chunks: Sequence[int]) -> int:
+    """Input chunks a process's cache holds so that blocks run in :func:`sweep_axes` order (one
+    process running them all) decode every chunk once: the slowest axis's slab."""
+    n = [-(-v // c) for v, c in zip(plan.volume, chunks, strict=True)]
+    a = sweep_axes(plan, chunks)[0]
+    t = min(n[a], -(-(plan.read_shape[a] - 1) // chunks[a]) + 1)
+    return t * math.prod(m for i, m in enumerate(n) if i != a)
+
+
+def in_sweep(linears: Sequence[int], grid: Sequence[int], axes: Sequence[int] | None) -> list[int]:
+    """``linears`` (blocks of a plan with ``grid``) in C order over the grid's ``axes`` (slowest
+    first, see :func:`sweep_axes`)::
+
+        y slowest, then x, z fastest          batches (tasks) are runs of this order: neighbours
+        +---+---+---+                         along z, then the next column over in x; the next
+        | 0 | 2 | 4 |  z                      row of columns (y) finds the chunks it shares
+        | 1 | 3 | 5 |  |                      with this one decoded in the worker's cache
+        +---+---+---+  v   x ->
+
+    Deterministic: the order (and so the batches) follows from the plan, the input's chunks
+    and the blocks asked for. ``axes`` None: C order (``linears`` sorted)."""
+    ids = np.sort(np.asarray(linears, dtype=np.int64))
+    if axes is None or tuple(axes) == tuple(range(len(grid))) or not len(ids):
+        return ids.tolist()
+    idx = np.unravel_index(ids, tuple(grid))
+    return ids[np.lexsort([idx[a] for a in reversed(tuple(axes))])].tolist()
 
 
 def rows(blocks: Sequence[Block]) -> list[list[Block]]:

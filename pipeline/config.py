@@ -68,6 +68,10 @@ class InputConfig(Frozen):
         "error = stop with one line naming it and its region; empty = read it as the array's fill value (0) and "
         "go on; the regions are recorded in the result's attributes (pipeline.unreadable_input), "
         "qc/unreadable.json and the report")
+    chunk_cache_mib: int | None = Field(
+        None, ge=0, description="decoded input chunks kept per process (MiB), so that neighbouring blocks' halos "
+        "decode each zarr chunk once; none: 1/8 of the worker's memory limit (the machine's, serially), at most "
+        "2048; 0: no cache (every read decodes the chunks it touches). TIFF and HDF5 inputs are not cached")
 
     _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
 

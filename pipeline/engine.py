@@ -21,6 +21,7 @@ cannot be recomputed and would cancel every task that needs it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -146,8 +147,17 @@ class Engine:
         threads = self._threads()
         window = max(16, 4 * sum(threads.values()))
         if batch_bytes:
-            window = min(window, max(2 * len(threads), len(threads) * self.memory_per_worker // batch_bytes))
+            fit = sum(budget // batch_bytes for budget in self._budgets())
+            window = min(window, max(2 * len(threads), fit))
         return window
+
+    def _budgets(self) -> list[int]:
+        """Bytes each worker may hold of results waiting for their next step: half its memory
+        limit where the scheduler knows it, else ``memory_per_worker``. A GPU worker's blocks are
+        large (sized to the GPU); a fixed budget let it hold 2 of them, one predicting and one
+        clustering, however many threads it has to cluster with."""
+        workers = self.client.scheduler_info()["workers"].values()
+        return [w["memory_limit"] // 2 if w.get("memory_limit") else self.memory_per_worker for w in workers]
 
     def _resources(self, resources: dict[str, float] | None) -> dict[str, float] | None:
         """``resources`` when some worker offers them, else None (e.g. a cluster of plain workers)."""
@@ -157,6 +167,12 @@ class Engine:
         workers = self.client.scheduler_info()["workers"].values()
         offered = any(all(r in w.get("resources", {}) for r in resources) for w in workers)
         return resources if offered else None
+
+    def _offering(self, resources: dict[str, float] | None) -> list[str]:
+        """Addresses of the workers that offer ``resources`` (all of them without), sorted."""
+        self._threads()
+        workers = self.client.scheduler_info()["workers"]
+        return sorted(a for a, w in workers.items() if all(r in w.get("resources", {}) for r in resources or {}))
 
     @staticmethod
     def _value(arg: Any) -> Any:
@@ -190,6 +206,7 @@ class Engine:
         batch_bytes: int = 0,
         unit: str = "task",
         item_voxels: int = 0,
+        spans: bool = False,
     ) -> Iterator[Any]:
         """``fn(batch, *args, *per_batch(batch))`` for every batch; results as they complete.
 
@@ -199,7 +216,9 @@ class Engine:
         ``load``'s result (which never leaves worker memory). ``batch_bytes``, the size of
         that result, caps the window so that results waiting for ``fn`` fit in memory.
         Progress counts tasks, or with a ``unit`` other than ``task`` the items of the batches
-        (``item_voxels`` each, for a rate in voxels)."""
+        (``item_voxels`` each, for a rate in voxels). ``spans``: consecutive batches share data
+        (the input chunks of neighbouring blocks), so each worker is given a contiguous span of
+        them (:func:`spans_of`, a loose restriction), the spans submitted in turn."""
         items = unit != "task"
         bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
         try:
@@ -218,12 +237,23 @@ class Engine:
 
             sizes: dict[str, int] = {}  # task key -> items in its batch
 
+            placed: list[str | None] = [None] * len(batches)  # the worker whose span holds each batch
+            offered = self._offering(first_res if first else res) if spans else []
+            if len(offered) > 1:  # (one worker so far, e.g. batch jobs still queued: no spans, any may join)
+                order = spans_of(len(batches), len(offered))
+                owner = {k: offered[w] for w, span in enumerate(order) for k in span}
+                batches = [batches[k] for k in interleave(order)]
+                placed = [owner[k] for k in interleave(order)]
+            place = iter(placed)
+
             def submit(batch: Batch) -> Any:
                 extra = per_batch(batch) if per_batch else ()
+                where = next(place)
+                near = {"workers": [where], "allow_other_workers": True} if where else {}
                 if first is None:
-                    fut = self.client.submit(Guarded(fn), batch, *args, *extra, pure=False, resources=res)
+                    fut = self.client.submit(Guarded(fn), batch, *args, *extra, pure=False, resources=res, **near)
                 else:
-                    loaded = self.client.submit(Guarded(first[0]), batch, pure=False, resources=first_res)
+                    loaded = self.client.submit(Guarded(first[0]), batch, pure=False, resources=first_res, **near)
                     fut = self.client.submit(Guarded(fn), batch, loaded, *args, *extra, pure=False, resources=res)
                     loaded.release()  # the scheduler keeps it until `fut` has run
                 sizes[fut.key] = len(batch)
@@ -300,6 +330,17 @@ class Engine:
         bar.close()
         rest = [f for d in sorted(buckets) for f in buckets[d]]
         return rest[0] if len(rest) == 1 else self.client.submit(guarded_combine, *rest, pure=False)
+
+
+def spans_of(n: int, workers: int) -> list[range]:
+    """``n`` batches as ``workers`` contiguous spans of (nearly) equal length."""
+    workers = max(1, min(workers, n))
+    return [range(w * n // workers, (w + 1) * n // workers) for w in range(workers)]
+
+
+def interleave(spans: Sequence[range]) -> list[int]:
+    """The batches of ``spans``, one of each span in turn (every worker starts at once)."""
+    return [k for group in itertools.zip_longest(*spans) for k in group if k is not None]
 
 
 def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:

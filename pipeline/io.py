@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 
 from .blocks import reflect_indices
+from .cache import DECODED, chunk_cache, file_stamp
 from .config import InputConfig
 from .errors import UsageError
 from .geometry import Box
@@ -119,6 +120,7 @@ class InputVolume:
     channel: int | None = None
     where: str = ""  # how messages name it, e.g. "'in.zarr' dataset 'raw'"
     unreadable: str = "error"  # input.unreadable: error | empty
+    cache_mib: int | None = 0  # input.chunk_cache_mib (None: automatic; 0: no cache)
 
     @property
     def spatial_axes(self) -> tuple[int, ...]:
@@ -191,33 +193,73 @@ class InputVolume:
             data = data[(slice(None), *np.ix_(*rel))]
         return data
 
-    # ------------------------------------------------------------ unreadable chunks
+    # ------------------------------------------------------------ chunks: cached, unreadable
+
+    def _ranges(self, index: tuple[Any, ...]) -> list[tuple[int, int, bool]]:
+        """Per array axis of ``index``: start, stop, and whether the axis is kept (a slice)."""
+        return [(*k.indices(n)[:2], True) if isinstance(k, slice) else (int(k), int(k) + 1, False)
+                for k, n in zip(index, self.array.shape, strict=True)]
+
+    def decoded_bytes(self, index: tuple[Any, ...]) -> int:
+        """Bytes of the chunks (clipped to the array) that reading ``index`` decodes."""
+        total = np.dtype(self.array.dtype).itemsize
+        for (a, b, _), c, n in zip(self._ranges(index), self.array.chunks, self.array.shape, strict=True):
+            total *= min(n, -(-b // c) * c) - a // c * c
+        return total
+
+    @property
+    def cached(self) -> bool:
+        """Whether reads go through the process's chunk cache: zarr arrays in a local store (whose
+        chunk files tell when they change), unless ``input.chunk_cache_mib`` is 0."""
+        store = getattr(getattr(self.array, "store_path", None), "store", None)
+        return self.cache_mib != 0 and isinstance(self.array, zarr.Array) and isinstance(store, zarr.storage.LocalStore)
 
     def _get(self, index: tuple[Any, ...]) -> np.ndarray:
+        if self.cached:
+            return self._get_by_chunk(index, cache=True)
         try:
-            return np.asarray(self.array[index])
+            data = np.asarray(self.array[index])
         except UsageError:
             raise
         except Exception:  # noqa: BLE001 - find the chunk that fails, and say which
             return self._get_by_chunk(index)
+        DECODED.add(self.decoded_bytes(index))
+        return data
 
-    def _get_by_chunk(self, index: tuple[Any, ...]) -> np.ndarray:
-        """``array[index]`` read chunk by chunk: an unreadable chunk raises :class:`InputReadError`
-        naming it, or reads as the fill value (``unreadable: empty``)."""
-        arr, shape, chunks = self.array, tuple(self.array.shape), tuple(self.array.chunks)
-        ranges = [(*k.indices(n)[:2], True) if isinstance(k, slice) else (int(k), int(k) + 1, False)
-                  for k, n in zip(index, shape, strict=True)]
+    def _chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        """The whole chunk at ``coords`` (clipped to the array), through the process's cache."""
+        arr = self.array
+        whole = tuple(slice(j * c, min((j + 1) * c, n)) for j, c, n in zip(coords, arr.chunks, arr.shape, strict=True))
+        cache = chunk_cache(self.cache_mib)
+        if cache is None:
+            return np.asarray(arr[whole])
+        base = Path(arr.store_path.store.root) / arr.store_path.path
+        return cache.get((str(base), coords), lambda: np.asarray(arr[whole]),
+                         file_stamp(str(base / self.storage_key(coords))))
+
+    def _get_by_chunk(self, index: tuple[Any, ...], cache: bool = False) -> np.ndarray:
+        """``array[index]`` read chunk by chunk (``cache``: whole chunks through the process's
+        chunk cache, cut): an unreadable chunk raises :class:`InputReadError` naming it, or reads as
+        the fill value (``unreadable: empty``)."""
+        arr, chunks = self.array, tuple(self.array.chunks)
+        ranges = self._ranges(index)
         out = np.empty(tuple(b - a for a, b, keep in ranges if keep), dtype=np.dtype(arr.dtype))
         cells = [range(a // c, (b - 1) // c + 1) for (a, b, _), c in zip(ranges, chunks, strict=True)]
         for coords in itertools.product(*cells):
-            src, dst = [], []
+            src, dst, cut = [], [], []
             for (a, b, keep), c, j in zip(ranges, chunks, coords, strict=True):
                 start, stop = max(a, j * c), min(b, (j + 1) * c)
                 src.append(slice(start, stop) if keep else start)
+                cut.append(slice(start - j * c, stop - j * c) if keep else start - j * c)
                 if keep:
                     dst.append(slice(start - a, stop - a))
             try:
-                out[tuple(dst)] = np.asarray(arr[tuple(src)])
+                if cache:
+                    out[tuple(dst)] = self._chunk(coords)[tuple(cut)]
+                else:
+                    piece = np.asarray(arr[tuple(src)])
+                    DECODED.add(self.decoded_bytes(tuple(src)))
+                    out[tuple(dst)] = piece
             except UsageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported in one line, or read as empty
@@ -343,7 +385,7 @@ def open_input(cfg: InputConfig) -> InputVolume:
 
     where = input_where(cfg)
     vol = open_format(cfg) or select_channel(_open_zarr(cfg, where), cfg.channel, where)
-    vol = replace(vol, where=where, unreadable=cfg.unreadable)
+    vol = replace(vol, where=where, unreadable=cfg.unreadable, cache_mib=cfg.chunk_cache_mib)
     check_dtype(vol.dtype, where)
     if "t" in vol.axes and vol.array.shape[vol.axes.index("t")] != 1:
         raise InputError(f"input {where} has {vol.array.shape[vol.axes.index('t')]} time points; select one (t must be 1)")

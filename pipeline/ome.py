@@ -14,7 +14,8 @@ Where (``output.labels``)::
 
 Levels. Under an image the label image has one level per image level (NGFF: "MUST have the
 same number of entries as the original unlabeled image"): the segmented level
-(``input.scale_level``) is a copy of ``segmentation``, finer image levels are its nearest
+(``input.scale_level``) is ``segmentation`` (written there once, see
+:mod:`pipeline.stages.labels`), finer image levels are its nearest
 upsampling, coarser ones the label mode of the level before (:func:`downsample_labels`);
 each level has the image level's shape, scale and translation. A standalone label image
 starts at the segmented level and follows the input pyramid's factors where it has one,

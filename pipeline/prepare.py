@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import cost
-from .blocks import BlockPlan
+from .blocks import BlockPlan, sweep_axes, sweep_chunks
+from .cache import auto_capacity
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import JOBQUEUE_KINDS, Config, load_config, validate_config
 from .empty import EmptySource, empty_source
@@ -118,18 +119,40 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
                     [round(z, 4) for z in zoom], list(grid.shape))
     write = cfg.blocks.write_shape or (auto_write_shape(grid.shape, spec.step, cfg.blocks.target_size)
                                        if cfg.blocks.target_size else
-                                       ranked_blocks(cfg, spec, grid.shape, grid.chunks)[0].write)
+                                       begun_write_shape(cfg, grid.shape, spec.step)
+                                       or ranked_blocks(cfg, spec, grid.shape, grid.chunks)[0].write)
     plan = BlockPlan(grid.shape, write, spec.context, spec.step)
     norm = spec.normalisation
     low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
-    if not zoom:
+    needed = cache_needed(plan, grid.chunks, vol)
+    if not zoom and cache_capacity(vol) < needed:  # halos decode chunks again: their shape matters
         warn_chunking(vol.chunks, plan)
+    warn_cache(cfg.input.chunk_cache_mib, needed)
     stats = NormStats.from_values(norm, low, high)
     return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom,
                     tuple(notes))
 
 
 UNKNOWN_WORKERS = 8  # an existing scheduler (kind address), or GPUs not known before the cluster starts
+
+
+def begun_write_shape(cfg: Config, volume: Sequence[int], step: Sequence[int]) -> tuple[int, ...] | None:
+    """The automatic write shape an unfinished run at ``output.path`` began with (same volume and
+    step; not with ``output.overwrite``): a resumed run keeps its plan on another cluster, whose
+    workers and memory would make another choice. None: nothing to resume."""
+    from .store import unfinished_key
+
+    out = Path(cfg.output.path)
+    if cfg.output.overwrite or not out.is_dir() or unfinished_key(out) is None:
+        return None
+    import zarr
+
+    plan = dict(zarr.open_group(str(out), mode="r").attrs).get("resume", {}).get("plan", {})
+    if plan.get("volume") != list(volume) or plan.get("step") != list(step) or not plan.get("write_shape"):
+        return None
+    write = tuple(int(w) for w in plan["write_shape"])
+    logger.info("blocks: resuming %s with the write shape it began with, %s", out, list(write))
+    return write
 
 
 def planned_workers(cluster: Any) -> int:
@@ -261,7 +284,8 @@ def aligned_write(chunks: Sequence[int], plan: BlockPlan) -> tuple[int, ...]:
 def warn_chunking(chunks: Sequence[int], plan: BlockPlan) -> None:
     """Explain the I/O cost of input chunks that do not fit the write blocks: warn when the
     over-read (input voxels decompressed per voxel read, halo included) is more than
-    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have."""
+    :data:`OVER_READ_WARN` times what blocks aligned to the chunks would have. Only for reads
+    that the chunk cache does not spare that cost (off, too small, or not a local zarr array)."""
     aligned = aligned_write(chunks, plan)
     better = BlockPlan(plan.volume, aligned, plan.context, plan.step)
     ratio = over_read(chunks, plan)
@@ -282,6 +306,27 @@ def block_choice(cfg: Config) -> str:
     if cfg.blocks.target_size:
         return f"blocks.target_size {cfg.blocks.target_size}"
     return "least predicted cost"
+
+
+def cache_needed(plan: BlockPlan, chunks: Sequence[int], vol: InputVolume) -> int:
+    """Bytes of decoded input chunks (of ``vol``, seen on the plan's grid with ``chunks``) a process's
+    cache holds so that blocks in sweep order decode each chunk once (:func:`pipeline.blocks.sweep_chunks`)."""
+    return sweep_chunks(plan, chunks) * math.prod(vol.chunks) * vol.dtype.itemsize * vol.channels
+
+
+def cache_capacity(vol: InputVolume) -> int:
+    """Bytes of decoded chunks a process keeps for ``vol`` (automatic: as this machine's processes would)."""
+    if not vol.cached:
+        return 0
+    return vol.cache_mib << 20 if vol.cache_mib else auto_capacity()
+
+
+def warn_cache(mib: int | None, needed: int) -> None:
+    """Warn when a configured ``input.chunk_cache_mib`` cannot hold the chunks the block order reuses."""
+    if mib and mib << 20 < needed:
+        logger.warning("input.chunk_cache_mib %d holds less than the %.0f MiB of input chunks the block order "
+                       "reuses: halos decode chunks again (up to ~3x per axis); raise it or leave it automatic",
+                       mib, needed / 2**20)
 
 
 def plan_summary(run: Prepared) -> dict[str, Any]:
@@ -307,6 +352,8 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
                                                       coefficients(run.config), workers), 1),
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
+        "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
+        "cache_needed_mib": round(cache_needed(plan, run.grid.chunks, run.volume) / 2**20, 1),
         "zoom": list(run.zoom) if run.zoom else None,
         "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),

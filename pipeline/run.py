@@ -54,7 +54,7 @@ from .stages import (
     Task,
     select_tables,
 )
-from .stages.labels import LabelsStage, Occupied, check_labels, label_target
+from .stages.labels import LabelsStage, Occupied, check_labels, label_target, linkable, open_label_image
 from .stages.relabel import SEGMENTATION, restore_plan
 from .stages.scan import listed_empty
 from .store import ZOOMED, Store, check_output, provenance, resume_parts
@@ -169,6 +169,11 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
     t0 = time.perf_counter()
     params = method.describe() if area is None else {**method.describe(), "region": area.to_json()}
     with open_engine(cfg.cluster, client, progress) as engine, _open_store(run, "segment", params, engine, need) as store:
+        if target is not None:
+            if linkable(target, Path(store.path)):  # the label image's level 0 is the segmentation, written once
+                store = replace(store, links=(target.segmentation(),))
+            if open_label_image(store, target) and store.links:  # a new label image: no segmentation in it yet
+                reset_after_fragments(store)
         task = Task.of(run, store)
         fragments = FragmentsStage(task, method, run.spec.embed_dim)
         if blocks is not None:
@@ -232,8 +237,9 @@ def work_fraction(total: int, blocks: list[int] | None, absent: np.ndarray | Non
 def reset_after_fragments(store: Store) -> None:
     """Forget every stage after ``fragments`` (relabel, restore, the label image) and the object
     statistics: global ids change when any block's fragments do."""
-    for stage in (RelabelStage.name, RestoreStage.name, LabelsStage.name):
+    for stage in (RelabelStage.name, RestoreStage.name):
         store.clear_markers(stage)
+    store.clear_markers_of(f"{LabelsStage.name}_")  # each level's; the label image group stays (it may hold the segmentation)
     store.clear_stats()
 
 
@@ -246,7 +252,7 @@ def restore(run: Prepared, task: Task, dtype: str, engine: Any, box: Box | None 
         len(plan), planned_workers(run.config.cluster), 16 * math.prod(plan.write_shape))
     logger.info("restore: labels from the resampled %s grid to the input's %s", list(run.plan.volume),
                 list(plan.volume))
-    stage = RestoreStage(replace(task, plan=plan), dtype, run.plan.volume, run.zoom)
+    stage = RestoreStage(replace(task, plan=plan, sweep=None), dtype, run.plan.volume, run.zoom)
     if box is not None:
         stage.skip = np.ones(len(plan), bool)
         stage.skip[covering_blocks(plan, box)] = False

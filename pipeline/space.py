@@ -91,12 +91,14 @@ def estimate(run: Prepared, target: LabelTarget | None, predict_only: bool = Fal
     planes = face_planes(plan.volume, plan.grid)
     faces = planes * (8 + spec.embed_dim * EVIDENCE_ITEMSIZE) + 16 * len(plan)
     scratch = grid_voxels * FRAGMENTS_BYTES + faces + voxels * STATS_BYTES + (grid_voxels * LABELS_BYTES if run.zoom else 0)
-    labels = sum(math.prod(level.shape) for level in target.levels) * LABELS_BYTES if target else 0
+    segmentation = voxels * LABELS_BYTES
+    # the label image's full-resolution level is the segmentation itself (written once, linked)
+    labels = sum(math.prod(lv.shape) for lv in target.levels if lv.kind != "copy") * LABELS_BYTES if target else 0
     inside = target is None or target.mode == "standalone"
-    return Estimate({"segmentation": int(voxels * LABELS_BYTES), "scratch": int(scratch),
+    return Estimate({"segmentation": int(segmentation if inside else 0), "scratch": int(scratch),
                      "label image": int(labels if inside else 0), "objects": int(voxels * OBJECT_BYTES),
                      "qc": int(planes * SEAM_BYTES + len(plan) * QC_BLOCK_BYTES)},
-                    elsewhere=int(0 if inside else labels))
+                    elsewhere=int(0 if inside else labels + segmentation))
 
 
 def free_bytes(path: str | Path) -> int:

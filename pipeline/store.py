@@ -8,7 +8,9 @@ stage, the resume key, provenance and completion.
                                       the OME-Zarr label image went; unreadable_input)
       lock.json                       while a run writes: its host, pid, run id, start time
                                       (pipeline.lock); its modification time is refreshed
-      segmentation                    (run) global instance labels (dimension_names z, y, x)
+      segmentation                    (run) global instance labels (dimension_names z, y, x); with a
+                                      label image, a symbolic link to its full-resolution level
+                                      (written once, see Link)
       labels/<name>/0, 1, ...         (run, output.labels standalone, or auto for a non-OME input)
                                       OME-Zarr 0.5 label image: pyramid of segmentation; labels/
                                       lists it (see pipeline.ome)
@@ -32,9 +34,10 @@ stage, the resume key, provenance and completion.
                                       per fragment, min_size); the one place per-block records
                                       live (see :meth:`Store.mark_done`)
         fragments                     uint64 fragment ids, block-unique
-        faces/<block>                 the block's outer planes that touch a neighbour, raw
-                                      (face_layout); no file: a skipped empty block (still one
-                                      file per block: merge tasks find a face by its block)
+        faces/<first>-<last>-<count>  the outer planes that touch a neighbour of every block of
+                                      one fragments batch with fragments, raw (face_blob), one
+                                      file named after the batch's marker; a block in none: a
+                                      skipped or empty block (background on its faces)
         stats/<part>/<first>-<last>-<count>.npy
                                       partial object statistics of id range <part> (rows per
                                       block) of one relabel batch, named by its marker
@@ -127,6 +130,75 @@ def marker_name(linears: np.ndarray) -> str:
     return f"{int(linears[0])}-{int(linears[-1])}-{len(linears)}.json"
 
 
+def batch_name(linears: Sequence[int]) -> str:
+    """The stem of the marker file a batch of blocks gets (its faces and statistics files are
+    named after it)."""
+    return marker_name(np.sort(np.asarray(linears, dtype=np.int64))).removesuffix(".json")
+
+
+def face_blob(plan: BlockPlan, block: Block, labels: np.ndarray, evidence: np.ndarray) -> bytes:
+    """A block's outer planes that touch a neighbour (see :func:`face_layout`): ``labels``
+    ``(*valid)``, ``evidence`` ``(E, *valid)``, as the bytes its batch's faces file holds."""
+    parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
+    for a, side in face_layout(plan, block):
+        pos = 0 if side == 0 else -1
+        parts.append(np.ascontiguousarray(labels.take(pos, axis=a), dtype=np.uint64).tobytes())
+        parts.append(np.ascontiguousarray(evidence.take(pos, axis=a + 1)).tobytes())
+    return b"".join(parts)
+
+
+class Faces:
+    """The faces of blocks, read from their batches' faces files (``files``: the names of the
+    fragments stage's marker files that own them, see :meth:`MarkerIndex.files`); a block in
+    none of them wrote no faces (found empty as it was read, or skipped)."""
+
+    def __init__(self, folder: Path, files: Sequence[str]) -> None:
+        self.data: dict[int, memoryview] = {}
+        for name in files:
+            path = folder / name.removesuffix(".json")
+            if not path.exists():  # every block of the batch was empty
+                continue
+            raw = memoryview(path.read_bytes())
+            n = int(np.frombuffer(raw, np.int64, 1)[0])
+            table = np.frombuffer(raw, np.int64, 3 * n, 8).reshape(n, 3)
+            for linear, at, size in table.tolist():
+                self.data[linear] = raw[at:at + size]
+
+    def has(self, linear: int) -> bool:
+        return linear in self.data
+
+    def side(self, plan: BlockPlan, block: Block, axis: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
+        data = self.data.get(block.linear)
+        if data is None:  # a block without faces: background on them
+            return None
+        channels, itemsize = (int(v) for v in np.frombuffer(data, np.int64, 2))
+        dtype = np.float32 if itemsize == 4 else np.float64
+        at = 16
+        for a, s in face_layout(plan, block):
+            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != a)
+            n = math.prod(shape)
+            if (a, s) == (axis, side):
+                return (np.frombuffer(data, np.uint64, n, at).reshape(shape),
+                        np.frombuffer(data, dtype, channels * n, at + 8 * n).reshape(channels, *shape))
+            at += n * (8 + channels * itemsize)
+        raise ValueError(f"block {block.index} has no face on side {side} of axis {axis}")
+
+    def face(self, plan: BlockPlan, block: Block, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(labels_a, labels_b, evidence_a, evidence_b)`` of the face between ``block`` (side a,
+        its upper plane) and its upper neighbour along ``axis`` (side b, its lower plane)."""
+        index = list(block.index)
+        index[axis] += 1
+        a = self.side(plan, block, axis, 1)
+        b = self.side(plan, plan.block(index), axis, 0)
+        if a is None or b is None:
+            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != axis)
+            known = a if a is not None else b
+            channels = known[1].shape[0] if known is not None else 1
+            blank = (np.zeros(shape, np.uint64), np.zeros((channels, *shape), np.float32))
+            a, b = a or blank, b or blank
+        return a[0], b[0], a[1], b[1]
+
+
 def parse_marker(name: str) -> Marker | None:
     """The marker a file name stands for; None for anything else (temporary files, a marker of
     the one-file-per-block layout of earlier versions: ignored, its blocks computed again)."""
@@ -181,23 +253,83 @@ class MarkerIndex:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An array of the run written elsewhere, once: ``path``, the array in its own (existing)
+    group, with ``dims`` as its dimension names; the output group holds a symbolic link ``name``
+    to it, so readers of ``<output>/<name>`` find it. The label image's full-resolution level is
+    the ``segmentation`` this way (see :mod:`pipeline.stages.labels`)."""
+
+    name: str
+    path: str
+    dims: tuple[str, ...]
+
+    def target(self, output: Path) -> str:
+        """What the link says: relative inside the output group, absolute elsewhere (the input
+        image's ``labels/``), so that moving the output alone keeps it valid."""
+        real = Path(self.path).resolve()
+        return os.path.relpath(real, output.resolve()) if real.is_relative_to(output.resolve()) else str(real)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """``dst`` with the bytes of ``src``: a hard link where the filesystem has them, else a copy."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def can_link(folder: str | Path) -> bool:
+    """Whether ``folder``'s filesystem takes symbolic links (tried with a throwaway link)."""
+    probe = Path(folder) / f".pipeline-link-{uuid.uuid4().hex}"
+    try:
+        os.symlink(".", probe)
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
 class Store:
-    """The output group of one run (``run_id`` keys the per-process array cache)."""
+    """The output group of one run (``run_id`` keys the per-process array cache; ``links``:
+    arrays written elsewhere, see :class:`Link`)."""
 
     path: str
     run_id: str
+    links: tuple[Link, ...] = ()
 
     # ------------------------------------------------------------ arrays
 
+    def link(self, name: str) -> Link | None:
+        return next((k for k in self.links if k.name == name), None)
+
+    def where(self, name: str) -> Path:
+        """Where the array ``name`` is written: the output group, or its link's target."""
+        found = self.link(name)
+        return Path(found.path) if found else Path(self.path) / name
+
     def array(self, name: str, mode: str = "r+") -> Any:
         """An array of the group, opened once per process and run."""
-        return _cached_array(str(Path(self.path) / name), mode, self.run_id)
+        return _cached_array(str(self.where(name)), mode, self.run_id)
 
     def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, channels: bool = False) -> None:
         """A new array (replacing a stale one left by a run that stopped before using it), with
-        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``)."""
-        dims = dimension_names(len(shape) - channels, channels)
-        create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
+        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``). A linked array is
+        created at its target, and the link in the output group made (again)."""
+        found = self.link(name)
+        if found is None:
+            dims = dimension_names(len(shape) - channels, channels)
+            create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
+            return
+        real = Path(found.path)
+        create_array(open_group(real.parent), real.name, shape, chunks, dtype, overwrite=True, dims=found.dims)
+        at = Path(self.path) / name
+        if at.is_symlink() or at.is_file():
+            at.unlink()
+        elif at.exists():  # an unlinked copy left by an earlier layout of this output
+            shutil.rmtree(at)
+        os.symlink(found.target(Path(self.path)), at)
 
     def qc_path(self, name: str) -> Path:
         """A file of the run's quality record, ``qc/<name>`` (kept when the run finishes)."""
@@ -217,6 +349,11 @@ class Store:
     def clear_markers(self, stage: str) -> None:
         """Forget which blocks ``stage`` finished (what they wrote is being replaced)."""
         shutil.rmtree(self._markers(stage), ignore_errors=True)
+
+    def clear_markers_of(self, prefix: str) -> None:
+        """Forget every stage whose name starts with ``prefix`` (e.g. each label level's)."""
+        for found in (Path(self.path) / SCRATCH).glob(f"done_{prefix}*"):
+            shutil.rmtree(found, ignore_errors=True)
 
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
@@ -282,10 +419,12 @@ class Store:
             raise FileNotFoundError(f"no done marker of {stage} holds blocks {sorted(missing)[:5]}")
         return out
 
-    def forget(self, stage: str, linears: Sequence[int]) -> None:
+    def forget(self, stage: str, linears: Sequence[int], follow: str | None = None) -> None:
         """Unmark finished blocks (they are computed again); client only. A marker file holding
         some of them is removed, then written again without them under its new name: a stop in
-        between forgets the rest of its blocks too (they are computed again), never less."""
+        between forgets the rest of its blocks too (they are computed again), never less. The file
+        named after the batch in the folder ``follow`` (the faces) is copied to the new name before
+        the marker moves (a marker never lacks its file) and removed after."""
         if not len(linears):
             return
         gone = np.asarray(sorted({int(i) for i in linears}), dtype=np.int64)
@@ -296,67 +435,47 @@ class Store:
             name = index.names[k]
             ids, recs = self.read_marker(stage, name)
             keep = ~np.isin(ids, gone)
+            old = Path(self.path) / follow / name.removesuffix(".json") if follow else None
+            if old is not None and old.exists() and keep.any():
+                _copy(old, old.with_name(batch_name(ids[keep])))
             (self._markers(stage) / name).unlink()
             if keep.any():
                 self.mark_done(stage, ids[keep], None if recs is None else [r for r, x in zip(recs, keep) if x])
+            if old is not None:
+                old.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ faces
-
-    def _faces(self, linear: int) -> Path:
-        return Path(self.path) / FACES / str(linear)
-
-    def has_faces(self, linear: int) -> bool:
-        """Whether the block wrote its faces (every block that was not skipped as empty does)."""
-        return self._faces(linear).exists()
-
-    def drop_block(self, linear: int) -> None:
-        """Remove what a block wrote besides its arrays and its record (faces): it is computed again."""
-        self._faces(linear).unlink(missing_ok=True)
 
     def create_faces(self) -> None:
         (Path(self.path) / FACES).mkdir(parents=True, exist_ok=True)
 
-    def write_faces(self, plan: BlockPlan, block: Block, labels: np.ndarray, evidence: np.ndarray) -> None:
-        """Store the block's outer planes that touch a neighbour, in one raw file (see
-        :func:`face_layout`): ``labels`` ``(*valid)``, ``evidence`` ``(E, *valid)``."""
-        parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
-        for a, side in face_layout(plan, block):
-            pos = 0 if side == 0 else -1
-            parts.append(np.ascontiguousarray(labels.take(pos, axis=a), dtype=np.uint64).tobytes())
-            parts.append(np.ascontiguousarray(evidence.take(pos, axis=a + 1)).tobytes())
-        self._faces(block.linear).write_bytes(b"".join(parts))
+    def write_faces(self, linears: Sequence[int], blobs: dict[int, bytes]) -> None:
+        """The faces of a batch of blocks (``blobs``, see :func:`face_blob`; blocks without faces
+        left out) in one file named after the batch's marker (:func:`batch_name`), written whole
+        before the batch is marked done: a header ``[n]``, ``n`` rows ``[block, offset, bytes]``
+        (int64), the blobs."""
+        if not blobs:
+            return
+        order = sorted(blobs)
+        at, table = 8 + 24 * len(order), []
+        for linear in order:
+            table.append((linear, at, len(blobs[linear])))
+            at += len(blobs[linear])
+        head = np.array([len(order)], np.int64).tobytes() + np.array(table, np.int64).tobytes()
+        path = Path(self.path) / FACES / batch_name(linears)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(head)
+                for linear in order:
+                    f.write(blobs[linear])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def _face_side(self, plan: BlockPlan, block: Block, axis: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
-        path = self._faces(block.linear)
-        if not path.exists():  # a skipped (empty) block: background on its faces
-            return None
-        data = path.read_bytes()
-        channels, itemsize = (int(v) for v in np.frombuffer(data, np.int64, 2))
-        dtype = np.float32 if itemsize == 4 else np.float64
-        at = 16
-        for a, s in face_layout(plan, block):
-            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != a)
-            n = math.prod(shape)
-            if (a, s) == (axis, side):
-                return (np.frombuffer(data, np.uint64, n, at).reshape(shape),
-                        np.frombuffer(data, dtype, channels * n, at + 8 * n).reshape(channels, *shape))
-            at += n * (8 + channels * itemsize)
-        raise ValueError(f"block {block.index} has no face on side {side} of axis {axis}")
-
-    def read_face(self, plan: BlockPlan, block: Block, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(labels_a, labels_b, evidence_a, evidence_b)`` of the face between ``block`` (side a,
-        its upper plane) and its upper neighbour along ``axis`` (side b, its lower plane)."""
-        index = list(block.index)
-        index[axis] += 1
-        a = self._face_side(plan, block, axis, 1)
-        b = self._face_side(plan, plan.block(index), axis, 0)
-        if a is None or b is None:
-            shape = tuple(w for i, w in enumerate(block.valid.shape) if i != axis)
-            known = a if a is not None else b
-            channels = known[1].shape[0] if known is not None else 1
-            blank = (np.zeros(shape, np.uint64), np.zeros((channels, *shape), np.float32))
-            a, b = a or blank, b or blank
-        return a[0], b[0], a[1], b[1]
+    def faces(self, files: Sequence[str]) -> Faces:
+        """The faces held by the batches ``files`` (marker file names of the fragments stage)."""
+        return Faces(Path(self.path) / FACES, files)
 
     # ------------------------------------------------------------ per-block records
 

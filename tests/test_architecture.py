@@ -80,8 +80,11 @@ def test_engine_serial_equals_dask(client2, n):
 
 
 def test_store_face_round_trip(tmp_path):
-    """What a block writes on its faces is what the merge reads across each face; a block
-    that wrote nothing (skipped as empty) reads as background."""
+    """What the blocks of a batch write on their faces (one file per batch) is what the merge reads
+    across each face; a block that wrote nothing (skipped as empty) reads as background; a batch
+    whose marker is rewritten without some of its blocks (forgotten) keeps the others' faces."""
+    from pipeline.store import FACES, batch_name, face_blob
+
     plan = BlockPlan((10, 12, 9), (4, 4, 4), (0, 0, 0), (2, 2, 2))
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 50, plan.volume).astype(np.uint64)
@@ -89,26 +92,47 @@ def test_store_face_round_trip(tmp_path):
     store, resumed = Store.open(tmp_path / "o.zarr", False, "k", "run")
     assert not resumed
     store.create_faces()
+    store.create_markers("fragments")
     skipped = plan.block((1, 0, 1))
     labels[skipped.valid.to_slices()] = 0
     evidence[(slice(None), *skipped.valid.to_slices())] = 0
-    for block in plan:
-        sl = block.valid.to_slices()
-        if block != skipped:
-            store.write_faces(plan, block, labels[sl], evidence[(slice(None), *sl)])
-    for block in plan:
-        for axis in face_axes(plan):
-            if block.index[axis] == plan.grid[axis] - 1:
-                continue
-            la, lb, ea, eb = store.read_face(plan, block, axis)
-            last = block.valid.offset[axis] + block.valid.shape[axis] - 1
-            plane = list(block.valid.to_slices())
-            plane[axis] = last
-            np.testing.assert_array_equal(la, labels[tuple(plane)])
-            np.testing.assert_array_equal(ea, evidence[(slice(None), *plane)])
-            plane[axis] = last + 1
-            np.testing.assert_array_equal(lb, labels[tuple(plane)])
-            np.testing.assert_array_equal(eb, evidence[(slice(None), *plane)])
+    batches = [list(range(i, min(i + 5, len(plan)))) for i in range(0, len(plan), 5)]
+    for batch in batches:
+        blobs = {}
+        for i in batch:
+            block = plan.block_at(i)
+            sl = block.valid.to_slices()
+            if block != skipped:
+                blobs[i] = face_blob(plan, block, labels[sl], evidence[(slice(None), *sl)])
+        store.write_faces(batch, blobs)
+        store.mark_done("fragments", batch)
+    assert sorted(p.name for p in (tmp_path / "o.zarr" / FACES).iterdir()) == sorted(batch_name(b) for b in batches)
+
+    def check(forgotten=()):
+        index = store.index("fragments", len(plan))
+        for block in plan:
+            for axis in face_axes(plan):
+                if block.index[axis] == plan.grid[axis] - 1 or block.linear in forgotten:
+                    continue
+                up = list(block.index)
+                up[axis] += 1
+                if plan.block(up).linear in forgotten:
+                    continue
+                files = index.files([block.linear, plan.block(up).linear])[0]
+                la, lb, ea, eb = store.faces(files).face(plan, block, axis)
+                last = block.valid.offset[axis] + block.valid.shape[axis] - 1
+                plane = list(block.valid.to_slices())
+                plane[axis] = last
+                np.testing.assert_array_equal(la, labels[tuple(plane)])
+                np.testing.assert_array_equal(ea, evidence[(slice(None), *plane)])
+                plane[axis] = last + 1
+                np.testing.assert_array_equal(lb, labels[tuple(plane)])
+                np.testing.assert_array_equal(eb, evidence[(slice(None), *plane)])
+
+    check()
+    store.forget("fragments", [1, 6], follow=FACES)  # two batches rewritten under new names
+    check(forgotten=(1, 6))
+    assert batch_name([0, 1, 2, 3, 4]) not in {p.name for p in (tmp_path / "o.zarr" / FACES).iterdir()}
 
 
 def test_done_markers_one_file_per_batch(tmp_path):
@@ -200,3 +224,54 @@ def test_progress_lines_for_logs(caplog):
         assert list(Engine().map(lambda b: b[0], [[1, 2, 3], [4]], desc="d", unit="block", item_voxels=10)) == [1, 4]
     assert caplog.records[0].getMessage().startswith("d: 4/4 blocks (100%), ")
     assert "Mvox/s" in caplog.records[0].getMessage()
+
+
+def test_the_architecture_page_names_what_exists():
+    """docs/architecture.md: its stage table lists exactly the stages of ``pipeline.stages`` (each a
+    class with that ``name``), and every ``pipeline/...`` path it names exists."""
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+
+    import pipeline.stages
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    table = page[page.index("## The stages"):page.index("## Where the code is")]
+    named = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.M))
+    found = set()
+    for info in pkgutil.iter_modules(pipeline.stages.__path__):
+        module = importlib.import_module(f"pipeline.stages.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and isinstance(cls.__dict__.get("name"), str):
+                found.add(cls.__dict__["name"])
+    assert named == found, (named, found)
+    paths = set(re.findall(r"`(pipeline/[\w/.]*)`", page))
+    assert len(paths) > 10
+    for path in paths:
+        assert (ROOT / path).exists(), f"docs/architecture.md names {path}, which does not exist"
+    assert "docs/architecture.md" in (ROOT / "README.md").read_text()
+
+
+class _Workers:
+    """A client stand-in: workers with their threads and memory limits (0: unknown)."""
+
+    def __init__(self, **workers):
+        self.workers = workers
+
+    def nthreads(self):
+        return {w: t for w, (t, _) in self.workers.items()}
+
+    def scheduler_info(self):
+        return {"workers": {w: {"nthreads": t, "memory_limit": m} for w, (t, m) in self.workers.items()}}
+
+
+def test_window_holds_a_gpu_workers_large_blocks_for_all_its_threads():
+    """A GPU worker with 9 threads and 64 GiB predicts blocks sized to its GPU (3.5 GiB of
+    embeddings each): the window lets it hold as many as half its memory takes (9), so 8 threads
+    cluster while one predicts; a fixed 2 GiB budget allowed 2 in flight (one clustering)."""
+    block = 7 * (2 << 30) // 4
+    assert Engine(_Workers(gpu=(9, 64 << 30)))._window(block) == 9
+    assert Engine(_Workers(gpu=(9, 64 << 30), cpu=(4, 8 << 30)))._window(block) == 10  # 9 + 1 (4 GiB)
+    assert Engine(_Workers(gpu=(9, 0)))._window(block) == 2  # limit unknown: memory_per_worker (2 GiB)
+    assert Engine(_Workers(gpu=(9, 64 << 30)))._window() == 36  # no results held between steps: 4 per thread

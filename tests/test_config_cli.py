@@ -84,6 +84,7 @@ def test_cli_plan(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "blocks" in out and "[3, 3, 3]" in out and "redundancy" in out and "memory_per_block_mib" in out
     assert "input_over_read" in out
+    assert "block_order" in out and "cache_needed_mib" in out
     assert f"label_image           {tmp_path / 'out.zarr' / 'labels' / 'segmentation'} (NGFF 0.5" in out
     assert "voxel_size            unknown" in out and "run_would_refuse      nothing" in out
     assert not (tmp_path / "out.zarr").exists()  # plan computes nothing

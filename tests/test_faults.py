@@ -261,11 +261,14 @@ def test_changed_model_or_settings_refused_by_name(data, monkeypatch, capsys):
                            ("merge.min_contact=3", "min_contact 1 -> 3"),
                            ("empty.threshold=0.3", "empty: threshold 0.1 -> 0.3"),
                            ("blocks.write_shape=[8,32,32]", "blocks: write_shape [8, 16, 16] -> [8, 32, 32]"),
-                           ("blocks.write_shape=null", "blocks: write_shape [8, 16, 16] -> "),  # the cost choice
                            ("model.precision=float64", "model.precision float32 -> float64")]:
         code, err = run(["run", str(cfg), "--set", change], capsys)
         assert code == 2, change
         one_line(err, "holds an unfinished run made with other settings", needle)
+    # without a write shape the resumed run keeps the one it began with (not the cost choice of today's cluster)
+    code, err = run(["run", str(cfg), "--set", "blocks.write_shape=null"], capsys)
+    assert code == 0, err
+    same_result(data / "settings.zarr", data / "reference.zarr")
     code, err = run(["run", str(cfg), "--overwrite"], capsys)
     assert code == 0, err
     same_result(data / "settings.zarr", data / "reference.zarr")
@@ -492,8 +495,7 @@ def test_lock_refreshed_recreated_and_lost(tmp_path, monkeypatch):
 
 
 
-@pytest.mark.parametrize("stage,after", [("fragments", 3), ("merge", 1), ("relabel", 2), ("objects", 1),
-                                         ("labels", 1)])
+@pytest.mark.parametrize("stage,after", [("fragments", 3), ("merge", 1), ("relabel", 2), ("objects", 1)])
 def test_client_killed_in_every_stage(data, tmp_path, stage, after, capsys):
     """SIGKILL of the client in each stage: the rerun of the same command takes the dead run's
     lock over, resumes what was finished, logs no traceback and gives the uninterrupted result."""
@@ -509,6 +511,29 @@ def test_client_killed_in_every_stage(data, tmp_path, stage, after, capsys):
     same_result(out, data / "reference.zarr")
     resumed = open_group(out).attrs["resumed_blocks"]
     assert resumed == (3 * 2 if stage == "fragments" else 32)  # nothing finished was lost (2 blocks per task)
+
+
+def test_client_killed_in_the_label_pyramid(tmp_path, capsys):
+    """SIGKILL of the client while it writes the label image's coarser levels (level 0 is the
+    segmentation, already written): the rerun resumes and gives the uninterrupted result."""
+    vol = np.concatenate([volume(), volume(2)[..., ::-1], volume(3), volume(4)[:, ::-1]], axis=2)  # (16, 64, 256)
+    write_zarr(tmp_path / "wide.zarr", vol, chunks=(8, 32, 32), name="raw")
+    ref = config(tmp_path, "wide-ref", "wide.zarr")
+    assert main(["-q", "run", str(ref)]) == 0
+    assert (tmp_path / "wide-ref.zarr" / "labels" / "segmentation" / "1").exists()  # a pyramid to write
+    cfg = config(tmp_path, "wide-killed", "wide.zarr")
+    (tmp_path / "kill.py").write_text(KILL_CLIENT)
+    r = subprocess.run([sys.executable, str(tmp_path / "kill.py"), "labels", "1", "-q", "run", str(cfg)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    out = tmp_path / "wide-killed.zarr"
+    assert open_group(out).attrs["complete"] is False
+    code, err = run(["run", str(cfg)], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    same_result(out, tmp_path / "wide-ref.zarr")
+    for level in ("1",):  # (8, 32, 128): the last level
+        np.testing.assert_array_equal(open_array(out / "labels/segmentation" / level)[...],
+                                      open_array(tmp_path / "wide-ref.zarr/labels/segmentation" / level)[...])
 
 
 @pytest.mark.usefixtures("slurm")

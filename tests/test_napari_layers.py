@@ -194,6 +194,7 @@ def test_corrected_labels_become_a_new_label_image(tmp_path):
         keep.save_label_image(out, source, edited, box, "segmentation")
     keep.save_label_image(out, source, edited, box, "segmentation", overwrite=True)  # an explicit choice
     np.testing.assert_array_equal(open_array(source / "0")[...], expected)
+    np.testing.assert_array_equal(open_array(out / "segmentation")[...], expected)  # one array: it changed too
 
 
 def test_training_crops_read_back(tmp_path):

@@ -99,3 +99,31 @@ def test_stream_equals_single_blocks(tmp_path):
     assert len(streamed) == 5
     for block, out in zip(blocks, streamed):
         np.testing.assert_allclose(out, pred(block, stats), rtol=0, atol=1e-12)
+
+
+def test_prefetch_keeps_several_reads_in_flight(monkeypatch):
+    """The GPU task's reads overlap each other, not only its compute: one read at a time fed the
+    simulated device of benchmarks/simulated_gpu.py at the read rate whatever its speed. Blocks
+    still come out in order."""
+    import threading
+    import time
+
+    from pipeline.blocks import BlockPlan
+    from pipeline.stages import predict as stage
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def read(cfg, box, zoom=None):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return np.full(1, box.offset[0]), {"input": str(box.offset[0])}
+
+    monkeypatch.setattr(stage, "read_input", read)
+    blocks = list(BlockPlan((80, 4, 4), (8, 4, 4), (0, 0, 0), (1, 1, 1)))
+    out = [(b.read.offset[0], int(d[0]), r["input"]) for b, d, r in stage.prefetched(None, blocks)]
+    assert out == [(b.read.offset[0], b.read.offset[0], str(b.read.offset[0])) for b in blocks]
+    assert peak[0] == min(stage.PREFETCH_DEPTH, stage.PREFETCH_THREADS) > 1

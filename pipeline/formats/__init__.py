@@ -123,8 +123,9 @@ def open_label_array(path: str | Path, dataset: str | None = None) -> Any:
         return vol.array
     node = open_zarr_node(p, dataset)
     if isinstance(node, zarr.Group):
-        if "segmentation" in node:
-            return node["segmentation"]
+        seg = (p / dataset if dataset else p) / "segmentation"
+        if seg.exists():  # a result: maybe a link to its label image's level 0 (any zarr format)
+            return zarr.open_array(str(seg), mode="r")
         from ..io import _multiscales
 
         multiscales = _multiscales(dict(node.attrs))

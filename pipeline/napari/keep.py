@@ -96,7 +96,8 @@ def save_label_image(result: Path, source: Path, labels: np.ndarray, box: Box, n
                      overwrite: bool = False) -> Path:
     """Write ``labels`` (the corrected voxels of ``box``, segmented grid) into a label image of
     ``result`` named ``name``: a copy of the label image ``source`` with the correction (``source``
-    itself only with ``overwrite``). Returns the label image group."""
+    itself only with ``overwrite``; the run's own label image is its ``segmentation``, which then
+    changes too). Returns the label image group."""
     seg = zarr.open_array(str(result / "segmentation"), mode="r")
     if labels.shape != tuple(box.shape):
         raise OutputError(f"corrected labels {list(labels.shape)} do not fit the box {list(box.shape)}")
@@ -115,6 +116,10 @@ def save_label_image(result: Path, source: Path, labels: np.ndarray, box: Box, n
     if np.asarray(labels).max(initial=0) > np.iinfo(copy.dtype).max:
         raise OutputError(f"label ids above {np.iinfo(copy.dtype).max} do not fit the label image's {copy.dtype}")
     copy[box.to_slices()] = np.asarray(labels).astype(copy.dtype)
+    if (result / "segmentation").is_symlink() and (result / "segmentation").resolve() == (
+            target.group / target.levels[k].path).resolve():
+        logger.warning("the run's own label image holds its segmentation (one array): %s now has the corrected "
+                       "labels too; its objects table and QC describe the labels before the correction", result)
     with tempfile.TemporaryDirectory(prefix="pipeline-keep-") as scratch:  # the stage's done markers
         stage = LabelsStage(Store(scratch, "keep"), target, str(copy.dtype))
         for i in range(k + 1, len(target.levels)):  # coarser levels from the one before, where the box reaches

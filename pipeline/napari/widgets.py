@@ -553,7 +553,7 @@ class KeepWidget(QWidget):
         form.addRow(self.edit)
         self.name = QLineEdit("corrected")
         form.addRow("label image name", self.name)
-        self.overwrite = QCheckBox("replace an existing label image of that name (even the run's own)")
+        self.overwrite = QCheckBox("replace an existing label image of that name (even the run's own, which is its segmentation)")
         form.addRow(self.overwrite)
         self.save = QPushButton("Save into the result")
         form.addRow(self.save)

@@ -11,10 +11,13 @@ blocks::
       8-21-6.json         blocks 8..21 but 6 of them (the others skipped): the file lists them
                           as [start, count] runs on its first line; records on its second
 
-A run stopped in the middle of a batch computes the whole batch again (its writes are
-idempotent). When an interrupted run is resumed, finished blocks are skipped once the stage
-has :meth:`~BlockStage.verify`-ed them, and the stage :meth:`~BlockStage.recover`-s what the
-client needs of them (summaries, statistics) from what they wrote and their records.
+Batches are runs of the blocks in :func:`~pipeline.blocks.in_sweep` order (neighbours, in the
+order that lets a worker's chunk cache decode each input chunk once), formed again from the
+plan and the input's chunks on every run. A run stopped in the middle of a batch computes the
+whole batch again (its writes are idempotent). When an interrupted run is resumed, finished
+blocks are skipped once the stage has :meth:`~BlockStage.verify`-ed them, and the stage
+:meth:`~BlockStage.recover`-s what the client needs of them (summaries, statistics) from what
+they wrote and their records.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..blocks import Block, BlockPlan
+from ..blocks import Block, BlockPlan, in_sweep, sweep_axes
 from ..config import InputConfig
 from ..deploy import torch_threads
 from ..engine import Batch, Engine, batched
@@ -62,13 +65,15 @@ class Task:
     zoom: tuple[float, ...] | None = None  # the input is read resampled by this (input.diameter)
     changed_input: str = "refuse"  # output.changed_input: refuse | recompute
     resume_check: str = "metadata"  # output.resume_check: metadata | content
+    sweep: tuple[int, ...] | None = None  # grid axes, slowest first, in the order blocks run (see blocks.sweep_axes)
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
         m, out = run.config.model, run.config.output
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
                    m.channels_last, torch_threads(run.config.cluster), m.batch_size,
-                   run.empty.background if run.empty else None, run.zoom, out.changed_input, out.resume_check)
+                   run.empty.background if run.empty else None, run.zoom, out.changed_input, out.resume_check,
+                   sweep_axes(run.plan, run.grid.chunks))
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""
@@ -195,7 +200,7 @@ class BlockStage(ABC):
         if changed or stale:  # markers may have been written again (see Store.forget)
             index = self.store.index(self.name, len(self.plan))
         self.recomputed = len(changed)
-        todo = np.flatnonzero(~done & ~skip).tolist()
+        todo = in_sweep(np.flatnonzero(~done & ~skip), self.plan.grid, self.task.sweep)
         finished = np.flatnonzero(done).tolist()
         self.resumed, self.computed = len(finished), len(todo)
         if finished:
@@ -207,5 +212,5 @@ class BlockStage(ABC):
         for results in engine.map(self.run_batch if first else self.run_unloaded, batched(todo, blocks_per_task),
                                   *args, desc=self.name, resources=self.resources, per_batch=per_batch,
                                   first=first, batch_bytes=self.load_bytes(blocks_per_task), unit="block",
-                                  item_voxels=math.prod(self.plan.write_shape)):
+                                  item_voxels=math.prod(self.plan.write_shape), spans=self.task.sweep is not None):
             yield from results

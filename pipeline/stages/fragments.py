@@ -19,7 +19,7 @@ from ..blocks import Block
 from ..clustering import Method
 from ..engine import Engine
 from ..merge import fragment_ids, local_ids
-from ..store import FRAGMENTS
+from ..store import FACES, FRAGMENTS, Faces, face_blob
 from .base import MODEL, Task
 from .predict import InputStage, output_bytes, predict_blocks
 
@@ -57,6 +57,7 @@ class FragmentsStage(InputStage):
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, dict[str, Any], dict[str, Any]]]:
         frag = self.store.array(FRAGMENTS)
+        faces: dict[int, bytes] = {}
         for block, (predicted, record) in zip(blocks, loaded, strict=True):
             unreadable = {"unreadable": record["unreadable"]} if "unreadable" in record else {}
             if predicted is None:  # empty space: nothing written, the arrays' fill value stands
@@ -67,11 +68,12 @@ class FragmentsStage(InputStage):
             local = self.method.fragments(emb, fg)
             ids = fragment_ids(local, block.linear, self.task.id_stride)
             frag[block.valid.to_slices()] = ids
-            self.store.write_faces(self.plan, block, ids, self.method.face_evidence(emb, local))
+            faces[block.linear] = face_blob(self.plan, block, ids, self.method.face_evidence(emb, local))
             if self.keep_sizes:  # kept with the block's done marker
                 record = {**record, "sizes": np.bincount(local.ravel())[1:].tolist()}
             yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0,
                           **unreadable}, record
+        self.store.write_faces([b.linear for b in blocks], faces)  # one file, before the batch is marked done
 
     def summaries(self, engine: Engine, blocks_per_task: int) -> tuple[np.ndarray, np.ndarray]:
         """Run the stage: the number of fragments of every block, and which blocks were
@@ -86,12 +88,17 @@ class FragmentsStage(InputStage):
         save_record(self.store.qc_path("blocks.npz"), {**record.arrays(), "skipped": empty})
         return counts, empty
 
-    def recover(self, blocks: Sequence[Block], records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    def recover_batch(self, linears: Sequence[int], files: Sequence[str]) -> list[dict[str, Any]]:
+        records = self.store.records(self.name, linears, files)
+        return self.recover([self.plan.block_at(i) for i in linears], records, self.store.faces(files))
+
+    def recover(self, blocks: Sequence[Block], records: dict[int, dict[str, Any]],
+                faces: Faces | None = None) -> list[dict[str, Any]]:
         frag = self.store.array(FRAGMENTS, mode="r")
         out = []
         for b in blocks:
             unreadable = {"unreadable": records[b.linear]["unreadable"]} if "unreadable" in records[b.linear] else {}
-            if not self.store.has_faces(b.linear):  # found empty when it was read
+            if faces is not None and not faces.has(b.linear):  # found empty when it was read
                 out.append({"linear": b.linear, "count": 0, "empty": True, **unreadable})
             else:
                 out.append({**summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)),
@@ -99,8 +106,7 @@ class FragmentsStage(InputStage):
         return out
 
     def forget(self, linears: Sequence[int]) -> None:
-        """Unmark the blocks (their records go, sizes included) and drop their faces (their fragments are
-        rewritten, or no longer read: a skipped block counts no fragments)."""
-        super().forget(linears)
-        for i in linears:
-            self.store.drop_block(i)
+        """Unmark the blocks (their records go, sizes included); the faces of the other blocks of
+        their batches follow their markers (the forgotten blocks' are no longer read: they are
+        computed again, or skipped and count no fragments)."""
+        self.store.forget(self.name, linears, follow=FACES)

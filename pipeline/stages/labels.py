@@ -7,6 +7,12 @@ writes its box, so no task ever holds more than one box and its source. Boxes ar
 per level and task (``scratch/done_labels_<level>/<first>-<last>-<count>.json``, see
 :mod:`pipeline.stages.base`) and a resumed run skips finished ones. The group
 gets its metadata, and the ``labels`` group its entry, once every level is written.
+
+One copy of the labels: the group is opened (:func:`open_label_image`) before relabelling, and
+the level at the segmented resolution is the ``segmentation`` array itself (a
+:class:`~pipeline.store.Link`: relabel or restore write it there, and the output group holds a
+symbolic link ``segmentation`` to it), so this stage writes only the other levels. Where the
+output's filesystem takes no links (:func:`linkable`), that level is a copy, written here.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from ..ome import (
     relative_source,
     spatial_axes,
 )
-from ..store import Store, unfinished_key
+from ..store import Link, Store, can_link, unfinished_key
 from .relabel import SEGMENTATION
 
 if TYPE_CHECKING:
@@ -71,6 +77,15 @@ class LabelTarget:
     @property
     def zarr_format(self) -> int:
         return 2 if self.version == "0.4" else 3
+
+    @property
+    def copy(self) -> Level:
+        """The level that holds the segmentation at its own resolution."""
+        return next(level for level in self.levels if level.kind == "copy")
+
+    def segmentation(self) -> Link:
+        """The segmentation written once, as this label image's full-resolution level."""
+        return Link(SEGMENTATION, str(self.group / self.copy.path), tuple(str(a["name"]) for a in self.axes))
 
     def attrs(self, output: Path) -> dict[str, Any]:
         """The group's final attributes: NGFF metadata and which run output wrote it."""
@@ -157,6 +172,39 @@ def _recorded_output(group: Path) -> str | None:
     except Exception:  # noqa: BLE001 - not a readable group: not ours
         return None
     return str(found) if found else None
+
+
+def open_label_image(store: Store, target: LabelTarget) -> bool:
+    """Client side, before anything writes the segmentation: the label image group, new
+    (replacing what :func:`check_labels` allowed; True) or the one this output's interrupted run
+    began (False). Its levels are created when they are written (:meth:`LabelsStage.run`)."""
+    t = target
+    if store.has_markers(LabelsStage.name) and _recorded_output(t.group) == str(Path(store.path).resolve()):
+        return False
+    if t.group.exists():
+        shutil.rmtree(t.group)
+    labels = zarr.open_group(str(t.labels_group), mode="a", zarr_format=t.zarr_format)  # type: ignore[arg-type]
+    if not dict(labels.attrs):  # a new labels group: valid and empty until the label image is complete
+        labels.attrs.put({"labels": []} if t.version == "0.4" else {"ome": {"version": t.version, "labels": []}})
+    group = zarr.open_group(str(t.group), mode="w", zarr_format=t.zarr_format)  # type: ignore[arg-type]
+    group.attrs.update({"pipeline": {"output": str(Path(store.path).resolve()), "complete": False}})
+    store.clear_markers_of(f"{LabelsStage.name}_")  # a resumed run that now writes another label image
+    store.create_markers(LabelsStage.name)
+    return True
+
+
+def linkable(target: LabelTarget | None, output: Path) -> bool:
+    """Whether this run writes the segmentation once, as the label image's full-resolution
+    level: a label image is planned, the output's filesystem takes symbolic links, and the
+    output does not already hold a segmentation of its own (an interrupted run of an earlier
+    layout, resumed as it began)."""
+    if target is None:
+        return False
+    at = output / SEGMENTATION
+    if at.exists() and not at.is_symlink():
+        return False
+    base = next((a for a in (output.absolute(), *output.absolute().parents) if a.is_dir()), Path("/"))
+    return can_link(base)
 
 
 @dataclass(frozen=True)
@@ -255,33 +303,27 @@ class LabelsStage:
 
     # ------------------------------------------------------------ client side
 
-    def create(self) -> None:
-        """A new label image group and its empty levels (replacing what :func:`check_labels` allowed)."""
-        t = self.target
-        if t.group.exists():
-            shutil.rmtree(t.group)
-        labels = zarr.open_group(str(t.labels_group), mode="a", zarr_format=t.zarr_format)  # type: ignore[arg-type]
-        if not dict(labels.attrs):  # a new labels group: valid and empty until the label image is complete
-            labels.attrs.put({"labels": []} if t.version == "0.4" else {"ome": {"version": t.version, "labels": []}})
-        group = zarr.open_group(str(t.group), mode="w", zarr_format=t.zarr_format)  # type: ignore[arg-type]
-        group.attrs.update({"pipeline": {"output": str(Path(self.store.path).resolve()), "complete": False}})
-        dims = [a["name"] for a in t.axes]
-        for level in t.levels:
-            create_array(group, level.path, level.shape, level.chunks, self.dtype, dims=dims)
-            self.store.clear_markers(self.marker(level))  # a resumed run that now writes another label image
-            self.store.create_markers(self.marker(level))
-        self.store.create_markers(self.name)
+    @property
+    def linked(self) -> bool:
+        """Whether the segmentation is this label image's copy level (written by relabel/restore)."""
+        return self.store.link(SEGMENTATION) is not None
 
     def run(self, engine: Engine) -> Path:
-        """Write every level not written yet (segmentation copy, finer, then coarser), then the metadata."""
+        """Write every level not written yet (finer, then coarser; the copy of the segmentation too
+        when it is not :attr:`linked`), then the metadata."""
         t = self.target
-        ours = _recorded_output(t.group) == str(Path(self.store.path).resolve())
-        if not self.store.has_markers(self.name) or not ours:
-            self.create()
+        open_label_image(self.store, t)
+        dims = [a["name"] for a in t.axes]
         order = sorted(range(len(t.levels)), key=lambda i: (t.levels[i].kind != "copy", t.levels[i].kind == "up", i))
         for i in order:
             level = t.levels[i]
+            if level.kind == "copy" and self.linked:
+                continue
             plan = _level_plan(level)
+            if not self.store.has_markers(self.marker(level)):  # not begun, or reset with the segmentation
+                create_array(open_group(t.group), level.path, level.shape, level.chunks, self.dtype, overwrite=True,
+                             dims=dims)
+                self.store.create_markers(self.marker(level))
             done = self.store.done(self.marker(level), len(plan))
             self.resumed += int(done.sum())
             wanted = ~done
@@ -293,8 +335,9 @@ class LabelsStage:
             for _ in engine.map(self.write, batched(todo, 1), i, desc=f"{self.name} {level.path}"):
                 pass
         self.finish()
-        logger.info("labels: %d levels %s -> %s (%d task boxes resumed, %d over empty space skipped)", len(t.levels),
-                    [list(lv.shape) for lv in t.levels], t.group, self.resumed, self.skipped)
+        logger.info("labels: %d levels %s -> %s (%d task boxes resumed, %d over empty space skipped%s)", len(t.levels),
+                    [list(lv.shape) for lv in t.levels], t.group, self.resumed, self.skipped,
+                    f"; level {t.copy.path} is the segmentation" if self.linked else "")
         return t.group
 
     def finish(self) -> None:
@@ -305,4 +348,5 @@ class LabelsStage:
         labels.attrs.put(labels_list(dict(labels.attrs), t.version, t.name))
 
 
-__all__ = ["LabelTarget", "LabelsStage", "Occupied", "check_labels", "image_path", "label_target"]
+__all__ = ["LabelTarget", "LabelsStage", "Occupied", "check_labels", "image_path", "label_target", "linkable",
+           "open_label_image"]

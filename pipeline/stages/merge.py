@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from ..audit import batch_record, face_audit, iter_records, save_record, summarise
+from ..blocks import BlockPlan
 from ..clustering import Method
 from ..engine import Batch, Engine, Ref, batched
 from ..merge import block_table, components, global_tables
-from ..store import Store, face_axes
+from ..store import MarkerIndex, Store, face_axes
 from .base import Task
+from .fragments import FragmentsStage
 
 SEAMS = "seams"
 Tables = tuple[np.ndarray, np.ndarray, int]  # global_tables' (final, starts, N)
@@ -67,6 +69,20 @@ def tables(counts: np.ndarray, stride: int, mapping: np.ndarray, store: Store | 
     return global_tables(counts, stride, mapping, sizes, min_size)
 
 
+def face_files(plan: BlockPlan, index: MarkerIndex, linears: Sequence[int]) -> list[str]:
+    """The faces files (fragments markers) that hold the blocks ``linears`` and their upper
+    neighbours: what a merge task over them reads."""
+    ids = np.asarray(linears, dtype=np.int64)
+    need = [ids]
+    coords = np.stack(np.unravel_index(ids, plan.grid))
+    for axis in face_axes(plan):
+        up = coords.copy()
+        up[axis] += 1
+        inside = up[axis] < plan.grid[axis]
+        need.append(np.ravel_multi_index(tuple(up[:, inside]), plan.grid))
+    return index.files(np.unique(np.concatenate(need)))[0]
+
+
 class MergeStage:
     name = "merge"
 
@@ -75,15 +91,18 @@ class MergeStage:
         self.method = method
         self.audit: dict[str, Any] = {}  # the seam audit's totals (set by :meth:`run`)
 
-    def pairs(self, linears: Batch) -> np.ndarray:
-        """``[node, root]`` of the fragments joined across the upper faces of these blocks."""
+    def pairs(self, batch: tuple[Batch, Sequence[str]]) -> np.ndarray:
+        """``[node, root]`` of the fragments joined across the upper faces of these blocks
+        (``batch``: the blocks, and the faces files that hold them and their upper neighbours)."""
         plan, store = self.task.plan, self.task.store
+        linears, files = batch
+        held = store.faces(files)
         edges, faces = [], []
         for lin in linears:
             block = plan.block_at(lin)
             for axis in face_axes(plan):
                 if block.index[axis] < plan.grid[axis] - 1:
-                    face = store.read_face(plan, block, axis)
+                    face = held.face(plan, block, axis)
                     edges.append(self.method.accept(*face))
                     faces.append((lin, axis, face[0], face[1], face_audit(*face, edges[-1])))
         if faces:
@@ -99,7 +118,9 @@ class MergeStage:
         shutil.rmtree(self.task.store.qc_path(SEAMS), ignore_errors=True)  # records of an interrupted run
         held = counts > 0
         todo = np.flatnonzero(held).tolist() if blocks is None else [b for b in blocks if held[b]]
-        root = engine.reduce(self.pairs, components, batched(todo, blocks_per_task), desc=self.name)
+        index = self.task.store.index(FragmentsStage.name, len(self.task.plan))  # its markers name the faces files
+        work = [(b, face_files(self.task.plan, index, b)) for b in batched(todo, blocks_per_task)]
+        root = engine.reduce(self.pairs, components, work, desc=self.name)
         fin = engine.call(tables, counts, self.task.id_stride, root, self.task.store if min_size else None, min_size)
         rule = {"method": self.method.name, **self.method.describe()}
         self.audit = engine.result(engine.call(audit_summary, fin, self.task.store, self.task.id_stride, rule))

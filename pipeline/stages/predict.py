@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -31,6 +32,7 @@ from .base import MODEL, BlockStage, Task
 logger = logging.getLogger(__name__)
 
 PREFETCH_THREADS = 4  # input readers per process, shared by its tasks
+PREFETCH_DEPTH = 4  # reads in flight per task: one block's read takes longer than a fast GPU's forward pass
 
 
 @lru_cache(maxsize=8)
@@ -82,19 +84,20 @@ def _prefetch_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="prefetch")
 
 
-def prefetched(cfg: InputConfig, blocks: Sequence[Block],
-               zoom: tuple[float, ...] | None = None) -> Iterator[tuple[Block, np.ndarray, dict[str, Any]]]:
-    """``(block, input, record)``; the next block's input is read in a background thread
-    while the caller computes on the current one (I/O overlaps compute)."""
+def prefetched(cfg: InputConfig, blocks: Sequence[Block], zoom: tuple[float, ...] | None = None,
+               depth: int = PREFETCH_DEPTH) -> Iterator[tuple[Block, np.ndarray, dict[str, Any]]]:
+    """``(block, input, record)`` in order; the next ``depth`` blocks' inputs are read in
+    background threads while the caller computes on the current one (I/O overlaps compute, and
+    reads overlap each other: one read at a time feeds a fast GPU too slowly)."""
     if len(blocks) == 1:  # nothing to overlap with
         yield blocks[0], *read_input(cfg, blocks[0].read, zoom)
         return
     pool = _prefetch_pool()
-    nxt = pool.submit(read_input, cfg, blocks[0].read, zoom) if blocks else None
+    ahead = deque(pool.submit(read_input, cfg, b.read, zoom) for b in blocks[:depth])
     for i, block in enumerate(blocks):
-        data, record = nxt.result()  # type: ignore[union-attr]
-        if i + 1 < len(blocks):
-            nxt = pool.submit(read_input, cfg, blocks[i + 1].read, zoom)
+        data, record = ahead.popleft().result()
+        if i + depth < len(blocks):
+            ahead.append(pool.submit(read_input, cfg, blocks[i + depth].read, zoom))
         yield block, data, record
 
 
