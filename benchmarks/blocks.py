@@ -1,7 +1,7 @@
 """Default blocks chosen by cost (issue 22): calibrate the cost model, then compare the old
 default block (64,64,64) with the one the planner now chooses.
 
-calibrate  measures the coefficients of :data:`pipeline.cost.CPU` on this machine, in CPU seconds
+calibrate  measures the coefficients of :data:`pipeline.plan.cost.CPU` on this machine, in CPU seconds
            of this process (one torch thread), which other jobs on a shared machine disturb far
            less than wall time:
            network     seconds per read-box voxel of the bundled model, and its growth with the
@@ -15,7 +15,7 @@ calibrate  measures the coefficients of :data:`pipeline.cost.CPU` on this machin
            Then it runs the bundled model at ``--writes`` and prints measured against predicted
            (a check, not part of the fit).
            It also measures the peak memory of one forward pass per read voxel (against
-           ``block_bytes``' estimate), which sizes the CPU memory share in ``pipeline.prepare``.
+           ``block_bytes``' estimate), which sizes the CPU memory share in ``pipeline.plan.prepare``.
 compare    ``pipeline predict`` and ``pipeline run`` of a synthetic volume with objects, old default
            (64,64,64) vs the planner's choice, each in a fresh process (peak RSS is its own:
            VmHWM; workers: the largest child's ru_maxrss, which includes what it inherited);
@@ -55,8 +55,8 @@ def fit(x: list[float], y: list[float]) -> tuple[float, float]:
 FORWARD = r"""
 import json, math, resource, sys, time
 import numpy as np, torch
-from pipeline.checkpoint import load_checkpoint, open_checkpoint
-from pipeline.predict import NormStats, Predictor
+from pipeline.network.checkpoint import load_checkpoint, open_checkpoint
+from pipeline.network.predict import NormStats, Predictor
 read, threads, repeats = tuple(json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 predictor = Predictor(load_checkpoint(open_checkpoint("demo").path)[0], "cpu", "float32", True)
@@ -86,12 +86,12 @@ def serial_run(cfg: dict, repeats: int) -> tuple[float, float]:
 
 
 def calibrate(args: argparse.Namespace) -> None:
-    from pipeline import cost
-    from pipeline.checkpoint import open_checkpoint, save_checkpoint
     from pipeline.geometry import Box
-    from pipeline.io import open_input, write_zarr
-    from pipeline.model import passthrough_model
-    from pipeline.prepare import as_config, block_bytes
+    from pipeline.network.checkpoint import open_checkpoint, save_checkpoint
+    from pipeline.network.model import passthrough_model
+    from pipeline.plan import cost
+    from pipeline.plan.prepare import as_config, block_bytes
+    from pipeline.volume.io import open_input, write_zarr
 
     spec = open_checkpoint("demo").spec
     print(f"# {machine()}; torch threads {args.threads}; CPU seconds of this process, best of {args.repeats}")
@@ -164,7 +164,7 @@ def calibrate(args: argparse.Namespace) -> None:
             best, wall = serial_run({**base, "blocks": {"write_shape": list(write)}}, args.repeats)
             print(f"run write {write}: {t.blocks} blocks, redundancy {t.redundancy:.2f}, over-read {t.over_read:.2f}: "
                   f"{best:.2f} CPU s ({wall:.2f} s wall); predicted {t.cost(fitted):.2f} s with the fitted "
-                  f"coefficients, {t.cost(cost.CPU):.2f} s with pipeline.cost.CPU", flush=True)
+                  f"coefficients, {t.cost(cost.CPU):.2f} s with pipeline.plan.cost.CPU", flush=True)
     print(json.dumps({"network": network, "growth": growth, "decompress": decompress, "block": block,
                       "fixed": fixed, "in_use": cost.CPU.__dict__}))
 
@@ -185,8 +185,8 @@ result = {"seconds": seconds, "peak_mib": hwm / 1024, "children_peak_mib": kids.
           "cpu": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
 if sys.argv[2] == "run":
     import numpy as np
-    from pipeline.io import open_array
-    from pipeline.metrics import contingency, scores
+    from pipeline.volume.io import open_array
+    from pipeline.qc.metrics import contingency, scores
     s = scores(contingency(open_array(Path(out) / "segmentation", mode="r"), open_array(sys.argv[3], mode="r")))
     result.update(objects=s.n_pred, ap50=s.at(0.5)["ap"])
 print("RESULT " + json.dumps(result))
@@ -194,8 +194,8 @@ print("RESULT " + json.dumps(result))
 
 
 def compare(args: argparse.Namespace) -> None:
-    from pipeline.io import write_zarr
-    from pipeline.prepare import cost_table, plan_summary, prepare
+    from pipeline.plan.prepare import cost_table, plan_summary, prepare
+    from pipeline.volume.io import write_zarr
 
     shape = tuple(args.shape)
     print(f"# {machine()}")
@@ -243,7 +243,7 @@ def compare(args: argparse.Namespace) -> None:
                 sec = statistics.median(r["seconds"] for r in rs)
                 cpu = statistics.median(r["cpu"] for r in rs)
                 peak = max(max(r["peak_mib"], r["children_peak_mib"]) for r in rs)
-                from pipeline.cost import terms
+                from pipeline.plan.cost import terms
 
                 t = terms(shape, write, run.spec.context, args.chunks)
                 runs = ", ".join(f"{r['seconds']:.1f}" for r in rs)

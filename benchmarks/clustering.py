@@ -28,13 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mib, synthetic_volume
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.clustering import METHODS, fragments
-from pipeline.io import open_array, open_group, write_zarr
-from pipeline.metrics import evaluate
-from pipeline.model import passthrough_model
-from pipeline.predict import Predictor, predict_whole
+from pipeline.network.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.network.model import passthrough_model
+from pipeline.network.predict import Predictor, predict_whole
+from pipeline.qc.metrics import evaluate
 from pipeline.run import as_config, clustering_params, prepare, segment
+from pipeline.volume.io import open_array, open_group, write_zarr
 
 
 def _cfg(tmp, name, write, ckpt="demo", **extra):

@@ -17,10 +17,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, synthetic_volume
 
-from pipeline.checkpoint import open_checkpoint
 from pipeline.clustering import make_method, resolve_params
 from pipeline.config import validate_config
-from pipeline.predict import NormStats, Predictor, predict_whole
+from pipeline.network.checkpoint import open_checkpoint
+from pipeline.network.predict import NormStats, Predictor, predict_whole
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def timer(results: dict, key: str):
 
 
 def synthetic_volume(shape, seed=0):
-    from pipeline.synthetic import SyntheticSpec, generate
+    from pipeline.volume.synthetic import SyntheticSpec, generate
 
     return generate(SyntheticSpec(shape=tuple(shape), radius=(5.0, 10.0), anisotropy=2.0, density=0.25, overlap=0.0), seed=seed)
 

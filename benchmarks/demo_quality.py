@@ -19,9 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, synthetic_volume
 
-from pipeline.io import open_array, write_zarr
-from pipeline.metrics import evaluate, evaluate_many
+from pipeline.qc.metrics import evaluate, evaluate_many
 from pipeline.run import segment
+from pipeline.volume.io import open_array, write_zarr
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc050-qcanet"
 

@@ -4,7 +4,7 @@ The demo volume (`pipeline demo`'s, seed 7) is zoomed by ``--zoom`` along y and 
 labels: nearest), so its nuclei are ``--zoom`` times wider than the bundled model was trained on.
 Three runs side by side, the same model and clustering: the original volume, the zoomed volume
 as is, and the zoomed volume with ``input.diameter`` set to the diameter measured on its ground
-truth (`pipeline.metrics.object_diameters`, what a user measures on a few nuclei). Prints
+truth (`pipeline.qc.metrics.object_diameters`, what a user measures on a few nuclei). Prints
 AP@0.5, AP@0.75, average AP, false splits and merges, wall time.
 
     python benchmarks/diameter.py [--zoom 2.0] [--workers 2]
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 
 from pipeline.demo import DEMO_SPEC
-from pipeline.io import open_array, write_zarr
-from pipeline.metrics import contingency, object_diameters, scores
+from pipeline.qc.metrics import contingency, object_diameters, scores
 from pipeline.run import segment
-from pipeline.synthetic import generate
+from pipeline.volume.io import open_array, write_zarr
+from pipeline.volume.synthetic import generate
 
 
 def zoomed_demo(zoom: float, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:

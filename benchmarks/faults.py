@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import machine, synthetic_volume
 
-from pipeline.store import marked_blocks
+from pipeline.runtime.store import marked_blocks
 from tests.helpers import KILL_CLIENT
 
 # ---------------------------------------------------------------- the matrix
@@ -52,7 +52,7 @@ def traceback_of(stderr: str) -> str | None:
 
 class Matrix:
     def __init__(self, tmp: Path, shape: tuple[int, ...]) -> None:
-        from pipeline.io import write_zarr
+        from pipeline.volume.io import write_zarr
 
         self.tmp = tmp
         image, _ = synthetic_volume(shape, seed=3)
@@ -84,7 +84,7 @@ class Matrix:
         return Path(yaml.safe_load(cfg.read_text())["output"]["path"])
 
     def equal(self, cfg: Path, src: str = "in.zarr") -> bool:
-        from pipeline.io import open_array
+        from pipeline.volume.io import open_array
 
         ref = self.output(self.config(f"ref-{src}", src))
         out = self.output(cfg)
@@ -179,7 +179,7 @@ class Matrix:
                  [("second run", second, t1), ("first run", r, time.perf_counter() - t0)], f"equal: {self.equal(cfg)}")
 
     def nan(self) -> None:
-        from pipeline.io import open_array, write_zarr
+        from pipeline.volume.io import open_array, write_zarr
 
         image = np.asarray(open_array(self.tmp / "in.zarr" / "raw")[...], np.float32)
         image[20, 100, 150] = np.nan
@@ -219,12 +219,12 @@ def checks(args: argparse.Namespace) -> None:
     import zarr
 
     from pipeline.config import InputConfig
-    from pipeline.io import collect_unreadable, digest, open_input, stamp
-    from pipeline.prepare import prepare
+    from pipeline.plan.prepare import prepare
     from pipeline.run import clustering_method
+    from pipeline.runtime.store import Store
     from pipeline.stages.base import Task
     from pipeline.stages.predict import predict_blocks
-    from pipeline.store import Store
+    from pipeline.volume.io import collect_unreadable, digest, open_input, stamp
 
     tmp = Path(args.tmp) / "faults-checks"
     src = tmp / ("large-" + "x".join(map(str, args.shape)) + ".zarr")
@@ -300,13 +300,13 @@ def space(args: argparse.Namespace) -> None:
     measured just before it is removed), and `pipeline plan`'s estimate next to them."""
     import zarr
 
-    import pipeline.store as st
-    from pipeline.io import write_zarr
-    from pipeline.prepare import prepare
+    import pipeline.runtime.store as st
+    from pipeline.plan.prepare import prepare
+    from pipeline.plan.space import estimate
     from pipeline.run import segment
-    from pipeline.space import estimate
     from pipeline.stages.labels import label_target
-    from pipeline.synthetic import SyntheticSpec, generate
+    from pipeline.volume.io import write_zarr
+    from pipeline.volume.synthetic import SyntheticSpec, generate
 
     def du(p: Path) -> int:
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else (p.stat().st_size if p.exists() else 0)

@@ -2,7 +2,7 @@
 
 Exactly the README's "fit the model to your data" path: `pipeline demo --look LOOK` writes a
 volume of an appearance the bundled model was not trained on and three training crops of it with
-half of their nuclei annotated (plus a background ring around each; `pipeline.synthetic.
+half of their nuclei annotated (plus a background ring around each; `pipeline.volume.synthetic.
 partial_annotation`); `pipeline train finetune.yaml --set time_limit_s=S` fine-tunes from the
 bundled weights (`init: demo`) for S seconds of wall time in all (calibration included), in a fresh
 process. The same crops fully annotated (no `annotated` mask) run side by side. Every checkpoint
@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 
 from pipeline.demo import demo_spec, write_crops
-from pipeline.io import open_array, write_zarr
-from pipeline.metrics import evaluate_many
+from pipeline.qc.metrics import evaluate_many
 from pipeline.run import segment
-from pipeline.synthetic import generate
+from pipeline.volume.io import open_array, write_zarr
+from pipeline.volume.synthetic import generate
 
 EVAL_SEEDS = (7, 8)  # the demo volume's seed and one more; the crops use seeds 1007.. (write_crops)
 
@@ -77,7 +77,7 @@ def fine_tune(config: Path, seconds: float, checkpoint: Path) -> dict[str, float
                         "--set", f"time_limit_s={seconds}", "--set", f"out={checkpoint}"],
                        stdout=fh, stderr=subprocess.STDOUT, check=True)
     wall = time.perf_counter() - t0
-    from pipeline.checkpoint import open_checkpoint
+    from pipeline.network.checkpoint import open_checkpoint
 
     info = open_checkpoint(checkpoint).info
     return {"wall_s": round(wall, 1), "iterations": info.iterations, "val_ap50": info.metrics.get("ap50", float("nan"))}

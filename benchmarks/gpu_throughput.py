@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, synthetic_volume
 
-from pipeline.blocks import BlockPlan
-from pipeline.checkpoint import open_checkpoint, save_checkpoint
-from pipeline.io import write_zarr
-from pipeline.model import ModelSpec, init_model
-from pipeline.predict import NormStats, Predictor, predict_tiled, predict_whole
+from pipeline.network.checkpoint import open_checkpoint, save_checkpoint
+from pipeline.network.model import ModelSpec, init_model
+from pipeline.network.predict import NormStats, Predictor, predict_tiled, predict_whole
+from pipeline.plan.blocks import BlockPlan
+from pipeline.volume.io import write_zarr
 
 
 def _sync(device: torch.device) -> None:
@@ -43,16 +43,16 @@ def _sync(device: torch.device) -> None:
 def measure(name: str, ckpt: Path, vol: Path, image: np.ndarray, args: argparse.Namespace, tmp: Path) -> dict:
     from pipeline.config import InputConfig
     from pipeline.run import prepare, segment
+    from pipeline.runtime.store import Store
     from pipeline.stages.base import Task
     from pipeline.stages.predict import predict_blocks
-    from pipeline.store import Store
 
     model = open_checkpoint(ckpt).model
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pred = Predictor(model, device=str(device), precision="float32", channels_last=True)
     plan = BlockPlan(image.shape, args.write, model.spec.context, model.spec.step)
     blocks = list(plan)
-    from pipeline.io import open_input
+    from pipeline.volume.io import open_input
 
     volume = open_input(InputConfig(path=vol, dataset="raw"))
     host = [volume.read(b.read) for b in blocks]  # pre-read: the bare loop does no I/O
@@ -96,7 +96,7 @@ def measure(name: str, ckpt: Path, vol: Path, image: np.ndarray, args: argparse.
 
 
 def pred_input(pred: Predictor, blocks: list[np.ndarray], stats: NormStats) -> torch.Tensor:
-    from pipeline.predict import normalise
+    from pipeline.network.predict import normalise
 
     return torch.from_numpy(normalise(np.stack(blocks), stats, pred.np_dtype)).to(pred.device)
 

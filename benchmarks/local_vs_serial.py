@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--write", type=int, nargs=3, default=[16, 64, 64])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    from pipeline.io import write_zarr
+    from pipeline.volume.io import write_zarr
 
     tmp = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     img, _ = synthetic_volume(args.shape, seed=1)

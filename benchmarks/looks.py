@@ -1,8 +1,8 @@
 """How checkpoints do on every look: AP on held-out generated volumes of each appearance of
-`pipeline.synthetic.APPEARANCES` (seeds the training recipes never use) and on the real BBBC050
+`pipeline.volume.synthetic.APPEARANCES` (seeds the training recipes never use) and on the real BBBC050
 16-cell volume when `../shared/data` is present. Each volume is segmented by a full `pipeline run`
 (2-worker LocalCluster, each checkpoint's calibrated clustering); with `--diameter` a second run sets
-`input.diameter` to the diameter measured on the volume's ground truth (`pipeline.metrics.object_diameters`,
+`input.diameter` to the diameter measured on the volume's ground truth (`pipeline.qc.metrics.object_diameters`,
 what a user measures on a few nuclei).
 
     python benchmarks/looks.py demo pipeline-demo/generalist.pt [--looks demo lightsheet ...] [--diameter]
@@ -23,10 +23,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 
-from pipeline.io import open_array, write_zarr
-from pipeline.metrics import contingency, object_diameters, scores
+from pipeline.qc.metrics import contingency, object_diameters, scores
 from pipeline.run import segment
-from pipeline.synthetic import APPEARANCES, appearance, generate
+from pipeline.volume.io import open_array, write_zarr
+from pipeline.volume.synthetic import APPEARANCES, appearance, generate
 
 SEEDS = (2000, 2001)
 BBBC = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc050-qcanet"

@@ -46,8 +46,8 @@ def child(args: argparse.Namespace) -> None:
 
     from distributed import Client, LocalCluster
 
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.model import passthrough_model
+    from pipeline.network.checkpoint import save_checkpoint
+    from pipeline.network.model import passthrough_model
     from pipeline.run import segment
 
     tmp = Path(args.dir)
@@ -64,7 +64,7 @@ def child(args: argparse.Namespace) -> None:
         client_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the check below
     import zarr
 
-    from pipeline.io import open_group
+    from pipeline.volume.io import open_group
 
     n = open_group(out).attrs["pipeline"]["objects"]
     seg = zarr.open_array(str(out / "segmentation"), mode="r")

@@ -42,12 +42,12 @@ if what == "demo":
     print(json.dumps({"seconds": time.perf_counter() - t0, "ap50": r["ap50"], "objects": r["objects"],
                       "pipeline": pipeline.__file__}))
 else:
-    from pipeline.io import write_zarr
-    from pipeline.model import passthrough_model
+    from pipeline.volume.io import write_zarr
+    from pipeline.network.model import passthrough_model
     try:
-        from pipeline.checkpoint import save_checkpoint
+        from pipeline.network.checkpoint import save_checkpoint
     except ImportError:  # older trees
-        from pipeline.model import save_checkpoint
+        from pipeline.network.model import save_checkpoint
     from pipeline.run import segment
     from scipy import ndimage
     shape = tuple(json.loads(sys.argv[3]))

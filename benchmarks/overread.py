@@ -2,7 +2,7 @@
 
 Reads every block of a plan (halo included, through the pipeline's own read path: the
 prefetch thread, reflection, digest and stamp) in the batches a run forms, serially and on a
-2-worker LocalCluster, and counts the bytes of input chunks decoded (``pipeline.cache``'s
+2-worker LocalCluster, and counts the bytes of input chunks decoded (``pipeline.volume.cache``'s
 counter, summed over the processes). Nothing is predicted: this isolates the input side.
 
     before   no chunk cache (input.chunk_cache_mib: 0), batches in C order over the grid
@@ -60,17 +60,17 @@ def read_batch(linears, cfg, plan) -> int:
 def counters() -> dict:
     import resource
 
-    from pipeline.cache import _cache, decoded
+    from pipeline.volume.cache import _cache, decoded
 
     return {**decoded(), "cached_bytes": _cache().nbytes, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10}
 
 
 def child(args: argparse.Namespace) -> None:
-    from pipeline.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
-    from pipeline.checkpoint import open_checkpoint
     from pipeline.config import InputConfig
-    from pipeline.engine import Engine, batched
-    from pipeline.prepare import auto_blocks_per_task
+    from pipeline.network.checkpoint import open_checkpoint
+    from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
+    from pipeline.plan.prepare import auto_blocks_per_task
+    from pipeline.runtime.engine import Engine, batched
 
     spec = open_checkpoint("demo").spec
     shape, chunks = tuple(args.shape), tuple(args.chunks)

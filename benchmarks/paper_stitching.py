@@ -2,7 +2,7 @@
 
 (a) tiles cropped to n * f**l (aligned) vs naive tiles of another size (52 for f**l = 16):
     max embedding difference from one pass over the whole volume, the seam / inside gradient
-    ratio (:mod:`pipeline.seams`, supplementary Fig. 1c) and AP of the instance result
+    ratio (:mod:`pipeline.qc.seams`, supplementary Fig. 1c) and AP of the instance result
     (clustered in one piece with the demo model's calibrated method, so only the embeddings
     differ); for the bundled demo model (step (2, 4, 4)) and a randomly initialised l = 4,
     f = (1, 2, 2) net (step (1, 16, 16); untrained, so no AP);
@@ -30,15 +30,15 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, synthetic_volume
-from pipeline.blocks import reflect_indices
-from pipeline.checkpoint import CheckpointInfo, load_checkpoint
 from pipeline.clustering import make_method, remove_small, resolve_params
 from pipeline.config import ClusteringConfig
 from pipeline.geometry import Box
-from pipeline.metrics import evaluate
-from pipeline.model import ModelSpec, Normalisation, init_model
-from pipeline.predict import NormStats, Predictor
-from pipeline.seams import gradient_profile, predict_tiles, seam_planes, seam_ratios
+from pipeline.network.checkpoint import CheckpointInfo, load_checkpoint
+from pipeline.network.model import ModelSpec, Normalisation, init_model
+from pipeline.network.predict import NormStats, Predictor
+from pipeline.plan.blocks import reflect_indices
+from pipeline.qc.metrics import evaluate
+from pipeline.qc.seams import gradient_profile, predict_tiles, seam_planes, seam_ratios
 
 
 def reader(volume: np.ndarray):

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, machine, peak_rss_mib, synthetic_volume
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.io import open_array, write_zarr
-from pipeline.predict import Predictor, predict_tiled, predict_whole
+from pipeline.network.checkpoint import load_checkpoint
+from pipeline.network.predict import Predictor, predict_tiled, predict_whole
 from pipeline.run import as_config, predict, prepare
+from pipeline.volume.io import open_array, write_zarr
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def make_nuclei(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...], kee
 TABLES = r"""
 import json, resource, sys, time
 import numpy as np
-from pipeline.merge import components, global_tables
+from pipeline.stages.ids import components, global_tables
 n, per_block = int(float(sys.argv[1])), 1000
 rng = np.random.default_rng(0)
 blocks, stride = n // per_block, 2**24
@@ -124,13 +124,13 @@ import json, os, resource, sys, time
 from pathlib import Path
 import psutil
 from distributed import Client, LocalCluster
-from pipeline.io import open_group
+from pipeline.volume.io import open_group
 from pipeline.run import segment
 cfg = json.loads(sys.argv[1])
 if os.environ.get("SCALE_NO_LINK"):  # the layout before issue 22: segmentation and label level 0 both written
     import pipeline.stages.labels
     pipeline.stages.labels.can_link = lambda folder: False
-from pipeline.store import Store
+from pipeline.runtime.store import Store
 scratch_files = {}
 finish = Store.finish
 def counted_finish(self, attrs):  # the scratch files at their most, just before they are removed
@@ -269,8 +269,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="empty: also run without skipping and compare the labels")
     p.add_argument("--dask-image-cap", type=float, default=600, help="seconds dask-image may take before it is stopped")
     args = p.parse_args()
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.model import passthrough_model
+    from pipeline.network.checkpoint import save_checkpoint
+    from pipeline.network.model import passthrough_model
 
     print(f"machine: {machine()}")
     if args.series == "tables":  # the merge's union-find and global tables alone, in a fresh process each

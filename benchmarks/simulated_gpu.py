@@ -56,7 +56,7 @@ def block_key(data: np.ndarray) -> bytes:
 
 
 class SimulatedPredictor:
-    """A :class:`pipeline.predict.Predictor` stand-in: real host work, a device that sleeps.
+    """A :class:`pipeline.network.predict.Predictor` stand-in: real host work, a device that sleeps.
 
     ``batch`` normalises the raw stack (host work of the real path), runs the device for
     ``blocks * write voxels / speed`` seconds without the GIL, and returns the cached outputs
@@ -66,7 +66,7 @@ class SimulatedPredictor:
     def __init__(self, cache: str, speed: float) -> None:
         import torch
 
-        from pipeline.checkpoint import load_checkpoint
+        from pipeline.network.checkpoint import load_checkpoint
 
         z = np.load(cache)
         self.outputs = z["outputs"]
@@ -84,7 +84,7 @@ class SimulatedPredictor:
         return self.model.spec
 
     def batch(self, data: np.ndarray, stats) -> np.ndarray:
-        from pipeline.predict import normalise
+        from pipeline.network.predict import normalise
 
         normalise(data, stats, self.np_dtype)  # what the host does before a transfer
         rows = [self.index[block_key(d)] for d in data]
@@ -96,7 +96,7 @@ class SimulatedPredictor:
         return self.outputs[rows]  # fancy indexing copies, as the copy out of a pinned buffer
 
     def stream(self, blocks, stats, batch_size: int = 1):
-        from pipeline.streaming import stream_cpu
+        from pipeline.network.streaming import stream_cpu
 
         return stream_cpu(self, blocks, stats, batch_size)  # type: ignore[arg-type]
 
@@ -141,8 +141,8 @@ def prepare_cache(tmp: Path, cfg: dict, image: np.ndarray) -> tuple[Path, int, i
     """The demo model's output of every block's write box (zero outside the volume), keyed by
     :func:`block_key` of the block's raw input as the stage reads it. Returns the cache's path,
     the voxels of the volume and the blocks."""
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.predict import Predictor, predict_whole
+    from pipeline.network.checkpoint import load_checkpoint
+    from pipeline.network.predict import Predictor, predict_whole
     from pipeline.run import prepare
     from pipeline.stages.predict import read_input
 
@@ -176,8 +176,8 @@ def config(tmp: Path, name: str, write: list[int], threads: int) -> dict:
 
 
 def measure(client, tmp: Path, cache: Path, write: list[int], threads: int, speed: float, voxels: int) -> dict:
-    from pipeline.io import open_array, open_group
     from pipeline.run import segment
+    from pipeline.volume.io import open_array, open_group
 
     client.register_plugin(Simulate(str(cache), speed * 1e6))
     cpu0 = sum(client.run(_cpu).values())
@@ -203,8 +203,8 @@ def feed(tmp: Path, cache: Path, write: list[int], speed: float, voxels: int) ->
     every block (tasks of ``blocks_per_task`` blocks: reading with prefetch, normalising, the
     device), no clustering: how fast one predicting thread can feed the device."""
     import pipeline.stages.predict as stage
-    from pipeline.engine import batched
     from pipeline.run import prepare
+    from pipeline.runtime.engine import batched
     from pipeline.stages.base import Task
 
     sim = SimulatedPredictor(str(cache), speed * 1e6)
@@ -242,7 +242,7 @@ def main() -> None:
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    from pipeline.io import write_zarr
+    from pipeline.volume.io import write_zarr
 
     if __name__ != "__main__":  # imported (e.g. by a test): the plugin travels by value
         cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -1,6 +1,6 @@
 """The demo: a synthetic volume, segmented with the bundled model, scored against its ground truth.
 
-With ``look`` (an appearance of :data:`pipeline.synthetic.APPEARANCES` other than the
+With ``look`` (an appearance of :data:`pipeline.volume.synthetic.APPEARANCES` other than the
 bundled model's) it also writes what a lab would make to fit the model to such data: a few
 partly annotated training crops (half of their nuclei labelled, with a ring of background
 around each) and the fine-tuning config that uses them.
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .io import OutputError, open_array, write_zarr
-from .metrics import contingency, scores
+from .qc.metrics import contingency, scores
 from .run import segment
-from .synthetic import APPEARANCES, SyntheticSpec, appearance, generate, partial_annotation
+from .volume.io import OutputError, open_array, write_zarr
+from .volume.synthetic import APPEARANCES, SyntheticSpec, appearance, generate, partial_annotation
 
 DEMO_SPEC = SyntheticSpec(shape=(48, 128, 128), radius=(5.0, 10.0), anisotropy=2.0, density=0.25, overlap=0.0)
 CROP_SHAPE = (40, 128, 128)

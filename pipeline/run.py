@@ -21,17 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointInfo
 from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
-from .engine import Engine, open_engine
 from .errors import SpaceError, space_error
 from .geometry import Box
-from .lock import RunLock
-from .merge import label_dtype
-from .ome import physical_grid
-from .prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
-from .region import (
+from .network.checkpoint import CheckpointInfo
+from .plan.prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
+from .plan.region import (
     REGION,
     RegionError,
     RegionRecord,
@@ -42,7 +38,10 @@ from .region import (
     region_box,
     zoomed_region,
 )
-from .space import Estimate, check_space, free_bytes, gib
+from .plan.space import Estimate, check_space, free_bytes, gib
+from .runtime.engine import Engine, open_engine
+from .runtime.lock import RunLock
+from .runtime.store import ZOOMED, Store, check_output, provenance, resume_parts
 from .stages import (
     FragmentsStage,
     MergeStage,
@@ -54,10 +53,11 @@ from .stages import (
     Task,
     select_tables,
 )
+from .stages.ids import label_dtype
 from .stages.labels import LabelsStage, Occupied, check_labels, label_target, linkable, open_label_image
 from .stages.relabel import SEGMENTATION, restore_plan
 from .stages.scan import listed_empty
-from .store import ZOOMED, Store, check_output, provenance, resume_parts
+from .volume.ome import physical_grid
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def clustering_method(run: Prepared) -> Method:
 @contextmanager
 def _open_store(run: Prepared, stage: str, params: dict[str, Any], engine: Engine, need: Estimate) -> Iterator[Store]:
     """The output group: new (with provenance), or the interrupted identical run's; locked for
-    this run until it ends (see :mod:`pipeline.lock`). A write that fails for space ends the
+    this run until it ends (see :mod:`pipeline.runtime.lock`). A write that fails for space ends the
     run with one line naming the path and ``need``."""
     out = run.config.output
     run_id = uuid.uuid4().hex
@@ -150,8 +150,8 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
 
     With ``region`` (input voxels), only the blocks of the full run's plan that meet it are
     computed, and the output holds their labels (0 elsewhere), their objects table and a
-    :class:`~pipeline.region.RegionRecord` (no label image): objects clear of the computed
-    box's edge are the full run's (see :mod:`pipeline.region`)."""
+    :class:`~pipeline.plan.region.RegionRecord` (no label image): objects clear of the computed
+    box's edge are the full run's (see :mod:`pipeline.plan.region`)."""
     run = prepare(config)
     cfg, per = run.config, run.blocks_per_task
     method = clustering_method(run)

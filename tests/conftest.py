@@ -30,8 +30,8 @@ def client2():
 
 
 def make_checkpoint(path: Path, seed: int = 0, **spec_kwargs) -> Path:
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.model import ModelSpec, init_model
+    from pipeline.network.checkpoint import save_checkpoint
+    from pipeline.network.model import ModelSpec, init_model
 
     spec = ModelSpec(**{"base_features": 3, "embed_dim": 3, **spec_kwargs})
     save_checkpoint(init_model(spec, seed=seed), path)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.checkpoint import save_checkpoint
-from pipeline.model import passthrough_model
+from pipeline.network.checkpoint import save_checkpoint
+from pipeline.network.model import passthrough_model
 
 
 def passthrough_checkpoint(path: Path, ndim: int = 3, downsample=None, gain: float = 10.0, embed_dim: int = 2) -> Path:
-    """Checkpoint of :func:`pipeline.model.passthrough_model`: tests draw foreground and
+    """Checkpoint of :func:`pipeline.network.model.passthrough_model`: tests draw foreground and
     embeddings directly in the input volume (values >= 0)."""
     model = passthrough_model(ndim, downsample, gain, embed_dim)
     save_checkpoint(model, path, extra={"delta_v": 0.5, "delta_d": 1.5})
@@ -32,7 +32,7 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 # Used by tests/test_faults.py and benchmarks/faults.py.
 KILL_CLIENT = """
 import os, signal, sys, time
-import pipeline.engine as engine
+import pipeline.runtime.engine as engine
 stage, after = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("none", 0)
 delay = float(os.environ.get("PIPELINE_TEST_DELAY", "0"))
 seen = []

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from scipy import ndimage
 
-from pipeline.blocks import BlockPlan
 from pipeline.cli import main
-from pipeline.engine import Engine, batched
-from pipeline.io import open_array, write_zarr
+from pipeline.plan.blocks import BlockPlan
 from pipeline.run import segment
-from pipeline.store import Store, face_axes, marked_blocks
+from pipeline.runtime.engine import Engine, batched
+from pipeline.runtime.store import Store, face_axes, marked_blocks
+from pipeline.volume.io import open_array, write_zarr
 
 from .helpers import passthrough_checkpoint, same_partition
 
@@ -83,7 +83,7 @@ def test_store_face_round_trip(tmp_path):
     """What the blocks of a batch write on their faces (one file per batch) is what the merge reads
     across each face; a block that wrote nothing (skipped as empty) reads as background; a batch
     whose marker is rewritten without some of its blocks (forgotten) keeps the others' faces."""
-    from pipeline.store import FACES, batch_name, face_blob
+    from pipeline.runtime.store import FACES, batch_name, face_blob
 
     plan = BlockPlan((10, 12, 9), (4, 4, 4), (0, 0, 0), (2, 2, 2))
     rng = np.random.default_rng(0)
@@ -201,12 +201,12 @@ def test_a_new_clustering_method_is_one_class(tmp_path):
 
 def test_progress_lines_for_logs(caplog):
     """Outside a terminal the engine logs progress every 30 s and once at the end."""
-    from pipeline.progress import ProgressLog, progress_line
+    from pipeline.runtime.progress import ProgressLog, progress_line
 
     assert progress_line("fragments", 120, 1000, 60.0) == "fragments: 120/1000 tasks (12%), 2.00 tasks/s, 7.3 min left"
     now = [0.0]
     bar = ProgressLog(10, "merge", clock=lambda: now[0])
-    with caplog.at_level("INFO", logger="pipeline.progress"):
+    with caplog.at_level("INFO", logger="pipeline.runtime.progress"):
         for _ in range(10):
             now[0] += 7.0
             bar.update()
@@ -214,13 +214,13 @@ def test_progress_lines_for_logs(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["merge: 5/10 tasks (50%), 0.14 tasks/s, 0.6 min left", "merge: 10/10 tasks (100%), 0.14 tasks/s"]
     caplog.clear()
-    with caplog.at_level("INFO", logger="pipeline.progress"):
+    with caplog.at_level("INFO", logger="pipeline.runtime.progress"):
         assert list(Engine().map(lambda b: b[0], [[1], [2]], desc="d")) == [1, 2]
     assert [r.getMessage() for r in caplog.records] == ["d: 2/2 tasks (100%), " + caplog.records[0].getMessage().split(", ")[1]]
     assert progress_line("fragments", 120, 1000, 60.0, "block", 64**3) == \
         "fragments: 120/1000 blocks (12%), 2.00 blocks/s, 0.5 Mvox/s, 7.3 min left"
     caplog.clear()
-    with caplog.at_level("INFO", logger="pipeline.progress"):  # blocks of the batches, voxels per block
+    with caplog.at_level("INFO", logger="pipeline.runtime.progress"):  # blocks of the batches, voxels per block
         assert list(Engine().map(lambda b: b[0], [[1, 2, 3], [4]], desc="d", unit="block", item_voxels=10)) == [1, 4]
     assert caplog.records[0].getMessage().startswith("d: 4/4 blocks (100%), ")
     assert "Mvox/s" in caplog.records[0].getMessage()

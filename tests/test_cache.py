@@ -1,4 +1,4 @@
-"""The chunk cache (pipeline.cache) and the block order (blocks.sweep_axes): reads through the
+"""The chunk cache (pipeline.volume.cache) and the block order (blocks.sweep_axes): reads through the
 cache equal uncached reads bit for bit, it stays within its bound, concurrent readers get
 correct data, and blocks run in sweep order decode every input chunk once."""
 
@@ -13,15 +13,15 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.io
-from pipeline.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
-from pipeline.cache import DECODED, ChunkCache, _cache, chunk_cache
+import pipeline.volume.io
 from pipeline.config import InputConfig
-from pipeline.engine import Engine, interleave, spans_of
 from pipeline.geometry import Box
-from pipeline.io import InputReadError, collect_unreadable, open_array, open_input, write_zarr
-from pipeline.resample import ZoomedVolume
+from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
 from pipeline.run import as_config, predict
+from pipeline.runtime.engine import Engine, interleave, spans_of
+from pipeline.volume.cache import DECODED, ChunkCache, _cache, chunk_cache
+from pipeline.volume.io import InputReadError, collect_unreadable, open_array, open_input, write_zarr
+from pipeline.volume.resample import ZoomedVolume
 
 from .conftest import make_checkpoint, random_volume
 
@@ -124,7 +124,7 @@ def test_concurrent_readers_decode_a_chunk_once_and_share_errors():
 
 def test_threads_reading_overlapping_boxes_get_correct_data(arrays, monkeypatch):
     """Eight threads, 200 overlapping boxes, one cache a fifth of the array (evicting meanwhile)."""
-    monkeypatch.setattr(pipeline.io, "chunk_cache", lambda mib: ChunkCache(DATA.nbytes // 5))
+    monkeypatch.setattr(pipeline.volume.io, "chunk_cache", lambda mib: ChunkCache(DATA.nbytes // 5))
     vol = open_input(InputConfig(path=arrays / "v3.zarr"))
     rng = np.random.default_rng(1)
     todo = [Box(tuple(int(v) for v in rng.integers(-10, 20, 3)), tuple(int(v) for v in rng.integers(5, 30, 3)))
@@ -215,10 +215,10 @@ def test_sweep_order_decodes_every_chunk_once(tmp_path, monkeypatch):
     off = open_input(InputConfig(path=tmp_path / "a.zarr", chunk_cache_mib=0))
     touched = sum(vol.decoded_bytes(vol._selection(plan.block_at(i).read)[0]) for i in range(len(plan)))
     uncached = decoded_reading(off, plan, list(range(len(plan))))
-    monkeypatch.setattr(pipeline.io, "chunk_cache", lambda mib: ChunkCache(slab))  # a fresh cache per read: none
+    monkeypatch.setattr(pipeline.volume.io, "chunk_cache", lambda mib: ChunkCache(slab))  # a fresh cache per read: none
     assert decoded_reading(vol, plan, [0]) == decoded_reading(off, plan, [0])
     cache = ChunkCache(slab)
-    monkeypatch.setattr(pipeline.io, "chunk_cache", lambda mib: cache)
+    monkeypatch.setattr(pipeline.volume.io, "chunk_cache", lambda mib: cache)
     sweep = decoded_reading(vol, plan, in_sweep(range(len(plan)), plan.grid, sweep_axes(plan, chunks)))
     cache.clear()
     c_order = decoded_reading(vol, plan, list(range(len(plan))))
@@ -246,9 +246,9 @@ def test_spans_give_each_worker_a_contiguous_run_of_batches(client2):
 
 
 def test_a_configured_cache_too_small_for_the_order_is_a_warning(caplog):
-    from pipeline.prepare import warn_cache
+    from pipeline.plan.prepare import warn_cache
 
-    with caplog.at_level("WARNING", logger="pipeline.prepare"):
+    with caplog.at_level("WARNING", logger="pipeline.plan.prepare"):
         warn_cache(None, 1 << 40)  # automatic: no warning (the workers' memory is not known here)
         warn_cache(0, 1 << 40)  # off: asked for
         warn_cache(128, 128 << 20)

@@ -9,8 +9,8 @@ from pipeline.clustering import connectivity_fragments, region_adjacency
 from pipeline.clustering.agglomeration import agglomerate, agglomeration_fragments, grow
 from pipeline.clustering.faces import accept_by_evidence, face_pairs
 from pipeline.clustering.meanshift import meanshift, meanshift_fragments
-from pipeline.io import open_array, write_zarr
 from pipeline.run import segment
+from pipeline.volume.io import open_array, write_zarr
 
 from .helpers import passthrough_checkpoint, same_partition
 

@@ -1,4 +1,4 @@
-"""The cost model behind the automatic write shape (pipeline.cost) and how prepare uses it."""
+"""The cost model behind the automatic write shape (pipeline.plan.cost) and how prepare uses it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import cost
-from pipeline.blocks import BlockPlan
 from pipeline.cli import main
-from pipeline.cost import Coefficients, axis_chunks, block_bytes, candidates, ranked, terms
-from pipeline.prepare import chunks_per_block, over_read, prepare
+from pipeline.plan import cost
+from pipeline.plan.blocks import BlockPlan
+from pipeline.plan.cost import Coefficients, axis_chunks, block_bytes, candidates, ranked, terms
+from pipeline.plan.prepare import chunks_per_block, over_read, prepare
 
 STEP, CONTEXT = (2, 4, 4), (12, 20, 20)  # the bundled model's
 FEATURES, OUTPUTS = 16, 7

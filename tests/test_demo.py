@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from pipeline.cli import main
-from pipeline.io import open_array
+from pipeline.volume.io import open_array
 
 
 def test_demo_command(tmp_path, capsys):

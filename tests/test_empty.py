@@ -13,16 +13,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.blocks import BlockPlan
 from pipeline.cli import main
 from pipeline.config import InputConfig
-from pipeline.empty import absent_blocks, any_within, choose_level, coarse_box
 from pipeline.geometry import Box
-from pipeline.io import open_array, open_group, write_zarr
-from pipeline.ome import downsample_labels
-from pipeline.prepare import plan_summary, prepare
+from pipeline.plan.blocks import BlockPlan
+from pipeline.plan.empty import absent_blocks, any_within, choose_level, coarse_box
+from pipeline.plan.prepare import plan_summary, prepare
 from pipeline.run import segment
 from pipeline.stages.predict import input_volume
+from pipeline.volume.io import open_array, open_group, write_zarr
+from pipeline.volume.ome import downsample_labels
 
 from .helpers import passthrough_checkpoint, same_partition
 

@@ -10,8 +10,8 @@ import yaml
 import zarr
 
 from pipeline.cli import main
-from pipeline.io import open_array, write_zarr
 from pipeline.run import prepare, segment
+from pipeline.volume.io import open_array, write_zarr
 
 from .conftest import make_checkpoint
 from .helpers import passthrough_checkpoint
@@ -135,7 +135,7 @@ def test_misaligned_input_chunks_warn(tmp_path, caplog, chunks, warns, cache):
     vol = np.zeros((8, 64, 64), np.float32)
     write_zarr(tmp_path / "in.zarr", vol, chunks=chunks, name="raw")
     cfg = yaml.safe_load(_cfg(tmp_path, input={"chunk_cache_mib": cache}).read_text())
-    with caplog.at_level(logging.WARNING, logger="pipeline.prepare"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.plan.prepare"):
         prepare(cfg)
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert ("do not fit blocks.write_shape" in msg and "rechunk" in msg) == (warns and cache == 0)

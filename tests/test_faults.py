@@ -25,8 +25,8 @@ import yaml
 from scipy import ndimage
 
 from pipeline.cli import main
-from pipeline.io import open_array, open_group, write_zarr
-from pipeline.store import marked_blocks
+from pipeline.runtime.store import marked_blocks
+from pipeline.volume.io import open_array, open_group, write_zarr
 
 from .helpers import KILL_CLIENT, passthrough_checkpoint
 from .test_slurm import slurm  # noqa: F401 - the fixture: skipped without SLURM (required in CI)
@@ -97,8 +97,8 @@ def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6, m
     """The client stops in a blockwise stage after ``after`` blocks (as if killed; its lock is
     released, which a killed run's is not: see the SIGKILL tests). ``mid``: the next batch
     writes every block (and its statistics) first, and stops just before its done marker."""
+    from pipeline.runtime.store import Store
     from pipeline.stages.base import BlockStage
-    from pipeline.store import Store
 
     done = []
     original, mark = BlockStage.run_batch, Store.mark_done
@@ -198,7 +198,7 @@ def test_killed_mid_batch_resumed_on_a_dask_cluster(data, monkeypatch, client1):
     for f in (data / "dask-in.zarr").rglob("*"):  # the same voxels, new times
         os.utime(f, (time.time() + 10, time.time() + 10))
     with monkeypatch.context() as m:  # see the markers before the run finishes
-        from pipeline.store import Store
+        from pipeline.runtime.store import Store
 
         seen = {}
         finish = Store.finish
@@ -316,7 +316,7 @@ def test_corrupt_zarr_chunk(data, capsys):
     assert rows == meta["unreadable_input"]["first"]
     seg = open_array(data / "corrupt.zarr" / "segmentation")[...]
     assert not seg[8:16, 0:32, 32:64].any()  # read as empty (0): background
-    from pipeline.page import provenance_rows
+    from pipeline.qc.page import provenance_rows
 
     assert ("unreadable input", f"1 chunk(s) read as empty: chunk file '{data / 'corrupt-in.zarr/raw/c/1/0/1'}' "
             "(z 8:16, y 0:32, x 32:64)") in provenance_rows(meta)  # the report's provenance table
@@ -433,7 +433,7 @@ def test_second_run_refused_then_killed_run_taken_over(data, tmp_path, caplog, c
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert (out / "lock.json").exists()
-    with caplog.at_level("WARNING", logger="pipeline.lock"):
+    with caplog.at_level("WARNING", logger="pipeline.runtime.lock"):
         code, err = run(["run", str(cfg)], capsys)
     assert code == 0, err
     assert f"taking over the lock of an earlier run (host {os.uname().nodename}, pid {first.pid}" in caplog.text
@@ -445,7 +445,7 @@ def test_second_run_refused_then_killed_run_taken_over(data, tmp_path, caplog, c
 
 def test_lock_of_another_host(tmp_path, caplog):
     """Another host's lock: refused while it is refreshed, taken over once it is stale."""
-    from pipeline.lock import LOCK, STALE_S, LockError, RunLock
+    from pipeline.runtime.lock import LOCK, STALE_S, LockError, RunLock
 
     info = {"host": "elsewhere", "pid": 4242, "run_id": "r1", "started": time.time() - 60}
     (tmp_path / LOCK).write_text(json.dumps(info))
@@ -453,7 +453,7 @@ def test_lock_of_another_host(tmp_path, caplog):
     with pytest.raises(LockError, match=r"in use by another run \(host elsewhere, pid 4242, since .*run r1"):
         lock.acquire()
     os.utime(tmp_path / LOCK, (time.time() - STALE_S - 10,) * 2)
-    with caplog.at_level("WARNING", logger="pipeline.lock"):
+    with caplog.at_level("WARNING", logger="pipeline.runtime.lock"):
         lock.acquire()
     assert "not refreshed for" in caplog.text
     assert json.loads((tmp_path / LOCK).read_text())["run_id"] == "r2"
@@ -469,8 +469,8 @@ def test_lock_of_another_host(tmp_path, caplog):
 def test_lock_refreshed_recreated_and_lost(tmp_path, monkeypatch):
     """While a run lasts its lock's time is refreshed; a lock deleted by hand is made again; a
     lock another run took over stops this run at its next check, and is left to that run."""
-    import pipeline.lock as lock_module
-    from pipeline.lock import LOCK, LockError, RunLock
+    import pipeline.runtime.lock as lock_module
+    from pipeline.runtime.lock import LOCK, LockError, RunLock
 
     monkeypatch.setattr(lock_module, "REFRESH_S", 0.02)
     lock = RunLock(tmp_path, "mine")
@@ -560,7 +560,7 @@ def test_worker_that_lost_its_scheduler_logs_one_line():
     heartbeat as one WARNING line, not distributed's traceback."""
     import logging
 
-    from pipeline.workerlog import ShutdownNoise
+    from pipeline.cluster.workerlog import ShutdownNoise
 
     try:
         raise ConnectionResetError(104, "Connection reset by peer")

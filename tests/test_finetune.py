@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
 from pipeline.config import ConfigError
-from pipeline.io import write_zarr
-from pipeline.loss import LossWeights, discriminative_loss
-from pipeline.metrics import evaluate, restrict
-from pipeline.model import ModelSpec, init_model
+from pipeline.network.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
+from pipeline.network.loss import LossWeights, discriminative_loss
+from pipeline.network.model import ModelSpec, init_model
+from pipeline.qc.metrics import evaluate, restrict
 from pipeline.train import AugmentConfig, CropSampler, SyntheticSource, TrainConfig, VolumeSource, train
 from pipeline.train.config import schedule
 from pipeline.train.data import Volume, crop_targets, load_volumes
+from pipeline.volume.io import write_zarr
 
 SPEC2D = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=4, embed_dim=3)
 
@@ -174,7 +174,7 @@ def test_init_starts_from_the_given_weights(tmp_path):
 def test_finetune_on_partly_annotated_files(tmp_path, caplog, monkeypatch):
     """A train config of partly annotated zarr crops: training runs, logs progress lines outside a
     terminal, validates on the annotated voxels and records the diameter of whole annotated objects."""
-    from pipeline.synthetic import generate
+    from pipeline.volume.synthetic import generate
 
     model = init_model(SPEC2D, seed=1)
     save_checkpoint(model, tmp_path / "base.pt", {"trained": True})

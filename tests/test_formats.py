@@ -15,8 +15,8 @@ from scipy import ndimage
 from pipeline.cli import main
 from pipeline.config import InputConfig
 from pipeline.errors import UsageError
-from pipeline.io import open_array, open_input, write_zarr
 from pipeline.run import segment
+from pipeline.volume.io import open_array, open_input, write_zarr
 
 from .helpers import passthrough_checkpoint
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.blocks import BlockPlan, PlanError, check_write_shape, reflect_indices, rows, span
 from pipeline.geometry import Box
+from pipeline.plan.blocks import BlockPlan, PlanError, check_write_shape, reflect_indices, rows, span
 
 
 def test_box_basics():

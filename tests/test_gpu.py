@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.deploy import ClusterError
-from pipeline.io import open_array, write_zarr
+from pipeline.cluster.deploy import ClusterError
 from pipeline.run import segment
+from pipeline.volume.io import open_array, write_zarr
 
 from .conftest import random_volume
 from .helpers import passthrough_checkpoint
@@ -52,8 +52,8 @@ def test_local_cuda_equals_local_cpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_blockwise_equals_whole(tmp_path):
-    from pipeline.model import ModelSpec, init_model
-    from pipeline.predict import NormStats, Predictor, predict_tiled, predict_whole
+    from pipeline.network.model import ModelSpec, init_model
+    from pipeline.network.predict import NormStats, Predictor, predict_tiled, predict_whole
 
     spec = ModelSpec(downsample=[[1, 2, 2], [2, 2, 2]], base_features=8)
     vol = random_volume((20, 64, 64), dtype="float32")[None]
@@ -66,8 +66,8 @@ def test_gpu_blockwise_equals_whole(tmp_path):
 
 def test_local_cuda_workers_keep_threads_for_clustering():
     """One worker per GPU holds the `model` resource; the node's other cores are its threads."""
+    from pipeline.cluster.deploy import cores, local_cuda_options, torch_threads
     from pipeline.config import LocalCudaClusterConfig
-    from pipeline.deploy import cores, local_cuda_options, torch_threads
 
     opts = local_cuda_options(LocalCudaClusterConfig(kind="local-cuda"), visible_gpus=1)
     assert opts["resources"] == {"model": 1} and opts["threads_per_worker"] == cores()
@@ -83,8 +83,8 @@ def test_gpu_stream_equals_cpu_reference(precision):
     """The overlapped GPU stream (pinned buffers, copy and compute streams, batches of blocks)
     returns what one block at a time returns on the GPU; float32 and float64 also match the
     CPU within round-off (cuDNN TF32 is off for float32)."""
-    from pipeline.model import ModelSpec, init_model
-    from pipeline.predict import NormStats, Predictor
+    from pipeline.network.model import ModelSpec, init_model
+    from pipeline.network.predict import NormStats, Predictor
 
     model = init_model(ModelSpec(base_features=8), seed=2)
     gpu = Predictor(model, device="cuda", precision=precision)

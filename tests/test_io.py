@@ -7,9 +7,9 @@ import pytest
 import zarr
 
 from pipeline.config import InputConfig
-from pipeline.io import InputError, OutputError, open_array, open_group, open_input
 from pipeline.run import predict, segment
-from pipeline.store import prepare_output
+from pipeline.runtime.store import prepare_output
+from pipeline.volume.io import InputError, OutputError, open_array, open_group, open_input
 
 from .conftest import make_checkpoint, random_volume
 from .helpers import passthrough_checkpoint

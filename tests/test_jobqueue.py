@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.cluster.deploy import JobGuard, WorkersLost, format_walltime, job_script, jobs, lifetime
 from pipeline.config import ConfigError, validate_config
-from pipeline.deploy import JobGuard, WorkersLost, format_walltime, job_script, jobs, lifetime
 
 BASE = {"input": {"path": "x"}, "output": {"path": "y"}}
 GPU_JOB = {"queue": "gpu", "account": "lab", "cores": 8, "memory": "48GiB", "walltime": "04:00:00", "gpus": 1,
@@ -142,8 +142,8 @@ def test_guard_replaces_retired_jobs_freely_and_counts_faults():
 
 def test_engine_stops_when_the_guard_gives_up(client1):
     """A fatal guard error ends a wait on tasks that can never run (cancelled futures), within seconds."""
-    from pipeline.deploy import cancel_all
-    from pipeline.engine import Engine
+    from pipeline.cluster.deploy import cancel_all
+    from pipeline.runtime.engine import Engine
 
     error = WorkersLost("cluster: every worker job is gone")
     state: dict[str, WorkersLost] = {}
@@ -196,7 +196,7 @@ def test_worker_shutdown_errors_are_one_line():
     import io
     import logging
 
-    from pipeline.workerlog import install
+    from pipeline.cluster.workerlog import install
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -221,7 +221,7 @@ def test_worker_shutdown_errors_are_one_line():
     before, after = text.split("Closing worker gracefully")
     assert "ERROR task failed" in before and "Traceback" in before
     assert "INFO ConnectionPool is closed (during shutdown)" in after and "Traceback" not in after
-    assert "--preload pipeline.workerlog" in job_script(cluster(kind="slurm"))
+    assert "--preload pipeline.cluster.workerlog" in job_script(cluster(kind="slurm"))
 
 
 def test_worker_close_marks_the_shutdown():
@@ -230,7 +230,7 @@ def test_worker_close_marks_the_shutdown():
     import asyncio
     import logging
 
-    from pipeline.workerlog import ShutdownNoise, mark_closing
+    from pipeline.cluster.workerlog import ShutdownNoise, mark_closing
 
     class Server:
         async def close(self, reason: str = "") -> str:
@@ -256,7 +256,7 @@ def test_fewer_cores_than_processes_is_refused(capsys):
 
 
 def test_dashboard_link_names_where_it_listens():
-    from pipeline.deploy import dashboard_link
+    from pipeline.cluster.deploy import dashboard_link
 
     link = dashboard_link("http://192.0.2.2:42797/status", "127.0.0.1:0")
     assert link.startswith("http://127.0.0.1:42797/status") and "ssh -L 42797:127.0.0.1:42797" in link
@@ -265,11 +265,11 @@ def test_dashboard_link_names_where_it_listens():
 
 
 def test_worker_entry_point_reports_a_failed_start_in_one_line(monkeypatch, capsys):
-    """Batch jobs run `python -m pipeline.worker`: a dask-worker that fails to start (e.g. its job
+    """Batch jobs run `python -m pipeline.cluster.worker`: a dask-worker that fails to start (e.g. its job
     cancelled while the nanny starts) is one line and exit code 1, not a traceback."""
     from distributed.cli import dask_worker
 
-    from pipeline import worker
+    from pipeline.cluster import worker
 
     def fails() -> None:
         try:
@@ -283,4 +283,4 @@ def test_worker_entry_point_reports_a_failed_start_in_one_line(monkeypatch, caps
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Nanny failed to start. (RuntimeError: Nanny failed to start worker process)" in err
-    assert "-m pipeline.worker " in job_script(cluster(kind="slurm"))
+    assert "-m pipeline.cluster.worker " in job_script(cluster(kind="slurm"))

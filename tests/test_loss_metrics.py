@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.loss import LossWeights, discriminative_loss, discriminative_terms
-from pipeline.metrics import evaluate
+from pipeline.network.loss import LossWeights, discriminative_loss, discriminative_terms
+from pipeline.qc.metrics import evaluate
 
 
 def test_terms_hand_computed():
@@ -111,7 +111,7 @@ def test_metrics_optimal_assignment_below_half():
 
 
 def test_evaluate_many_pools_volumes_without_id_collisions():
-    from pipeline.metrics import evaluate_many
+    from pipeline.qc.metrics import evaluate_many
 
     gt = _two_objects()
     s = evaluate_many([(gt, gt), (gt, gt)])
@@ -121,7 +121,7 @@ def test_evaluate_many_pools_volumes_without_id_collisions():
 def test_errors_by_object_size_add_up_to_the_totals():
     """`by_size` splits found/missed objects, false splits and merges by ground-truth size; its
     sums equal the totals of `scores` (so the breakdown neither loses nor invents errors)."""
-    from pipeline.metrics import by_size, contingency, scores
+    from pipeline.qc.metrics import by_size, contingency, scores
 
     gt = np.zeros((10, 40), np.int64)
     pred = np.zeros_like(gt)
@@ -144,7 +144,7 @@ def test_evaluate_cli_prints_errors_by_size_and_scores_annotated_voxels(tmp_path
     import json
 
     from pipeline.cli import main
-    from pipeline.io import write_zarr
+    from pipeline.volume.io import write_zarr
 
     gt = np.zeros((4, 20, 20), np.uint32)
     gt[:, 2:6, 2:6], gt[:, 10:14, 2:6], gt[:, 2:6, 12:16] = 1, 2, 3

@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.model import ModelSpec, init_model
+from pipeline.network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.network.model import ModelSpec, init_model
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_incompatible_checkpoint(tmp_path):
 
 
 def test_open_checkpoint_reads_typed_metadata_once():
-    from pipeline.checkpoint import DEMO_CHECKPOINT, Calibration, checkpoint_digest, open_checkpoint
+    from pipeline.network.checkpoint import DEMO_CHECKPOINT, Calibration, checkpoint_digest, open_checkpoint
 
     ckpt = open_checkpoint("demo")
     assert ckpt.path == DEMO_CHECKPOINT.resolve() and ckpt.path.is_absolute()
@@ -102,7 +102,7 @@ def test_open_checkpoint_reads_typed_metadata_once():
 
 
 def test_checkpoint_metadata_is_validated(tmp_path):
-    from pipeline.checkpoint import CheckpointInfo, open_checkpoint
+    from pipeline.network.checkpoint import CheckpointInfo, open_checkpoint
 
     spec = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2)
     good = {"trained": True, "iterations": 7, "clustering": {"method": "connectivity", "threshold": 1.5}}

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoint import CheckpointError, open_checkpoint
 from pipeline.cli import main
-from pipeline.io import open_array, write_zarr
-from pipeline.modelzoo import export_bioimageio
+from pipeline.network.checkpoint import CheckpointError, open_checkpoint
+from pipeline.network.modelzoo import export_bioimageio
 from pipeline.run import segment
-from pipeline.synthetic import generate
+from pipeline.volume.io import open_array, write_zarr
+from pipeline.volume.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_packages_that_do_not_fit_are_one_line_errors(package, tmp_path, capsys)
 
 
 def test_export_of_a_trained_checkpoint_documents_its_validation(tmp_path):
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.model import ModelSpec, init_model
+    from pipeline.network.checkpoint import save_checkpoint
+    from pipeline.network.model import ModelSpec, init_model
 
     spec = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2)
     save_checkpoint(init_model(spec), tmp_path / "m.pt", {"trained": True, "iterations": 10,

@@ -27,11 +27,11 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
     pytest.skip("no display for the viewer: install xvfb (pytest-xvfb starts it)", allow_module_level=True)
 
 from pipeline.geometry import Box  # noqa: E402
-from pipeline.io import open_array  # noqa: E402
 from pipeline.napari import launch  # noqa: E402
 from pipeline.napari.widgets import KeepWidget, RunWidget, SegmentViewWidget, view_box  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
+from pipeline.plan.prepare import prepare  # noqa: E402
 from pipeline.run import segment  # noqa: E402
+from pipeline.volume.io import open_array  # noqa: E402
 
 from .test_region import check_region  # noqa: E402
 

@@ -12,7 +12,6 @@ import zarr
 
 from pipeline.config import ConfigError
 from pipeline.geometry import Box
-from pipeline.io import OutputError, open_array
 from pipeline.napari import keep, launch
 from pipeline.napari.layers import (
     FEATURES_LIMIT,
@@ -25,6 +24,7 @@ from pipeline.napari.layers import (
 )
 from pipeline.run import segment
 from pipeline.stages.objects import part_files, read_objects, table, write_part
+from pipeline.volume.io import OutputError, open_array
 
 from .helpers import passthrough_checkpoint
 from .test_ome import VOXEL, _level_meta, ome_image
@@ -67,7 +67,7 @@ def test_labels_only_when_the_input_is_gone_and_seams_at_their_contacts(tmp_path
     vol = np.zeros((8, 16, 16), np.float32)
     vol[2:6, 2:14, 5:11] = 1.0  # one object over two blocks (y)
     vol[2:6, 2:8, 5:11] = 0.6  # ... of two intensities: a pair the merge rejects on the y face
-    from pipeline.io import write_zarr
+    from pipeline.volume.io import write_zarr
 
     write_zarr(tmp_path / "in.zarr", vol, name="raw")
     cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"}, "output": {"path": str(tmp_path / "o.zarr")},
@@ -106,9 +106,9 @@ def test_sample_parts_reads_few_parts():
 def fake_result(path, n: int, shape=(100, 200, 400)):
     """A result group of ``n`` objects of 2 x 2 x 2 voxels (segmentation, objects table, label pyramid,
     provenance), written with the project's own table and label-image code."""
-    from pipeline.ome import PyramidLevel, plan_levels
+    from pipeline.runtime.store import Store
     from pipeline.stages.labels import LabelsStage, LabelTarget
-    from pipeline.store import Store
+    from pipeline.volume.ome import PyramidLevel, plan_levels
 
     grid = tuple(s // 2 for s in shape)
     assert np.prod(grid) >= n
@@ -124,7 +124,7 @@ def fake_result(path, n: int, shape=(100, 200, 400)):
     target = LabelTarget("standalone", path / "labels" / "segmentation", "segmentation", "0.5", tuple(levels),
                          tuple({"name": a, "type": "space"} for a in "zyx"), None)
     stage = LabelsStage(Store(str(path), "fake"), target, "uint32")
-    from pipeline.engine import Engine
+    from pipeline.runtime.engine import Engine
 
     stage.run(Engine())
     plan = {"write_shape": [64, 128, 128], "grid": [2, 2, 4], "volume_shape": list(shape), "zoom": None}
@@ -150,7 +150,7 @@ def test_a_million_objects_open_in_seconds(tmp_path):
 
 def _edit_result(tmp_path):
     """A result whose standalone label image has two levels (x is longer than 256)."""
-    from pipeline.io import write_zarr
+    from pipeline.volume.io import write_zarr
 
     vol = np.zeros((4, 16, 260), np.float32)
     vol[1:3, 2:14, 10:250:12] = 1.0  # thin walls: many objects along x
@@ -177,7 +177,7 @@ def test_corrected_labels_become_a_new_label_image(tmp_path):
     expected[box.to_slices()] = edited
     level0 = open_array(group / "0")[...]
     np.testing.assert_array_equal(level0, expected)
-    from pipeline.ome import downsample_labels
+    from pipeline.volume.ome import downsample_labels
 
     np.testing.assert_array_equal(open_array(group / "1")[...], downsample_labels(expected, (2, 2, 2)))
     np.testing.assert_array_equal(open_array(source / "0")[...], seg)  # the original is untouched
@@ -221,7 +221,7 @@ def test_training_crops_read_back(tmp_path):
     assert data["data"][0] == {"image": first, "image_dataset": "image", "labels": first,
                                "labels_dataset": "labels", "annotated": first, "annotated_dataset": "annotated"}
     # what the viewer saved is a training set: `pipeline train` fine-tunes on it (one iteration here)
-    from pipeline.checkpoint import open_checkpoint
+    from pipeline.network.checkpoint import open_checkpoint
     from pipeline.train import load_train_config, train
 
     cfg = load_train_config(spec, ("iterations=1", "val_every=1", f"out={tmp_path / 'ft.pt'}"))
@@ -234,8 +234,8 @@ def test_training_crops_read_back(tmp_path):
 
 def test_run_records_progress_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_RUNS", str(tmp_path / "runs"))
-    text = ("2026-01-01 INFO pipeline.progress: fragments: 3/8 blocks (38%), 1.00 blocks/s\n"
-            "2026-01-01 INFO pipeline.progress: merge: 2/2 tasks (100%), 9.00 tasks/s\n"
+    text = ("2026-01-01 INFO pipeline.runtime.progress: fragments: 3/8 blocks (38%), 1.00 blocks/s\n"
+            "2026-01-01 INFO pipeline.runtime.progress: merge: 2/2 tasks (100%), 9.00 tasks/s\n"
             "error: input.path: 'x.zarr' does not exist (give an existing zarr, OME-Zarr, TIFF or HDF5 path)\n")
     assert launch.last_progress(text) == ("merge", 2, 2)
     assert launch.error_line(text).startswith("error: input.path: 'x.zarr' does not exist")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.io import open_array, write_zarr
-from pipeline.predict import Predictor, predict_tiled, predict_whole
+from pipeline.network.checkpoint import load_checkpoint
+from pipeline.network.predict import Predictor, predict_tiled, predict_whole
 from pipeline.run import as_config, predict, prepare
+from pipeline.volume.io import open_array, write_zarr
 
 from .conftest import make_checkpoint, random_volume
 
@@ -68,12 +68,12 @@ def test_blockwise_equals_whole_on_dask_float32(tmp_path, request, nclient):
 
 def test_misaligned_tiles_show_seams():
     """The equality above can fail: tiles off the step grid give seams."""
-    from pipeline.model import ModelSpec, init_model
+    from pipeline.network.model import ModelSpec, init_model
 
     spec = ModelSpec(ndim=2, downsample=[[2, 2], [2, 2]], base_features=4, embed_dim=3)
     pred = Predictor(init_model(spec, seed=1), precision="float64")
     vol = random_volume((40, 40), dtype="float32")[None]
-    from pipeline.predict import NormStats
+    from pipeline.network.predict import NormStats
 
     stats = NormStats(0.0, 1.0)
     whole = predict_whole(pred, vol, stats)
@@ -88,8 +88,8 @@ def test_misaligned_tiles_show_seams():
 def test_stream_equals_single_blocks(tmp_path):
     """Blocks streamed through the network several per forward pass give the outputs of
     one block at a time (on a GPU the same stream overlaps transfers with compute)."""
-    from pipeline.model import ModelSpec, init_model
-    from pipeline.predict import NormStats
+    from pipeline.network.model import ModelSpec, init_model
+    from pipeline.network.predict import NormStats
 
     pred = Predictor(init_model(ModelSpec(base_features=2, embed_dim=2), seed=1), precision="float64")
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def test_prefetch_keeps_several_reads_in_flight(monkeypatch):
     import threading
     import time
 
-    from pipeline.blocks import BlockPlan
+    from pipeline.plan.blocks import BlockPlan
     from pipeline.stages import predict as stage
 
     lock, running, peak = threading.Lock(), [0], [0]

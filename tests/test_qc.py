@@ -10,11 +10,11 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from pipeline.blocks import BlockPlan
 from pipeline.cli import main
-from pipeline.io import open_array, write_zarr
+from pipeline.plan.blocks import BlockPlan
 from pipeline.run import segment
-from pipeline.store import face_axes
+from pipeline.runtime.store import face_axes
+from pipeline.volume.io import open_array, write_zarr
 
 from .conftest import make_checkpoint, random_volume
 from .helpers import passthrough_checkpoint, same_partition

@@ -1,5 +1,5 @@
 """Region runs (the viewer's "Segment this view"): the blocks of the full run's plan that meet a
-region, and objects clear of the computed box's edge equal the full run's (pipeline.region)."""
+region, and objects clear of the computed box's edge equal the full run's (pipeline.plan.region)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.blocks import BlockPlan
 from pipeline.geometry import Box
-from pipeline.io import open_array, open_group, write_zarr
-from pipeline.region import (
+from pipeline.plan.blocks import BlockPlan
+from pipeline.plan.region import (
     RegionError,
     computed_box,
     covering_blocks,
@@ -22,9 +21,10 @@ from pipeline.region import (
     read_record,
     zoomed_region,
 )
-from pipeline.resample import nearest_indices
 from pipeline.run import segment
 from pipeline.stages import read_objects
+from pipeline.volume.io import open_array, open_group, write_zarr
+from pipeline.volume.resample import nearest_indices
 
 from .helpers import passthrough_checkpoint, same_partition
 
@@ -150,8 +150,8 @@ def test_region_outside_the_volume_is_one_line(tmp_path):
 
 
 def test_a_listener_follows_a_region_run_and_can_stop_it(tmp_path):
-    """The viewer's progress bar and Cancel button: pipeline.progress.listening in this thread."""
-    from pipeline.progress import listening
+    """The viewer's progress bar and Cancel button: pipeline.runtime.progress.listening in this thread."""
+    from pipeline.runtime.progress import listening
 
     write_zarr(tmp_path / "in.zarr", _volume((8, 32, 32)), name="raw")
     cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"}, "output": {"path": str(tmp_path / "o.zarr")},

@@ -12,13 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import InputConfig
 from pipeline.geometry import Box
-from pipeline.io import open_array, open_input, write_zarr
-from pipeline.metrics import contingency, object_diameters, scores
-from pipeline.predict import Predictor, predict_whole
-from pipeline.resample import (
+from pipeline.network.checkpoint import load_checkpoint
+from pipeline.network.predict import Predictor, predict_whole
+from pipeline.qc.metrics import contingency, object_diameters, scores
+from pipeline.run import as_config, predict, prepare, segment
+from pipeline.volume.io import open_array, open_input, write_zarr
+from pipeline.volume.resample import (
     DiameterError,
     ZoomedVolume,
     interpolate_axis,
@@ -30,7 +31,6 @@ from pipeline.resample import (
     zoom_factors,
     zoomed_shape,
 )
-from pipeline.run import as_config, predict, prepare, segment
 
 from .conftest import make_checkpoint, random_volume
 from .helpers import passthrough_checkpoint, same_partition
@@ -170,7 +170,7 @@ def test_zoomed_demo_with_diameter(tmp_path):
     """The demo volume zoomed 2x in-plane: the bundled model splits its nuclei; with
     input.diameter (measured on the zoomed truth) AP@0.5 is back to >= 0.9."""
     from pipeline.demo import DEMO_SPEC
-    from pipeline.synthetic import generate
+    from pipeline.volume.synthetic import generate
 
     image, labels = generate(DEMO_SPEC, seed=7)
     big = np.clip(np.rint(ndimage.zoom(image.astype(np.float32), (1, 2, 2), order=1)), 0, 65535).astype(np.uint16)
@@ -201,7 +201,7 @@ def test_plan_says_when_resampling_is_unlikely_to_help(tmp_path, capsys):
     `pipeline plan` names the interpolated upsampling and the axes within the model's tolerance;
     objects 4 voxels across are below the network's resolution; the 2x-zoomed demo gets no warning."""
     from pipeline.cli import main
-    from pipeline.resample import zoom_warnings
+    from pipeline.volume.resample import zoom_warnings
 
     model = (11.2, 11.9, 11.9)
     notes = zoom_warnings((11.2 / 7, 11.9 / 15, 11.9 / 15), model, (2, 4, 4))

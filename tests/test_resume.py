@@ -14,8 +14,8 @@ import yaml
 from scipy import ndimage
 
 from pipeline.cli import main
-from pipeline.io import open_array, open_group, write_zarr
-from pipeline.store import marked_blocks
+from pipeline.runtime.store import marked_blocks
+from pipeline.volume.io import open_array, open_group, write_zarr
 
 from .helpers import passthrough_checkpoint
 
@@ -71,7 +71,7 @@ def test_stale_markers_are_refused(tmp_path, capsys):
     out = tmp_path / "a.zarr"
     from pipeline.config import load_config
     from pipeline.run import prepare
-    from pipeline.store import Store, resume_parts
+    from pipeline.runtime.store import Store, resume_parts
 
     s = prepare(load_config(cfg))
     Store.open(out, False, resume_parts(s, "segment", {"x": 1}), "other")  # an unfinished run with other parameters
@@ -88,7 +88,7 @@ def test_stale_markers_are_refused(tmp_path, capsys):
 def test_scratch_files_in_proportion_to_batches(tmp_path, monkeypatch):
     """256 small blocks, 8 per task: each stage leaves one done marker per batch (not one per
     block), the faces one file per batch, and the object statistics one file per batch and id range."""
-    from pipeline.store import Store
+    from pipeline.runtime.store import Store
 
     cfg = _config(tmp_path, "many", blocks={"write_shape": [4, 8, 8], "blocks_per_task": 8})
     seen: dict[str, int] = {}

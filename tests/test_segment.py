@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.clustering import connectivity_fragments
-from pipeline.io import open_array, open_group, write_zarr
-from pipeline.merge import block_of, block_table, components, fragment_ids, global_tables, label_dtype
-from pipeline.predict import Predictor, predict_whole
+from pipeline.network.checkpoint import load_checkpoint
+from pipeline.network.predict import Predictor, predict_whole
 from pipeline.run import as_config, prepare, segment
+from pipeline.stages.ids import block_of, block_table, components, fragment_ids, global_tables, label_dtype
+from pipeline.volume.io import open_array, open_group, write_zarr
 
 from .conftest import make_checkpoint, random_volume
 from .helpers import passthrough_checkpoint, same_partition

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.io import open_array, write_zarr
 from pipeline.run import segment
+from pipeline.volume.io import open_array, write_zarr
 
 from .helpers import passthrough_checkpoint
 
@@ -108,8 +108,8 @@ def test_slurm_worker_job_cancelled_mid_run(slurm, data, local_result):
 
 def test_lost_worker_job_is_replaced(slurm, tmp_path):
     """A cancelled worker job is replaced by a new one (bounded by max_worker_restarts)."""
+    from pipeline.cluster.deploy import open_client
     from pipeline.config import validate_config
-    from pipeline.deploy import open_client
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"},
                            "cluster": _slurm_cluster(tmp_path, "guard", n_workers=1, max_worker_restarts=1)})
@@ -144,8 +144,8 @@ def test_gpu_job_script(tmp_path):
     job's cores as threads (one predicts, the others cluster), one torch thread per task."""
     from dask_jobqueue import SLURMCluster
 
+    from pipeline.cluster.deploy import jobqueue_options, torch_threads
     from pipeline.config import validate_config
-    from pipeline.deploy import jobqueue_options, torch_threads
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": {
         "kind": "slurm", "queue": "gpu", "cores": 8, "memory": "48GiB", "gpus": 1, "walltime": "04:00:00",

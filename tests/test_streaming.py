@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model import ModelSpec, init_model
-from pipeline.predict import NormStats, Predictor
-from pipeline.streaming import stream_cpu, stream_cuda
+from pipeline.network.model import ModelSpec, init_model
+from pipeline.network.predict import NormStats, Predictor
+from pipeline.network.streaming import stream_cpu, stream_cuda
 
 
 class FakeStream:
@@ -58,7 +58,7 @@ class Lazy:
 
 
 class FakeCuda:
-    """Streams, events, pinned memory and transfers of :class:`pipeline.streaming.Cuda`, on the CPU."""
+    """Streams, events, pinned memory and transfers of :class:`pipeline.network.streaming.Cuda`, on the CPU."""
 
     def __init__(self, policy: str, seed: int = 0) -> None:
         self.policy, self.rng = policy, np.random.default_rng(seed)
@@ -83,7 +83,7 @@ class FakeCuda:
         stream.ops.append(op)
         self.advance()
 
-    # the interface of pipeline.streaming.Cuda
+    # the interface of pipeline.network.streaming.Cuda
 
     def stream(self) -> FakeStream:
         self.streams.append(FakeStream(f"s{len(self.streams)}"))
@@ -195,7 +195,7 @@ def test_stream_cuda_logic_equals_cpu_loop(policy, n, batch, depth):
 def test_fake_catches_a_refill_before_its_copy(monkeypatch):
     """The check can fail: a stream that skips the wait on a slot's copy event refills an input
     buffer whose copy has not run (lazy device) and reads the wrong batch."""
-    import pipeline.streaming as streaming
+    import pipeline.network.streaming as streaming
 
     pred, stats = _predictor(), NormStats(0.0, 1.0)
     blocks = _blocks(pred, 6)

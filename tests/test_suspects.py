@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.geometry import Box
-from pipeline.suspects import Suspect, disagreement, pick, view_box
+from pipeline.qc.suspects import Suspect, disagreement, pick, view_box
 
 
 def _table(voxels, fill_box, blocks):

@@ -50,11 +50,11 @@ def test_agglomeration_torch_equals_numpy(seed, grow_distance):
 
 @pytest.mark.parametrize("method", ["connectivity", "agglomeration"])
 def test_methods_backends_agree_on_the_demo_model(method):
-    from pipeline.checkpoint import open_checkpoint
     from pipeline.clustering import resolve_params
     from pipeline.config import validate_config
-    from pipeline.predict import NormStats, Predictor, predict_whole
-    from pipeline.synthetic import SyntheticSpec, generate
+    from pipeline.network.checkpoint import open_checkpoint
+    from pipeline.network.predict import NormStats, Predictor, predict_whole
+    from pipeline.volume.synthetic import SyntheticSpec, generate
 
     ck = open_checkpoint("demo")
     img, _ = generate(SyntheticSpec(shape=(16, 64, 64), radius=(5.0, 10.0), anisotropy=2.0, density=0.25), seed=5)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ConfigError
-from pipeline.model import ModelSpec
-from pipeline.synthetic import SyntheticSpec, generate
+from pipeline.network.checkpoint import load_checkpoint
+from pipeline.network.model import ModelSpec
 from pipeline.train import AugmentConfig, CropSampler, SyntheticSource, TrainConfig, train
+from pipeline.volume.synthetic import SyntheticSpec, generate
 
 
 def test_synthetic_is_deterministic_2d_3d():
@@ -134,8 +134,8 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
 
     from pipeline.cli import main
     from pipeline.clustering import METHODS, ClusteringParams, fragments, remove_small
-    from pipeline.metrics import evaluate
-    from pipeline.predict import Predictor, predict_whole
+    from pipeline.network.predict import Predictor, predict_whole
+    from pipeline.qc.metrics import evaluate
     from pipeline.train import norm_stats, synthetic_volumes
 
     data = {"model": {"ndim": 2, "downsample": [[2, 2]], "base_features": 4, "embed_dim": 2},

@@ -1,6 +1,6 @@
 """Embedding clustering: one block's embeddings -> fragments, and the cross-block rules.
 
-Not to be confused with Dask clusters (:mod:`pipeline.deploy`). Each method is a class
+Not to be confused with Dask clusters (:mod:`pipeline.cluster.deploy`). Each method is a class
 in its own module (``connectivity``, ``agglomeration``, ``meanshift``), found here by
 importing every module of this package; :func:`make_method` builds the one a run uses.
 Fragment labels are ``int64`` numbered ``1..k`` in raster order of their first voxel;

@@ -134,7 +134,7 @@ def read_tail(path: Path, size: int = TAIL_BYTES) -> str:
 
 
 def last_progress(text: str) -> tuple[str, int, int] | None:
-    """The latest progress line's stage, done and total (see :mod:`pipeline.progress`)."""
+    """The latest progress line's stage, done and total (see :mod:`pipeline.runtime.progress`)."""
     found = list(PROGRESS.finditer(text))
     if not found:
         return None

@@ -32,8 +32,8 @@ import numpy as np
 import zarr
 
 from ..config import InputConfig
-from ..io import open_input
-from ..ome import global_transforms, input_pyramid, physical_grid
+from ..volume.io import open_input
+from ..volume.ome import global_transforms, input_pyramid, physical_grid
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import UsageError
 from ..geometry import Box
-from ..region import RegionRecord, exact_mask, read_record, region_box
+from ..plan.region import RegionRecord, exact_mask, read_record, region_box
 from . import launch
 from .keep import annotated_mask, save_crop, save_label_image
 from .layers import Frame, group_attrs, label_image_of, objects_features
@@ -175,8 +175,8 @@ class Settings(QWidget):
 
     def show_defaults(self) -> None:
         """The model's calibrated clustering values as placeholders (what an empty field means)."""
-        from ..checkpoint import open_checkpoint
         from ..config import validate_config
+        from ..network.checkpoint import open_checkpoint
         from ..run import clustering_params
 
         method = self.method.currentText()
@@ -258,11 +258,11 @@ def where(target: Any) -> str:
 def pin_blocks(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with ``blocks.write_shape`` set: the run's own, else the automatic choice for the default
     cluster (a local one). The automatic write shape depends on the cluster's workers and memory
-    (:mod:`pipeline.cost`); a preview (serial) and the run it previews must share one block grid."""
+    (:mod:`pipeline.plan.cost`); a preview (serial) and the run it previews must share one block grid."""
     blocks = dict(config.get("blocks") or {})
     if blocks.get("write_shape"):
         return config
-    from ..prepare import prepare
+    from ..plan.prepare import prepare
 
     output = {k: v for k, v in config["output"].items() if k != "labels"}
     run = prepare({**config, "output": output, "cluster": {"kind": "local"}})
@@ -273,8 +273,8 @@ def plan_text(config: dict[str, Any], region: Box) -> str:
     """``pipeline plan``'s numbers for the whole volume (the run the preview stands for: its label
     image too), and the blocks the preview of ``region`` computes; a preview larger than
     :data:`PREVIEW_VOXELS` is refused (zoom in, or draw a smaller box)."""
-    from ..prepare import plan_summary, prepare
-    from ..region import covering_blocks, zoomed_region
+    from ..plan.prepare import plan_summary, prepare
+    from ..plan.region import covering_blocks, zoomed_region
     from ..stages.labels import label_target
 
     output = {k: v for k, v in config["output"].items() if k != "labels"}
@@ -374,8 +374,8 @@ class SegmentViewWidget(SettingsWidget):
 
     def segment(self, config: dict[str, Any], region: Box, layer: Any) -> tuple[Path, Any]:
         """In the worker thread: the plan, then the region run."""
-        from ..progress import listening
         from ..run import segment
+        from ..runtime.progress import listening
 
         config = pin_blocks(config)
         self.bridge.plan.emit(plan_text(config, region))
@@ -623,7 +623,7 @@ class KeepWidget(QWidget):
 
     def save_crop(self) -> str:
         from ..config import InputConfig
-        from ..io import open_input
+        from ..volume.io import open_input
         from .layers import resolve
 
         layer, edit = self.edited()

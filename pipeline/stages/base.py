@@ -11,7 +11,7 @@ blocks::
       8-21-6.json         blocks 8..21 but 6 of them (the others skipped): the file lists them
                           as [start, count] runs on its first line; records on its second
 
-Batches are runs of the blocks in :func:`~pipeline.blocks.in_sweep` order (neighbours, in the
+Batches are runs of the blocks in :func:`~pipeline.plan.blocks.in_sweep` order (neighbours, in the
 order that lets a worker's chunk cache decode each input chunk once), formed again from the
 plan and the input's chunks on every run. A run stopped in the middle of a batch computes the
 whole batch again (its writes are idempotent). When an interrupted run is resumed, finished
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..blocks import Block, BlockPlan, in_sweep, sweep_axes
+from ..cluster.deploy import torch_threads
 from ..config import InputConfig
-from ..deploy import torch_threads
-from ..engine import Batch, Engine, batched
-from ..predict import NormStats
-from ..store import MarkerIndex, Store
+from ..network.predict import NormStats
+from ..plan.blocks import Block, BlockPlan, in_sweep, sweep_axes
+from ..runtime.engine import Batch, Engine, batched
+from ..runtime.store import MarkerIndex, Store
 
 if TYPE_CHECKING:
-    from ..prepare import Prepared
+    from ..plan.prepare import Prepared
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ..audit import BlockRecord, save_record
-from ..blocks import Block
 from ..clustering import Method
-from ..engine import Engine
-from ..merge import fragment_ids, local_ids
-from ..store import FACES, FRAGMENTS, Faces, face_blob
+from ..plan.blocks import Block
+from ..qc.audit import BlockRecord, save_record
+from ..runtime.engine import Engine
+from ..runtime.store import FACES, FRAGMENTS, Faces, face_blob
 from .base import MODEL, Task
+from .ids import fragment_ids, local_ids
 from .predict import InputStage, output_bytes, predict_blocks
 
 

@@ -1,5 +1,5 @@
 """The ``labels`` stage: the segmentation as an OME-Zarr label image, a pyramid written level
-by level, blockwise (see :mod:`pipeline.ome` for where it goes, its levels and metadata).
+by level, blockwise (see :mod:`pipeline.volume.ome` for where it goes, its levels and metadata).
 
 Each level is cut into whole-chunk task boxes; a task reads what its box needs of the level
 it comes from (the ``segmentation``, or the level before), resamples it label-safely and
@@ -10,7 +10,7 @@ gets its metadata, and the ``labels`` group its entry, once every level is writt
 
 One copy of the labels: the group is opened (:func:`open_label_image`) before relabelling, and
 the level at the segmented resolution is the ``segmentation`` array itself (a
-:class:`~pipeline.store.Link`: relabel or restore write it there, and the output group holds a
+:class:`~pipeline.runtime.store.Link`: relabel or restore write it there, and the output group holds a
 symbolic link ``segmentation`` to it), so this stage writes only the other levels. Where the
 output's filesystem takes no links (:func:`linkable`), that level is a copy, written here.
 """
@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from ..blocks import BlockPlan
-from ..empty import any_within
-from ..engine import Batch, Engine, batched
 from ..geometry import Box
-from ..io import OutputError, create_array, open_array, open_group
-from ..ome import (
+from ..plan.blocks import BlockPlan
+from ..plan.empty import any_within
+from ..runtime.engine import Batch, Engine, batched
+from ..runtime.store import Link, Store, can_link, unfinished_key
+from ..volume.io import OutputError, create_array, open_array, open_group
+from ..volume.ome import (
     Level,
     PyramidLevel,
     downsample_labels,
@@ -45,11 +46,10 @@ from ..ome import (
     relative_source,
     spatial_axes,
 )
-from ..store import Link, Store, can_link, unfinished_key
 from .relabel import SEGMENTATION
 
 if TYPE_CHECKING:
-    from ..prepare import Prepared
+    from ..plan.prepare import Prepared
 
 logger = logging.getLogger(__name__)
 

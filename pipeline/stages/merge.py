@@ -2,11 +2,11 @@
 tree of tasks, then per-block lookup tables ``local id -> global id`` (``1..N``).
 
 Each leaf task reads the upper faces of its blocks (the face layout is the store's) and
-applies the clustering method's acceptance rule; :func:`pipeline.merge.components`
+applies the clustering method's acceptance rule; :func:`pipeline.stages.ids.components`
 reduces the accepted pairs level by level. The tables stay on a worker and each relabel
 task receives only its blocks' tables.
 
-Each leaf task also records what it saw on its faces (the seam audit, :mod:`pipeline.audit`)
+Each leaf task also records what it saw on its faces (the seam audit, :mod:`pipeline.qc.audit`)
 in ``qc/seams/<first block>.npz``; once the tables exist, a task summarises the records
 into ``qc/seam_audit.json``.
 """
@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ..audit import batch_record, face_audit, iter_records, save_record, summarise
-from ..blocks import BlockPlan
 from ..clustering import Method
-from ..engine import Batch, Engine, Ref, batched
-from ..merge import block_table, components, global_tables
-from ..store import MarkerIndex, Store, face_axes
+from ..plan.blocks import BlockPlan
+from ..qc.audit import batch_record, face_audit, iter_records, save_record, summarise
+from ..runtime.engine import Batch, Engine, Ref, batched
+from ..runtime.store import MarkerIndex, Store, face_axes
 from .base import Task
 from .fragments import FragmentsStage
+from .ids import block_table, components, global_tables
 
 SEAMS = "seams"
 Tables = tuple[np.ndarray, np.ndarray, int]  # global_tables' (final, starts, N)
@@ -61,7 +61,7 @@ def select_tables(fin: Tables, linears: Batch) -> list[np.ndarray]:
 
 
 def tables(counts: np.ndarray, stride: int, mapping: np.ndarray, store: Store | None, min_size: int) -> Tables:
-    """:func:`pipeline.merge.global_tables`, on a worker; with ``min_size``, the fragment sizes
+    """:func:`pipeline.stages.ids.global_tables`, on a worker; with ``min_size``, the fragment sizes
     are read here from the records the blocks kept (they never pass through the client)."""
     sizes = None
     if min_size and store is not None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Batch, Engine, batched
-from ..merge import combine_stats
-from ..store import OBJECTS, Store
+from ..runtime.engine import Batch, Engine, batched
+from ..runtime.store import OBJECTS, Store
+from .ids import combine_stats
 
 ROWS_PER_PART = 2**20  # object ids per part: ~100 MB of partial rows to combine per task
 CSV_LIMIT = 100_000  # objects.csv is written up to this many objects (output.objects_csv: auto)

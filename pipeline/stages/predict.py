@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import Block
 from ..config import InputConfig
-from ..empty import is_empty
-from ..engine import Batch, Engine
 from ..geometry import Box
-from ..io import InputError, InputVolume, collect_unreadable, digest, input_where, open_input, stamp
-from ..predict import get_predictor
-from ..resample import ZoomedVolume
-from ..store import MarkerIndex
+from ..network.predict import get_predictor
+from ..plan.blocks import Block
+from ..plan.empty import is_empty
+from ..runtime.engine import Batch, Engine
+from ..runtime.store import MarkerIndex
+from ..volume.io import InputError, InputVolume, collect_unreadable, digest, input_where, open_input, stamp
+from ..volume.resample import ZoomedVolume
 from .base import MODEL, BlockStage, Task
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False
     """``((embeddings (E, *valid), foreground (*valid)), record)`` of every block: the network's
     output cropped to the part of the write box inside the volume, and the block's input record
     (see :func:`read_input`); with ``skip_empty``, None instead of the output for a block whose
-    input is background (see :mod:`pipeline.empty`), not predicted."""
+    input is background (see :mod:`pipeline.plan.empty`), not predicted."""
     pred = get_predictor(task.checkpoint, task.device, task.precision, task.channels_last, task.threads)
     out: list[Predicted] = [None] * len(blocks)
     records: list[dict[str, Any]] = [{}] * len(blocks)
@@ -131,7 +131,7 @@ def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False
 def changed_inputs(task: Task, stage: str, linears: Batch, content: bool, files: Sequence[str]) -> list[int]:
     """The finished blocks among ``linears`` (held by the marker ``files``, which no other task
     touches meanwhile) whose input is no longer what they were computed from. ``content``: re-read every block and compare its digest; else only blocks whose files'
-    sizes or times changed (:func:`pipeline.io.stamp`) are re-read and compared, and those that
+    sizes or times changed (:func:`pipeline.volume.io.stamp`) are re-read and compared, and those that
     read chunks as empty when ``input.unreadable`` is now ``error`` (the read says whether they
     are still unreadable). A block whose content is unchanged gets the new stamp (the next check
     is cheap again; its marker file is written again)."""

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import Block, BlockPlan, rows, span
-from ..engine import Engine
-from ..merge import local_ids, object_stats
-from ..resample import nearest_indices
-from ..store import FRAGMENTS, ZOOMED, marker_name
+from ..plan.blocks import Block, BlockPlan, rows, span
+from ..runtime.engine import Engine
+from ..runtime.store import FRAGMENTS, ZOOMED, marker_name
+from ..volume.resample import nearest_indices
 from .base import BlockStage, Task
+from .ids import local_ids, object_stats
 from .objects import part_of, stats_rows
 
 SEGMENTATION = "segmentation"
@@ -90,7 +90,7 @@ def restore_plan(shape: tuple[int, ...], zoomed: BlockPlan, zoom: tuple[float, .
 
 class RestoreStage(RelabelStage):
     """``input.diameter``: the resampled grid's labels back onto the input grid (nearest
-    neighbour, see :mod:`pipeline.resample`) as ``segmentation``, with the object statistics.
+    neighbour, see :mod:`pipeline.volume.resample`) as ``segmentation``, with the object statistics.
     Its task's plan covers the input grid."""
 
     name = "restore"

@@ -1,5 +1,5 @@
 """The ``scan`` stage: which blocks are empty before any block is predicted (see
-:mod:`pipeline.empty`): first those whose input chunks the store does not hold (one listing,
+:mod:`pipeline.plan.empty`): first those whose input chunks the store does not hold (one listing,
 on the client), then, from a mask or a lower pyramid level, one low-resolution read per
 remaining block (:func:`listed_empty` runs first, alone, so the space check counts only the
 blocks that can hold anything). The client keeps one flag per block."""
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..blocks import BlockPlan
 from ..config import InputConfig
-from ..empty import EmptySource, absent_blocks, coarse_box, is_empty
-from ..engine import Batch, Engine, batched
+from ..plan.blocks import BlockPlan
+from ..plan.empty import EmptySource, absent_blocks, coarse_box, is_empty
+from ..runtime.engine import Batch, Engine, batched
 from .predict import input_volume
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class ScanStage:
 def listed_empty(plan: BlockPlan, source: EmptySource | None, input: InputConfig,
                  zoom: tuple[float, ...] | None = None) -> np.ndarray | None:
     """The blocks whose input chunks the store does not hold (client side, one listing; see
-    :func:`pipeline.empty.absent_blocks`); None when empty space is not skipped or the store
+    :func:`pipeline.plan.empty.absent_blocks`); None when empty space is not skipped or the store
     cannot tell."""
     if source is None:
         return None

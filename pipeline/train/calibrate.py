@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
 from ..clustering import ClusteringParams, fragments, remove_small
 from ..config import ConfigError
-from ..predict import Predictor, predict_whole
+from ..network.checkpoint import load_checkpoint, save_checkpoint
+from ..network.predict import Predictor, predict_whole
 from .config import TrainConfig, check_out
 from .data import Volume, load_volumes, norm_stats, synthetic_volumes
 
@@ -54,10 +54,10 @@ def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, devi
     """AP@0.5 and avAP on whole validation volumes for every candidate of
     :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
     stored in the checkpoint as the model's default method and parameters. Partly annotated
-    volumes are scored on their annotated voxels only (:func:`pipeline.metrics.restrict`).
+    volumes are scored on their annotated voxels only (:func:`pipeline.qc.metrics.restrict`).
     ``timing`` (a dict) receives the seconds of prediction and of clustering and scoring per
     clustering key, from which :func:`validation_seconds` estimates a full calibration."""
-    from ..metrics import evaluate_many
+    from ..qc.metrics import evaluate_many
 
     t0 = time.perf_counter()
     pred = Predictor(model, device=device)

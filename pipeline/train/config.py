@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from ..config.validation import Frozen, apply_overrides, read_yaml, validate_model
 from ..errors import UsageError
-from ..model import ModelSpec
-from ..validation import Frozen, apply_overrides, read_yaml, validate_model
+from ..network.model import ModelSpec
 
 
 class VolumeSource(Frozen):
@@ -36,7 +36,7 @@ Range = float | tuple[float, float]
 
 
 class SyntheticSource(Frozen):
-    """Generated volumes (:mod:`pipeline.synthetic`). An appearance value given as ``[low, high]``
+    """Generated volumes (:mod:`pipeline.volume.synthetic`). An appearance value given as ``[low, high]``
     is drawn per volume (uniformly; ``photons`` log-uniformly), so one source can span many looks."""
 
     count: int = Field(8, gt=0)

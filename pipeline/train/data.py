@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..blocks import reflect_indices
 from ..config import ConfigError
-from ..formats import read_image
-from ..model import ModelSpec
-from ..predict import NormStats, normalise
+from ..network.model import ModelSpec
+from ..network.predict import NormStats, normalise
+from ..plan.blocks import reflect_indices
+from ..volume.formats import read_image
 from .config import AugmentConfig, SyntheticSource, VolumeSource
 
 
@@ -88,7 +88,7 @@ def synthetic_volumes(src: SyntheticSource, workers: int = 0) -> list[Volume]:
 
 
 def _synthetic_volume(src: SyntheticSource, k: int) -> Volume:
-    from ..synthetic import draw_spec, generate
+    from ..volume.synthetic import draw_spec, generate
 
     rng = np.random.default_rng([src.seed, k, 0xC0FFEE])
     values = src.model_dump(exclude={"count", "seed", "size"})

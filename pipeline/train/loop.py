@@ -3,7 +3,7 @@
 :func:`train` starts from a fresh model, fine-tunes given weights (``init``: a fresh
 schedule) or resumes a checkpoint (``resume``: the schedule goes on), draws augmented crops,
 validates every ``val_every`` iterations (two clustering candidates; the full grid at the
-end) and writes checkpoints whose metadata (:class:`~pipeline.checkpoint.CheckpointInfo`)
+end) and writes checkpoints whose metadata (:class:`~pipeline.network.checkpoint.CheckpointInfo`)
 records the iterations, loss margins, metrics, the calibrated clustering and the typical
 object diameter of the training labels; the best validation AP@0.5 is also kept as
 ``<out>.best.pt``. Progress is a bar on a terminal and log lines elsewhere.
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointInfo, open_checkpoint, save_checkpoint
 from ..config import ConfigError
-from ..loss import LossWeights, discriminative_loss
-from ..model import UNet, init_model
-from ..progress import EVERY_S
+from ..network.checkpoint import CheckpointInfo, open_checkpoint, save_checkpoint
+from ..network.loss import LossWeights, discriminative_loss
+from ..network.model import UNet, init_model
+from ..runtime.progress import EVERY_S
 from .calibrate import split_volumes, train_device, validate, validation_seconds
 from .config import Schedule, TrainConfig, check_out, schedule
 from .data import CropSampler, Volume, batches, touches
@@ -62,7 +62,7 @@ def check_window(window: tuple[int, ...], step: tuple[int, ...]) -> None:
 
 class TrainProgress:
     """A tqdm bar on a terminal; elsewhere (a SLURM log, redirected output, ``-q``) a log line
-    every :data:`~pipeline.progress.EVERY_S` seconds: iteration, mean loss, speed, time left."""
+    every :data:`~pipeline.runtime.progress.EVERY_S` seconds: iteration, mean loss, speed, time left."""
 
     def __init__(self, sch: Schedule, start: int, bar: bool) -> None:
         from tqdm import tqdm
@@ -192,10 +192,10 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
 
 def training_diameter(volumes: list[Volume]) -> tuple[float, ...] | None:
     """Typical object diameter of the training labels (median per axis over the volumes'
-    :func:`~pipeline.metrics.object_diameters`), recorded for ``input.diameter``. In a partly
+    :func:`~pipeline.qc.metrics.object_diameters`), recorded for ``input.diameter``. In a partly
     annotated volume only objects annotated whole count (none of their voxels next to an
     unannotated one)."""
-    from ..metrics import object_diameters
+    from ..qc.metrics import object_diameters
 
     found = []
     for v in volumes:

@@ -1,0 +1,5 @@
+"""``python -m pipeline.cli``: the command line."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""The checkpoint file format and its typed, validated metadata.
+
+``model.checkpoint`` also reads a bioimage.io package this project exported (its
+``rdf.yaml``; :mod:`pipeline.network.modelzoo`).
+
+A checkpoint is a single ``torch.save`` file holding only tensors and JSON strings:
+the architecture (:class:`~pipeline.network.model.ModelSpec`), the weights, and the metadata
+(``extra``) that training and calibration record, typed here as
+:class:`CheckpointInfo`. Files are read with ``torch.load(weights_only=True)``, which
+cannot execute code from the file.
+
+:func:`open_checkpoint` reads a file once and returns the model, its metadata and the
+digest of the same bytes. :func:`load_checkpoint` is the older ``(model, dict)`` view.
+Unknown top-level metadata keys are kept (other tools and newer versions may record
+more); unknown keys in the ``clustering`` section are errors, because a misspelt
+parameter would silently fall back to a default and change every segmentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config.validation import describe_errors
+from ..errors import UsageError
+from .model import ModelSpec, UNet
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "pipeline-unet"
+FORMAT_VERSION = 1
+
+DEMO_CHECKPOINT = Path(__file__).parent / "data" / "demo.pt"
+_FIX_METADATA = "correct it in the checkpoint's 'extra' JSON, or re-create the checkpoint with 'pipeline train'"
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be read or does not fit the data."""
+
+
+class Calibration(BaseModel):
+    """Clustering method and parameters calibrated on validation data (``clustering``).
+
+    Only the values that were calibrated are set; the rest come from the run config or
+    the loss-margin defaults (see :func:`pipeline.run.clustering_params`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: str = Field("connectivity", description="checkpoints calibrated before methods were recorded: "
+                        "connectivity")
+    foreground_threshold: float | None = Field(None, gt=0, lt=1)
+    threshold: float | None = Field(None, gt=0)
+    merge_distance: float | None = Field(None, gt=0)
+    grow_threshold: float | None = Field(None, gt=0, lt=1)
+    grow_distance: float | None = Field(None, ge=0)
+    bandwidth: float | None = Field(None, gt=0)
+    min_size: int | None = Field(None, ge=0)
+
+    def values(self) -> dict[str, Any]:
+        """The calibrated values (fields that are not None), ``method`` included."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class CheckpointInfo(BaseModel):
+    """Everything in a checkpoint's ``extra`` JSON.
+
+    The field order is the order training has always written them in, so that
+    checkpoints written from a :class:`CheckpointInfo` are byte-identical to older ones.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    trained: bool = False
+    iterations: int = Field(0, ge=0)
+    delta_v: float = Field(0.5, gt=0)
+    delta_d: float = Field(1.5, gt=0)
+    metrics: dict[str, float] = {}
+    seed: int | None = None
+    train_seconds: float | None = Field(None, ge=0)
+    clustering: Calibration | None = None
+    diameter: tuple[float, ...] | None = Field(
+        None, description="typical object diameter of the training data, voxels per axis (input.diameter "
+        "resamples other data to it)")
+    foreground_target: Literal["mask", "interior"] | None = Field(
+        None, description="what the foreground channel learnt: every object voxel, or the interior (touching "
+        "objects apart); a fine-tune of this model keeps it")
+
+    def to_json(self) -> str:
+        """The ``extra`` string of a checkpoint: the fields that were given, in field order."""
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint read once: the file is read once and hashed from the same bytes."""
+
+    path: Path  # resolved, absolute ("demo": the bundled file)
+    model: UNet
+    info: CheckpointInfo
+    digest: str  # the same value as checkpoint_digest(path)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``demo`` names the bundled model; anything else is a file path."""
+    if str(path) == "demo":
+        return DEMO_CHECKPOINT
+    return Path(path)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 of the checkpoint file (first 16 hex digits), for provenance and resume; of a
+    bioimage.io package: of its description and weights."""
+    from .modelzoo import is_package
+
+    if is_package(path):
+        return open_checkpoint(path).digest
+    h = hashlib.sha256()
+    with open(resolve_checkpoint(path), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _validate_info(extra: CheckpointInfo | dict[str, Any], where: str, fix: str) -> CheckpointInfo:
+    """``extra`` as :class:`CheckpointInfo`, or a one-line :class:`CheckpointError`."""
+    if isinstance(extra, CheckpointInfo):
+        return extra
+    try:
+        return CheckpointInfo.model_validate(extra)
+    except ValidationError as exc:
+        raise CheckpointError(f"{where} has invalid metadata: {describe_errors(CheckpointInfo, exc)} ({fix})") from None
+
+
+def save_checkpoint(model: UNet, path: str | Path, extra: CheckpointInfo | dict[str, Any] | None = None) -> Path:
+    """Write weights, spec and metadata (as JSON) to one file readable with ``weights_only``.
+
+    ``extra`` is validated as :class:`CheckpointInfo`; a dict is written as given (its keys
+    in its own order), a :class:`CheckpointInfo` as the fields that were set.
+    """
+    path = Path(path)
+    if extra is None:
+        extra = {}
+    info = _validate_info(extra, f"checkpoint '{path}'", "fix the metadata given to save_checkpoint")
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "spec": model.spec.model_dump_json(),
+        "extra": info.to_json() if isinstance(extra, CheckpointInfo) else json.dumps(extra),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _read(path: str | Path) -> tuple[Path, bytes, UNet, dict[str, Any]]:
+    """Resolved path, file bytes, model (eval mode) and raw metadata of a checkpoint."""
+    p = resolve_checkpoint(path)
+    if not p.is_file():
+        raise CheckpointError(
+            f"model.checkpoint: no file at '{p}' (give the path of a .pt file made by "
+            "'pipeline model init' or 'pipeline train', a bioimage.io package's rdf.yaml, or 'demo' for the "
+            "bundled model)"
+        )
+    from .modelzoo import is_package, read_bioimageio
+
+    if is_package(p):
+        data, model, extra = read_bioimageio(p)
+        return p, data, model, extra
+    data = p.read_bytes()
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
+        raise CheckpointError(
+            f"model.checkpoint '{p}' is not a readable checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); recreate it with 'pipeline model init' or 'pipeline train'"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"model.checkpoint '{p}' is not a {FORMAT} checkpoint (missing 'format' entry)"
+        )
+    if payload.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"model.checkpoint '{p}' has format version {payload.get('version')}, this "
+            f"package reads version {FORMAT_VERSION}"
+        )
+    try:
+        spec = ModelSpec.model_validate_json(payload["spec"])
+        model = UNet(spec)
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"model.checkpoint '{p}': spec and weights do not fit ({str(exc).splitlines()[0][:200]})"
+        ) from None
+    model.eval()
+    try:
+        extra = json.loads(payload.get("extra", "{}"))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"model.checkpoint '{p}': its metadata ('extra') is not JSON ({exc}); "
+                              "recreate it with 'pipeline model init' or 'pipeline train'") from None
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"model.checkpoint '{p}': its metadata ('extra') must be a JSON object, "
+                              f"got {type(extra).__name__}; recreate it with 'pipeline model init' or 'pipeline train'")
+    return p, data, model, extra
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint once: model (eval mode), typed metadata and digest of the same bytes."""
+    p, data, model, extra = _read(path)
+    info = _validate_info(extra, f"model.checkpoint '{p}'", _FIX_METADATA)
+    ckpt = Checkpoint(path=p.resolve(), model=model, info=info, digest=_digest(data))
+    logger.debug("opened checkpoint %s (digest %s)", ckpt.path, ckpt.digest)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> tuple[UNet, dict[str, Any]]:
+    """Load a checkpoint without executing code from it. Returns ``(model, extra)``, the
+    metadata as the dict stored in the file (validated as :class:`CheckpointInfo`)."""
+    p, _, model, extra = _read(path)
+    _validate_info(extra, f"model.checkpoint '{p}'", _FIX_METADATA)
+    return model, extra
+
+
+__all__ = [
+    "DEMO_CHECKPOINT",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Calibration",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointInfo",
+    "checkpoint_digest",
+    "load_checkpoint",
+    "open_checkpoint",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,239 @@
+"""Empty space: blocks whose input holds nothing but background are neither predicted nor
+clustered; they keep the output's fill value (0) and cost about one cheap read.
+
+A block is *empty* when no voxel of its read box (halo included, so its neighbours' objects
+reaching into it are seen) exceeds the background level ``offset + threshold * scale`` of
+the run's normalisation, i.e. ``threshold`` in normalised input units. The decision comes
+from the cheapest source there is:
+
+* a user-given mask (0 over a block's write box = skip), at any resolution whose ratio to
+  the volume is constant;
+* a lower level of the input's OME-Zarr pyramid (one low-resolution read per block, before
+  any block runs, so ``pipeline plan`` can count them);
+* else the block's own full-resolution input, as it is read for prediction (free).
+
+Whatever decides, a block whose input chunks are all absent from the store (never written:
+they read as the fill value) is empty when the fill value is background: known from one
+listing of the store (:func:`stored_chunks`) before any task exists, never read
+(:func:`absent_blocks`). Such blocks never become tasks in any stage.
+
+The same level is also checked at read time when a pyramid or mask decided first. A
+network that predicts background on background gives the same segmentation either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import zarr
+
+from ..config import Config, InputConfig
+from ..errors import UsageError
+from ..geometry import Box
+from ..network.predict import NormStats
+from ..volume.io import InputVolume, open_input
+from ..volume.resample import ZoomedVolume
+from .blocks import BlockPlan
+
+MIN_COARSE_VOXELS = 4  # per block axis, at the level decided from
+
+
+class MaskError(UsageError):
+    """A mask that does not fit the input volume."""
+
+
+@dataclass(frozen=True)
+class EmptySource:
+    """Where emptiness is decided: ``read`` (each block's input as it is read), ``level``
+    (a lower pyramid level of the input) or ``mask``; ``array`` is read ``factors`` coarser."""
+
+    kind: Literal["read", "level", "mask"]
+    background: float  # raw intensity; a block whose input never exceeds it is empty
+    array: InputConfig | None = None
+    factors: tuple[float, ...] = ()
+    level: int = 0
+
+    def describe(self) -> str:
+        where = {"read": "each block's input as it is read", "level": f"pyramid level {self.level}",
+                 "mask": f"mask '{self.array.path if self.array else ''}'"}[self.kind]
+        return f"{where}; background <= {self.background:.6g}"
+
+
+def background(stats: NormStats, threshold: float) -> float:
+    """The raw intensity at ``threshold`` in normalised input units."""
+    return float(stats.offset + threshold * stats.scale)
+
+
+def coarse_box(box: Box, volume: Sequence[int], factors: Sequence[float], coarse: Sequence[int]) -> Box:
+    """The region of a ``factors`` times coarser array that covers ``box`` clipped to the volume
+    (a read box's reflected halo mirrors voxels inside that clip), grown by one coarse voxel:
+    downsampling may spread a bright voxel into a neighbouring coarse voxel."""
+    lo, hi = [], []
+    for o, s, v, f, c in zip(box.offset, box.shape, volume, factors, coarse, strict=True):
+        start, stop = max(o, 0), min(o + s, v)
+        lo.append(max(min(math.floor(start / f), c - 1) - 1, 0))
+        hi.append(min(math.ceil(stop / f) + 1, c))
+    return Box(tuple(lo), tuple(h - lo_ for h, lo_ in zip(hi, lo, strict=True)))
+
+
+def is_empty(data: np.ndarray, level: float | None) -> bool:
+    """No voxel above ``level`` (None: a mask, empty where it is 0 everywhere)."""
+    return not data.any() if level is None else bool(data.size == 0 or data.max() <= level)
+
+
+def _levels(cfg: InputConfig, vol: InputVolume) -> list[tuple[int, ...]]:
+    """Spatial shape of every level of the input's pyramid (the input's alone without one)."""
+    if not vol.ome:
+        return [vol.shape]
+    group = zarr.open(store=str(cfg.path), mode="r")
+    group = group[cfg.dataset] if cfg.dataset else group
+    return [tuple(group[d["path"]].shape[i] for i in vol.spatial_axes) for d in vol.ome["multiscales"][0]["datasets"]]
+
+
+def choose_level(levels: Sequence[Sequence[int]], base: int, write: Sequence[int]) -> int:
+    """The coarsest level at or below ``base`` where a block still spans ``MIN_COARSE_VOXELS``
+    voxels per axis; ``base`` when none is coarser."""
+    best = base
+    for k in range(base + 1, len(levels)):
+        factors = [b / c for b, c in zip(levels[base], levels[k], strict=True)]
+        if all(w / f >= MIN_COARSE_VOXELS for w, f in zip(write, factors, strict=True)):
+            best = k
+    return best
+
+
+def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequence[int],
+                 grid: Sequence[int] | None = None) -> EmptySource | None:
+    """How this run decides which blocks are empty (None: ``empty.skip`` is off); ``grid``: the
+    shape the blocks cover when it is not the input's (``input.diameter`` resamples it)."""
+    e = cfg.empty
+    grid = tuple(grid or vol.shape)
+    if not e.skip:
+        return None
+    level = background(stats, e.threshold)
+    if e.mask is not None:
+        mask_cfg = InputConfig(path=e.mask.path, dataset=e.mask.dataset)
+        mask = open_input(mask_cfg)
+        if mask.ndim != vol.ndim:
+            raise MaskError(f"empty.mask '{e.mask.path}' is {mask.ndim}D {list(mask.shape)}, the input is "
+                            f"{vol.ndim}D {list(vol.shape)}; give a mask with the input's axes")
+        return EmptySource("mask", level, mask_cfg, tuple(v / m for v, m in zip(grid, mask.shape, strict=True)))
+    levels = _levels(cfg.input, vol)
+    base = cfg.input.scale_level
+    k = choose_level(levels, base, write) if e.level is None else e.level
+    if k >= len(levels) or k < base:
+        raise MaskError(f"empty.level {k} does not exist below input.scale_level {base} in '{vol.path}' "
+                        f"(levels {base}..{len(levels) - 1}); leave empty.level unset to choose automatically")
+    if k == base:
+        return EmptySource("read", level)
+    factors = tuple(b / c for b, c in zip(grid, levels[k], strict=True))
+    return EmptySource("level", level, cfg.input.model_copy(update={"scale_level": k}), factors, k)
+
+
+# ---------------------------------------------------------------- chunks absent from the store
+
+
+def _decoder(arr: zarr.Array) -> Callable[[str], tuple[int, ...]]:
+    """Chunk key -> grid coordinates (ValueError for a key that is not a chunk's)."""
+    meta = arr.metadata
+    encoding = getattr(meta, "chunk_key_encoding", None)
+    if encoding is None:  # zarr v2
+        sep, head = meta.dimension_separator or ".", ""
+    else:
+        sep = encoding.separator
+        head = "" if type(encoding).__name__ == "V2ChunkKeyEncoding" else f"c{sep}"
+
+    def decode(key: str) -> tuple[int, ...]:
+        if not key.startswith(head):
+            raise ValueError(key)
+        return tuple(int(part) for part in key[len(head):].split(sep))
+
+    return decode
+
+
+def stored_chunks(vol: InputVolume) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """``(stored, size)``: one flag per chunk of the input's spatial grid (per shard for a
+    sharded array), True where the store holds it, and the spatial size of a grid cell; from one
+    listing of the store, nothing read. None when the input is not a zarr array (TIFF, HDF5)."""
+    arr = vol.array
+    store_path = getattr(arr, "store_path", None)
+    if store_path is None or not hasattr(arr, "metadata") or type(store_path.store).__name__ == "ZarrTiffStore":
+        return None
+    from zarr.core.sync import sync
+
+    async def listing() -> list[str]:
+        return [k async for k in store_path.store.list_prefix(prefix)]
+
+    prefix = f"{store_path.path}/" if store_path.path else ""
+    cell = tuple(getattr(arr, "shards", None) or arr.chunks)
+    grid = tuple(-(-n // c) for n, c in zip(arr.shape, cell, strict=True))
+    decode = _decoder(arr)
+    found = []
+    for key in sync(listing()):
+        try:
+            coords = decode(key[len(prefix):])
+        except (ValueError, TypeError):
+            continue  # metadata (zarr.json, .zarray), not a chunk
+        if len(coords) == len(grid) and all(0 <= j < g for j, g in zip(coords, grid, strict=True)):
+            found.append(coords)
+    stored = np.zeros(grid, dtype=bool)
+    if found:
+        stored[tuple(np.asarray(found, dtype=np.int64).T)] = True
+    other = tuple(i for i in range(len(grid)) if i not in vol.spatial_axes)
+    return (stored.any(axis=other) if other else stored), tuple(cell[i] for i in vol.spatial_axes)
+
+
+def read_ranges(plan: BlockPlan, vol: InputVolume | ZoomedVolume) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per axis, ``(lo, hi)``: the input voxels (the input's own grid, reflected halos and
+    resampling included) that the reads of the blocks at each index along that axis touch."""
+    first = plan.block((0,) * plan.ndim).read
+    out = []
+    for a in range(plan.ndim):
+        bounds = []
+        for i in range(plan.grid[a]):
+            offset = list(first.offset)
+            offset[a] += i * plan.write_shape[a]
+            region = vol.source_region(Box(tuple(offset), first.shape))
+            bounds.append((region.offset[a], region.end[a]))
+        pairs = np.asarray(bounds, dtype=np.int64)
+        out.append((pairs[:, 0], pairs[:, 1]))
+    return out
+
+
+def any_within(flags: np.ndarray, cell: Sequence[int], ranges: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """For every box of a grid of boxes, whether any flagged cell meets it (one bool per box,
+    linear order). ``flags``: one per cell of a grid of ``cell``-sized cells from the origin;
+    ``ranges[a]``: ``(lo, hi)`` voxels of the boxes along axis ``a``, per box index. One
+    summed-area table and one lookup per box: no loop over boxes."""
+    nd = flags.ndim
+    table = np.zeros(tuple(g + 1 for g in flags.shape), dtype=np.int64)
+    table[(slice(1, None),) * nd] = flags
+    for a in range(nd):
+        np.cumsum(table, axis=a, out=table)
+    lo = [np.clip(r[0] // c, 0, g) for r, c, g in zip(ranges, cell, flags.shape, strict=True)]
+    hi = [np.clip(-(-r[1] // c), 0, g) for r, c, g in zip(ranges, cell, flags.shape, strict=True)]
+    hi = [np.where(r[1] > np.maximum(r[0], 0), np.maximum(h, low), low) for r, h, low in zip(ranges, hi, lo, strict=True)]
+    total = np.zeros(tuple(len(r[0]) for r in ranges), dtype=np.int64)
+    for corner in range(1 << nd):  # inclusion-exclusion over the box's 2**nd corners
+        ends = [hi[a] if corner >> a & 1 else lo[a] for a in range(nd)]
+        sign = -1 if (nd - bin(corner).count("1")) % 2 else 1
+        total += sign * table[np.ix_(*ends)]
+    return (total > 0).ravel()
+
+
+def absent_blocks(plan: BlockPlan, vol: InputVolume | ZoomedVolume, background: float) -> np.ndarray | None:
+    """One flag per block: True where the block's input is only chunks the store does not hold
+    and the input's fill value is background (see :func:`any_within`); None when the store
+    cannot be listed or its fill value is not background."""
+    source = vol.source if isinstance(vol, ZoomedVolume) else vol
+    fill = getattr(source.array, "fill_value", None)
+    if fill is None or not float(fill) <= background:  # NaN: never background
+        return None
+    found = stored_chunks(source)
+    if found is None:
+        return None
+    stored, cell = found
+    return ~any_within(stored, cell, read_ranges(plan, vol))

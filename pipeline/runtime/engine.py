@@ -1,0 +1,365 @@
+"""How work runs: in this process, or on a Dask client. Knows nothing about segmentation.
+
+One :class:`Engine` offers three things, the same in both modes:
+
+``map``     run ``fn(batch, *args)`` for every batch of block indices; results come back
+            as they complete, with at most ``window`` tasks in flight (the client never
+            holds a future per block of a huge volume); tasks that need a resource (the
+            GPU, ``model``) ask for it when some worker offers it. A batch can be two
+            tasks: a first step holding a resource (predict on the GPU) whose result
+            stays in worker memory for the second (cluster on CPU threads).
+``reduce``  combine the leaf results of ``leaf(batch, *args)`` as a tree of tasks
+            (fan-in 8): no task ever sees every leaf.
+``call``    run one function (on a worker with Dask); its result stays there as a
+            :data:`Ref` that later calls and maps take as an argument; ``result`` fetches it.
+
+With Dask, a worker lost mid-run has its tasks recomputed by the scheduler, and a result
+reported twice after such a recomputation is taken once. Tasks carry their (small)
+arguments themselves instead of scattering them: scattered data lost with a worker
+cannot be recomputed and would cancel every task that needs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from ..errors import UsageError, space_error
+from .progress import ProgressLog
+
+logger = logging.getLogger(__name__)
+
+Batch = Sequence[int]
+
+
+@dataclass(frozen=True)
+class Local:
+    """A value computed in this process (serial mode's :data:`Ref`)."""
+
+    value: Any
+
+
+Ref = Any  # Local in serial mode, a distributed.Future with Dask
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A user error raised in a task, carried back as its result: the client raises it, and no
+    worker logs a traceback for what is the user's to fix (bad input)."""
+
+    error: UsageError
+
+
+class Guarded:
+    """``fn`` as a task: a :class:`~pipeline.errors.UsageError` (a write that failed for space or
+    quota included) becomes a :class:`Refused` result, and a task given a :class:`Refused` (its
+    first step failed) passes it on."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "task")  # task names on the dashboard
+
+    def __call__(self, *args: Any) -> Any:
+        refused = next((a for a in args if isinstance(a, Refused)), None)
+        if refused is not None:
+            return refused
+        try:
+            return self.fn(*args)
+        except UsageError as exc:
+            return Refused(exc)
+        except OSError as exc:
+            full = space_error(exc)
+            if full is None:
+                raise
+            return Refused(full)
+
+
+def batched(items: Sequence[int], size: int) -> list[list[int]]:
+    """Consecutive batches of at most ``size`` items."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class Engine:
+    """Runs tasks serially (``client=None``) or on a ``distributed.Client``."""
+
+    def __init__(self, client: Any = None, progress: bool = False, fan_in: int = 8,
+                 memory_per_worker: int = 2 << 30, abort: Callable[[], None] | None = None) -> None:
+        self.client = client
+        self.abort = abort  # raises the error that stopped the cluster (its workers lost), if any
+        self.progress = progress
+        self.fan_in = fan_in
+        self.memory_per_worker = memory_per_worker  # for intermediate results in flight
+        self.checks: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------ shared helpers
+
+    def _bar(self, total: int, desc: str, unit: str = "task", item_voxels: int = 0) -> Any:
+        """A tqdm bar on a terminal; elsewhere (SLURM logs, redirected output) or without
+        ``progress``, a log line every 30 s and one at the end."""
+        if self.progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            return tqdm(total=total, desc=desc, unit=unit, leave=True)
+        return ProgressLog(total, desc, unit=unit, item_voxels=item_voxels)
+
+    def _threads(self) -> dict[str, int]:
+        """Threads per worker; waits for the first worker (batch jobs may still be queued)."""
+        threads = self.client.nthreads()
+        if not threads:
+            logger.info("waiting for the first Dask worker")
+        while not threads:
+            self._check()
+            try:
+                self.client.wait_for_workers(1, timeout=2)
+            except TimeoutError:
+                pass
+            threads = self.client.nthreads()
+        return dict(threads)
+
+    def _check(self) -> None:
+        if self.abort is not None:
+            self.abort()
+        for check in self.checks:
+            check()
+
+    def also_check(self, check: Callable[[], None]) -> None:
+        """Call ``check`` (it raises to stop the run, e.g. when the output's lock was lost) as
+        results come in."""
+        self.checks.append(check)
+
+    def _get(self, fut: Any) -> Any:
+        """``fut.result()``; when it fails because the cluster stopped, the reason why."""
+        try:
+            return fut.result()
+        except BaseException:
+            self._check()
+            raise
+
+    def _window(self, batch_bytes: int = 0) -> int:
+        """Tasks in flight: enough to keep every thread busy, no more than the workers'
+        memory budget holds of results waiting for their next step (at least 2 per worker)."""
+        threads = self._threads()
+        window = max(16, 4 * sum(threads.values()))
+        if batch_bytes:
+            fit = sum(budget // batch_bytes for budget in self._budgets())
+            window = min(window, max(2 * len(threads), fit))
+        return window
+
+    def _budgets(self) -> list[int]:
+        """Bytes each worker may hold of results waiting for their next step: half its memory
+        limit where the scheduler knows it, else ``memory_per_worker``. A GPU worker's blocks are
+        large (sized to the GPU); a fixed budget let it hold 2 of them, one predicting and one
+        clustering, however many threads it has to cluster with."""
+        workers = self.client.scheduler_info()["workers"].values()
+        return [w["memory_limit"] // 2 if w.get("memory_limit") else self.memory_per_worker for w in workers]
+
+    def _resources(self, resources: dict[str, float] | None) -> dict[str, float] | None:
+        """``resources`` when some worker offers them, else None (e.g. a cluster of plain workers)."""
+        if not resources:
+            return None
+        self._threads()
+        workers = self.client.scheduler_info()["workers"].values()
+        offered = any(all(r in w.get("resources", {}) for r in resources) for w in workers)
+        return resources if offered else None
+
+    def _offering(self, resources: dict[str, float] | None) -> list[str]:
+        """Addresses of the workers that offer ``resources`` (all of them without), sorted."""
+        self._threads()
+        workers = self.client.scheduler_info()["workers"]
+        return sorted(a for a, w in workers.items() if all(r in w.get("resources", {}) for r in resources or {}))
+
+    @staticmethod
+    def _value(arg: Any) -> Any:
+        return arg.value if isinstance(arg, Local) else arg
+
+    # ------------------------------------------------------------ the three operations
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Ref:
+        if self.client is None:
+            return Local(fn(*map(self._value, args)))
+        return self.client.submit(Guarded(fn), *args, pure=False)
+
+    def result(self, ref: Ref) -> Any:
+        if isinstance(ref, Local):
+            return ref.value
+        result = self._get(ref)
+        if isinstance(result, Refused):
+            raise result.error
+        return result
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        batches: Sequence[Batch],
+        *args: Any,
+        desc: str,
+        resources: dict[str, float] | None = None,
+        per_batch: Callable[[Batch], tuple[Any, ...]] | None = None,
+        first: tuple[Callable[[Batch], Any], dict[str, float] | None] | None = None,
+        window: int | None = None,
+        batch_bytes: int = 0,
+        unit: str = "task",
+        item_voxels: int = 0,
+        spans: bool = False,
+    ) -> Iterator[Any]:
+        """``fn(batch, *args, *per_batch(batch))`` for every batch; results as they complete.
+
+        With ``first = (load, load_resources)`` every batch runs as two tasks:
+        ``fn(batch, load(batch), *args, ...)``, where ``load`` holds ``load_resources``
+        (e.g. the GPU) and ``fn`` runs on any thread, preferably of the worker that holds
+        ``load``'s result (which never leaves worker memory). ``batch_bytes``, the size of
+        that result, caps the window so that results waiting for ``fn`` fit in memory.
+        Progress counts tasks, or with a ``unit`` other than ``task`` the items of the batches
+        (``item_voxels`` each, for a rate in voxels). ``spans``: consecutive batches share data
+        (the input chunks of neighbouring blocks), so each worker is given a contiguous span of
+        them (:func:`spans_of`, a loose restriction), the spans submitted in turn."""
+        items = unit != "task"
+        bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
+        try:
+            if self.client is None:
+                for batch in batches:
+                    self._check()
+                    extra = per_batch(batch) if per_batch else ()
+                    loaded = (first[0](batch),) if first else ()
+                    yield fn(batch, *loaded, *map(self._value, (*args, *extra)))
+                    bar.update(len(batch) if items else 1)
+                return
+            from distributed import as_completed
+
+            res = self._resources(resources)
+            first_res = self._resources(first[1]) if first else None
+
+            sizes: dict[str, int] = {}  # task key -> items in its batch
+
+            placed: list[str | None] = [None] * len(batches)  # the worker whose span holds each batch
+            offered = self._offering(first_res if first else res) if spans else []
+            if len(offered) > 1:  # (one worker so far, e.g. batch jobs still queued: no spans, any may join)
+                order = spans_of(len(batches), len(offered))
+                owner = {k: offered[w] for w, span in enumerate(order) for k in span}
+                batches = [batches[k] for k in interleave(order)]
+                placed = [owner[k] for k in interleave(order)]
+            place = iter(placed)
+
+            def submit(batch: Batch) -> Any:
+                extra = per_batch(batch) if per_batch else ()
+                where = next(place)
+                near = {"workers": [where], "allow_other_workers": True} if where else {}
+                if first is None:
+                    fut = self.client.submit(Guarded(fn), batch, *args, *extra, pure=False, resources=res, **near)
+                else:
+                    loaded = self.client.submit(Guarded(first[0]), batch, pure=False, resources=first_res, **near)
+                    fut = self.client.submit(Guarded(fn), batch, loaded, *args, *extra, pure=False, resources=res)
+                    loaded.release()  # the scheduler keeps it until `fut` has run
+                sizes[fut.key] = len(batch)
+                return fut
+
+            it = iter(batches)
+            pending = as_completed([submit(b) for b in islice(it, window or self._window(batch_bytes))])
+            seen: set[str] = set()
+            for fut in pending:
+                if fut.key in seen:  # recomputed after a worker was lost and reported again
+                    continue
+                seen.add(fut.key)
+                result = self._get(fut)
+                fut.release()
+                if isinstance(result, Refused):
+                    raise result.error
+                self._check()
+                for batch in islice(it, 1):
+                    pending.add(submit(batch))
+                bar.update(sizes.pop(fut.key) if items else 1)
+                yield result
+        finally:
+            bar.close()
+
+    def reduce(
+        self,
+        leaf: Callable[..., Any],
+        combine: Callable[[Sequence[Any]], Any],
+        batches: Sequence[Batch],
+        *args: Any,
+        desc: str,
+    ) -> Ref:
+        """``combine`` over ``leaf(batch, *args)`` for every batch, as a tree of tasks."""
+        fan_in = self.fan_in
+        if self.client is None:
+            level = [leaf(b, *map(self._value, args)) for b in _progress(batches, self._bar(len(batches), desc))]
+            while len(level) > 1:
+                level = [combine(level[i : i + fan_in]) for i in range(0, len(level), fan_in)]
+            return Local(level[0] if level else combine([]))
+        from distributed import as_completed
+
+        def _combine(*parts: Any) -> Any:
+            return combine(parts)
+
+        guarded_leaf, guarded_combine = Guarded(leaf), Guarded(_combine)
+
+        it = iter(batches)
+        depth: dict[str, int] = {}
+        buckets: dict[int, list[Any]] = {}
+
+        def submit_leaf(batch: Batch) -> Any:
+            fut = self.client.submit(guarded_leaf, batch, *args, pure=False)
+            depth[fut.key] = 0
+            return fut
+
+        bar = self._bar(len(batches), desc)
+        pending = as_completed([submit_leaf(b) for b in islice(it, self._window())])
+        for fut in pending:
+            if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
+                continue
+            self._check()
+            d = depth.pop(fut.key)
+            if d == 0:
+                bar.update(1)
+                for b in islice(it, 1):
+                    pending.add(submit_leaf(b))
+            bucket = buckets.setdefault(d, [])
+            bucket.append(fut)
+            if len(bucket) == fan_in:
+                parent = self.client.submit(guarded_combine, *bucket, pure=False)
+                depth[parent.key] = d + 1
+                buckets[d] = []
+                pending.add(parent)
+        bar.close()
+        rest = [f for d in sorted(buckets) for f in buckets[d]]
+        return rest[0] if len(rest) == 1 else self.client.submit(guarded_combine, *rest, pure=False)
+
+
+def spans_of(n: int, workers: int) -> list[range]:
+    """``n`` batches as ``workers`` contiguous spans of (nearly) equal length."""
+    workers = max(1, min(workers, n))
+    return [range(w * n // workers, (w + 1) * n // workers) for w in range(workers)]
+
+
+def interleave(spans: Sequence[range]) -> list[int]:
+    """The batches of ``spans``, one of each span in turn (every worker starts at once)."""
+    return [k for group in itertools.zip_longest(*spans) for k in group if k is not None]
+
+
+def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+@contextmanager
+def open_engine(cluster: Any, client: Any = None, progress: bool = False) -> Iterator[Engine]:
+    """An engine on the caller's ``client`` when given, else on the cluster configured by
+    ``cluster`` (a ``cluster:`` config section; opened here and closed on exit)."""
+    if client is not None:
+        yield Engine(client, progress)
+        return
+    from ..cluster.deploy import open_session
+
+    with open_session(cluster) as session:
+        yield Engine(session.client, progress, abort=session.check)
