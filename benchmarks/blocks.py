@@ -90,7 +90,8 @@ def calibrate(args: argparse.Namespace) -> None:
     from pipeline.network.checkpoint import open_checkpoint, save_checkpoint
     from pipeline.network.model import passthrough_model
     from pipeline.plan import cost
-    from pipeline.plan.prepare import as_config, block_bytes
+    from pipeline.plan.prepare import as_config
+    from pipeline.plan.sizing import block_bytes
     from pipeline.volume.io import open_input, write_zarr
 
     spec = open_checkpoint("demo").spec
@@ -194,7 +195,8 @@ print("RESULT " + json.dumps(result))
 
 
 def compare(args: argparse.Namespace) -> None:
-    from pipeline.plan.prepare import cost_table, plan_summary, prepare
+    from pipeline.plan.prepare import prepare
+    from pipeline.plan.summary import cost_table, plan_summary
     from pipeline.volume.io import write_zarr
 
     shape = tuple(args.shape)

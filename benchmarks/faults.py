@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import machine, synthetic_volume
 
-from pipeline.runtime.store import marked_blocks
+from pipeline.runtime.markers import marked_blocks
 from tests.helpers import KILL_CLIENT
 
 # ---------------------------------------------------------------- the matrix
@@ -301,10 +301,10 @@ def space(args: argparse.Namespace) -> None:
     import zarr
 
     import pipeline.runtime.store as st
+    from pipeline.plan.labels import label_target
     from pipeline.plan.prepare import prepare
     from pipeline.plan.space import estimate
     from pipeline.run import segment
-    from pipeline.stages.labels import label_target
     from pipeline.volume.io import write_zarr
     from pipeline.volume.synthetic import SyntheticSpec, generate
 

@@ -69,7 +69,7 @@ def child(args: argparse.Namespace) -> None:
     from pipeline.config import InputConfig
     from pipeline.network.checkpoint import open_checkpoint
     from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
-    from pipeline.plan.prepare import auto_blocks_per_task
+    from pipeline.plan.sizing import auto_blocks_per_task
     from pipeline.runtime.engine import Engine, batched
 
     spec = open_checkpoint("demo").spec

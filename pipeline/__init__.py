@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .config import Config, load_config
 from .run import predict, segment
+from .version import __version__
 
 __all__ = ["Config", "__version__", "load_config", "predict", "segment"]

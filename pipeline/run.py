@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,17 @@ from .config import Config
 from .errors import SpaceError, space_error
 from .geometry import Box
 from .network.checkpoint import CheckpointInfo
-from .plan.prepare import Prepared, as_config, auto_blocks_per_task, planned_workers, prepare
-from .plan.region import (
-    REGION,
-    RegionError,
-    RegionRecord,
-    computed_box,
-    covering_blocks,
-    edge_ids,
-    input_box,
-    region_box,
-    zoomed_region,
-)
+from .plan.labels import linkable
+from .plan.outputs import plan_outputs
+from .plan.prepare import Prepared, as_config, prepare
+from .plan.region import REGION, covering_blocks, edge_ids
+from .plan.sizing import auto_blocks_per_task, planned_workers
 from .plan.space import Estimate, check_space, free_bytes, gib
 from .runtime.engine import Engine, open_engine
 from .runtime.lock import RunLock
-from .runtime.store import ZOOMED, Store, check_output, provenance, resume_parts
+from .runtime.output import check_output
+from .runtime.resume import provenance, resume_parts
+from .runtime.store import ZOOMED, Store
 from .stages import (
     FragmentsStage,
     MergeStage,
@@ -54,9 +49,8 @@ from .stages import (
     select_tables,
 )
 from .stages.ids import label_dtype
-from .stages.labels import LabelsStage, Occupied, check_labels, label_target, linkable, open_label_image
+from .stages.labels import LabelsStage, Occupied, open_label_image
 from .stages.relabel import SEGMENTATION, restore_plan
-from .stages.scan import listed_empty
 from .volume.ome import physical_grid
 
 logger = logging.getLogger(__name__)
@@ -155,20 +149,14 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
     run = prepare(config)
     cfg, per = run.config, run.blocks_per_task
     method = clustering_method(run)
-    check_output(cfg.output.path, cfg.output.overwrite)
-    area = _region(run, region) if region is not None else None
-    target = label_target(run) if area is None else None
-    if target is not None:
-        check_labels(target, Path(cfg.output.path), cfg.output.overwrite)
-    blocks = covering_blocks(run.plan, area.grid) if area else None
-    absent = listed_empty(run.plan, run.empty, cfg.input, run.zoom)
-    need = check_space(run, target, fraction=work_fraction(len(run.plan), blocks, absent))
+    outputs = plan_outputs(run, region)
+    target, area, blocks, absent = outputs.target, outputs.area, outputs.blocks, outputs.absent
     min_size = method.params.min_size
     logger.info("segment: clustering %s", ", ".join(f"{k} {v}" for k, v in method.describe().items()))
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     params = method.describe() if area is None else {**method.describe(), "region": area.to_json()}
-    with open_engine(cfg.cluster, client, progress) as engine, _open_store(run, "segment", params, engine, need) as store:
+    with open_engine(cfg.cluster, client, progress) as engine, _open_store(run, "segment", params, engine, outputs.need) as store:
         if target is not None:
             if linkable(target, Path(store.path)):  # the label image's level 0 is the segmentation, written once
                 store = replace(store, links=(target.segmentation(),))
@@ -225,15 +213,6 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
     return Path(cfg.output.path)
 
 
-def work_fraction(total: int, blocks: list[int] | None, absent: np.ndarray | None) -> float:
-    """The share of the plan's blocks that can write anything: those of a region run (``blocks``),
-    less those known empty from the store's listing (``absent``); arrays hold only their chunks."""
-    wanted = np.ones(total, dtype=bool) if blocks is None else np.isin(np.arange(total), blocks)
-    if absent is not None:
-        wanted &= ~absent
-    return float(wanted.sum()) / total
-
-
 def reset_after_fragments(store: Store) -> None:
     """Forget every stage after ``fragments`` (relabel, restore, the label image) and the object
     statistics: global ids change when any block's fragments do."""
@@ -258,36 +237,6 @@ def restore(run: Prepared, task: Task, dtype: str, engine: Any, box: Box | None 
         stage.skip[covering_blocks(plan, box)] = False
     for _ in stage.run(engine, per):
         pass
-
-
-@dataclass(frozen=True)
-class _Area:
-    """A region run's boxes: the region and the computed box, on the input grid and on the grid
-    the blocks cover (the same without ``input.diameter``)."""
-
-    requested: Box
-    grid: Box
-    computed_grid: Box
-    computed: Box
-
-    def record(self, blocks: int, edge: np.ndarray) -> RegionRecord:
-        return RegionRecord(self.requested, self.computed, blocks, tuple(int(i) for i in edge))
-
-    def to_json(self) -> list[list[int]]:
-        return [list(self.requested.offset), list(self.requested.shape)]
-
-
-def _region(run: Prepared, region: Box) -> _Area:
-    shape = run.volume.shape
-    if not isinstance(region, Box):
-        raise RegionError(f"region must be a pipeline.geometry.Box, got {type(region).__name__}")
-    requested = region_box(list(zip(region.offset, region.end, strict=True)), shape)
-    if run.zoom is None:
-        box = computed_box(run.plan, requested)
-        return _Area(requested, requested, box, box)
-    grid = zoomed_region(requested, run.zoom, run.plan.volume)
-    box = computed_box(run.plan, grid)
-    return _Area(requested, grid, box, input_box(box, run.zoom, shape, run.plan.volume))
 
 
 __all__ = ["as_config", "clustering_params", "predict", "prepare", "segment"]

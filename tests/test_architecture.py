@@ -16,7 +16,9 @@ from pipeline.cli import main
 from pipeline.plan.blocks import BlockPlan
 from pipeline.run import segment
 from pipeline.runtime.engine import Engine, batched
-from pipeline.runtime.store import Store, face_axes, marked_blocks
+from pipeline.runtime.faces import face_axes
+from pipeline.runtime.markers import marked_blocks
+from pipeline.runtime.store import Store
 from pipeline.volume.io import open_array, write_zarr
 
 from .helpers import passthrough_checkpoint, same_partition
@@ -83,7 +85,9 @@ def test_store_face_round_trip(tmp_path):
     """What the blocks of a batch write on their faces (one file per batch) is what the merge reads
     across each face; a block that wrote nothing (skipped as empty) reads as background; a batch
     whose marker is rewritten without some of its blocks (forgotten) keeps the others' faces."""
-    from pipeline.runtime.store import FACES, batch_name, face_blob
+    from pipeline.runtime.faces import face_blob
+    from pipeline.runtime.markers import batch_name
+    from pipeline.runtime.store import FACES
 
     plan = BlockPlan((10, 12, 9), (4, 4, 4), (0, 0, 0), (2, 2, 2))
     rng = np.random.default_rng(0)

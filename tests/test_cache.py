@@ -246,7 +246,7 @@ def test_spans_give_each_worker_a_contiguous_run_of_batches(client2):
 
 
 def test_a_configured_cache_too_small_for_the_order_is_a_warning(caplog):
-    from pipeline.plan.prepare import warn_cache
+    from pipeline.plan.sizing import warn_cache
 
     with caplog.at_level("WARNING", logger="pipeline.plan.prepare"):
         warn_cache(None, 1 << 40)  # automatic: no warning (the workers' memory is not known here)

@@ -101,7 +101,8 @@ def test_automatic_blocks_sized_for_the_gpu(tmp_path, capsys):
     """Automatic write shapes: the cheapest (pipeline.plan.cost) whose block fits a quarter of a CPU
     worker's memory, or whose batch of blocks fits half the GPU's (here a GPU named by size, as
     when planning on a login node): more memory, larger blocks, never over the limit."""
-    from pipeline.plan.prepare import block_bytes, prepare
+    from pipeline.plan.prepare import prepare
+    from pipeline.plan.sizing import block_bytes
 
     cfg = yaml.safe_load(_setup(tmp_path, shape=(12, 40, 40)).read_text())
     import zarr
@@ -219,7 +220,7 @@ def test_clustering_params_precedence():
 
 
 def test_automatic_blocks_per_task_batches_small_blocks_within_memory():
-    from pipeline.plan.prepare import auto_blocks_per_task
+    from pipeline.plan.sizing import auto_blocks_per_task
 
     assert auto_blocks_per_task(100, 2, 1 << 20) == 3  # >= 16 tasks per worker
     assert auto_blocks_per_task(10**5, 2, 1 << 20) == 512  # <= 512 MiB of network output per task
@@ -256,7 +257,7 @@ def test_quiet_run_on_a_cluster_logs_progress_not_distributed(tmp_path):
 
 def test_planned_workers_per_cluster_kind():
     from pipeline.config import validate_config
-    from pipeline.plan.prepare import UNKNOWN_WORKERS, planned_workers
+    from pipeline.plan.sizing import UNKNOWN_WORKERS, planned_workers
 
     def workers(cluster):
         return planned_workers(validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": cluster}).cluster)

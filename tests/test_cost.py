@@ -15,7 +15,8 @@ from pipeline.cli import main
 from pipeline.plan import cost
 from pipeline.plan.blocks import BlockPlan
 from pipeline.plan.cost import Coefficients, axis_chunks, block_bytes, candidates, ranked, terms
-from pipeline.plan.prepare import chunks_per_block, over_read, prepare
+from pipeline.plan.prepare import prepare
+from pipeline.plan.sizing import chunks_per_block, over_read
 
 STEP, CONTEXT = (2, 4, 4), (12, 20, 20)  # the bundled model's
 FEATURES, OUTPUTS = 16, 7

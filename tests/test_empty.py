@@ -18,7 +18,8 @@ from pipeline.config import InputConfig
 from pipeline.geometry import Box
 from pipeline.plan.blocks import BlockPlan
 from pipeline.plan.empty import absent_blocks, any_within, choose_level, coarse_box
-from pipeline.plan.prepare import plan_summary, prepare
+from pipeline.plan.prepare import prepare
+from pipeline.plan.summary import plan_summary
 from pipeline.run import segment
 from pipeline.stages.predict import input_volume
 from pipeline.volume.io import open_array, open_group, write_zarr

@@ -25,7 +25,7 @@ import yaml
 from scipy import ndimage
 
 from pipeline.cli import main
-from pipeline.runtime.store import marked_blocks
+from pipeline.runtime.markers import marked_blocks
 from pipeline.volume.io import open_array, open_group, write_zarr
 
 from .helpers import KILL_CLIENT, passthrough_checkpoint

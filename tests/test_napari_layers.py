@@ -106,8 +106,9 @@ def test_sample_parts_reads_few_parts():
 def fake_result(path, n: int, shape=(100, 200, 400)):
     """A result group of ``n`` objects of 2 x 2 x 2 voxels (segmentation, objects table, label pyramid,
     provenance), written with the project's own table and label-image code."""
+    from pipeline.plan.labels import LabelTarget
     from pipeline.runtime.store import Store
-    from pipeline.stages.labels import LabelsStage, LabelTarget
+    from pipeline.stages.labels import LabelsStage
     from pipeline.volume.ome import PyramidLevel, plan_levels
 
     grid = tuple(s // 2 for s in shape)

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from pipeline.cli import main
 from pipeline.plan.blocks import BlockPlan
 from pipeline.run import segment
-from pipeline.runtime.store import face_axes
+from pipeline.runtime.faces import face_axes
 from pipeline.volume.io import open_array, write_zarr
 
 from .conftest import make_checkpoint, random_volume

@@ -14,7 +14,7 @@ import yaml
 from scipy import ndimage
 
 from pipeline.cli import main
-from pipeline.runtime.store import marked_blocks
+from pipeline.runtime.markers import marked_blocks
 from pipeline.volume.io import open_array, open_group, write_zarr
 
 from .helpers import passthrough_checkpoint
@@ -71,7 +71,8 @@ def test_stale_markers_are_refused(tmp_path, capsys):
     out = tmp_path / "a.zarr"
     from pipeline.config import load_config
     from pipeline.run import prepare
-    from pipeline.runtime.store import Store, resume_parts
+    from pipeline.runtime.resume import resume_parts
+    from pipeline.runtime.store import Store
 
     s = prepare(load_config(cfg))
     Store.open(out, False, resume_parts(s, "segment", {"x": 1}), "other")  # an unfinished run with other parameters

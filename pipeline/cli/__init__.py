@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..config import ConfigError, load_config
 from ..errors import UsageError, space_error
+from ..version import __version__
 from ..volume.io import InputError
 
 logger = logging.getLogger("pipeline")
@@ -48,13 +48,14 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..plan.prepare import cost_table, plan_summary, prepare
+    from ..plan.labels import check_labels, label_target
+    from ..plan.outputs import work_fraction
+    from ..plan.prepare import prepare
     from ..plan.space import check_space, space_summary
-    from ..run import work_fraction
+    from ..plan.summary import cost_table, plan_summary
     from ..runtime.engine import Engine
-    from ..runtime.store import check_output
+    from ..runtime.output import check_output
     from ..stages import ScanStage
-    from ..stages.labels import check_labels, label_target
     from ..stages.scan import listed_empty
 
     run = prepare(_load(args))

@@ -24,9 +24,10 @@ import yaml
 import zarr
 
 from ..geometry import Box
+from ..plan.labels import LabelTarget
 from ..plan.region import covering_blocks
 from ..runtime.store import Store
-from ..stages.labels import LabelsStage, LabelTarget, _level_plan
+from ..stages.labels import LabelsStage, _level_plan
 from ..volume.io import OutputError, write_zarr
 from ..volume.ome import input_pyramid, plan_levels
 from .layers import group_attrs, ome

@@ -273,9 +273,10 @@ def plan_text(config: dict[str, Any], region: Box) -> str:
     """``pipeline plan``'s numbers for the whole volume (the run the preview stands for: its label
     image too), and the blocks the preview of ``region`` computes; a preview larger than
     :data:`PREVIEW_VOXELS` is refused (zoom in, or draw a smaller box)."""
-    from ..plan.prepare import plan_summary, prepare
+    from ..plan.labels import label_target
+    from ..plan.prepare import prepare
     from ..plan.region import covering_blocks, zoomed_region
-    from ..stages.labels import label_target
+    from ..plan.summary import plan_summary
 
     output = {k: v for k, v in config["output"].items() if k != "labels"}
     run = prepare({**config, "output": output})

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpaceError
-from ..runtime.store import marked_blocks
+from ..runtime.markers import marked_blocks
 
 if TYPE_CHECKING:
-    from ..stages.labels import LabelTarget
+    from .labels import LabelTarget
     from .prepare import Prepared
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from ..config import InputConfig
 from ..network.predict import NormStats
 from ..plan.blocks import Block, BlockPlan, in_sweep, sweep_axes
 from ..runtime.engine import Batch, Engine, batched
-from ..runtime.store import MarkerIndex, Store
+from ..runtime.markers import MarkerIndex
+from ..runtime.store import Store
 
 if TYPE_CHECKING:
     from ..plan.prepare import Prepared

@@ -18,7 +18,8 @@ from ..clustering import Method
 from ..plan.blocks import Block
 from ..qc.audit import BlockRecord, save_record
 from ..runtime.engine import Engine
-from ..runtime.store import FACES, FRAGMENTS, Faces, face_blob
+from ..runtime.faces import Faces, face_blob
+from ..runtime.store import FACES, FRAGMENTS
 from .base import MODEL, Task
 from .ids import fragment_ids, local_ids
 from .predict import InputStage, output_bytes, predict_blocks

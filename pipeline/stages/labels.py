@@ -12,7 +12,7 @@ One copy of the labels: the group is opened (:func:`open_label_image`) before re
 the level at the segmented resolution is the ``segmentation`` array itself (a
 :class:`~pipeline.runtime.store.Link`: relabel or restore write it there, and the output group holds a
 symbolic link ``segmentation`` to it), so this stage writes only the other levels. Where the
-output's filesystem takes no links (:func:`linkable`), that level is a copy, written here.
+output's filesystem takes no links (:func:`pipeline.plan.labels.linkable`), that level is a copy, written here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -30,156 +30,29 @@ import zarr
 from ..geometry import Box
 from ..plan.blocks import BlockPlan
 from ..plan.empty import any_within
+from ..plan.labels import LabelTarget, recorded_output
 from ..runtime.engine import Batch, Engine, batched
-from ..runtime.store import Link, Store, can_link, unfinished_key
-from ..volume.io import OutputError, create_array, open_array, open_group
+from ..runtime.store import Store
+from ..volume.io import create_array, open_array, open_group
 from ..volume.ome import (
     Level,
-    PyramidLevel,
     downsample_labels,
-    global_transforms,
-    input_pyramid,
-    label_attrs,
     labels_list,
     nearest_indices,
-    plan_levels,
-    relative_source,
-    spatial_axes,
 )
 from .relabel import SEGMENTATION
 
 if TYPE_CHECKING:
-    from ..plan.prepare import Prepared
+    pass
 
 logger = logging.getLogger(__name__)
 
-LABELS = "labels"  # the NGFF group that lists label images
-
-
-@dataclass(frozen=True)
-class LabelTarget:
-    """Where and what the label image is: ``group`` (``<parent>/labels/<name>``), its NGFF
-    ``version`` (0.4: zarr v2, 0.5: zarr v3), levels, axes and the path to its key image."""
-
-    mode: str  # image | standalone
-    group: Path
-    name: str
-    version: str
-    levels: tuple[Level, ...]
-    axes: tuple[dict[str, Any], ...]
-    source: str | None
-    global_ct: tuple[dict[str, Any], ...] | None = None
-
-    @property
-    def labels_group(self) -> Path:
-        return self.group.parent
-
-    @property
-    def zarr_format(self) -> int:
-        return 2 if self.version == "0.4" else 3
-
-    @property
-    def copy(self) -> Level:
-        """The level that holds the segmentation at its own resolution."""
-        return next(level for level in self.levels if level.kind == "copy")
-
-    def segmentation(self) -> Link:
-        """The segmentation written once, as this label image's full-resolution level."""
-        return Link(SEGMENTATION, str(self.group / self.copy.path), tuple(str(a["name"]) for a in self.axes))
-
-    def attrs(self, output: Path) -> dict[str, Any]:
-        """The group's final attributes: NGFF metadata and which run output wrote it."""
-        meta = label_attrs(self.levels, self.axes, self.version, self.name, self.source,
-                           list(self.global_ct) if self.global_ct else None)
-        return {**meta, "pipeline": {"output": str(output.resolve())}}
-
-
-def image_path(run: Prepared) -> Path:
-    """The input OME-Zarr image group."""
-    c = run.config.input
-    return Path(c.path) / c.dataset if c.dataset else Path(c.path)
-
-
-def label_target(run: Prepared) -> LabelTarget | None:
-    """The label image ``output.labels`` asks for (None: ``none``); reads input metadata only."""
-    out, vol = run.config.output, run.volume
-    if out.labels == "none":
-        return None
-    if out.labels == "image" and vol.ome is None:
-        raise OutputError(
-            f"output.labels: image needs an OME-Zarr image input, and '{run.config.input.path}' is not one; "
-            "set output.labels: standalone (or auto) to write the label image into output.path"
-        )
-    mode = "image" if out.labels == "image" or (out.labels == "auto" and vol.ome is not None) else "standalone"
-    segmented = PyramidLevel(vol.shape, tuple(vol.voxel_size or (1.0,) * vol.ndim), (0.0,) * vol.ndim)
-    pyramid, version, global_ct = None, "0.5", None
-    if vol.ome is not None:
-        group = zarr.open_group(str(image_path(run)), mode="r")
-        multiscale = vol.ome["multiscales"][0]
-        shapes = [group[d["path"]].shape for d in multiscale["datasets"]]
-        pyramid = input_pyramid(multiscale, shapes, vol.spatial_axes)
-        segmented = pyramid[run.config.input.scale_level]
-        global_ct = global_transforms(multiscale, vol.spatial_axes)
-        if mode == "image":
-            version = "0.4" if group.metadata.zarr_format == 2 else "0.5"
-    levels = plan_levels(segmented, pyramid, run.config.input.scale_level, mode == "image")
-    parent = image_path(run) if mode == "image" else Path(out.path)
-    group_path = parent / LABELS / out.label_name
-    source = None
-    if mode == "image":
-        source = "../../"
-    elif vol.ome is not None:
-        source = relative_source(group_path, image_path(run))
-    axes = spatial_axes(vol.ome["axes"] if vol.ome else [], vol.ndim, vol.units)
-    return LabelTarget(mode, group_path, out.label_name, version, tuple(levels), tuple(axes), source,
-                       tuple(global_ct) if global_ct else None)
-
-
-def _is_group(path: Path) -> bool:
-    return (path / "zarr.json").exists() or (path / ".zgroup").exists()
-
-
-def check_labels(target: LabelTarget, output: Path, overwrite: bool) -> None:
-    """Fail early (before a cluster starts) on a label image this run may not replace, and on
-    an input image that cannot be written; writes nothing."""
-    where = target.group
-    if target.mode == "image":
-        probe = where.parent if where.parent.is_dir() else where.parent.parent
-        try:
-            (probe / ".pipeline-write-test").touch()
-            (probe / ".pipeline-write-test").unlink()
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write the label image into the input image '{where.parent.parent}' ({exc.strerror}); "
-                "set output.labels: standalone to write it into output.path instead"
-            ) from None
-    if not where.exists() or overwrite:
-        if where.exists() and not _is_group(where):
-            raise OutputError(f"label image path '{where}' exists and is not a zarr group: refusing to replace it")
-        return
-    ours = _recorded_output(where) == str(output.resolve()) and unfinished_key(output) is not None
-    if not ours:  # an earlier run's interrupted label image is resumed; anything else is kept
-        raise OutputError(
-            f"label image '{where}' already exists; set output.overwrite: true (--overwrite) to replace it, "
-            "or output.label_name to write another"
-        )
-
-
-def _recorded_output(group: Path) -> str | None:
-    """The output path of the run that wrote the label image ``group`` (None: unknown)."""
-    try:
-        found = dict(zarr.open_group(str(group), mode="r").attrs).get("pipeline", {}).get("output")
-    except Exception:  # noqa: BLE001 - not a readable group: not ours
-        return None
-    return str(found) if found else None
-
-
 def open_label_image(store: Store, target: LabelTarget) -> bool:
     """Client side, before anything writes the segmentation: the label image group, new
-    (replacing what :func:`check_labels` allowed; True) or the one this output's interrupted run
+    (replacing what :func:`pipeline.plan.labels.check_labels` allowed; True) or the one this output's interrupted run
     began (False). Its levels are created when they are written (:meth:`LabelsStage.run`)."""
     t = target
-    if store.has_markers(LabelsStage.name) and _recorded_output(t.group) == str(Path(store.path).resolve()):
+    if store.has_markers(LabelsStage.name) and recorded_output(t.group) == str(Path(store.path).resolve()):
         return False
     if t.group.exists():
         shutil.rmtree(t.group)
@@ -191,20 +64,6 @@ def open_label_image(store: Store, target: LabelTarget) -> bool:
     store.clear_markers_of(f"{LabelsStage.name}_")  # a resumed run that now writes another label image
     store.create_markers(LabelsStage.name)
     return True
-
-
-def linkable(target: LabelTarget | None, output: Path) -> bool:
-    """Whether this run writes the segmentation once, as the label image's full-resolution
-    level: a label image is planned, the output's filesystem takes symbolic links, and the
-    output does not already hold a segmentation of its own (an interrupted run of an earlier
-    layout, resumed as it began)."""
-    if target is None:
-        return False
-    at = output / SEGMENTATION
-    if at.exists() and not at.is_symlink():
-        return False
-    base = next((a for a in (output.absolute(), *output.absolute().parents) if a.is_dir()), Path("/"))
-    return can_link(base)
 
 
 @dataclass(frozen=True)
@@ -348,5 +207,4 @@ class LabelsStage:
         labels.attrs.put(labels_list(dict(labels.attrs), t.version, t.name))
 
 
-__all__ = ["LabelTarget", "LabelsStage", "Occupied", "check_labels", "image_path", "label_target", "linkable",
-           "open_label_image"]
+__all__ = ["LabelsStage", "Occupied", "open_label_image"]

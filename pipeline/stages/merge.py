@@ -24,7 +24,9 @@ from ..clustering import Method
 from ..plan.blocks import BlockPlan
 from ..qc.audit import batch_record, face_audit, iter_records, save_record, summarise
 from ..runtime.engine import Batch, Engine, Ref, batched
-from ..runtime.store import MarkerIndex, Store, face_axes
+from ..runtime.faces import face_axes
+from ..runtime.markers import MarkerIndex
+from ..runtime.store import Store
 from .base import Task
 from .fragments import FragmentsStage
 from .ids import block_table, components, global_tables

@@ -24,7 +24,7 @@ from ..network.predict import get_predictor
 from ..plan.blocks import Block
 from ..plan.empty import is_empty
 from ..runtime.engine import Batch, Engine
-from ..runtime.store import MarkerIndex
+from ..runtime.markers import MarkerIndex
 from ..volume.io import InputError, InputVolume, collect_unreadable, digest, input_where, open_input, stamp
 from ..volume.resample import ZoomedVolume
 from .base import MODEL, BlockStage, Task

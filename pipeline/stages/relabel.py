@@ -15,7 +15,8 @@ import numpy as np
 
 from ..plan.blocks import Block, BlockPlan, rows, span
 from ..runtime.engine import Engine
-from ..runtime.store import FRAGMENTS, ZOOMED, marker_name
+from ..runtime.markers import marker_name
+from ..runtime.store import FRAGMENTS, ZOOMED
 from ..volume.resample import nearest_indices
 from .base import BlockStage, Task
 from .ids import local_ids, object_stats

@@ -1,0 +1,76 @@
+"""The output group before a run writes: whether it may be created or replaced, whether an
+unfinished run's output is there to resume (its resume key), and whether its folder is writable.
+Checked before a cluster starts; :meth:`pipeline.runtime.store.Store.open` creates it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import zarr
+
+from ..volume.io import OutputError, open_group
+from .lock import LOCK, RunLock, check_free
+
+
+def unfinished_key(path: Path) -> str | None:
+    """The resume key of the unfinished run at ``path``, or None (finished, or not ours)."""
+    try:
+        attrs = dict(open_group(path, mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not a zarr group: prepare_output says so
+        return None
+    return str(attrs["resume_key"]) if attrs.get("complete") is False and "resume_key" in attrs else None
+
+
+def check_output(path: str | Path, overwrite: bool) -> None:
+    """Fail early (before a cluster starts) on an output that :meth:`Store.open` would refuse
+    to replace, or that another run is writing; writes nothing."""
+    p = Path(path)
+    if p.exists() and not overwrite and unfinished_key(p) is None:
+        prepare_output(p, overwrite)  # raises: exists
+    if p.is_dir():
+        check_free(p)
+    if not p.exists():  # its nearest existing folder must take new entries (nothing is created here)
+        base = next((a for a in p.absolute().parents if a.exists()), Path("/"))
+        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+            raise OutputError(f"output.path '{p}' is not writable ('{base}' is "
+                              f"{'not a folder' if not base.is_dir() else 'read-only'}); choose a writable location")
+
+
+def prepare_output(path: str | Path, overwrite: bool, lock: RunLock | None = None) -> zarr.Group:
+    """Create the output group. An existing path is replaced only with ``overwrite`` (and only
+    a zarr group); ``lock`` is taken in the folder before anything in it is deleted."""
+    p = Path(path)
+    if p.exists():
+        if not overwrite:
+            raise OutputError(
+                f"output.path '{p}' already exists; choose another path or pass --overwrite "
+                "(set output.overwrite: true) to replace it"
+            )
+        if p.is_dir() and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
+            raise OutputError(f"output.path '{p}' exists and is not a zarr group: refusing to delete it")
+        if not p.is_dir():
+            p.unlink()
+    check_writable(p)
+    p.mkdir(exist_ok=True)
+    if lock is not None:
+        lock.acquire()
+    for entry in p.iterdir():  # what an earlier output left (overwrite), the lock apart
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return zarr.open_group(str(p), mode="a")
+
+
+def check_writable(path: Path) -> None:
+    """Raise :class:`OutputError` unless ``path``'s folder can be created and written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".pipeline-write-test-{path.name}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output.path '{path}' is not writable ({exc.strerror}); choose a writable location") from None
+
+
