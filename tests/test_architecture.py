@@ -279,3 +279,108 @@ def test_window_holds_a_gpu_workers_large_blocks_for_all_its_threads():
     assert Engine(_Workers(gpu=(9, 64 << 30), cpu=(4, 8 << 30)))._window(block) == 10  # 9 + 1 (4 GiB)
     assert Engine(_Workers(gpu=(9, 0)))._window(block) == 2  # limit unknown: memory_per_worker (2 GiB)
     assert Engine(_Workers(gpu=(9, 64 << 30)))._window() == 36  # no results held between steps: 4 per thread
+
+
+PACKAGE = ROOT / "pipeline"
+MAX_LINES = 300
+TOP_LEVEL = {"__init__", "__main__", "demo", "errors", "geometry", "run", "version"}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports: module-level and function-level imports alike
+    (a deferred import is still a circle), not those under ``if TYPE_CHECKING:`` (never executed)."""
+    import ast
+
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree)
+                       if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for stmt in node.body for n in ast.walk(stmt)}
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in modules else base)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, edges = work[-1]
+            w = next(edges, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def test_circles_are_found():
+    """The circle finder itself: a three-module circle and a self-contained tail."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"a"}}
+    assert _circles(graph) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_package_layout():
+    """The tree shows the architecture: a handful of top-level modules (the public API, errors,
+    geometry, the demo), everything else in subpackages named for what they hold; no module over
+    300 lines; no import circle between the package's modules."""
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert top == TOP_LEVEL, f"top-level modules changed: {sorted(top ^ TOP_LEVEL)}; put new code in a subpackage"
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+    circles = _circles(_import_graph())
+    assert not circles, f"import circles: {circles}"
+    for folder in (p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        doc = (folder / "__init__.py").read_text().lstrip()
+        assert doc.startswith('"""'), f"{folder.name}/__init__.py says nothing about what the package holds"
