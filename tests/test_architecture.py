@@ -210,7 +210,7 @@ def test_progress_lines_for_logs(caplog):
     assert progress_line("fragments", 120, 1000, 60.0) == "fragments: 120/1000 tasks (12%), 2.00 tasks/s, 7.3 min left"
     now = [0.0]
     bar = ProgressLog(10, "merge", clock=lambda: now[0])
-    with caplog.at_level("INFO", logger="pipeline.runtime.progress"):
+    with caplog.at_level("INFO", logger="pipeline.progress"):
         for _ in range(10):
             now[0] += 7.0
             bar.update()
@@ -218,13 +218,13 @@ def test_progress_lines_for_logs(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["merge: 5/10 tasks (50%), 0.14 tasks/s, 0.6 min left", "merge: 10/10 tasks (100%), 0.14 tasks/s"]
     caplog.clear()
-    with caplog.at_level("INFO", logger="pipeline.runtime.progress"):
+    with caplog.at_level("INFO", logger="pipeline.progress"):
         assert list(Engine().map(lambda b: b[0], [[1], [2]], desc="d")) == [1, 2]
     assert [r.getMessage() for r in caplog.records] == ["d: 2/2 tasks (100%), " + caplog.records[0].getMessage().split(", ")[1]]
     assert progress_line("fragments", 120, 1000, 60.0, "block", 64**3) == \
         "fragments: 120/1000 blocks (12%), 2.00 blocks/s, 0.5 Mvox/s, 7.3 min left"
     caplog.clear()
-    with caplog.at_level("INFO", logger="pipeline.runtime.progress"):  # blocks of the batches, voxels per block
+    with caplog.at_level("INFO", logger="pipeline.progress"):  # blocks of the batches, voxels per block
         assert list(Engine().map(lambda b: b[0], [[1, 2, 3], [4]], desc="d", unit="block", item_voxels=10)) == [1, 4]
     assert caplog.records[0].getMessage().startswith("d: 4/4 blocks (100%), ")
     assert "Mvox/s" in caplog.records[0].getMessage()

@@ -252,7 +252,7 @@ def test_quiet_run_on_a_cluster_logs_progress_not_distributed(tmp_path):
                         "--set", "cluster.n_workers=1"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "INFO distributed" not in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert "pipeline.runtime.progress: fragments: " in r.stderr and "(100%)" in r.stderr
+    assert "pipeline.progress: fragments: " in r.stderr and "(100%)" in r.stderr
 
 
 def test_planned_workers_per_cluster_kind():

@@ -235,8 +235,8 @@ def test_training_crops_read_back(tmp_path):
 
 def test_run_records_progress_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_RUNS", str(tmp_path / "runs"))
-    text = ("2026-01-01 INFO pipeline.runtime.progress: fragments: 3/8 blocks (38%), 1.00 blocks/s\n"
-            "2026-01-01 INFO pipeline.runtime.progress: merge: 2/2 tasks (100%), 9.00 tasks/s\n"
+    text = ("2026-01-01 INFO pipeline.progress: fragments: 3/8 blocks (38%), 1.00 blocks/s\n"
+            "2026-01-01 INFO pipeline.progress: merge: 2/2 tasks (100%), 9.00 tasks/s\n"
             "error: input.path: 'x.zarr' does not exist (give an existing zarr, OME-Zarr, TIFF or HDF5 path)\n")
     assert launch.last_progress(text) == ("merge", 2, 2)
     assert launch.error_line(text).startswith("error: input.path: 'x.zarr' does not exist")

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "pipeline-unet"
 FORMAT_VERSION = 1
 
-DEMO_CHECKPOINT = Path(__file__).parent / "data" / "demo.pt"
+DEMO_CHECKPOINT = Path(__file__).parents[1] / "data" / "demo.pt"
 _FIX_METADATA = "correct it in the checkpoint's 'extra' JSON, or re-create the checkpoint with 'pipeline train'"
 
 

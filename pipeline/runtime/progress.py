@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-logger = logging.getLogger("pipeline.runtime.progress")
+logger = logging.getLogger("pipeline.progress")  # the name progress lines carry in logs (kept when the module moved)
 
 EVERY_S = 30.0
 
