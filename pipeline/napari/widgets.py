@@ -34,8 +34,10 @@ from ..errors import UsageError
 from ..geometry import Box
 from ..plan.region import RegionRecord, exact_mask, read_record, region_box
 from . import launch
+from .features import objects_features
+from .frame import Frame
 from .keep import annotated_mask, save_crop, save_label_image
-from .layers import Frame, group_attrs, label_image_of, objects_features
+from .result import group_attrs, label_image_of
 
 logger = logging.getLogger(__name__)
 
@@ -624,7 +626,7 @@ class KeepWidget(QWidget):
     def save_crop(self) -> str:
         from ..config import InputConfig
         from ..volume.io import open_input
-        from .layers import resolve
+        from .result import resolve
 
         layer, edit = self.edited()
         result = Path(edit["result"])
