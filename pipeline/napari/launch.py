@@ -27,7 +27,7 @@ import yaml
 
 from ..config import Config, validate_config
 
-PROGRESS = re.compile(r"pipeline\.progress: (?P<desc>[^:]+): (?P<done>\d+)/(?P<total>\d+) ")
+PROGRESS = re.compile(r"pipeline\.runtime\.progress: (?P<desc>[^:]+): (?P<done>\d+)/(?P<total>\d+) ")
 TAIL_BYTES = 1 << 16  # of the log, read to find the latest progress line and the error
 
 
