@@ -28,7 +28,10 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 from pipeline.geometry import Box  # noqa: E402
 from pipeline.napari import launch  # noqa: E402
-from pipeline.napari.widgets import KeepWidget, RunWidget, SegmentViewWidget, view_box  # noqa: E402
+from pipeline.napari.keep_widget import KeepWidget  # noqa: E402
+from pipeline.napari.run_widget import RunWidget  # noqa: E402
+from pipeline.napari.segment_widget import SegmentViewWidget  # noqa: E402
+from pipeline.napari.viewer import view_box  # noqa: E402
 from pipeline.plan.prepare import prepare  # noqa: E402
 from pipeline.run import segment  # noqa: E402
 from pipeline.volume.io import open_array  # noqa: E402

@@ -1,4 +1,4 @@
-"""The napari plugin's Qt-free parts (pipeline.napari.layers, .keep, .launch): run without napari."""
+"""The napari plugin's Qt-free parts (pipeline.napari.layers and its layer modules, .keep, .launch): run without napari."""
 
 from __future__ import annotations
 
@@ -13,15 +13,10 @@ import zarr
 from pipeline.config import ConfigError
 from pipeline.geometry import Box
 from pipeline.napari import keep, launch
-from pipeline.napari.layers import (
-    FEATURES_LIMIT,
-    Grid,
-    objects_features,
-    rejected_points,
-    result_layers,
-    result_of,
-    sample_parts,
-)
+from pipeline.napari.features import FEATURES_LIMIT, objects_features, sample_parts
+from pipeline.napari.grid import Grid, rejected_points
+from pipeline.napari.layers import result_layers
+from pipeline.napari.result import result_of
 from pipeline.run import segment
 from pipeline.stages.objects import part_files, read_objects, table, write_part
 from pipeline.volume.io import OutputError, open_array

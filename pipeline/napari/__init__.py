@@ -1,12 +1,18 @@
 """The napari plugin (``pip install -e ".[napari]"``): a thin layer over the Python API.
 
 * :mod:`.layers` (no Qt): a result group, or an OME-Zarr image with this project's labels, as
-  napari layer data: the image and the label pyramid (lazy, multiscale), the objects table as
-  the labels' ``features``, the block grid, skipped blocks and the seam audit's rejected pairs.
+  napari layer data: the image (:mod:`.image`) and the label pyramid (:mod:`.labels`; lazy,
+  multiscale), the objects table as the labels' ``features`` (:mod:`.features`), the block grid,
+  skipped blocks and the seam audit's rejected pairs (:mod:`.grid`); where a path leads
+  (:mod:`.result`) and world coordinates (:mod:`.frame`). ``_reader`` and ``_sample`` are the
+  reader and sample data contributions.
 * :mod:`.launch` (no Qt): the config a widget writes, a ``pipeline run`` launched as a detached
-  process, its run record and progress lines.
+  process (:mod:`.detach`), its run record and progress lines.
 * :mod:`.keep` (no Qt): corrected labels as a new label image of a result, or as training crops.
-* :mod:`.widgets`: the dock widgets ("Segment this view", "Run the whole volume", "Edit and keep").
+* The dock widgets: :mod:`.segment_widget` ("Segment this view"), :mod:`.run_widget` ("Run the
+  whole volume"), :mod:`.keep_widget` ("Edit and keep"); what they share is :mod:`.widget_parts`
+  (layer chooser, settings form, controls) and :mod:`.viewer` (no Qt: what a layer records, the
+  box the canvas shows).
 
 The manifest is ``napari.yaml`` beside this file (entry point ``napari.manifest``).
 """

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .layers import LayerData, result_layers, result_of
+from .frame import LayerData
+from .layers import result_layers
+from .result import result_of
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import zarr
 
 from ..demo import write_demo_input
-from .layers import LayerData
+from .frame import LayerData
 
 
 def cache_folder() -> Path:

@@ -30,7 +30,7 @@ from ..runtime.store import Store
 from ..stages.labels import LabelsStage, _level_plan
 from ..volume.io import OutputError, write_zarr
 from ..volume.ome import input_pyramid, plan_levels
-from .layers import group_attrs, ome
+from .result import group_attrs, ome
 
 logger = logging.getLogger(__name__)
 

@@ -150,7 +150,7 @@ def error_line(text: str) -> str | None:
 
 def complete(output: Path) -> bool:
     """Whether ``output`` is a finished run's output group."""
-    from .layers import group_attrs
+    from .result import group_attrs
 
     return bool((group_attrs(output) or {}).get("complete"))
 
