@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .cluster.deploy import open_engine
 from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
 from .errors import SpaceError, space_error
@@ -39,7 +40,7 @@ from .plan.region import (
     zoomed_region,
 )
 from .plan.space import Estimate, check_space, free_bytes, gib
-from .runtime.engine import Engine, open_engine
+from .runtime.engine import Engine
 from .runtime.lock import RunLock
 from .runtime.store import ZOOMED, Store, check_output, provenance, resume_parts
 from .stages import (

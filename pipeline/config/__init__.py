@@ -191,7 +191,7 @@ WALLTIME = r"^(\d+-)?\d+:\d{2}:\d{2}$"
 
 class JobqueueClusterConfig(Frozen):
     """Workers as batch jobs through dask-jobqueue (SLURM, PBS, SGE, LSF, HTCondor): one shape for
-    every scheduler, mapped to each one's directives by :func:`pipeline.cluster.deploy.jobqueue_options`;
+    every scheduler, mapped to each one's directives by :func:`pipeline.cluster.jobqueue.jobqueue_options`;
     TLS with temporary credentials by default."""
 
     # keys of older versions: a one-line error names the key to use instead

@@ -25,7 +25,6 @@ import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -350,16 +349,3 @@ def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:
             bar.update(1)
     finally:
         bar.close()
-
-
-@contextmanager
-def open_engine(cluster: Any, client: Any = None, progress: bool = False) -> Iterator[Engine]:
-    """An engine on the caller's ``client`` when given, else on the cluster configured by
-    ``cluster`` (a ``cluster:`` config section; opened here and closed on exit)."""
-    if client is not None:
-        yield Engine(client, progress)
-        return
-    from ..cluster.deploy import open_session
-
-    with open_session(cluster) as session:
-        yield Engine(session.client, progress, abort=session.check)
