@@ -23,8 +23,9 @@ import numpy as np
 from ..clustering import Method
 from ..plan.blocks import BlockPlan
 from ..qc.audit import batch_record, face_audit, iter_records, save_record, summarise
-from ..runtime.engine import Batch, Engine, Ref, batched
+from ..runtime.engine import Batch, Engine, batched
 from ..runtime.store import MarkerIndex, Store, face_axes
+from ..runtime.tasks import Ref
 from .base import Task
 from .fragments import FragmentsStage
 from .ids import block_table, components, global_tables
