@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .cluster.deploy import open_engine
 from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
 from .errors import SpaceError, space_error
@@ -32,7 +33,7 @@ from .plan.prepare import Prepared, as_config, prepare
 from .plan.region import REGION, covering_blocks, edge_ids
 from .plan.sizing import auto_blocks_per_task, planned_workers
 from .plan.space import Estimate, check_space, free_bytes, gib
-from .runtime.engine import Engine, open_engine
+from .runtime.engine import Engine
 from .runtime.lock import RunLock
 from .runtime.output import check_output
 from .runtime.resume import provenance, resume_parts

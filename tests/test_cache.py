@@ -18,7 +18,8 @@ from pipeline.config import InputConfig
 from pipeline.geometry import Box
 from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
 from pipeline.run import as_config, predict
-from pipeline.runtime.engine import Engine, interleave, spans_of
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.tasks import interleave, spans_of
 from pipeline.volume.cache import DECODED, ChunkCache, _cache, chunk_cache
 from pipeline.volume.io import InputReadError, collect_unreadable, open_array, open_input, write_zarr
 from pipeline.volume.resample import ZoomedVolume

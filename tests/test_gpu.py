@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cluster.deploy import ClusterError
+from pipeline.cluster.errors import ClusterError
 from pipeline.run import segment
 from pipeline.volume.io import open_array, write_zarr
 
@@ -66,7 +66,8 @@ def test_gpu_blockwise_equals_whole(tmp_path):
 
 def test_local_cuda_workers_keep_threads_for_clustering():
     """One worker per GPU holds the `model` resource; the node's other cores are its threads."""
-    from pipeline.cluster.deploy import cores, local_cuda_options, torch_threads
+    from pipeline.cluster.deploy import torch_threads
+    from pipeline.cluster.local import cores, local_cuda_options
     from pipeline.config import LocalCudaClusterConfig
 
     opts = local_cuda_options(LocalCudaClusterConfig(kind="local-cuda"), visible_gpus=1)

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.cluster.deploy import JobGuard, WorkersLost, format_walltime, job_script, jobs, lifetime
+from pipeline.cluster.errors import WorkersLost
+from pipeline.cluster.guard import JobGuard
+from pipeline.cluster.jobqueue import format_walltime, job_script, jobs, lifetime
 from pipeline.config import ConfigError, validate_config
 
 BASE = {"input": {"path": "x"}, "output": {"path": "y"}}

@@ -144,7 +144,8 @@ def test_gpu_job_script(tmp_path):
     job's cores as threads (one predicts, the others cluster), one torch thread per task."""
     from dask_jobqueue import SLURMCluster
 
-    from pipeline.cluster.deploy import jobqueue_options, torch_threads
+    from pipeline.cluster.deploy import torch_threads
+    from pipeline.cluster.jobqueue import jobqueue_options
     from pipeline.config import validate_config
 
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"}, "cluster": {

@@ -167,7 +167,7 @@ def cmd_model_export(args: argparse.Namespace) -> int:
 
 
 def cmd_job_script(args: argparse.Namespace) -> int:
-    from ..cluster.deploy import job_script
+    from ..cluster.jobqueue import job_script
     from ..config import JOBQUEUE_KINDS
 
     cluster = _load(args).cluster

@@ -1,2 +1,2 @@
-"""Quality control: the run's audit, seams, the report (figures, page, views), verify, metrics and
-suspect objects."""
+"""Quality control: the run's audit, seams, the report (what it reads of a result and predicts again,
+figures, page, views), verify, metrics and suspect objects."""

@@ -8,6 +8,9 @@ fragments, skipped blocks) from ``qc/blocks.npz``, the seam audit from
 ``qc/seam_audit.json``, the seam gradient ratio from a re-prediction of the run's blocks
 around one block corner (:mod:`pipeline.qc.verify`'s region; ``seams=False`` skips it), and the
 run's provenance. Writes ``index.html``, the PNGs and ``seams.json`` into ``out``.
+What it reads of the result is in :mod:`pipeline.qc.result`, what it predicts again in
+:mod:`pipeline.qc.repredict`; :mod:`pipeline.qc.figures` draws the figures and :mod:`pipeline.qc.page`
+writes the page.
 """
 
 from __future__ import annotations
@@ -20,201 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..geometry import Box
 from ..plan.blocks import BlockPlan
-from ..volume.io import InputVolume, open_array, open_group
+from ..volume.io import open_array
 from ..volume.resample import ZoomedVolume
 from . import figures
+from .repredict import gradient_check, objects_to_check
+from .result import block_columns, block_maps, max_projection, open_raw, plane_panels, read_box, result_meta
 from .views import FOV, busy_positions, object_columns, overlay, overview_box, plane_box, read_objects, window
 
 logger = logging.getLogger(__name__)
-
-AXES = "zyx"
-
-
-class ReportError(UsageError):
-    """A path that is not a finished segmentation result."""
-
-
-def result_meta(result: Path) -> dict[str, Any]:
-    try:
-        attrs = dict(open_group(result, mode="r").attrs)
-    except Exception:  # noqa: BLE001 - missing or not zarr: one message
-        raise ReportError(f"'{result}' is not a zarr group; give the output.path of a `pipeline run`") from None
-    if "pipeline" not in attrs or not (result / "segmentation").exists():
-        raise ReportError(f"'{result}' holds no segmentation made by `pipeline run`; give the output.path of a run")
-    if not attrs.get("complete"):
-        logger.warning("report: '%s' is not complete (an interrupted run); showing what is there", result)
-    return dict(attrs["pipeline"])
-
-
-def open_raw(config: dict[str, Any], result: Path) -> InputVolume | None:
-    """The run's input, found as recorded or relative to the result's folder; None if gone."""
-    from ..config import InputConfig
-    from ..volume.io import open_input
-
-    recorded = Path(config["input"]["path"])
-    for path in (recorded, result.parent / recorded, result.parent / recorded.name):
-        if path.exists():
-            try:
-                return open_input(InputConfig(path=path, dataset=config["input"].get("dataset"),
-                                              scale_level=config["input"].get("scale_level", 0),
-                                              channel=config["input"].get("channel")))
-            except UsageError as exc:
-                logger.warning("report: input '%s' cannot be read (%s)", path, exc)
-                return None
-    logger.warning("report: input '%s' not found; labels are shown without the raw image", recorded)
-    return None
-
-
-def read_box(seg: Any, raw: InputVolume | None, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(seg[box.to_slices()])
-    image = raw.read(box)[0] if raw is not None else np.zeros(labels.shape, np.float32)
-    return image, labels
-
-
-def plane_panels(seg: Any, raw: InputVolume | None, centre: tuple[int, ...], voxel: list[float]) -> list[tuple[str, np.ndarray, float]]:
-    """The orthogonal planes through ``centre`` (3D), or the window (2D), as overlays."""
-    shape = tuple(seg.shape)
-    if len(shape) == 2:
-        image, labels = read_box(seg, raw, window(shape, centre, (FOV, FOV)))
-        return [("image", overlay(image, labels), voxel[0] / voxel[1])]
-    panels = []
-    for axis in range(3):
-        box = plane_box(shape, centre, axis)
-        image, labels = read_box(seg, raw, box)
-        rest = [a for a in range(3) if a != axis]
-        aspect = voxel[rest[0]] / voxel[rest[1]]
-        panels.append((f"{AXES[axis]} = {box.offset[axis]} ({AXES[rest[0]]} down, {AXES[rest[1]]} across)",
-                       overlay(image.squeeze(axis), labels.squeeze(axis)), aspect))
-    return panels
-
-
-def max_projection(seg: Any, raw: InputVolume | None, box: Box, slab: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Max projections along the first axis of the raw image and of the labels, read in slabs."""
-    raw_mip = lab_mip = None
-    for z in range(box.offset[0], box.offset[0] + box.shape[0], slab):
-        part = Box((z, *box.offset[1:]), (min(slab, box.offset[0] + box.shape[0] - z), *box.shape[1:]))
-        image, labels = read_box(seg, raw, part)
-        raw_mip = image.max(0) if raw_mip is None else np.maximum(raw_mip, image.max(0))
-        lab_mip = labels.max(0) if lab_mip is None else np.maximum(lab_mip, labels.max(0))
-    assert raw_mip is not None and lab_mip is not None
-    return raw_mip, lab_mip
-
-
-def block_columns(result: Path, plan: BlockPlan) -> dict[str, np.ndarray]:
-    """``qc/blocks.npz`` reshaped to the block grid (empty when the run kept none)."""
-    path = result / "qc" / "blocks.npz"
-    if not path.exists():
-        return {}
-    with np.load(path) as z:
-        return {k: z[k].reshape(plan.grid) for k in z.files if z[k].size == len(plan)}
-
-
-def block_maps(cols: dict[str, np.ndarray]) -> tuple[list[tuple[str, np.ndarray, str]], str]:
-    """Maps over the (y, x) block grid, summed over the z layers of blocks."""
-    def flat(a: np.ndarray) -> np.ndarray:
-        return np.nansum(a, axis=0) if a.ndim == 3 else a
-
-    time_s = np.nansum([cols[k] for k in ("predict_s", "cluster_s") if k in cols], axis=0) if cols else None
-    maps = [("seconds (predict + cluster)", flat(np.asarray(time_s, np.float64)), "viridis"),
-            ("fragments", flat(cols["count"].astype(np.float64)), "magma")]
-    skipped = cols.get("skipped")
-    maps.append(("skipped blocks", flat(skipped.astype(np.float64) if skipped is not None
-                                        else np.zeros_like(cols["count"], np.float64)), "Oranges"))
-    grid = cols["count"].shape
-    note = (f"block grid {list(grid)}" + (f", summed over the {grid[0]} z layers of blocks" if len(grid) == 3 else "")
-            + ("" if skipped is not None else "; this run records no skipped blocks"))
-    return maps, note
-
-
-def gradient_check(meta: dict[str, Any], raw: InputVolume, plan: BlockPlan) -> dict[str, Any]:
-    """The run's blocks around one block corner predicted again: gradient across their
-    borders vs inside (:mod:`pipeline.qc.seams`)."""
-    from ..network.checkpoint import open_checkpoint
-    from ..network.predict import NormStats, get_predictor
-    from .seams import predict_tiles, seam_planes, seam_profile, seam_ratios
-    from .verify import corner_region
-
-    m = meta["config"]["model"]
-    ckpt = open_checkpoint(m["checkpoint"])
-    if ckpt.digest != meta["model_digest"]:
-        return {"skipped": f"checkpoint '{m['checkpoint']}' changed since the run"}
-    pred = get_predictor(str(ckpt.path), m["device"], m["precision"], m["channels_last"], None)
-    stats = NormStats(meta["normalisation"]["offset"], meta["normalisation"]["scale"])
-    region = corner_region(plan)
-    t0 = time.perf_counter()
-    y = predict_tiles(lambda x: pred(x, stats), raw.read, region, plan.write_shape, plan.step, plan.context)
-    emb = y[: ckpt.spec.embed_dim]
-    out = {"region": {"offset": list(region.offset), "shape": list(region.shape)}, **seam_ratios(emb, plan.write_shape, plan.step),
-           "seconds": round(time.perf_counter() - t0, 2)}
-    profiles = []
-    for axis in range(emb.ndim - 1):
-        for s in seam_planes(region.shape[axis], plan.write_shape[axis])[:1]:
-            width = 3 * plan.step[axis]
-            prof = seam_profile(emb, axis, s, width)
-            profiles.append((f"across {AXES[-emb.ndim + 1:][axis]} borders", prof, min(width, s - 1)))
-    plane = emb[:, emb.shape[1] // 2] if emb.ndim == 4 else emb  # (E, y, x) through the region's middle
-    mag = np.zeros(plane.shape[1:])
-    for a in range(2):
-        d = (np.diff(plane.astype(np.float64), axis=a + 1) ** 2).sum(axis=0)
-        mag[tuple(slice(0, -1) if i == a else slice(None) for i in range(2))] += d
-    borders = [(a, s) for a in range(2) for s in seam_planes(plane.shape[a + 1], plan.write_shape[-2 + a])]
-    out["figure"] = (profiles, np.sqrt(mag), borders)
-    return out
-
-
-def objects_to_check(meta: dict[str, Any], objects: dict[str, Any], seg: Any, raw: InputVolume | None, plan: BlockPlan,
-                     predict: bool) -> tuple[list[dict[str, Any]], bool] | None:
-    """Panels of :func:`pipeline.qc.suspects.pick`'s objects; with ``predict`` (and the input and an
-    unchanged checkpoint) their foreground predicted again on the run's grid, worst first."""
-    from .suspects import disagreement, pick, view_box
-
-    found = pick(objects, seg.ndim)
-    if not found:
-        return None
-    fg_of = foreground_predictor(meta, raw, plan) if predict and raw is not None else None
-    threshold = float(meta.get("parameters", {}).get("foreground_threshold", 0.5))
-    panels = []
-    for s in found:
-        box = view_box(s, tuple(seg.shape))
-        image, labels = read_box(seg, raw, box)
-        fg = fg_of(box) if fg_of is not None else None
-        score = disagreement(labels, s.id, fg, threshold) if fg is not None else None
-        z = min(max(round(s.centroid[0]) - box.offset[0], 0), box.shape[0] - 1) if seg.ndim == 3 else None
-        cut = (z,) if z is not None else ()
-        panels.append({"raw": image[cut], "mine": (labels == s.id)[cut],
-                       "others": np.where(labels == s.id, 0, labels)[cut],
-                       "foreground": (fg > threshold)[cut] if fg is not None else None, "score": score,
-                       "title": f"#{s.id} at {[round(c) for c in s.centroid]}: {s.voxels} voxels\n{s.reason}"
-                                + (f"\ndisagrees with the foreground on {score:.0%}" if score is not None else "")})
-    if fg_of is not None:
-        panels.sort(key=lambda p: -p["score"])
-    return panels, fg_of is not None
-
-
-def foreground_predictor(meta: dict[str, Any], raw: InputVolume, plan: BlockPlan) -> Any:
-    """A function box -> the run's foreground probability over it (blocks on the run's grid, so the
-    values are the run's), or None when the checkpoint changed since the run."""
-    from ..network.checkpoint import open_checkpoint
-    from ..network.predict import NormStats, get_predictor
-    from .seams import predict_tiles
-
-    m = meta["config"]["model"]
-    ckpt = open_checkpoint(m["checkpoint"])
-    if ckpt.digest != meta["model_digest"]:
-        logger.warning("report: checkpoint '%s' changed since the run; objects to check without its foreground",
-                       m["checkpoint"])
-        return None
-    pred = get_predictor(str(ckpt.path), m["device"], m["precision"], m["channels_last"], None)
-    stats = NormStats(meta["normalisation"]["offset"], meta["normalisation"]["scale"])
-
-    def foreground(box: Box) -> np.ndarray:
-        tile = tuple(-(-(n + o % s) // s) * s for n, o, s in zip(box.shape, box.offset, plan.step, strict=True))
-        return predict_tiles(lambda x: pred(x, stats), raw.read, box, tile, plan.step, plan.context,
-                             anchor=tuple(o - o % s for o, s in zip(box.offset, plan.step, strict=True)))[-1]
-    return foreground
 
 
 def report(result: str | Path, out: str | Path | None = None, seams: bool = True) -> dict[str, Any]:

@@ -21,63 +21,18 @@ cannot be recomputed and would cancel every task that needs it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from ..errors import UsageError, space_error
 from .progress import ProgressLog
+from .tasks import Guarded, Local, Ref, Refused, interleave, spans_of
 
 logger = logging.getLogger(__name__)
 
 Batch = Sequence[int]
-
-
-@dataclass(frozen=True)
-class Local:
-    """A value computed in this process (serial mode's :data:`Ref`)."""
-
-    value: Any
-
-
-Ref = Any  # Local in serial mode, a distributed.Future with Dask
-
-
-@dataclass(frozen=True)
-class Refused:
-    """A user error raised in a task, carried back as its result: the client raises it, and no
-    worker logs a traceback for what is the user's to fix (bad input)."""
-
-    error: UsageError
-
-
-class Guarded:
-    """``fn`` as a task: a :class:`~pipeline.errors.UsageError` (a write that failed for space or
-    quota included) becomes a :class:`Refused` result, and a task given a :class:`Refused` (its
-    first step failed) passes it on."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-        self.__name__ = getattr(fn, "__name__", "task")  # task names on the dashboard
-
-    def __call__(self, *args: Any) -> Any:
-        refused = next((a for a in args if isinstance(a, Refused)), None)
-        if refused is not None:
-            return refused
-        try:
-            return self.fn(*args)
-        except UsageError as exc:
-            return Refused(exc)
-        except OSError as exc:
-            full = space_error(exc)
-            if full is None:
-                raise
-            return Refused(full)
 
 
 def batched(items: Sequence[int], size: int) -> list[list[int]]:
@@ -218,7 +173,7 @@ class Engine:
         Progress counts tasks, or with a ``unit`` other than ``task`` the items of the batches
         (``item_voxels`` each, for a rate in voxels). ``spans``: consecutive batches share data
         (the input chunks of neighbouring blocks), so each worker is given a contiguous span of
-        them (:func:`spans_of`, a loose restriction), the spans submitted in turn."""
+        them (:func:`~pipeline.runtime.tasks.spans_of`, a loose restriction), the spans submitted in turn."""
         items = unit != "task"
         bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
         try:
@@ -332,17 +287,6 @@ class Engine:
         return rest[0] if len(rest) == 1 else self.client.submit(guarded_combine, *rest, pure=False)
 
 
-def spans_of(n: int, workers: int) -> list[range]:
-    """``n`` batches as ``workers`` contiguous spans of (nearly) equal length."""
-    workers = max(1, min(workers, n))
-    return [range(w * n // workers, (w + 1) * n // workers) for w in range(workers)]
-
-
-def interleave(spans: Sequence[range]) -> list[int]:
-    """The batches of ``spans``, one of each span in turn (every worker starts at once)."""
-    return [k for group in itertools.zip_longest(*spans) for k in group if k is not None]
-
-
 def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:
     try:
         for item in items:
@@ -350,16 +294,3 @@ def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:
             bar.update(1)
     finally:
         bar.close()
-
-
-@contextmanager
-def open_engine(cluster: Any, client: Any = None, progress: bool = False) -> Iterator[Engine]:
-    """An engine on the caller's ``client`` when given, else on the cluster configured by
-    ``cluster`` (a ``cluster:`` config section; opened here and closed on exit)."""
-    if client is not None:
-        yield Engine(client, progress)
-        return
-    from ..cluster.deploy import open_session
-
-    with open_session(cluster) as session:
-        yield Engine(session.client, progress, abort=session.check)

@@ -1,0 +1,93 @@
+"""The volumes of a run: where the input is read (:class:`InputConfig`, its object diameter checked by
+:func:`check_diameter`) and where the output goes (:class:`OutputConfig`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from .validation import Frozen
+
+
+def check_diameter(value: Any) -> Any:
+    """A diameter: one positive number, or a list of them (one per axis); one message otherwise."""
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if value is None or (number(value) and value > 0):
+        return value
+    if isinstance(value, list | tuple) and value and all(number(v) and v > 0 for v in value):
+        return tuple(value)
+    raise PydanticCustomError(
+        "diameter", "give the typical object diameter in voxels: one positive number, or one per axis "
+        "(z, y, x), e.g. [12, 24, 24]", {"value": value})
+
+
+class InputConfig(Frozen):
+    """Where the raw volume is: a zarr array, an OME-Zarr image (group with multiscales), a TIFF
+    file, a folder of 2D TIFF slices or an HDF5 file (BigDataViewer layout included)."""
+
+    path: Path
+    dataset: str | None = Field(
+        None, description="array (or OME-Zarr image group) inside a zarr `path`, or HDF5 dataset (e.g. `raw`); "
+        "none: `path` itself, an HDF5 file's only dataset, or a BigDataViewer file's `t00000/s00/<level>/cells`"
+    )
+    scale_level: int = Field(0, ge=0, description="OME-Zarr multiscale or BigDataViewer level (0 = full resolution)")
+    channel: int | None = Field(
+        None, ge=0, description="the one channel to read from a multi-channel input (BigDataViewer: the setup); "
+        "none: every channel"
+    )
+    diameter: float | tuple[float, ...] | None = Field(
+        None, description="typical object diameter in voxels of this input: one per axis (z, y, x), or one number "
+        "(then every axis is scaled by the model's in-plane diameter over it, like cellpose's diameter). The input "
+        "is resampled so objects have the model's training diameter (`pipeline model info` shows it) and the labels "
+        "are mapped back; none: no resampling"
+    )
+    diameter_unit: Literal["voxel", "physical"] = Field(
+        "voxel", description="physical: input.diameter is in the input's units (OME-Zarr, TIFF, HDF5 voxel size), "
+        "converted per axis, so one number suits anisotropic voxels")
+    unreadable: Literal["error", "empty"] = Field(
+        "error", description="an input chunk, TIFF page or HDF5 chunk that cannot be read (corrupt, truncated): "
+        "error = stop with one line naming it and its region; empty = read it as the array's fill value (0) and "
+        "go on; the regions are recorded in the result's attributes (pipeline.unreadable_input), "
+        "qc/unreadable.json and the report")
+    chunk_cache_mib: int | None = Field(
+        None, ge=0, description="decoded input chunks kept per process (MiB), so that neighbouring blocks' halos "
+        "decode each zarr chunk once; none: 1/8 of the worker's memory limit (the machine's, serially), at most "
+        "2048; 0: no cache (every read decodes the chunks it touches). TIFF and HDF5 inputs are not cached")
+
+    _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
+
+
+class OutputConfig(Frozen):
+    path: Path
+    overwrite: bool = Field(False, description="replace an existing output (never done silently)")
+    objects_csv: bool | None = Field(
+        None, description="also write objects.csv (the table is always written as Parquet parts under objects/); "
+        "none: only when there are at most 100,000 objects"
+    )
+    labels: Literal["auto", "image", "standalone", "none"] = Field(
+        "auto", description="where the OME-Zarr label image (a pyramid of the segmentation) goes: image = under "
+        "the input OME-Zarr image's labels/ group (napari shows it with the image); standalone = "
+        "<output.path>/labels/<label_name>; auto = image for an OME-Zarr input, else standalone; none = not written"
+    )
+    label_name: str = Field(
+        "segmentation", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128,
+        description="name of the label image (its group under labels/); an existing one is replaced only with "
+        "output.overwrite"
+    )
+    changed_input: Literal["refuse", "recompute"] = Field(
+        "refuse", description="resuming an interrupted run whose finished blocks now read different input: "
+        "refuse (one line naming the input and where it changed), or recompute those blocks and every later "
+        "stage (--recompute-changed)")
+    resume_check: Literal["metadata", "content"] = Field(
+        "metadata", description="how a resumed run checks that finished blocks' input is unchanged: metadata = "
+        "the size and modification time of the chunk files each block read, re-reading and comparing the "
+        "content digest only where they differ; content = re-read every finished block and compare digests")
+    check_space: bool = Field(
+        True, description="refuse to start when the output's filesystem has clearly less free space than the "
+        "run's estimated output (`pipeline plan` shows the estimate)")
+
