@@ -1,1 +1,3 @@
-"""Dask clusters: local, local multi-GPU and job-queue (SLURM, ...) clusters, and what batch jobs run."""
+"""Dask clusters: opening one (``deploy``), local and local multi-GPU clusters (``local``), job-queue
+clusters such as SLURM (``jobqueue``, with ``guard`` watching their jobs), and what batch jobs run
+(``worker``, ``workerlog``)."""
