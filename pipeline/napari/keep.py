@@ -27,7 +27,8 @@ from ..geometry import Box
 from ..plan.region import covering_blocks
 from ..runtime.store import Store
 from ..stages.labels import LabelsStage, LabelTarget, _level_plan
-from ..volume.io import OutputError, write_zarr
+from ..volume.errors import OutputError
+from ..volume.io import write_zarr
 from ..volume.ome import input_pyramid, plan_levels
 from .layers import group_attrs, ome
 

@@ -19,7 +19,9 @@ from ..network.checkpoint import Checkpoint, open_checkpoint
 from ..network.model import ModelSpec
 from ..network.predict import NormStats
 from ..volume.cache import auto_capacity
-from ..volume.io import InputError, InputVolume, open_input, percentiles
+from ..volume.errors import InputError
+from ..volume.input_volume import InputVolume
+from ..volume.io import open_input, percentiles
 from ..volume.resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 from . import cost
 from .blocks import BlockPlan, sweep_axes, sweep_chunks

@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import UsageError
 from ..geometry import Box
 from ..plan.blocks import BlockPlan
-from ..volume.io import InputVolume, open_array, open_group
+from ..volume.input_volume import InputVolume
+from ..volume.io import open_array, open_group
 from ..volume.resample import ZoomedVolume
 from . import figures
 from .views import FOV, busy_positions, object_columns, overlay, overview_box, plane_box, read_objects, window

@@ -71,7 +71,8 @@ import numpy as np
 import zarr
 
 from ..plan.blocks import Block, BlockPlan
-from ..volume.io import OutputError, create_array, dimension_names, open_array, open_group
+from ..volume.errors import OutputError
+from ..volume.io import create_array, dimension_names, open_array, open_group
 from .lock import LOCK, RunLock, check_free
 
 if TYPE_CHECKING:

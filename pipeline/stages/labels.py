@@ -32,7 +32,8 @@ from ..plan.blocks import BlockPlan
 from ..plan.empty import any_within
 from ..runtime.engine import Batch, Engine, batched
 from ..runtime.store import Link, Store, can_link, unfinished_key
-from ..volume.io import OutputError, create_array, open_array, open_group
+from ..volume.errors import OutputError
+from ..volume.io import create_array, open_array, open_group
 from ..volume.ome import (
     Level,
     PyramidLevel,
