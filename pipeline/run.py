@@ -57,7 +57,7 @@ from .stages.ids import label_dtype
 from .stages.labels import LabelsStage, Occupied, check_labels, label_target, linkable, open_label_image
 from .stages.relabel import SEGMENTATION, restore_plan
 from .stages.scan import listed_empty
-from .volume.ome import physical_grid
+from .volume.ome_metadata import physical_grid
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from pipeline.volume.ome import (
     halving_factors,
     level_factors,
     plan_levels,
-    relative_source,
     upsample_labels,
 )
+from pipeline.volume.ome_metadata import relative_source
 
 from .helpers import passthrough_checkpoint
 

@@ -33,7 +33,7 @@ import zarr
 
 from ..config import InputConfig
 from ..volume.io import open_input
-from ..volume.ome import global_transforms, input_pyramid, physical_grid
+from ..volume.ome_metadata import global_transforms, input_pyramid, physical_grid
 
 logger = logging.getLogger(__name__)
 
