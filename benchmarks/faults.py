@@ -224,7 +224,9 @@ def checks(args: argparse.Namespace) -> None:
     from pipeline.runtime.store import Store
     from pipeline.stages.base import Task
     from pipeline.stages.predict import predict_blocks
-    from pipeline.volume.io import collect_unreadable, digest, open_input, stamp
+    from pipeline.volume.errors import collect_unreadable
+    from pipeline.volume.input_volume import digest, stamp
+    from pipeline.volume.io import open_input
 
     tmp = Path(args.tmp) / "faults-checks"
     src = tmp / ("large-" + "x".join(map(str, args.shape)) + ".zarr")

@@ -18,7 +18,8 @@ import yaml
 
 from .qc.metrics import contingency, scores
 from .run import segment
-from .volume.io import OutputError, open_array, write_zarr
+from .volume.errors import OutputError
+from .volume.io import open_array, write_zarr
 from .volume.synthetic import APPEARANCES, SyntheticSpec, appearance, generate, partial_annotation
 
 DEMO_SPEC = SyntheticSpec(shape=(48, 128, 128), radius=(5.0, 10.0), anisotropy=2.0, density=0.25, overlap=0.0)

@@ -52,7 +52,7 @@ from .stages import (
 from .stages.ids import label_dtype
 from .stages.labels import LabelsStage, Occupied, open_label_image
 from .stages.relabel import SEGMENTATION, restore_plan
-from .volume.ome import physical_grid
+from .volume.ome_metadata import physical_grid
 
 logger = logging.getLogger(__name__)
 

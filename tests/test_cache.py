@@ -13,7 +13,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.volume.io
+import pipeline.volume.input_volume
 from pipeline.config import InputConfig
 from pipeline.geometry import Box
 from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
@@ -21,7 +21,8 @@ from pipeline.run import as_config, predict
 from pipeline.runtime.engine import Engine
 from pipeline.runtime.tasks import interleave, spans_of
 from pipeline.volume.cache import DECODED, ChunkCache, _cache, chunk_cache
-from pipeline.volume.io import InputReadError, collect_unreadable, open_array, open_input, write_zarr
+from pipeline.volume.errors import InputReadError, collect_unreadable
+from pipeline.volume.io import open_array, open_input, write_zarr
 from pipeline.volume.resample import ZoomedVolume
 
 from .conftest import make_checkpoint, random_volume
@@ -125,7 +126,7 @@ def test_concurrent_readers_decode_a_chunk_once_and_share_errors():
 
 def test_threads_reading_overlapping_boxes_get_correct_data(arrays, monkeypatch):
     """Eight threads, 200 overlapping boxes, one cache a fifth of the array (evicting meanwhile)."""
-    monkeypatch.setattr(pipeline.volume.io, "chunk_cache", lambda mib: ChunkCache(DATA.nbytes // 5))
+    monkeypatch.setattr(pipeline.volume.input_volume, "chunk_cache", lambda mib: ChunkCache(DATA.nbytes // 5))
     vol = open_input(InputConfig(path=arrays / "v3.zarr"))
     rng = np.random.default_rng(1)
     todo = [Box(tuple(int(v) for v in rng.integers(-10, 20, 3)), tuple(int(v) for v in rng.integers(5, 30, 3)))
@@ -216,10 +217,10 @@ def test_sweep_order_decodes_every_chunk_once(tmp_path, monkeypatch):
     off = open_input(InputConfig(path=tmp_path / "a.zarr", chunk_cache_mib=0))
     touched = sum(vol.decoded_bytes(vol._selection(plan.block_at(i).read)[0]) for i in range(len(plan)))
     uncached = decoded_reading(off, plan, list(range(len(plan))))
-    monkeypatch.setattr(pipeline.volume.io, "chunk_cache", lambda mib: ChunkCache(slab))  # a fresh cache per read: none
+    monkeypatch.setattr(pipeline.volume.input_volume, "chunk_cache", lambda mib: ChunkCache(slab))  # a fresh cache per read: none
     assert decoded_reading(vol, plan, [0]) == decoded_reading(off, plan, [0])
     cache = ChunkCache(slab)
-    monkeypatch.setattr(pipeline.volume.io, "chunk_cache", lambda mib: cache)
+    monkeypatch.setattr(pipeline.volume.input_volume, "chunk_cache", lambda mib: cache)
     sweep = decoded_reading(vol, plan, in_sweep(range(len(plan)), plan.grid, sweep_axes(plan, chunks)))
     cache.clear()
     c_order = decoded_reading(vol, plan, list(range(len(plan))))

@@ -9,7 +9,8 @@ import zarr
 from pipeline.config import InputConfig
 from pipeline.run import predict, segment
 from pipeline.runtime.output import prepare_output
-from pipeline.volume.io import InputError, OutputError, open_array, open_group, open_input
+from pipeline.volume.errors import InputError, OutputError
+from pipeline.volume.io import open_array, open_group, open_input
 
 from .conftest import make_checkpoint, random_volume
 from .helpers import passthrough_checkpoint

@@ -19,7 +19,8 @@ from pipeline.napari.layers import result_layers
 from pipeline.napari.result import result_of
 from pipeline.run import segment
 from pipeline.stages.objects import part_files, read_objects, table, write_part
-from pipeline.volume.io import OutputError, open_array
+from pipeline.volume.errors import OutputError
+from pipeline.volume.io import open_array
 
 from .helpers import passthrough_checkpoint
 from .test_ome import VOXEL, _level_meta, ome_image

@@ -15,7 +15,8 @@ from hypothesis.extra.numpy import arrays
 
 from pipeline.run import segment
 from pipeline.stages.labels import LabelsStage
-from pipeline.volume.io import OutputError, open_array, open_group, write_zarr
+from pipeline.volume.errors import OutputError
+from pipeline.volume.io import open_array, open_group, write_zarr
 from pipeline.volume.ome import (
     PyramidLevel,
     coarser,
@@ -23,9 +24,9 @@ from pipeline.volume.ome import (
     halving_factors,
     level_factors,
     plan_levels,
-    relative_source,
     upsample_labels,
 )
+from pipeline.volume.ome_metadata import relative_source
 
 from .helpers import passthrough_checkpoint
 
@@ -316,7 +317,7 @@ def test_the_segmentation_is_written_once(tmp_path, mode):
     assert seg.max() == 4
     _validate(None if mode == "standalone" else src, label, "0.5" if mode == "standalone" else mode)
     assert np.array_equal(np.asarray(_reader_labels(label)[0].data[0]), seg)
-    from pipeline.volume.formats import open_label_array
+    from pipeline.volume.io import open_label_array
 
     assert np.array_equal(open_label_array(out)[...], seg)  # evaluate and verify read a result this way
 
@@ -416,11 +417,12 @@ def test_input_dataset_inside_an_ome_image(tmp_path, caplog):
     import logging
 
     from pipeline.config import InputConfig
-    from pipeline.volume.io import InputError, open_input
+    from pipeline.volume.errors import InputError
+    from pipeline.volume.io import open_input
 
     img = ome_image(tmp_path / "img.zarr", "0.5")
     with pytest.raises(InputError, match="is an OME-Zarr image .* remove input.dataset"):
         open_input(InputConfig(path=img, dataset="raw"))
-    with caplog.at_level(logging.WARNING, logger="pipeline.volume.io"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.volume.zarr_input"):
         vol = open_input(InputConfig(path=img, dataset="1"))
     assert vol.voxel_size is None and "set input.scale_level: 1" in caplog.text

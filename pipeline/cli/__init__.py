@@ -22,7 +22,7 @@ import numpy as np
 from ..config import ConfigError, load_config
 from ..errors import UsageError, space_error
 from ..version import __version__
-from ..volume.io import InputError
+from ..volume.errors import InputError
 
 logger = logging.getLogger("pipeline")
 
@@ -335,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..qc.metrics import by_size, contingency, restrict, scores
-    from ..volume.formats import open_label_array
+    from ..volume.io import open_label_array
 
     pred = open_label_array(args.pred, args.pred_dataset)
     gt = open_label_array(args.gt, args.gt_dataset)

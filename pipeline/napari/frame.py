@@ -11,7 +11,7 @@ from typing import Any
 
 import zarr
 
-from ..volume.ome import global_transforms, input_pyramid
+from ..volume.ome_metadata import global_transforms, input_pyramid
 from .result import group_attrs, ome
 
 LayerData = tuple[Any, dict[str, Any], str]

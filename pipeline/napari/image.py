@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import InputConfig
 from ..volume.io import open_input
-from ..volume.ome import physical_grid
+from ..volume.ome_metadata import physical_grid
 from .frame import Frame, LayerData, level_transforms, multiscale_arrays
 from .result import resolve
 

@@ -4,7 +4,7 @@
   (``labels/<name>``, never over an existing one without ``overwrite``): the original label image's
   levels are copied (chunk files, no decoding), the box is written into the segmented level, and the
   coarser levels' task boxes that the box touches are recomputed by the labels stage itself
-  (:class:`pipeline.stages.labels.LabelsStage`); metadata by :mod:`pipeline.volume.ome`.
+  (:class:`pipeline.stages.labels.LabelsStage`); metadata by :mod:`pipeline.volume.ome_metadata`.
 * :func:`save_crop`: a training crop for ``pipeline train``: a zarr group with ``image``, ``labels``
   and ``annotated`` (uint8, 1 = this voxel's label is known: 0 background, > 0 an object), and the
   train YAML listing every crop of the folder (``init:`` the model the labels came from).
@@ -28,8 +28,10 @@ from ..plan.labels import LabelTarget
 from ..plan.region import covering_blocks
 from ..runtime.store import Store
 from ..stages.labels import LabelsStage, _level_plan
-from ..volume.io import OutputError, write_zarr
-from ..volume.ome import input_pyramid, plan_levels
+from ..volume.errors import OutputError
+from ..volume.io import write_zarr
+from ..volume.ome import plan_levels
+from ..volume.ome_metadata import input_pyramid
 from .result import group_attrs, ome
 
 logger = logging.getLogger(__name__)

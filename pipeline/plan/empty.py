@@ -35,7 +35,8 @@ from ..config import Config, InputConfig
 from ..errors import UsageError
 from ..geometry import Box
 from ..network.predict import NormStats
-from ..volume.io import InputVolume, open_input
+from ..volume.input_volume import InputVolume
+from ..volume.io import open_input
 from ..volume.resample import ZoomedVolume
 from .blocks import BlockPlan
 

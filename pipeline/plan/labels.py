@@ -15,17 +15,9 @@ import zarr
 from ..runtime.output import unfinished_key
 from ..runtime.store import Link, can_link
 from ..stages.relabel import SEGMENTATION
-from ..volume.io import OutputError
-from ..volume.ome import (
-    Level,
-    PyramidLevel,
-    global_transforms,
-    input_pyramid,
-    label_attrs,
-    plan_levels,
-    relative_source,
-    spatial_axes,
-)
+from ..volume.errors import OutputError
+from ..volume.ome import Level, PyramidLevel, plan_levels
+from ..volume.ome_metadata import global_transforms, input_pyramid, label_attrs, relative_source, spatial_axes
 
 if TYPE_CHECKING:
     from .prepare import Prepared

@@ -18,7 +18,9 @@ from ..config import Config, load_config, validate_config
 from ..network.checkpoint import Checkpoint, open_checkpoint
 from ..network.model import ModelSpec
 from ..network.predict import NormStats
-from ..volume.io import InputError, InputVolume, open_input, percentiles
+from ..volume.errors import InputError
+from ..volume.input_volume import InputVolume
+from ..volume.io import open_input, percentiles
 from ..volume.resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 from .blocks import BlockPlan
 from .empty import EmptySource, empty_source

@@ -163,7 +163,8 @@ class RegionRecord:
 
 def read_record(result: str | Path) -> RegionRecord:
     """The region record of a region run's output group."""
-    from ..volume.io import OutputError, open_group
+    from ..volume.errors import OutputError
+    from ..volume.io import open_group
 
     meta = dict(open_group(result, mode="r").attrs).get("pipeline", {})
     if REGION not in meta:

@@ -14,7 +14,7 @@ from ..config import JOBQUEUE_KINDS, Config
 from ..network.model import ModelSpec
 from ..runtime.output import unfinished_key
 from ..volume.cache import auto_capacity
-from ..volume.io import InputVolume
+from ..volume.input_volume import InputVolume
 from . import cost
 from .blocks import BlockPlan, sweep_chunks
 

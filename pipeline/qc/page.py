@@ -34,7 +34,7 @@ def audit_rows(audit: dict[str, Any] | None, gradient: dict[str, Any]) -> list[t
 
 def unreadable_text(found: dict[str, Any] | None) -> str:
     """The input chunks a run read as empty (``input.unreadable: empty``), with their regions."""
-    from ..volume.io import Unreadable
+    from ..volume.errors import Unreadable
 
     if not found:
         return "none"

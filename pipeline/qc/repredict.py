@@ -12,7 +12,7 @@ import numpy as np
 
 from ..geometry import Box
 from ..plan.blocks import BlockPlan
-from ..volume.io import InputVolume
+from ..volume.input_volume import InputVolume
 from .result import AXES, read_box
 
 logger = logging.getLogger(__name__)

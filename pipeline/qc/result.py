@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import UsageError
 from ..geometry import Box
 from ..plan.blocks import BlockPlan
-from ..volume.io import InputVolume, open_group
+from ..volume.input_volume import InputVolume
+from ..volume.io import open_group
 from .views import FOV, overlay, plane_box, window
 
 logger = logging.getLogger(__name__)

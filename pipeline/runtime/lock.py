@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..volume.io import OutputError
+from ..volume.errors import OutputError
 
 logger = logging.getLogger(__name__)
 

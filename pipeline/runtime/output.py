@@ -10,7 +10,8 @@ from pathlib import Path
 
 import zarr
 
-from ..volume.io import OutputError, open_group
+from ..volume.errors import OutputError
+from ..volume.io import open_group
 from .lock import LOCK, RunLock, check_free
 
 

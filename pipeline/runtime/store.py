@@ -60,7 +60,8 @@ from typing import Any
 import numpy as np
 
 from ..plan.blocks import BlockPlan
-from ..volume.io import OutputError, create_array, dimension_names, open_array, open_group
+from ..volume.errors import OutputError
+from ..volume.io import create_array, dimension_names, open_array, open_group
 from . import markers
 from .faces import Faces, write_faces
 from .lock import RunLock

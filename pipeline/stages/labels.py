@@ -1,5 +1,5 @@
 """The ``labels`` stage: the segmentation as an OME-Zarr label image, a pyramid written level
-by level, blockwise (see :mod:`pipeline.volume.ome` for where it goes, its levels and metadata).
+by level, blockwise (see :mod:`pipeline.volume.ome` and, for its metadata, :mod:`pipeline.volume.ome_metadata`).
 
 Each level is cut into whole-chunk task boxes; a task reads what its box needs of the level
 it comes from (the ``segmentation``, or the level before), resamples it label-safely and
@@ -34,12 +34,8 @@ from ..plan.labels import LabelTarget, recorded_output
 from ..runtime.engine import Batch, Engine, batched
 from ..runtime.store import Store
 from ..volume.io import create_array, open_array, open_group
-from ..volume.ome import (
-    Level,
-    downsample_labels,
-    labels_list,
-    nearest_indices,
-)
+from ..volume.ome import Level, downsample_labels, nearest_indices
+from ..volume.ome_metadata import labels_list
 from .relabel import SEGMENTATION
 
 if TYPE_CHECKING:

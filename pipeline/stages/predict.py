@@ -25,7 +25,9 @@ from ..plan.blocks import Block
 from ..plan.empty import is_empty
 from ..runtime.engine import Batch, Engine
 from ..runtime.markers import MarkerIndex
-from ..volume.io import InputError, InputVolume, collect_unreadable, digest, input_where, open_input, stamp
+from ..volume.errors import InputError, collect_unreadable
+from ..volume.input_volume import InputVolume, digest, stamp
+from ..volume.io import input_where, open_input
 from ..volume.resample import ZoomedVolume
 from .base import MODEL, BlockStage, Task
 
@@ -131,7 +133,7 @@ def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False
 def changed_inputs(task: Task, stage: str, linears: Batch, content: bool, files: Sequence[str]) -> list[int]:
     """The finished blocks among ``linears`` (held by the marker ``files``, which no other task
     touches meanwhile) whose input is no longer what they were computed from. ``content``: re-read every block and compare its digest; else only blocks whose files'
-    sizes or times changed (:func:`pipeline.volume.io.stamp`) are re-read and compared, and those that
+    sizes or times changed (:func:`pipeline.volume.input_volume.stamp`) are re-read and compared, and those that
     read chunks as empty when ``input.unreadable`` is now ``error`` (the read says whether they
     are still unreadable). A block whose content is unchanged gets the new stamp (the next check
     is cheap again; its marker file is written again)."""

@@ -23,7 +23,7 @@ from ..config import ConfigError
 from ..network.model import ModelSpec
 from ..network.predict import NormStats, normalise
 from ..plan.blocks import reflect_indices
-from ..volume.formats import read_image
+from ..volume.io import read_image
 from .config import AugmentConfig, SyntheticSource, VolumeSource
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .formats import select_channel, unit_name
-from .io import InputError, InputVolume
+from .input_volume import InputVolume
 
 logger = logging.getLogger(__name__)
 

@@ -184,7 +184,7 @@ def nearest_indices(start: int, stop: int, zoom: float, n_zoomed: int) -> np.nda
 @dataclass(frozen=True)
 class ZoomedVolume:
     """An input volume seen resampled by ``zoom``: the interface of
-    :class:`~pipeline.volume.io.InputVolume` the blocks read through (``shape``, ``read``...)."""
+    :class:`~pipeline.volume.input_volume.InputVolume` the blocks read through (``shape``, ``read``...)."""
 
     source: Any = field(repr=False)  # an InputVolume
     zoom: tuple[float, ...]

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .errors import InputError
 from .formats import FORMATS, TIFF_SUFFIXES, unit_name
-from .io import InputError, InputVolume
+from .input_volume import InputVolume
 
 logger = logging.getLogger(__name__)
 
