@@ -104,7 +104,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_model_init(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..network.checkpoint import CheckpointInfo, save_checkpoint
+    from ..network.checkpoint import save_checkpoint
+    from ..network.metadata import CheckpointInfo
     from ..network.model import ModelSpec, count_parameters, init_model
 
     data = {}

@@ -15,11 +15,11 @@ class _Configured(Protocol):  # pipeline.config.ClusteringConfig
     method: str | None
 
 
-class _Calibration(Protocol):  # pipeline.network.checkpoint.Calibration
+class _Calibration(Protocol):  # pipeline.network.metadata.Calibration
     def values(self) -> dict[str, Any]: ...
 
 
-class _Info(Protocol):  # pipeline.network.checkpoint.CheckpointInfo
+class _Info(Protocol):  # pipeline.network.metadata.CheckpointInfo
     delta_v: float
     delta_d: float
     clustering: _Calibration | None
