@@ -33,7 +33,8 @@ from benchmarks.common import machine, synthetic_volume
 from pipeline.clustering import make_method, remove_small, resolve_params
 from pipeline.config import ClusteringConfig
 from pipeline.geometry import Box
-from pipeline.network.checkpoint import CheckpointInfo, load_checkpoint
+from pipeline.network.checkpoint import load_checkpoint
+from pipeline.network.metadata import CheckpointInfo
 from pipeline.network.model import ModelSpec, Normalisation, init_model
 from pipeline.network.predict import NormStats, Predictor
 from pipeline.plan.blocks import reflect_indices

@@ -26,7 +26,7 @@ from .clustering import ClusteringParams, Method, make_method, resolve_params
 from .config import Config
 from .errors import SpaceError, space_error
 from .geometry import Box
-from .network.checkpoint import CheckpointInfo
+from .network.metadata import CheckpointInfo
 from .plan.labels import linkable
 from .plan.outputs import plan_outputs
 from .plan.prepare import Prepared, as_config, prepare

@@ -86,7 +86,8 @@ def test_incompatible_checkpoint(tmp_path):
 
 
 def test_open_checkpoint_reads_typed_metadata_once():
-    from pipeline.network.checkpoint import DEMO_CHECKPOINT, Calibration, checkpoint_digest, open_checkpoint
+    from pipeline.network.checkpoint import DEMO_CHECKPOINT, checkpoint_digest, open_checkpoint
+    from pipeline.network.metadata import Calibration
 
     ckpt = open_checkpoint("demo")
     assert ckpt.path == DEMO_CHECKPOINT.resolve() and ckpt.path.is_absolute()
@@ -102,7 +103,8 @@ def test_open_checkpoint_reads_typed_metadata_once():
 
 
 def test_checkpoint_metadata_is_validated(tmp_path):
-    from pipeline.network.checkpoint import CheckpointInfo, open_checkpoint
+    from pipeline.network.checkpoint import open_checkpoint
+    from pipeline.network.metadata import CheckpointInfo
 
     spec = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2)
     good = {"trained": True, "iterations": 7, "clustering": {"method": "connectivity", "threshold": 1.5}}

@@ -1,10 +1,51 @@
-"""The quality commands of the CLI: ``pipeline report`` and ``pipeline verify``."""
+"""The quality commands of the CLI: ``pipeline evaluate``, ``report`` and ``verify``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any
+
+import numpy as np
+
+from ..volume.errors import InputError
+from .options import _config_args, _load
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..qc.metrics import by_size, contingency, restrict, scores
+    from ..volume.io import open_label_array
+
+    pred = open_label_array(args.pred, args.pred_dataset)
+    gt = open_label_array(args.gt, args.gt_dataset)
+    if pred.shape != gt.shape:
+        raise InputError(f"--pred {list(pred.shape)} and --gt {list(gt.shape)} differ in shape")
+    if args.annotated:  # a partly annotated ground truth: score what was annotated (read whole)
+        mask = open_label_array(args.annotated, args.annotated_dataset)
+        if mask.shape != gt.shape:
+            raise InputError(f"--annotated {list(mask.shape)} and --gt {list(gt.shape)} differ in shape")
+        pred, gt = restrict(np.asarray(pred[...]), np.asarray(gt[...]), np.asarray(mask[...]) != 0)
+    table = contingency(pred, gt)
+    s, sizes = scores(table), by_size(table)
+    if args.json:
+        print(json.dumps({**s.summary(), "per_threshold": [
+            {"threshold": t, **s.at(t)} for t in s.thresholds], "by_size": sizes}, indent=2))
+        return 0
+    print(f"objects: predicted {s.n_pred}, ground truth {s.n_gt}; false splits {s.false_splits}, "
+          f"false merges {s.false_merges}")
+    print("threshold     AP  precision  recall     F1")
+    for t in s.thresholds:
+        r = s.at(t)
+        print(f"{t:9.2f} {r['ap']:6.3f} {r['precision']:10.3f} {r['recall']:7.3f} {r['f1']:6.3f}")
+    print(f"avAP(0.5:0.95) {s.avap:.3f}")
+    if sizes:
+        print("by ground-truth object size (voxels; groups of about equal count), at IoU 0.5:")
+        print("        size   objects  found  missed  false splits  false merges")
+        for r in sizes:
+            size = f"{r['voxels_from']}-{r['voxels_to']}"
+            print(f"{size:>12} {r['objects']:9d} {r['found']:6d} {r['missed']:7d} {r['false_splits']:13d} "
+                  f"{r['false_merges']:13d}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -20,7 +61,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..plan.prepare import prepare
     from ..qc.verify import describe, parse_region, verify
-    from . import _load
 
     run = prepare(_load(args))
     region = parse_region(args.region, run.plan.volume, run.plan.step) if args.region else None
@@ -29,9 +69,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result["exact"] else 1
 
 
-def add_qc_commands(sub: Any) -> None:
-    from . import _config_args
+def add_evaluate_command(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="AP, precision, recall, F1 at IoU thresholds; splits and merges")
+    p.add_argument("--pred", required=True, help="labels: a run's output group, a zarr array (or group with "
+                   "--pred-dataset), an OME-Zarr label image, a TIFF file or folder, an HDF5 file")
+    p.add_argument("--gt", required=True, help="labels, in any of --pred's formats (a group with --gt-dataset)")
+    p.add_argument("--pred-dataset", default=None)
+    p.add_argument("--gt-dataset", default=None)
+    p.add_argument("--annotated", default=None, help="mask of the annotated voxels of a partly annotated --gt "
+                   "(nonzero = annotated): only they are scored, and predicted objects mostly outside it are ignored")
+    p.add_argument("--annotated-dataset", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
+
+def add_qc_commands(sub: Any) -> None:
     p = sub.add_parser("report", help="HTML report of a result: slices with labels, block grid, objects, per-block "
                        "maps, seam audit, provenance")
     p.add_argument("result", help="the output.path of a `pipeline run` (e.g. pipeline-demo/result.zarr)")

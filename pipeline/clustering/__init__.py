@@ -14,9 +14,9 @@ import pkgutil
 
 import numpy as np
 
-from .base import METHOD_NAMES, EvidenceMethod, Method, method_class, register
+from .base import METHOD_NAMES, ClusteringParams, EvidenceMethod, Method, method_class, register
 from .kernels import connectivity_fragments, label_components, region_adjacency, remove_small
-from .params import ClusteringParams, resolve_params
+from .params import resolve_params
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

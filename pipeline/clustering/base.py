@@ -1,4 +1,4 @@
-"""What a clustering method is, and the registry of methods.
+"""What a clustering method is, the parameters it takes, and the registry of methods.
 
 A method turns one block's embeddings and foreground into fragments (block-local labels
 ``1..k``, spatially connected), says what evidence it leaves on the block's faces, and
@@ -10,6 +10,7 @@ adding a method means adding one module.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,7 +18,6 @@ import torch
 
 from .faces import accept_by_evidence, face_pairs, values_at
 from .kernels import fragment_means
-from .params import ClusteringParams
 
 BACKENDS = ("auto", "torch", "numpy")
 _REGISTRY: dict[str, type[Method]] = {}
@@ -35,6 +35,32 @@ def method_class(name: str) -> type[Method]:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"clustering.method must be one of {', '.join(METHOD_NAMES)}, got {name!r}") from None
+
+
+@dataclass(frozen=True)
+class ClusteringParams:
+    """Every clustering key of one run, resolved (each method reads the keys it uses)."""
+
+    method: str = "connectivity"
+    foreground_threshold: float = 0.5
+    threshold: float = 1.5  # connectivity/agglomeration: neighbour embedding distance
+    merge_distance: float = 2.0  # agglomeration: distance of adjacent regions' means
+    grow_threshold: float = 0.5  # agglomeration: foreground of the voxels cores grow into
+    grow_distance: float = 3.0  # agglomeration: how far (voxels); 0 = no growth
+    bandwidth: float = 1.0  # meanshift
+    min_size: int = 0  # objects smaller than this are removed after merging
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"clustering.method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClusteringParams:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 class Method(ABC):

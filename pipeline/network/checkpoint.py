@@ -1,13 +1,13 @@
-"""The checkpoint file format and its typed, validated metadata.
+"""The checkpoint file format, read and written, its metadata validated.
 
 ``model.checkpoint`` also reads a bioimage.io package this project exported (its
-``rdf.yaml``; :mod:`pipeline.network.modelzoo`).
+``rdf.yaml``, written by :mod:`pipeline.network.modelzoo`; :func:`read_bioimageio`).
 
 A checkpoint is a single ``torch.save`` file holding only tensors and JSON strings:
 the architecture (:class:`~pipeline.network.model.ModelSpec`), the weights, and the metadata
-(``extra``) that training and calibration record, typed here as
-:class:`CheckpointInfo`. Files are read with ``torch.load(weights_only=True)``, which
-cannot execute code from the file.
+(``extra``) that training and calibration record, typed as
+:class:`~pipeline.network.metadata.CheckpointInfo`. Files are read with
+``torch.load(weights_only=True)``, which cannot execute code from the file.
 
 :func:`open_checkpoint` reads a file once and returns the model, its metadata and the
 digest of the same bytes. :func:`load_checkpoint` is the older ``(model, dict)`` view.
@@ -24,13 +24,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import yaml
+from pydantic import ValidationError
+from torch import nn
 
 from ..config.validation import describe_errors
 from ..errors import UsageError
+from .metadata import CheckpointInfo
 from .model import ModelSpec, UNet
 
 logger = logging.getLogger(__name__)
@@ -44,57 +47,6 @@ _FIX_METADATA = "correct it in the checkpoint's 'extra' JSON, or re-create the c
 
 class CheckpointError(UsageError):
     """A checkpoint that cannot be read or does not fit the data."""
-
-
-class Calibration(BaseModel):
-    """Clustering method and parameters calibrated on validation data (``clustering``).
-
-    Only the values that were calibrated are set; the rest come from the run config or
-    the loss-margin defaults (see :func:`pipeline.run.clustering_params`).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    method: str = Field("connectivity", description="checkpoints calibrated before methods were recorded: "
-                        "connectivity")
-    foreground_threshold: float | None = Field(None, gt=0, lt=1)
-    threshold: float | None = Field(None, gt=0)
-    merge_distance: float | None = Field(None, gt=0)
-    grow_threshold: float | None = Field(None, gt=0, lt=1)
-    grow_distance: float | None = Field(None, ge=0)
-    bandwidth: float | None = Field(None, gt=0)
-    min_size: int | None = Field(None, ge=0)
-
-    def values(self) -> dict[str, Any]:
-        """The calibrated values (fields that are not None), ``method`` included."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-class CheckpointInfo(BaseModel):
-    """Everything in a checkpoint's ``extra`` JSON.
-
-    The field order is the order training has always written them in, so that
-    checkpoints written from a :class:`CheckpointInfo` are byte-identical to older ones.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-    trained: bool = False
-    iterations: int = Field(0, ge=0)
-    delta_v: float = Field(0.5, gt=0)
-    delta_d: float = Field(1.5, gt=0)
-    metrics: dict[str, float] = {}
-    seed: int | None = None
-    train_seconds: float | None = Field(None, ge=0)
-    clustering: Calibration | None = None
-    diameter: tuple[float, ...] | None = Field(
-        None, description="typical object diameter of the training data, voxels per axis (input.diameter "
-        "resamples other data to it)")
-    foreground_target: Literal["mask", "interior"] | None = Field(
-        None, description="what the foreground channel learnt: every object voxel, or the interior (touching "
-        "objects apart); a fine-tune of this model keeps it")
-
-    def to_json(self) -> str:
-        """The ``extra`` string of a checkpoint: the fields that were given, in field order."""
-        return json.dumps(self.model_dump(mode="json", exclude_unset=True))
 
 
 @dataclass(frozen=True)
@@ -125,8 +77,6 @@ def _digest(data: bytes) -> str:
 def checkpoint_digest(path: str | Path) -> str:
     """SHA-256 of the checkpoint file (first 16 hex digits), for provenance and resume; of a
     bioimage.io package: of its description and weights."""
-    from .modelzoo import is_package
-
     if is_package(path):
         return open_checkpoint(path).digest
     h = hashlib.sha256()
@@ -179,8 +129,6 @@ def _read(path: str | Path) -> tuple[Path, bytes, UNet, dict[str, Any]]:
             "'pipeline model init' or 'pipeline train', a bioimage.io package's rdf.yaml, or 'demo' for the "
             "bundled model)"
         )
-    from .modelzoo import is_package, read_bioimageio
-
     if is_package(p):
         data, model, extra = read_bioimageio(p)
         return p, data, model, extra
@@ -238,17 +186,71 @@ def load_checkpoint(path: str | Path) -> tuple[UNet, dict[str, Any]]:
     return model, extra
 
 
+class ExportNet(nn.Module):
+    """The exported network: normalised input ``(B, C, *S)`` -> ``(embeddings, foreground
+    probability)``, the U-Net's last channel through a sigmoid. A bioimage.io package's
+    weights are its state dict (:func:`read_bioimageio`)."""
+
+    def __init__(self, net: UNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.net(x)
+        return y[:, :-1], torch.sigmoid(y[:, -1:])
+
+
+def is_package(path: str | Path) -> bool:
+    """Whether ``model.checkpoint`` names a bioimage.io package description (``rdf.yaml``, ``*.bioimageio.yaml``)."""
+    return str(path).endswith((".yaml", ".yml"))
+
+
+def read_bioimageio(path: Path) -> tuple[bytes, UNet, dict[str, Any]]:
+    """``(digest bytes, model, metadata)`` of a package :func:`~pipeline.network.modelzoo.export_bioimageio` wrote (or any
+    package describing this project's network in ``config.pipeline``); one-line errors otherwise."""
+    where = f"model.checkpoint '{path}'"
+    try:
+        rdf = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{where} is not a readable bioimage.io description ({exc})") from None
+    if not isinstance(rdf, dict) or rdf.get("type") != "model":
+        raise CheckpointError(f"{where} is not a bioimage.io model description (type: model)")
+    ours = (rdf.get("config") or {}).get("pipeline")
+    weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
+    if not isinstance(ours, dict) or ours.get("format") != "pipeline-unet" or not isinstance(weights, dict):
+        raise CheckpointError(
+            f"{where} describes a network that is not this project's valid-convolution U-Net (no config.pipeline "
+            "section with pytorch_state_dict weights); export one with 'pipeline model export CHECKPOINT --format "
+            "bioimageio'")
+    source = path.parent / str(weights.get("source", ""))
+    if not source.is_file():
+        raise CheckpointError(f"{where}: its weights file '{source}' is missing")
+    data = source.read_bytes()
+    if weights.get("sha256") and hashlib.sha256(data).hexdigest() != weights["sha256"]:
+        raise CheckpointError(f"{where}: the weights file '{source}' does not match its sha256 in the description "
+                              "(changed or truncated); export the package again")
+    try:
+        spec = ModelSpec.model_validate(ours["spec"])
+        net = ExportNet(UNet(spec))
+        net.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - any failure here means a package that does not fit
+        raise CheckpointError(f"{where}: spec and weights do not fit ({str(exc).splitlines()[0][:200]})") from None
+    model = net.net.eval()
+    return path.read_bytes() + data, model, dict(ours.get("info") or {})
+
+
 __all__ = [
     "DEMO_CHECKPOINT",
     "FORMAT",
     "FORMAT_VERSION",
-    "Calibration",
     "Checkpoint",
     "CheckpointError",
-    "CheckpointInfo",
+    "ExportNet",
     "checkpoint_digest",
+    "is_package",
     "load_checkpoint",
     "open_checkpoint",
+    "read_bioimageio",
     "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -1,19 +1,20 @@
-"""Models in and out: bioimage.io model packages (model description format 0.5).
+"""Models out: bioimage.io model packages (model description format 0.5).
 
 :func:`export_bioimageio` writes a folder that the bioimage.io tools (bioimageio.core,
 deepImageJ, ilastik) can read: ``rdf.yaml``, the weights twice (a PyTorch state dict of
-:class:`ExportNet` and a TorchScript trace of it), a test input and its outputs, a cover
-and the documentation. The network maps a raw block to embeddings and a foreground
-probability; valid convolutions make each output axis ``2 * context`` shorter than the
-input (a negative size offset), and inputs grow in steps of ``step``. What a package
-cannot say in the format (tiles must start at multiples of ``step`` from one origin to
-stitch exactly; how embeddings are clustered into instances) is in the documentation and,
-machine-readable, in ``config.pipeline``.
+:class:`~pipeline.network.checkpoint.ExportNet` and a TorchScript trace of it), a test
+input and its outputs, a cover and the documentation. The network maps a raw block to
+embeddings and a foreground probability; valid convolutions make each output axis
+``2 * context`` shorter than the input (a negative size offset), and inputs grow in steps
+of ``step``. What a package cannot say in the format (tiles must start at multiples of
+``step`` from one origin to stitch exactly; how embeddings are clustered into instances)
+is in the documentation and, machine-readable, in ``config.pipeline``.
 
-:func:`read_bioimageio` reads such a package back (``model.checkpoint: .../rdf.yaml``):
-the spec and metadata from ``config.pipeline``, the weights from the state dict, each file
-checked against its SHA-256, so an exported model segments exactly as the checkpoint did.
-Nothing here needs the ``bioimageio.spec`` package (the tests validate with it).
+:func:`~pipeline.network.checkpoint.read_bioimageio` reads such a package back
+(``model.checkpoint: .../rdf.yaml``): the spec and metadata from ``config.pipeline``, the
+weights from the state dict, each file checked against its SHA-256, so an exported model
+segments exactly as the checkpoint did. Nothing here needs the ``bioimageio.spec`` package
+(the tests validate with it).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import numpy as np
 import tifffile
 import torch
 import yaml
-from torch import nn
 
+from .checkpoint import CheckpointError, ExportNet, open_checkpoint
 from .model import ModelSpec, UNet
 
 logger = logging.getLogger(__name__)
@@ -39,19 +40,6 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = "0.5.4"
 WEIGHTS = "weights.pt"
 TORCHSCRIPT = "weights-torchscript.pt"
-
-
-class ExportNet(nn.Module):
-    """The exported network: normalised input ``(B, C, *S)`` -> ``(embeddings, foreground
-    probability)``, the U-Net's last channel through a sigmoid."""
-
-    def __init__(self, net: UNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.net(x)
-        return y[:, :-1], torch.sigmoid(y[:, -1:])
 
 
 def exported_network(spec: dict[str, Any]) -> ExportNet:
@@ -134,8 +122,6 @@ def _validation(info: dict[str, Any]) -> str:
 def export_bioimageio(checkpoint: str | Path, out: str | Path, name: str | None = None,
                       authors: tuple[str, ...] = (), overwrite: bool = False) -> Path:
     """Write the bioimage.io package of ``checkpoint`` into the folder ``out``; returns ``rdf.yaml``."""
-    from .checkpoint import CheckpointError, open_checkpoint
-
     ckpt = open_checkpoint(checkpoint)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -246,44 +232,3 @@ def cover(test_in: np.ndarray, fg: np.ndarray, spec: ModelSpec, path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-
-
-def is_package(path: str | Path) -> bool:
-    """Whether ``model.checkpoint`` names a bioimage.io package description (``rdf.yaml``, ``*.bioimageio.yaml``)."""
-    return str(path).endswith((".yaml", ".yml"))
-
-
-def read_bioimageio(path: Path) -> tuple[bytes, UNet, dict[str, Any]]:
-    """``(digest bytes, model, metadata)`` of a package :func:`export_bioimageio` wrote (or any
-    package describing this project's network in ``config.pipeline``); one-line errors otherwise."""
-    from .checkpoint import CheckpointError
-
-    where = f"model.checkpoint '{path}'"
-    try:
-        rdf = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{where} is not a readable bioimage.io description ({exc})") from None
-    if not isinstance(rdf, dict) or rdf.get("type") != "model":
-        raise CheckpointError(f"{where} is not a bioimage.io model description (type: model)")
-    ours = (rdf.get("config") or {}).get("pipeline")
-    weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
-    if not isinstance(ours, dict) or ours.get("format") != "pipeline-unet" or not isinstance(weights, dict):
-        raise CheckpointError(
-            f"{where} describes a network that is not this project's valid-convolution U-Net (no config.pipeline "
-            "section with pytorch_state_dict weights); export one with 'pipeline model export CHECKPOINT --format "
-            "bioimageio'")
-    source = path.parent / str(weights.get("source", ""))
-    if not source.is_file():
-        raise CheckpointError(f"{where}: its weights file '{source}' is missing")
-    data = source.read_bytes()
-    if weights.get("sha256") and hashlib.sha256(data).hexdigest() != weights["sha256"]:
-        raise CheckpointError(f"{where}: the weights file '{source}' does not match its sha256 in the description "
-                              "(changed or truncated); export the package again")
-    try:
-        spec = ModelSpec.model_validate(ours["spec"])
-        net = ExportNet(UNet(spec))
-        net.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    except Exception as exc:  # noqa: BLE001 - any failure here means a package that does not fit
-        raise CheckpointError(f"{where}: spec and weights do not fit ({str(exc).splitlines()[0][:200]})") from None
-    model = net.net.eval()
-    return path.read_bytes() + data, model, dict(ours.get("info") or {})

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .model import ModelSpec, Normalisation, UNet
+from .streaming import stream_cpu, stream_cuda
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ class Predictor:
     def stream(self, blocks: Iterable[np.ndarray], stats: NormStats, batch_size: int = 1) -> Iterator[np.ndarray]:
         """Outputs of a stream of raw blocks ``(C, *read_shape)``, in order, ``batch_size``
         blocks per forward pass. On a GPU, transfers overlap compute (see :mod:`.streaming`)."""
-        from .streaming import stream_cpu, stream_cuda
-
         run = stream_cuda if self.device.type == "cuda" else stream_cpu
         return run(self, blocks, stats, batch_size)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: Predictor.stream calls this module, never the other way round
     from .predict import NormStats, Predictor
 
 

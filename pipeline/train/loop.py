@@ -3,7 +3,7 @@
 :func:`train` starts from a fresh model, fine-tunes given weights (``init``: a fresh
 schedule) or resumes a checkpoint (``resume``: the schedule goes on), draws augmented crops,
 validates every ``val_every`` iterations (two clustering candidates; the full grid at the
-end) and writes checkpoints whose metadata (:class:`~pipeline.network.checkpoint.CheckpointInfo`)
+end) and writes checkpoints whose metadata (:class:`~pipeline.network.metadata.CheckpointInfo`)
 records the iterations, loss margins, metrics, the calibrated clustering and the typical
 object diameter of the training labels; the best validation AP@0.5 is also kept as
 ``<out>.best.pt``. Progress is a bar on a terminal and log lines elsewhere.
@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..network.checkpoint import CheckpointInfo, open_checkpoint, save_checkpoint
+from ..network.checkpoint import open_checkpoint, save_checkpoint
 from ..network.loss import LossWeights, discriminative_loss
+from ..network.metadata import CheckpointInfo
 from ..network.model import UNet, init_model
 from ..runtime.progress import EVERY_S
 from .calibrate import split_volumes, train_device, validate, validation_seconds
