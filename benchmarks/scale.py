@@ -128,8 +128,8 @@ from pipeline.volume.io import open_group
 from pipeline.run import segment
 cfg = json.loads(sys.argv[1])
 if os.environ.get("SCALE_NO_LINK"):  # the layout before issue 22: segmentation and label level 0 both written
-    import pipeline.stages.labels
-    pipeline.stages.labels.can_link = lambda folder: False
+    import pipeline.plan.labels
+    pipeline.plan.labels.can_link = lambda folder: False
 from pipeline.runtime.store import Store
 scratch_files = {}
 finish = Store.finish

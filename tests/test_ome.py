@@ -302,7 +302,7 @@ def test_the_segmentation_is_written_once(tmp_path, mode):
     import os
     import shutil
 
-    import pipeline.stages.labels as labels_stage
+    import pipeline.plan.labels as labels_stage
 
     if mode == "standalone":
         write_zarr(tmp_path / "in.zarr", _volume(), chunks=(4, 8, 16), name="raw")
