@@ -33,7 +33,7 @@ TINY_TRAINING = [
 ]
 
 # A fine-tune (`init:`) of the demo's crops: 2 iterations, then validation and calibration on one crop (~30 s).
-TINY_FINETUNE = ["iterations=2", "val_every=2"]
+TINY_FINETUNE = ["iterations=2", "val_every=2", "calibrate=false"]
 
 SKIP, SLURM, TINY, RUN = "skip", "needs SLURM", "tiny override appended", "runs as written"
 TINY_FT = "tiny fine-tune override appended"

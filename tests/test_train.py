@@ -188,6 +188,11 @@ def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
                       synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8), iterations=10,
                       val_every=5, out=tmp_path / "m.pt"))
     assert calls == [False, True]
+    calls.clear()  # calibrate: false keeps the quick candidates at the end too
+    train(TrainConfig(model=ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2),
+                      synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8), iterations=10,
+                      val_every=5, calibrate=False, out=tmp_path / "q.pt"))
+    assert calls == [False, False]
     assert len(train_mod.clustering_grid(1.5, 100.0, full=False)) == 2
     assert len(train_mod.clustering_grid(1.5, 100.0)) == 4 * (4 + 2 * 3) * 3
 

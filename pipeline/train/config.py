@@ -124,6 +124,9 @@ class TrainConfig(Frozen):
                                    "time_limit_s decides)")
     lr: float | None = Field(None, gt=0, description="none: 1e-3 (a fine-tune: 5e-4)")
     val_every: int | None = Field(None, gt=0, description="none: 200 (a fine-tune on a CPU: 100)")
+    calibrate: bool = Field(True, description="score the full clustering grid at the last validation and keep "
+                            "the best as the checkpoint's clustering (minutes on a CPU: ~3 per (40,128,128) crop); "
+                            "false: the two quick candidates (`pipeline calibrate` can score the grid later)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0)

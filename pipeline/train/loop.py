@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         if sch.time_limit_s:
             # the cosine schedule follows the elapsed fraction of the time budget, less the final
             # calibration (estimated from the last validation), so the limit is the whole run's
-            budget = sch.time_limit_s - (validation_seconds(timing) if timing else 0.0)
+            budget = sch.time_limit_s - (validation_seconds(timing, cfg.calibrate) if timing else 0.0)
             frac = min(1.0, elapsed / max(budget, 1e-9))
             for group in opt.param_groups:
                 group["lr"] = sch.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -165,10 +165,10 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
         bar.update(done, parts)
         if val and (done % sch.val_every == 0 or last):
             model.eval()
-            # the full calibration grid at the end, two candidates at intermediate validations
+            # the full calibration grid at the end (unless calibrate: false), two candidates before
             started = time.perf_counter()
-            metrics = validate(model, val, cfg.loss.delta_d, device, full=last, timing=timing)
-            if last:
+            metrics = validate(model, val, cfg.loss.delta_d, device, full=last and cfg.calibrate, timing=timing)
+            if last and cfg.calibrate:
                 logger.info("calibrated the clustering on %d validation volume(s) in %.0f s", len(val),
                             time.perf_counter() - started)
             logger.info("iteration %d: loss %.4f (mean of last %d), validation AP@0.5 %.3f avAP %.3f at %s",
