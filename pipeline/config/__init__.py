@@ -33,15 +33,15 @@ from .cluster import (
     SerialClusterConfig,
 )
 from .clustering import ClusteringConfig, MergeConfig
-from .model import BlocksConfig, EmptyConfig, MaskConfig, ModelConfig, PositiveShape
+from .model import BlocksConfig, EmptyConfig, MaskConfig, ModelConfig, NormalisationConfig, PositiveShape
 from .validation import ConfigError, Frozen, apply_overrides, describe_errors, read_yaml, validate_model
 from .volumes import InputConfig, OutputConfig, check_diameter
 
 __all__ = [
     "JOBQUEUE_KINDS", "WALLTIME", "AdaptiveConfig", "AddressClusterConfig", "BlocksConfig", "ClusterConfig",
     "ClusteringConfig", "Config", "ConfigError", "EmptyConfig", "Frozen", "InputConfig", "JobqueueClusterConfig",
-    "LocalClusterConfig", "LocalCudaClusterConfig", "MaskConfig", "MergeConfig", "ModelConfig", "OutputConfig",
-    "PositiveShape", "SerialClusterConfig", "apply_overrides", "check_diameter", "describe_errors", "load_config",
+    "LocalClusterConfig", "LocalCudaClusterConfig", "MaskConfig", "MergeConfig", "ModelConfig", "NormalisationConfig",
+    "OutputConfig", "PositiveShape", "SerialClusterConfig", "apply_overrides", "check_diameter", "describe_errors", "load_config",
     "read_yaml", "validate_config", "validate_model",
 ]
 

@@ -7,12 +7,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .validation import Frozen
 from .volumes import check_diameter
 
 PositiveShape = tuple[Annotated[int, Field(gt=0)], ...]
+
+
+class NormalisationConfig(Frozen):
+    """Input normalisation for this run instead of the checkpoint's (same fields as its
+    ``normalisation``): fixed values for a volume whose statistics cannot be sampled, or other
+    percentiles."""
+
+    kind: Literal["percentile", "scale"]
+    low: float = Field(1.0, ge=0, le=100, description="percentile kind: the low percentile (-> 0)")
+    high: float = Field(99.8, ge=0, le=100, description="percentile kind: the high percentile (-> 1)")
+    offset: float = Field(0.0, description="scale kind: the raw intensity that becomes 0 (the background)")
+    scale: float = Field(1.0, description="scale kind: raw intensities per normalised unit (bright - background)")
+
+    @model_validator(mode="after")
+    def _check(self) -> NormalisationConfig:
+        if self.kind == "percentile" and self.low >= self.high:
+            raise ValueError(f"model.normalisation.low ({self.low}) must be below high ({self.high})")
+        if self.kind == "scale" and not self.scale > 0:
+            raise ValueError(f"model.normalisation.scale must be > 0, got {self.scale}")
+        return self
 
 
 class ModelConfig(Frozen):
@@ -27,6 +47,10 @@ class ModelConfig(Frozen):
     diameter: float | tuple[float, ...] | None = Field(
         None, description="typical object diameter (voxels per axis, or one number for every axis) of the model's "
         "training data, for input.diameter; none: the checkpoint's record")
+
+    normalisation: NormalisationConfig | None = Field(
+        None, description="input normalisation instead of the checkpoint's: {kind: scale, offset, scale} (fixed "
+        "values) or {kind: percentile, low, high}; none: the checkpoint's")
 
     _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
 

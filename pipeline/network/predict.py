@@ -44,8 +44,9 @@ class NormStats:
     def from_values(cls, norm: Normalisation, low: float, high: float) -> NormStats:
         if norm.kind == "scale":
             return cls(norm.offset, norm.scale)
-        scale = high - low
-        return cls(low, scale if scale > 0 else 1.0)
+        if not high > low:  # never a silent scale of 1 (pipeline.plan.intensity refuses with the fixes first)
+            raise ValueError(f"normalisation percentiles are degenerate: low {low:.6g} >= high {high:.6g}")
+        return cls(low, high - low)
 
 
 def normalise(data: np.ndarray, stats: NormStats, dtype: type = np.float32) -> np.ndarray:

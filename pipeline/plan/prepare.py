@@ -16,14 +16,15 @@ from typing import Any
 
 from ..config import Config, load_config, validate_config
 from ..network.checkpoint import Checkpoint, open_checkpoint
-from ..network.model import ModelSpec
+from ..network.model import ModelSpec, Normalisation
 from ..network.predict import NormStats
 from ..volume.errors import InputError
 from ..volume.input_volume import InputVolume
-from ..volume.io import open_input, percentiles
+from ..volume.io import open_input
 from ..volume.resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 from .blocks import BlockPlan
-from .empty import EmptySource, empty_source
+from .empty import EmptySource, empty_source, stored_chunks
+from .intensity import IntensityStats, intensity_stats
 from .sizing import (
     auto_blocks_per_task,
     auto_write_shape,
@@ -56,7 +57,7 @@ class Prepared:
     volume: InputVolume
     checkpoint: Checkpoint
     plan: BlockPlan
-    stats: NormStats
+    intensity: IntensityStats  # the normalisation constants and what they were computed from
     empty: EmptySource | None = None  # how empty blocks are found (None: never skipped)
     zoom: tuple[float, ...] | None = None  # input.diameter's resampling (None: the input's own grid)
     notes: tuple[str, ...] = ()  # why input.diameter's resampling may not help (pipeline plan shows them)
@@ -65,6 +66,10 @@ class Prepared:
     def grid(self) -> Any:
         """The volume the blocks cover: the input, or the input resampled by ``zoom``."""
         return ZoomedVolume(self.volume, self.zoom) if self.zoom else self.volume
+
+    @property
+    def stats(self) -> NormStats:
+        return self.intensity.stats
 
     @property
     def spec(self) -> ModelSpec:
@@ -124,12 +129,14 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
                                        begun_write_shape(cfg, grid.shape, spec.step)
                                        or ranked_blocks(cfg, spec, grid.shape, grid.chunks)[0].write)
     plan = BlockPlan(grid.shape, write, spec.context, spec.step)
-    norm = spec.normalisation
-    low, high = percentiles(vol, norm.low, norm.high) if norm.kind == "percentile" else (0.0, 1.0)
+    override = cfg.model.normalisation
+    intensity = intensity_stats(vol, spec.normalisation, Normalisation(**override.model_dump()) if override else None,
+                                listing=stored_chunks(vol))
+    logger.info("normalisation: offset %.6g, scale %.6g from %s", intensity.stats.offset, intensity.stats.scale,
+                intensity.source)
     needed = cache_needed(plan, grid.chunks, vol)
     if not zoom and cache_capacity(vol) < needed:  # halos decode chunks again: their shape matters
         warn_chunking(vol.chunks, plan)
     warn_cache(cfg.input.chunk_cache_mib, needed)
-    stats = NormStats.from_values(norm, low, high)
-    return Prepared(cfg, vol, ckpt, plan, stats, empty_source(cfg, vol, stats, plan.write_shape, grid.shape), zoom,
-                    tuple(notes))
+    return Prepared(cfg, vol, ckpt, plan, intensity,
+                    empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes))

@@ -48,6 +48,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "zoom": list(run.zoom) if run.zoom else None,
         "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),
+        "normalisation": f"offset {run.stats.offset:.6g}, scale {run.stats.scale:.6g} from {run.intensity.source}",
         "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
         "plan_digest": plan.digest(),
     }

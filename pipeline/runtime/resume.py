@@ -89,7 +89,7 @@ def provenance(run: Prepared) -> dict[str, Any]:
         "model_digest": run.checkpoint.digest,
         "model_spec": run.spec.model_dump(mode="json"),
         "plan": plan_summary(run),
-        "normalisation": {"offset": run.stats.offset, "scale": run.stats.scale},
+        "normalisation": run.intensity.record(),
         "versions": {
             "numpy": np.__version__, "torch": torch.__version__, "dask": dask.__version__,
             "distributed": distributed.__version__, "zarr": zarr.__version__,

@@ -12,7 +12,6 @@ layout belongs to :mod:`pipeline.runtime.store`; here are the zarr v2/v3 arrays 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,6 @@ import numpy as np
 import zarr
 
 from ..config import InputConfig
-from ..geometry import Box
 from .errors import InputError
 from .formats import kind_of, select_channel
 from .hdf5 import open_hdf5
@@ -74,38 +72,6 @@ def check_dtype(dtype: np.dtype[Any], where: str) -> None:
         raise InputError(
             f"input {where} has dtype {dtype}; expected a numeric type (uint8, uint16, float32, ...)"
         )
-
-
-def sample_chunks(vol: InputVolume, max_voxels: int = 1 << 23) -> np.ndarray:
-    """A deterministic sample of whole chunks spread over the volume (for statistics).
-
-    For OME-Zarr inputs the caller should prefer a coarse level; here we take up to
-    ``max_voxels`` voxels from chunks on a regular lattice, never the whole volume.
-    """
-    chunks = vol.chunks
-    grid = [-(-s // c) for s, c in zip(vol.shape, chunks, strict=True)]
-    per_chunk = math.prod(chunks)
-    n = max(1, min(math.prod(grid), max_voxels // max(per_chunk, 1)))
-    # pick n chunk indices spread evenly through the linear chunk order
-    picks = np.unique(np.linspace(0, math.prod(grid) - 1, n).round().astype(np.int64))
-    parts = []
-    for lin in picks:
-        idx = np.unravel_index(int(lin), grid)
-        box = Box(tuple(int(i) * c for i, c in zip(idx, chunks, strict=True)), chunks).intersect(
-            Box.from_shape(vol.shape)
-        )
-        parts.append(vol.read(box).ravel())
-    return np.concatenate(parts)
-
-
-def percentiles(vol: InputVolume, low: float, high: float) -> tuple[float, float]:
-    """Global intensity percentiles of the volume from a chunk sample (or a coarse OME level)."""
-    sample = sample_chunks(vol)
-    finite = sample[np.isfinite(sample)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(finite, [low, high])
-    return float(lo), float(hi)
 
 
 # ---------------------------------------------------------------- whole images, labels
