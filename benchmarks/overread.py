@@ -70,7 +70,8 @@ def child(args: argparse.Namespace) -> None:
     from pipeline.network.checkpoint import open_checkpoint
     from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
     from pipeline.plan.sizing import auto_blocks_per_task
-    from pipeline.runtime.engine import Engine, batched
+    from pipeline.runtime.engine import Engine
+    from pipeline.runtime.tasks import batched
 
     spec = open_checkpoint("demo").spec
     shape, chunks = tuple(args.shape), tuple(args.chunks)

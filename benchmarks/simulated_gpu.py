@@ -204,7 +204,7 @@ def feed(tmp: Path, cache: Path, write: list[int], speed: float, voxels: int) ->
     device), no clustering: how fast one predicting thread can feed the device."""
     import pipeline.stages.predict as stage
     from pipeline.run import prepare
-    from pipeline.runtime.engine import batched
+    from pipeline.runtime.tasks import batched
     from pipeline.stages.base import Task
 
     sim = SimulatedPredictor(str(cache), speed * 1e6)

@@ -12,7 +12,7 @@ most ``val_every`` iterations), then scores every held-out look on its own and a
 look to ``<work>/curve.tsv``; the next sitting resumes ``<work>/generalist.pt``. Run it in the
 background under ``nice`` and stop it with SIGTERM or by killing it: the last checkpoint stays.
 
-    nice -n 19 python benchmarks/train_generalist_cpu.py --work ~/generalist --minutes 20 --sittings 30
+    nice -n 19 python benchmarks/train_generalist_cpu.py --work ~/generalist --minutes 40 --sittings 15
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
                           validation=tuple({"image": str(p), "labels": str(p), "image_dataset": "raw",
                                             "labels_dataset": "labels"} for p in held_out.values()),
                           loss={"delta_v": 0.5, "delta_d": 1.5, "foreground": 2.0},
-                          output_shape=(16, 48, 48), batch_size=4, lr=5e-4, val_every=100, calibrate=False,
+                          output_shape=(16, 48, 48), batch_size=4, lr=5e-4, val_every=200, calibrate=False,
                           time_limit_s=args.minutes * 60, threads=args.threads, out=out, overwrite=True)
         train(cfg)
         row = score_looks(out, held_out)

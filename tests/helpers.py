@@ -28,20 +28,22 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 # A client that kills itself (SIGKILL) in a stage: `python kill.py STAGE N pipeline-args...` runs the CLI and
 # dies once the stage has returned N results (merge: once its tree reduction has returned; STAGE `none`:
-# never); with PIPELINE_TEST_DELAY=<seconds> it waits that long after each result (a run that lasts).
+# never); with PIPELINE_TEST_DELAY=<seconds> it waits that long after each result (a run that lasts);
+# PIPELINE_TEST_SIGNAL=SIGTERM (or another name) sends that signal once instead of SIGKILL.
 # Used by tests/test_faults.py and benchmarks/faults.py.
 KILL_CLIENT = """
 import os, signal, sys, time
 import pipeline.runtime.engine as engine
 stage, after = (sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 2 else ("none", 0)
 delay = float(os.environ.get("PIPELINE_TEST_DELAY", "0"))
+sig = getattr(signal, os.environ.get("PIPELINE_TEST_SIGNAL", "SIGKILL"))
 seen = []
 def kill_after(desc):
     time.sleep(delay)
     if desc.split()[0] == stage:
         seen.append(desc)
-        if len(seen) >= after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if len(seen) == after:
+            os.kill(os.getpid(), sig)
 original_map, original_reduce = engine.Engine.map, engine.Engine.reduce
 def map_(self, fn, batches, *args, desc, **kw):
     for result in original_map(self, fn, batches, *args, desc=desc, **kw):

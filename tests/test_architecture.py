@@ -15,7 +15,8 @@ from scipy import ndimage
 from pipeline.cli import main
 from pipeline.plan.blocks import BlockPlan
 from pipeline.run import segment
-from pipeline.runtime.engine import Engine, batched
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.tasks import batched
 from pipeline.runtime.faces import face_axes
 from pipeline.runtime.markers import marked_blocks
 from pipeline.runtime.store import Store
@@ -384,3 +385,19 @@ def test_package_layout():
     for folder in (p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         doc = (folder / "__init__.py").read_text().lstrip()
         assert doc.startswith('"""'), f"{folder.name}/__init__.py says nothing about what the package holds"
+
+
+def test_project_metadata_builds_without_setuptools_warnings():
+    """pyproject.toml as setuptools reads it when building: no deprecation or other setuptools
+    warning (a table `project.license` warned that such builds would stop being supported)."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+    from setuptools.warnings import SetuptoolsWarning
+
+    dist = Distribution()  # (its plugins' own import warnings are theirs, not our metadata's)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SetuptoolsWarning)
+        apply_configuration(dist, Path(__file__).resolve().parents[1] / "pyproject.toml")
+    assert dist.metadata.license_expression == "MIT"

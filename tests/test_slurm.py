@@ -238,3 +238,56 @@ def test_all_jobs_cancelled_stops_and_resumes(slurm, data, local_result, tmp_pat
     for log in (tmp_path / "logs-cancelled").glob("*.err"):  # cancelled, or closed at the end: no traceback
         assert "Traceback" not in log.read_text(), log.read_text()
     np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)
+
+
+def test_driver_job_told_to_stop_resumes(slurm, data, local_result, tmp_path):
+    """The driver as a job (deploy/run-pipeline.sbatch, which asks SLURM for SIGTERM before the
+    walltime): SIGTERM to its batch step mid-run (what `--signal=B:TERM@120` sends, here with
+    `scancel --batch --signal=TERM`) ends it with the one line and exit 143, its worker jobs
+    cancelled; resubmitting the same command resumes to the local result."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    script = Path(__file__).resolve().parents[1] / "deploy" / "run-pipeline.sbatch"
+    assert "#SBATCH --signal=B:TERM@" in script.read_text()
+    tmp, ckpt = data
+    out_dir = tmp_path / "driver.zarr"
+    cfg = _config(tmp, ckpt, "driver", _slurm_cluster(tmp_path, "driver"))
+    cfg["output"]["path"] = str(out_dir)
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PIPELINE_VENV": sys.prefix}
+    sub = subprocess.run(["sbatch", "--parsable", str(script), str(tmp_path / "d.yaml")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True)
+    job = sub.stdout.strip().split(";")[0]
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        frag = out_dir / "scratch" / "fragments" / "c"
+        if frag.exists() and sum(1 for _ in frag.rglob("*")) >= 10:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the driver job made no progress in 240 s")
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True)
+    while time.time() < deadline + 120 and job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
+                                                                 text=True).stdout.split():
+        time.sleep(0.5)
+    log = (tmp_path / f"pipeline-driver-{job}.log").read_text()
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM in fragments") and "rerun the same command to resume" in last, log
+    assert "Traceback" not in log, log
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    if "ExitCode=" in shown:  # while SLURM still remembers the job
+        assert "ExitCode=143:0" in shown or "ExitCode=0:15" in shown, shown
+    time.sleep(2)
+    workers = subprocess.run(["squeue", "-h", "-n", "dask-worker", "-u", str(os.getuid()), "-o", "%i"],
+                             capture_output=True, text=True).stdout.split()
+    assert not workers, f"worker jobs left running: {workers}"
+    again = subprocess.run(["sbatch", "--wait", str(script), str(tmp_path / "d.yaml")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    import zarr
+
+    assert zarr.open_group(str(out_dir), mode="r").attrs["resumed_blocks"] > 0
+    np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
 from ..errors import UsageError, space_error
+from ..runtime.signals import Stopped
 from ..version import __version__
 from .models import add_model_commands, add_train_commands
 from .qc import add_evaluate_command, add_qc_commands
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quiet:
         os.environ["DASK_LOGGING"] = repr(QUIET_DASK_LOGGING)
     try:
-        return _dispatch(args)
+        return _dispatch(args, list(sys.argv[1:] if argv is None else argv))
     finally:
         if quiet:
             os.environ.pop("DASK_LOGGING", None)
@@ -71,10 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 QUIET_DASK_LOGGING = {"distributed": "warning", "distributed.worker.state_machine": "error"}
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    """Run the command; a user error is one line and exit code 2."""
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the command; a user error is one line and exit code 2; a run stopped by a signal one
+    line (what was done, how to resume) and exit code 128 + the signal."""
     try:
         return int(args.func(args) or 0)
+    except Stopped as stop:
+        print(f"{stop}; everything finished is kept: rerun the same command to resume (pipeline "
+              f"{shlex.join(argv)})", file=sys.stderr)
+        return stop.exit_code
     except UsageError as exc:
         if args.debug:
             raise

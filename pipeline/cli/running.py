@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..errors import UsageError
+from ..runtime.signals import DEFAULT_GRACE_S, stop_on_signals
 from .options import _config_args, _load
 
 
@@ -60,7 +61,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..run import predict
 
-    out = predict(_load(args), progress=not args.quiet)
+    with stop_on_signals(args.grace):
+        out = predict(_load(args), progress=not args.quiet)
     print(f"embeddings and foreground written to {out}")
     return 0
 
@@ -83,7 +85,8 @@ def cmd_job_script(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..run import segment
 
-    out = segment(_load(args), progress=not args.quiet)
+    with stop_on_signals(args.grace):
+        out = segment(_load(args), progress=not args.quiet)
     print(f"segmentation written to {out}/segmentation, objects table {out}/objects.csv")
     return 0
 
@@ -105,6 +108,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grace_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
+                   help="on SIGTERM or SIGINT: seconds the running tasks get to finish before the run stops "
+                   f"(resumable; exit 128+signal; default {DEFAULT_GRACE_S:g})")
+
+
 def add_plan_commands(sub: Any) -> None:
     p = sub.add_parser("plan", help="print the block plan and exit without computing")
     _config_args(p)
@@ -112,6 +121,7 @@ def add_plan_commands(sub: Any) -> None:
 
     p = sub.add_parser("predict", help="write embeddings + foreground for the whole volume")
     _config_args(p, overwrite=True)
+    _grace_arg(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("job-script", help="print the worker job script a batch cluster kind (slurm, pbs, sge, "
@@ -123,6 +133,7 @@ def add_plan_commands(sub: Any) -> None:
 def add_run_command(sub: Any) -> None:
     p = sub.add_parser("run", help="predict + cluster + merge + relabel: the global instance volume")
     _config_args(p, overwrite=True)
+    _grace_arg(p)
     p.set_defaults(func=cmd_run)
 
 

@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
 from .progress import ProgressLog
-from .tasks import Guarded, Local, Ref, Refused, interleave, spans_of
+from .signals import POLL_S, REQUEST, check_stop, completed
+from .tasks import Guarded, Local, Ref, Refused, interleave, progress_of, spans_of
 
 logger = logging.getLogger(__name__)
 
 Batch = Sequence[int]
-
-
-def batched(items: Sequence[int], size: int) -> list[list[int]]:
-    """Consecutive batches of at most ``size`` items."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 class Engine:
@@ -70,6 +66,7 @@ class Engine:
             logger.info("waiting for the first Dask worker")
         while not threads:
             self._check()
+            check_stop()
             try:
                 self.client.wait_for_workers(1, timeout=2)
             except TimeoutError:
@@ -89,9 +86,14 @@ class Engine:
         self.checks.append(check)
 
     def _get(self, fut: Any) -> Any:
-        """``fut.result()``; when it fails because the cluster stopped, the reason why."""
+        """``fut.result()``; when it fails because the cluster stopped, the reason why. While it
+        waits, a signal's stop request is honoured once its grace period is over."""
         try:
-            return fut.result()
+            while True:
+                try:
+                    return fut.result(timeout=POLL_S * 10)
+                except TimeoutError:
+                    check_stop(draining=True)
         except BaseException:
             self._check()
             raise
@@ -177,9 +179,13 @@ class Engine:
         items = unit != "task"
         bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
         try:
+            total = len(batches)
+            REQUEST.where = f"{desc} (0 of {total} tasks done)"
             if self.client is None:
-                for batch in batches:
+                for k, batch in enumerate(batches):
                     self._check()
+                    REQUEST.where = f"{desc} ({k} of {total} tasks done)"
+                    check_stop()
                     extra = per_batch(batch) if per_batch else ()
                     loaded = (first[0](batch),) if first else ()
                     yield fn(batch, *loaded, *map(self._value, (*args, *extra)))
@@ -217,7 +223,7 @@ class Engine:
             it = iter(batches)
             pending = as_completed([submit(b) for b in islice(it, window or self._window(batch_bytes))])
             seen: set[str] = set()
-            for fut in pending:
+            for fut in completed(pending):
                 if fut.key in seen:  # recomputed after a worker was lost and reported again
                     continue
                 seen.add(fut.key)
@@ -226,10 +232,14 @@ class Engine:
                 if isinstance(result, Refused):
                     raise result.error
                 self._check()
-                for batch in islice(it, 1):
-                    pending.add(submit(batch))
+                if not REQUEST.requested():  # a signal asked to stop: running tasks finish, no new ones
+                    for batch in islice(it, 1):
+                        pending.add(submit(batch))
                 bar.update(sizes.pop(fut.key) if items else 1)
+                REQUEST.where = f"{desc} ({len(seen)} of {total} tasks done)"
                 yield result
+            if REQUEST.requested() and len(seen) < total:
+                raise REQUEST.stop()
         finally:
             bar.close()
 
@@ -243,8 +253,10 @@ class Engine:
     ) -> Ref:
         """``combine`` over ``leaf(batch, *args)`` for every batch, as a tree of tasks."""
         fan_in = self.fan_in
+        REQUEST.where = desc
         if self.client is None:
-            level = [leaf(b, *map(self._value, args)) for b in _progress(batches, self._bar(len(batches), desc))]
+            level = [leaf(b, *map(self._value, args)) for b in progress_of(batches, self._bar(len(batches), desc))
+                     if check_stop() is None]
             while len(level) > 1:
                 level = [combine(level[i : i + fan_in]) for i in range(0, len(level), fan_in)]
             return Local(level[0] if level else combine([]))
@@ -266,7 +278,7 @@ class Engine:
 
         bar = self._bar(len(batches), desc)
         pending = as_completed([submit_leaf(b) for b in islice(it, self._window())])
-        for fut in pending:
+        for fut in completed(pending, drain=False):  # nothing of a reduction is kept: stop at once
             if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
                 continue
             self._check()
@@ -285,12 +297,3 @@ class Engine:
         bar.close()
         rest = [f for d in sorted(buckets) for f in buckets[d]]
         return rest[0] if len(rest) == 1 else self.client.submit(guarded_combine, *rest, pure=False)
-
-
-def _progress(items: Iterable[Any], bar: Any) -> Iterator[Any]:
-    try:
-        for item in items:
-            yield item
-            bar.update(1)
-    finally:
-        bar.close()

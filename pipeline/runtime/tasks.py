@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +64,18 @@ def spans_of(n: int, workers: int) -> list[range]:
 def interleave(spans: Sequence[range]) -> list[int]:
     """The batches of ``spans``, one of each span in turn (every worker starts at once)."""
     return [k for group in itertools.zip_longest(*spans) for k in group if k is not None]
+
+
+def progress_of(items: Iterable[Any], bar: Any) -> Iterator[Any]:
+    """``items``, counting each on ``bar`` once it was used; the bar is closed at the end."""
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def batched(items: Sequence[int], size: int) -> list[list[int]]:
+    """Consecutive batches of at most ``size`` items."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]

@@ -35,9 +35,10 @@ from ..cluster.deploy import torch_threads
 from ..config import InputConfig
 from ..network.predict import NormStats
 from ..plan.blocks import Block, BlockPlan, in_sweep, sweep_axes
-from ..runtime.engine import Batch, Engine, batched
+from ..runtime.engine import Batch, Engine
 from ..runtime.markers import MarkerIndex
 from ..runtime.store import Store
+from ..runtime.tasks import batched
 
 if TYPE_CHECKING:
     from ..plan.prepare import Prepared

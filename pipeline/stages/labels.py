@@ -31,8 +31,9 @@ from ..geometry import Box
 from ..plan.blocks import BlockPlan
 from ..plan.empty import any_within
 from ..plan.labels import LabelTarget, recorded_output
-from ..runtime.engine import Batch, Engine, batched
+from ..runtime.engine import Batch, Engine
 from ..runtime.store import Store
+from ..runtime.tasks import batched
 from ..volume.io import create_array, open_array, open_group
 from ..volume.ome import Level, downsample_labels, nearest_indices
 from ..volume.ome_metadata import labels_list

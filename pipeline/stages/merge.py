@@ -23,11 +23,11 @@ import numpy as np
 from ..clustering import Method
 from ..plan.blocks import BlockPlan
 from ..qc.audit import batch_record, face_audit, iter_records, save_record, summarise
-from ..runtime.engine import Batch, Engine, batched
+from ..runtime.engine import Batch, Engine
 from ..runtime.faces import face_axes
 from ..runtime.markers import MarkerIndex
 from ..runtime.store import Store
-from ..runtime.tasks import Ref
+from ..runtime.tasks import Ref, batched
 from .base import Task
 from .fragments import FragmentsStage
 from .ids import block_table, components, global_tables

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.engine import Batch, Engine, batched
+from ..runtime.engine import Batch, Engine
 from ..runtime.store import OBJECTS, Store
+from ..runtime.tasks import batched
 from .ids import combine_stats
 
 ROWS_PER_PART = 2**20  # object ids per part: ~100 MB of partial rows to combine per task

@@ -14,7 +14,8 @@ import numpy as np
 from ..config import InputConfig
 from ..plan.blocks import BlockPlan
 from ..plan.empty import EmptySource, absent_blocks, coarse_box, is_empty
-from ..runtime.engine import Batch, Engine, batched
+from ..runtime.engine import Batch, Engine
+from ..runtime.tasks import batched
 from .predict import input_volume
 
 logger = logging.getLogger(__name__)
