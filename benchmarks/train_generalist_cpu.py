@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.clustering import fragments
+from pipeline.clustering.kernels import remove_small
 from pipeline.clustering.params import resolve_params
 from pipeline.config.clustering import ClusteringConfig
 from pipeline.network.checkpoint import open_checkpoint
@@ -77,7 +78,8 @@ def write_volumes(work: Path) -> tuple[list[dict[str, str]], dict[str, Path]]:
 
 
 def score_looks(checkpoint: Path, held_out: dict[str, Path]) -> dict[str, float]:
-    """AP@0.5 per held-out look with the checkpoint's own clustering (no calibration)."""
+    """AP@0.5 per held-out look with the checkpoint's own clustering (no calibration; whole-volume
+    prediction and one clustering, objects under min_size removed, as a run of one block)."""
     from pipeline.volume.io import open_array
 
     ckpt = open_checkpoint(str(checkpoint))
@@ -89,7 +91,7 @@ def score_looks(checkpoint: Path, held_out: dict[str, Path]) -> dict[str, float]
         image = np.asarray(open_array(path / "raw", mode="r")[:])
         labels = np.asarray(open_array(path / "labels", mode="r")[:])
         emb = predict_whole(pred, image[None], norm_stats(image, model.spec))
-        seg = fragments(emb[:-1], emb[-1], params)
+        seg = remove_small(fragments(emb[:-1], emb[-1], params), params.min_size)
         out[look] = float(scores(contingency(seg, labels)).at(0.5)["ap"])
     return out
 

@@ -110,10 +110,10 @@ def crash_in(monkeypatch, cfg: Path, stage: str = "fragments", after: int = 6, m
             done.extend(linears)
         return original(self, linears, loaded, *args)
 
-    def mark_done(self, name, linears, records=None):
+    def mark_done(self, name, linears, records=None, files=()):
         if name == stage and len(done) > after:
             raise KeyboardInterrupt
-        return mark(self, name, linears, records)
+        return mark(self, name, linears, records, files)
 
     with monkeypatch.context() as m:
         m.setattr(BlockStage, "run_batch", run_batch)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import zarr
 
+from ..runtime.links import Link, can_link
 from ..runtime.output import unfinished_key
-from ..runtime.store import Link, can_link
 from ..stages.relabel import SEGMENTATION
 from ..volume.errors import OutputError
 from ..volume.ome import Level, PyramidLevel, plan_levels

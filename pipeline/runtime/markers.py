@@ -102,16 +102,21 @@ class MarkerIndex:
 
 
 
-def write_marker(folder: Path, linears: Sequence[int], records: Sequence[dict[str, Any] | None] | None = None) -> str:
+def write_marker(folder: Path, linears: Sequence[int], records: Sequence[dict[str, Any] | None] | None = None,
+                 files: dict[str, list[int]] | None = None) -> str:
     """Mark a finished batch of blocks: one file (see :func:`marker_name`), written whole (a
     temporary file renamed) once every block of the batch is written, holding the blocks and,
-    for stages that read the input, their records (JSON). Marking the same blocks again
-    replaces the file (new records). Returns the file's name."""
+    for stages that read the input, their records (JSON); line 3, ``files``: what the marker
+    vouches for, ``{path: [bytes, crc32]}`` of the files the batch wrote (see
+    :mod:`pipeline.runtime.integrity`). Marking the same blocks again replaces the file (new
+    records). Returns the file's name."""
     order = np.argsort(np.asarray(linears, dtype=np.int64), kind="stable")
     ids = np.asarray(linears, dtype=np.int64)[order]
     text = json.dumps(to_ranges(ids))
-    if records is not None:
-        text += "\n" + json.dumps([records[i] for i in order])
+    if records is not None or files:
+        text += "\n" + json.dumps(None if records is None else [records[i] for i in order])
+    if files:
+        text += "\n" + json.dumps(files)
     name = marker_name(ids)
     path = folder / name
     tmp = path.with_name(f".{name}.{uuid.uuid4().hex}")
@@ -125,15 +130,38 @@ def write_marker(folder: Path, linears: Sequence[int], records: Sequence[dict[st
 
 def read_marker(folder: Path, name: str) -> tuple[np.ndarray, list[dict[str, Any] | None] | None]:
     """The blocks of one marker file and their records (None: a stage without records)."""
-    lines = (folder / name).read_text().split("\n", 1)
-    return from_ranges(json.loads(lines[0])), json.loads(lines[1]) if len(lines) > 1 else None
+    ids, records, _ = read_marker_whole(folder, name)
+    return ids, records
+
+
+def read_marker_whole(folder: Path, name: str) -> tuple[np.ndarray, list[dict[str, Any] | None] | None,
+                                                        dict[str, list[int]]]:
+    """The blocks of one marker file, their records and the files it vouches for ({}: none);
+    ValueError for a file cut short or otherwise not what :func:`write_marker` writes."""
+    lines = (folder / name).read_text().split("\n", 2)
+    ids = from_ranges(json.loads(lines[0]))
+    records = json.loads(lines[1]) if len(lines) > 1 else None
+    files = json.loads(lines[2]) if len(lines) > 2 else {}
+    if (records is not None and (not isinstance(records, list) or len(records) != len(ids))) \
+            or not isinstance(files, dict):
+        raise ValueError(f"marker {name} holds {len(ids)} blocks but not as many records")
+    return ids, records, files
 
 
 def _marker_blocks(folder: Path, marker: Marker) -> np.ndarray:
+    """The blocks of ``marker``; none, and the file removed, when its first line is cut short (a
+    crash took what was not yet on disk: its blocks are computed again)."""
     if marker.consecutive:  # the name says it all: no read
         return np.arange(marker.first, marker.last + 1, dtype=np.int64)
-    with open(folder / marker.name) as f:
-        return from_ranges(json.loads(f.readline()))
+    try:
+        with open(folder / marker.name) as f:
+            ids = from_ranges(json.loads(f.readline()))
+        if len(ids) == marker.count:
+            return ids
+    except (ValueError, TypeError):
+        pass
+    (folder / marker.name).unlink(missing_ok=True)
+    return np.zeros(0, np.int64)
 
 
 def marker_index(folder: Path, blocks: int) -> MarkerIndex:
@@ -141,10 +169,13 @@ def marker_index(folder: Path, blocks: int) -> MarkerIndex:
     are not consecutive are read)."""
     found = [m for e in (os.scandir(folder) if folder.is_dir() else ()) if (m := parse_marker(e.name))]
     owner = np.full(blocks, -1, dtype=np.int32)
-    for k, m in enumerate(found):
+    names: list[str] = []
+    for m in found:
         ids = _marker_blocks(folder, m)
-        owner[ids[ids < blocks]] = k
-    return MarkerIndex(owner, tuple(m.name for m in found))
+        if len(ids):
+            owner[ids[ids < blocks]] = len(names)
+            names.append(m.name)
+    return MarkerIndex(owner, tuple(names))
 
 
 def marker_records(folder: Path, linears: Sequence[int], files: Sequence[str]) -> dict[int, dict[str, Any]]:

@@ -4,6 +4,8 @@ Checked before a cluster starts; :meth:`pipeline.runtime.store.Store.open` creat
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,9 +16,49 @@ from ..volume.errors import OutputError
 from ..volume.io import open_group
 from .lock import LOCK, RunLock, check_free
 
+logger = logging.getLogger(__name__)
+
+
+GROUP_COPY = "scratch/group.json"  # the output group's metadata as last written, while a run is unfinished
+
+
+def keep_group_copy(path: Path) -> None:
+    """Copy the group's ``zarr.json`` to :data:`GROUP_COPY` (whole, renamed into place)."""
+    src, dst = path / "zarr.json", path / GROUP_COPY
+    if not src.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)
+
+
+def restore_group(path: Path) -> bool:
+    """An unfinished output whose ``zarr.json`` a crash cut short: put back the copy kept in
+    scratch (see :func:`keep_group_copy`). Whether it did."""
+    meta, copy = path / "zarr.json", path / GROUP_COPY
+    try:
+        json.loads(meta.read_text())
+        return False
+    except (OSError, ValueError):
+        pass
+    try:
+        saved = copy.read_bytes()
+        json.loads(saved)
+    except (OSError, ValueError):
+        return False
+    tmp = meta.with_name(f".zarr.json.{os.getpid()}")
+    tmp.write_bytes(saved)
+    os.replace(tmp, meta)
+    logger.warning("output '%s': its group metadata (zarr.json) was unreadable; put back the copy kept in %s",
+                   path, GROUP_COPY)
+    return True
+
 
 def unfinished_key(path: Path) -> str | None:
     """The resume key of the unfinished run at ``path``, or None (finished, or not ours)."""
+    if path.is_dir():
+        restore_group(path)
     try:
         attrs = dict(open_group(path, mode="r").attrs)
     except Exception:  # noqa: BLE001 - not a zarr group: prepare_output says so

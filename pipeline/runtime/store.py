@@ -64,8 +64,10 @@ from ..volume.errors import OutputError
 from ..volume.io import create_array, dimension_names, open_array, open_group
 from . import markers
 from .faces import Faces, write_faces
+from .integrity import check_marker, vouch
+from .links import Link
 from .lock import RunLock
-from .output import prepare_output, unfinished_key
+from .output import keep_group_copy, prepare_output, unfinished_key
 from .resume import changes, resume_hash
 
 logger = logging.getLogger(__name__)
@@ -83,37 +85,6 @@ EMPTY = "empty_blocks"
 @lru_cache(maxsize=64)
 def _cached_array(path: str, mode: str, run_id: str) -> Any:
     return open_array(path, mode=mode)
-
-
-@dataclass(frozen=True)
-class Link:
-    """An array of the run written elsewhere, once: ``path``, the array in its own (existing)
-    group, with ``dims`` as its dimension names; the output group holds a symbolic link ``name``
-    to it, so readers of ``<output>/<name>`` find it. The label image's full-resolution level is
-    the ``segmentation`` this way (see :mod:`pipeline.stages.labels`)."""
-
-    name: str
-    path: str
-    dims: tuple[str, ...]
-
-    def target(self, output: Path) -> str:
-        """What the link says: relative inside the output group, absolute elsewhere (the input
-        image's ``labels/``), so that moving the output alone keeps it valid."""
-        real = Path(self.path).resolve()
-        return os.path.relpath(real, output.resolve()) if real.is_relative_to(output.resolve()) else str(real)
-
-
-def can_link(folder: str | Path) -> bool:
-    """Whether ``folder``'s filesystem takes symbolic links (tried with a throwaway link)."""
-    probe = Path(folder) / f".pipeline-link-{uuid.uuid4().hex}"
-    try:
-        os.symlink(".", probe)
-        probe.unlink()
-    except OSError:
-        return False
-    return True
-
-
 
 
 @dataclass(frozen=True)
@@ -184,9 +155,21 @@ class Store:
     def create_markers(self, stage: str) -> None:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
 
-    def mark_done(self, stage: str, linears: Sequence[int], records: Sequence[dict[str, Any] | None] | None = None) -> str:
-        """Mark a finished batch of blocks (see :func:`pipeline.runtime.markers.write_marker`); the file's name."""
-        return markers.write_marker(self._markers(stage), linears, records)
+    def mark_done(self, stage: str, linears: Sequence[int], records: Sequence[dict[str, Any] | None] | None = None,
+                  files: Sequence[Path] = ()) -> str:
+        """Mark a finished batch of blocks (see :func:`pipeline.runtime.markers.write_marker`),
+        vouching for the ``files`` it wrote (:func:`pipeline.runtime.integrity.vouch`); the file's name."""
+        return markers.write_marker(self._markers(stage), linears, records,
+                                    vouch(Path(self.path), files) if files else None)
+
+    def check_marker(self, stage: str, name: str, content: bool) -> str | None:
+        """Why a marker of ``stage`` cannot be trusted, or None (see :func:`pipeline.runtime.integrity.check_marker`)."""
+        return check_marker(self._markers(stage), name, Path(self.path), content)
+
+    def drop_markers(self, stage: str, names: Sequence[str]) -> None:
+        """Remove marker files (their batches are computed again) without reading them."""
+        for name in names:
+            (self._markers(stage) / name).unlink(missing_ok=True)
 
     def read_marker(self, stage: str, name: str) -> tuple[np.ndarray, list[dict[str, Any] | None] | None]:
         """The blocks of one marker file and their records (None: a stage without records)."""
@@ -232,7 +215,19 @@ class Store:
         """Partial object statistics (a structured array) of id range ``part``."""
         folder = Path(self.path) / STATS / str(part)
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"{name}.npy", rows, allow_pickle=False)
+        path = folder / f"{name}.npy"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        try:  # whole or not at all
+            with open(tmp, "wb") as f:
+                np.save(f, rows, allow_pickle=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def stats_files(self, name: str) -> list[Path]:
+        """The partial statistics files of the batch ``name`` (every id range it wrote)."""
+        root = Path(self.path) / STATS
+        return sorted(root.glob(f"*/{name}.npy")) if root.is_dir() else []
 
     def prune_stats(self, keep: set[str]) -> None:
         """Remove the partial statistics files not named in ``keep`` (batches never marked done,
@@ -285,10 +280,13 @@ class Store:
                         "settings to resume, or pass --overwrite to start again")
                 return cls(str(p), run_id), True
         prepare_output(p, overwrite, lock).attrs.update({"resume_key": key, "resume": parts, "complete": False})
+        keep_group_copy(p)
         return cls(str(p), run_id), False
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         open_group(self.path).attrs.update(attrs)
+        if not attrs.get("complete"):  # a copy to put back if a crash cuts zarr.json short
+            keep_group_copy(Path(self.path))
 
     def attrs(self) -> dict[str, Any]:
         return dict(open_group(self.path, mode="r").attrs)

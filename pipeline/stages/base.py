@@ -27,6 +27,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..config import InputConfig
 from ..network.predict import NormStats
 from ..plan.blocks import Block, BlockPlan, in_sweep, sweep_axes
 from ..runtime.engine import Batch, Engine
+from ..runtime.integrity import owned_chunks
 from ..runtime.markers import MarkerIndex
 from ..runtime.store import Store
 from ..runtime.tasks import batched
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 MODEL: dict[str, float] = {"model": 1}  # the resource of workers that run the network (one per GPU)
 RECOVER_BATCH = 64  # finished blocks whose results one task recovers
+CHECK_MARKERS = 64  # markers whose files one task checks when resuming
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,54 @@ class BlockStage(ABC):
         for _, result, *record in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
             results.append(result)
             records.append(record[0] if record else None)
-        if len(linears):  # every block of the batch is written: one marker for the batch
-            self.store.mark_done(self.name, linears, records if self.records else None)
+        if len(linears):  # every block of the batch is written: one marker for the batch, vouching for its files
+            self.store.mark_done(self.name, linears, records if self.records else None, self.written(linears))
         return results
+
+    def outputs(self) -> tuple[str, ...]:
+        """The arrays this stage writes block by block (their chunks are vouched for)."""
+        return ()
+
+    def side_files(self, linears: Batch) -> list[Path]:
+        """Files other than array chunks that the batch ``linears`` wrote (e.g. faces)."""
+        return []
+
+    def written(self, linears: Batch) -> list[Path]:
+        """What the batch's marker vouches for: the output chunks its blocks alone hold, and its
+        side files (see :mod:`pipeline.runtime.integrity`)."""
+        boxes = [self.plan.block_at(i).valid for i in linears]
+        chunks = [c for name in self.outputs()
+                  for c in owned_chunks(self.store.array(name, mode="r"), self.store.where(name), boxes)]
+        return chunks + self.side_files(linears)
+
+    def check_batch(self, positions: Batch, names: Sequence[str]) -> list[tuple[str, str]]:
+        """``(marker, why)`` for the markers ``names`` that cannot be trusted (worker side)."""
+        content = self.task.resume_check == "content"
+        return [(n, why) for n in names if (why := self.store.check_marker(self.name, n, content))]
+
+    def drop(self, names: Sequence[str]) -> None:
+        """Forget the batches of damaged markers: the markers and the files named after them."""
+        self.store.drop_markers(self.name, names)
+
+    def check_files(self, engine: Engine, index: MarkerIndex) -> bool:
+        """Client side, when resuming: drop the finished batches whose marker is unreadable or
+        whose files are missing or damaged (they are computed again), saying so in one line.
+        Whether any was."""
+        names = index.names
+        if not names:
+            return False
+        damaged: list[tuple[str, str]] = []
+        for found in engine.map(self.check_batch, batched(range(len(names)), CHECK_MARKERS),
+                                desc=f"{self.name} (file check)", per_batch=lambda b: ([names[k] for k in b],)):
+            damaged += found
+        if not damaged:
+            return False
+        blocks = int(sum((index.owner >= 0) & np.isin(index.owner, [names.index(n) for n, _ in damaged])))
+        logger.warning("%s: %d finished batch(es) (%d blocks) had missing or damaged files, computing them again: %s",
+                       self.name, len(damaged), blocks, "; ".join(why for _, why in damaged[:3])
+                       + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else ""))
+        self.drop([n for n, _ in damaged])
+        return True
 
     def run_unloaded(self, linears: Batch, *args: Any) -> list[Any]:
         return self.run_batch(linears, None, *args)
@@ -194,6 +242,8 @@ class BlockStage(ABC):
             self.store.create_markers(self.name)
         skip = self.skip if self.skip is not None else np.zeros(len(self.plan), dtype=bool)
         index = self.store.index(self.name, len(self.plan))
+        if self.check_files(engine, index):
+            index = self.store.index(self.name, len(self.plan))
         marked = index.owner >= 0
         done = marked & ~skip
         stale = np.flatnonzero(marked & skip).tolist()

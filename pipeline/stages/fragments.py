@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,9 @@ import numpy as np
 from ..clustering import Method
 from ..plan.blocks import Block
 from ..qc.audit import BlockRecord, save_record
-from ..runtime.engine import Engine
+from ..runtime.engine import Batch, Engine
 from ..runtime.faces import Faces, face_blob
+from ..runtime.markers import batch_name
 from ..runtime.store import FACES, FRAGMENTS
 from .base import MODEL, Task
 from .ids import fragment_ids, local_ids
@@ -105,6 +107,17 @@ class FragmentsStage(InputStage):
                 out.append({**summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)),
                             **unreadable})
         return out
+
+    def outputs(self) -> tuple[str, ...]:
+        return (FRAGMENTS,)
+
+    def side_files(self, linears: Batch) -> list[Path]:
+        return [Path(self.store.path) / FACES / batch_name(linears)]
+
+    def drop(self, names: Sequence[str]) -> None:
+        super().drop(names)
+        for name in names:
+            (Path(self.store.path) / FACES / name.removesuffix(".json")).unlink(missing_ok=True)
 
     def forget(self, linears: Sequence[int]) -> None:
         """Unmark the blocks (their records go, sizes included); the faces of the other blocks of

@@ -10,7 +10,7 @@ gets its metadata, and the ``labels`` group its entry, once every level is writt
 
 One copy of the labels: the group is opened (:func:`open_label_image`) before relabelling, and
 the level at the segmented resolution is the ``segmentation`` array itself (a
-:class:`~pipeline.runtime.store.Link`: relabel or restore write it there, and the output group holds a
+:class:`~pipeline.runtime.links.Link`: relabel or restore write it there, and the output group holds a
 symbolic link ``segmentation`` to it), so this stage writes only the other levels. Where the
 output's filesystem takes no links (:func:`pipeline.plan.labels.linkable`), that level is a copy, written here.
 """

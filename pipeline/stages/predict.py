@@ -245,6 +245,9 @@ class PredictStage(InputStage):
                           channels=True)
         self.store.create("foreground", plan.volume, plan.write_shape, dtype)
 
+    def outputs(self) -> tuple[str, ...]:
+        return ("embeddings", "foreground")
+
     def load(self, blocks: Sequence[Block]) -> list[tuple[Predicted, dict[str, Any]]]:
         return predict_blocks(self.task, blocks)
 

@@ -9,13 +9,14 @@ neighbour), where the statistics are taken."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..plan.blocks import Block, BlockPlan, rows, span
-from ..runtime.engine import Engine
-from ..runtime.markers import marker_name
+from ..runtime.engine import Batch, Engine
+from ..runtime.markers import batch_name, marker_name
 from ..runtime.store import FRAGMENTS, ZOOMED
 from ..volume.resample import nearest_indices
 from .base import BlockStage, Task
@@ -34,6 +35,18 @@ class RelabelStage(BlockStage):
     def __init__(self, task: Task, dtype: str, target: str = SEGMENTATION, stats: bool = True) -> None:
         super().__init__(task)
         self.dtype, self.target, self.stats = dtype, target, stats
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.target,)
+
+    def side_files(self, linears: Batch) -> list[Path]:
+        return self.store.stats_files(batch_name(linears))
+
+    def drop(self, names: Sequence[str]) -> None:
+        super().drop(names)
+        for name in names:
+            for f in self.store.stats_files(name.removesuffix(".json")):
+                f.unlink(missing_ok=True)
 
     def block_stats(self, block: Block, labels: np.ndarray) -> np.ndarray | None:
         """The block's partial object statistics (one row per object it holds), with ``stats``."""

@@ -1,0 +1,97 @@
+"""What a done marker vouches for, and checking it: files cut short or lost by a crash.
+
+zarr and our own writers write whole files under a temporary name and rename them, so a process
+that dies mid-write leaves no half file. A node that crashes can still lose what the operating
+system had not yet put on disk: a file renamed into place then reads short, or as zeros, or is
+gone. So each batch's marker records the files the batch wrote (its blocks' output chunks and its
+side files: faces, statistics) with their size and CRC-32 (:func:`vouch`), and a resumed run
+checks them before it trusts the batch (:func:`check_marker`: sizes always, CRC-32 too with
+``output.resume_check: content``). A batch whose marker is unreadable or whose files are missing,
+short or changed is computed again, and the run says so in one line; it never stops on it.
+
+Chunks shared by blocks of different batches (output chunks larger than a block) are not vouched
+for: another batch may write them after this one's marker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..geometry import Box
+from .markers import read_marker_whole
+
+ABSENT = -1  # the size recorded for a chunk the batch left absent (all fill value)
+
+
+def crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes (zlib's, a few GB/s)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def vouch(root: Path, paths: Iterable[Path]) -> dict[str, list[int]]:
+    """``{path: [bytes, crc32]}`` of ``paths`` (relative to ``root`` where inside it); a path that
+    does not exist is recorded as absent (``[-1, 0]``)."""
+    out = {}
+    for p in paths:
+        key = os.path.relpath(p, root) if Path(p).resolve().is_relative_to(Path(root).resolve()) else str(p)
+        out[key] = [p.stat().st_size, crc32(p)] if p.exists() else [ABSENT, 0]
+    return out
+
+
+def owned_chunks(array: Any, where: Path, boxes: Sequence[Box]) -> list[Path]:
+    """The files of the chunks (shards, for a sharded array) of ``array`` (stored at ``where``)
+    that lie wholly inside one of ``boxes``: the chunks those blocks alone write."""
+    cell = tuple(getattr(array, "shards", None) or array.chunks)
+    shape = tuple(array.shape)
+    if not boxes:
+        return []
+    if len(shape) == len(boxes[0].offset) + 1:  # channels first (embeddings): every channel
+        boxes = [Box((0, *b.offset), (shape[0], *b.shape)) for b in boxes]
+    if len(cell) != len(shape) or len(boxes[0].offset) != len(shape):
+        return []
+    encode = array.metadata.encode_chunk_key
+    out = []
+    for box in boxes:
+        lo = [-(-o // c) for o, c in zip(box.offset, cell, strict=True)]
+        hi = [min(o + s, n) // c if o + s < n else -(-n // c)
+              for o, s, n, c in zip(box.offset, box.shape, shape, cell, strict=True)]
+        if any(h <= low for low, h in zip(lo, hi, strict=True)):
+            continue
+        for k in range(math.prod(h - low for low, h in zip(lo, hi, strict=True))):
+            coords, rest = [], k
+            for low, h in zip(reversed(lo), reversed(hi), strict=True):
+                coords.append(low + rest % (h - low))
+                rest //= h - low
+            out.append(where / encode(tuple(reversed(coords))))
+    return out
+
+
+def check_marker(folder: Path, name: str, root: Path, content: bool) -> str | None:
+    """Why the marker ``name`` cannot be trusted (``None``: it can): unreadable, or a file it
+    vouches for missing, of another size, or (``content``) of another CRC-32."""
+    try:
+        _, _, files = read_marker_whole(folder, name)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"{folder.name}/{name}: unreadable ({type(exc).__name__})"
+    for rel, (size, crc) in files.items():
+        p = root / rel
+        if size == ABSENT:
+            continue
+        try:
+            now = p.stat().st_size
+        except FileNotFoundError:
+            return f"{rel}: missing"
+        if now != size:
+            return f"{rel}: {now} of {size} bytes"
+        if content and crc32(p) != crc:
+            return f"{rel}: changed (CRC-32)"
+    return None
