@@ -16,10 +16,10 @@ from pipeline.cli import main
 from pipeline.plan.blocks import BlockPlan
 from pipeline.run import segment
 from pipeline.runtime.engine import Engine
-from pipeline.runtime.tasks import batched
 from pipeline.runtime.faces import face_axes
 from pipeline.runtime.markers import marked_blocks
 from pipeline.runtime.store import Store
+from pipeline.runtime.tasks import batched
 from pipeline.volume.io import open_array, write_zarr
 
 from .helpers import passthrough_checkpoint, same_partition

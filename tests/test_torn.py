@@ -13,13 +13,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.runtime.integrity import check_marker, owned_chunks, vouch
 from pipeline.runtime.markers import read_marker_whole, write_marker
-from pipeline.volume.io import open_group
+from pipeline.volume.io import open_group, write_zarr
 
 from .helpers import KILL_CLIENT
 from .test_faults import config, data, same_result  # noqa: F401 - data: the module's input and reference
@@ -121,3 +122,44 @@ def test_owned_chunks(tmp_path, chunks, boxes, want):
     got = owned_chunks(a, tmp_path / "a.zarr", [Box(o, s) for o, s in boxes])
     assert sorted(str(p.relative_to(tmp_path / "a.zarr")).replace(os.sep, "/") for p in got) == want
     assert all(isinstance(p, Path) for p in got)
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("lost", ["segmentation", "label level"])
+def test_deleted_chunk_of_a_finished_output_found_and_repaired(tmp_path, lost):
+    """A finished output loses a chunk: `verify --integrity` names it and its region (exit 1),
+    `run --repair` computes it again by a region run, equal to what the run wrote (same bytes),
+    and the output equals the uninterrupted reference; a second check passes (exit 0)."""
+    from .test_faults import volume
+
+    vol = np.concatenate([volume(), volume(2)[..., ::-1], volume(3), volume(4)[:, ::-1]], axis=2)  # (16, 64, 256)
+    write_zarr(tmp_path / "wide.zarr", vol, chunks=(8, 32, 32), name="raw")
+    ref, cfg = config(tmp_path, "ref", "wide.zarr"), config(tmp_path, "out", "wide.zarr")
+    for c in (ref, cfg):
+        assert _run_cli("run", str(c)).returncode == 0
+    out = tmp_path / "out.zarr"
+    assert _run_cli("verify", str(cfg), "--integrity").returncode == 0
+    level = "0" if lost == "segmentation" else "1"
+    chunks = sorted(p for p in (out / "labels" / "segmentation" / level / "c").rglob("*") if p.is_file())
+    victim = chunks[len(chunks) // 2]
+    victim.unlink()
+    r = _run_cli("verify", str(cfg), "--integrity")
+    assert r.returncode == 1, r.stdout + r.stderr
+    rel = str(victim.relative_to(out))
+    assert f"  {rel}: missing (z " in r.stdout and "1 missing or damaged" in r.stdout, r.stdout
+    r = _run_cli("run", str(cfg), "--repair")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert victim.exists() and _run_cli("verify", str(cfg), "--integrity").returncode == 0
+    same_result(out, tmp_path / "ref.zarr")
+    assert not (tmp_path / "out.zarr.repair").exists()
+
+
+def test_integrity_of_an_output_without_manifest_is_one_line(tmp_path):
+    (tmp_path / "c.yaml").write_text(f"input: {{path: x.zarr}}\noutput: {{path: {tmp_path / 'none.zarr'}}}\n")
+    (tmp_path / "none.zarr").mkdir()
+    r = _run_cli("verify", str(tmp_path / "c.yaml"), "--integrity")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "no integrity manifest" in r.stderr

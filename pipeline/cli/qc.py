@@ -62,6 +62,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..plan.prepare import prepare
     from ..qc.verify import describe, parse_region, verify
 
+    if args.integrity:
+        from ..qc.integrity import check_integrity, describe_integrity
+
+        root = _load(args).output.path
+        found = check_integrity(root)
+        print(json.dumps({**found, "damaged": [{**d, "region": d["region"].describe() if d["region"] else None}
+                                               for d in found["damaged"]]}, indent=2) if args.json
+              else "\n".join(describe_integrity(root, found)))
+        return 1 if found["damaged"] else 0
     run = prepare(_load(args))
     region = parse_region(args.region, run.plan.volume, run.plan.step) if args.region else None
     result = verify(run, region, force_misaligned=args.force_misaligned, control=args.control)
@@ -101,5 +110,7 @@ def add_qc_commands(sub: Any) -> None:
                    "must differ)")
     p.add_argument("--force-misaligned", action="store_true", help="compare with misaligned tiles instead of "
                    "aligned ones (the check must then fail: exit 1)")
+    p.add_argument("--integrity", action="store_true", help="instead: is every file of the finished output.path as "
+                   "the run wrote it (size, CRC-32)? Names missing or damaged chunks and their regions (exit 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)

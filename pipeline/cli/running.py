@@ -83,9 +83,13 @@ def cmd_job_script(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..run import segment
+    from ..run import repair, segment
 
     with stop_on_signals(args.grace):
+        if args.repair:
+            out = repair(_load(args), progress=not args.quiet)
+            print(f"{out}: every file as the run wrote it")
+            return 0
         out = segment(_load(args), progress=not args.quiet)
     print(f"segmentation written to {out}/segmentation, objects table {out}/objects.csv")
     return 0
@@ -134,6 +138,8 @@ def add_run_command(sub: Any) -> None:
     p = sub.add_parser("run", help="predict + cluster + merge + relabel: the global instance volume")
     _config_args(p, overwrite=True)
     _grace_arg(p)
+    p.add_argument("--repair", action="store_true", help="a finished output: compute again the files `pipeline verify "
+                   "--integrity` finds missing or damaged (segmentation chunks, label levels)")
     p.set_defaults(func=cmd_run)
 
 

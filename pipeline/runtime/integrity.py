@@ -95,3 +95,99 @@ def check_marker(folder: Path, name: str, root: Path, content: bool) -> str | No
         if content and crc32(p) != crc:
             return f"{rel}: changed (CRC-32)"
     return None
+
+
+# ---------------------------------------------------------------- a finished output's manifest
+
+MANIFEST = "qc/integrity.parquet"
+FINAL_STAGES = ("done_predict", "done_relabel", "done_restore", "done_labels_*")  # markers vouching for files that stay
+
+
+def vouched_files(root: Path) -> dict[str, list[int]]:
+    """What the markers of the stages whose files outlive the run vouch for (segmentation, label
+    image levels), outside ``scratch/``; read before scratch is removed."""
+    out: dict[str, list[int]] = {}
+    for pattern in FINAL_STAGES:
+        for folder in sorted((root / "scratch").glob(pattern)):
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if not entry.name.endswith(".json") or entry.name.startswith("."):
+                    continue
+                _, _, files = read_marker_whole(folder, entry.name)
+                out.update((k, v) for k, v in files.items() if not k.startswith("scratch/") and v[0] != ABSENT)
+    return out
+
+
+def write_manifest(root: Path, files: dict[str, list[int]]) -> Path:
+    """``qc/integrity.parquet``: one row per file of the finished output (path, bytes, crc32)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(files)
+    table = pa.table({"path": names, "bytes": [files[n][0] for n in names], "crc32": [files[n][1] for n in names]})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def record_manifest(root: Path, tables: Sequence[Path]) -> int:
+    """Write the manifest of a finishing output: what its markers vouch for (see
+    :func:`vouched_files`) and the ``tables`` that exist (the objects table); how many files."""
+    files = {**vouched_files(root), **vouch(root, [t for t in tables if t.exists()])}
+    write_manifest(root, files)
+    return len(files)
+
+
+def read_manifest(root: Path) -> dict[str, list[int]] | None:
+    """The manifest of a finished output (None: there is none)."""
+    path = root / MANIFEST
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path).to_pydict()
+    return {p: [b, c] for p, b, c in zip(t["path"], t["bytes"], t["crc32"], strict=True)}
+
+
+def check_files(root: Path, files: dict[str, list[int]], content: bool = True) -> list[tuple[str, str]]:
+    """``(path, why)`` for every file of ``files`` that is missing, of another size or (with
+    ``content``) of another CRC-32."""
+    out = []
+    for rel, (size, crc) in sorted(files.items()):
+        p = root / rel
+        try:
+            now = p.stat().st_size
+        except FileNotFoundError:
+            out.append((rel, "missing"))
+            continue
+        if now != size:
+            out.append((rel, f"{now} of {size} bytes"))
+        elif content and crc32(p) != crc:
+            out.append((rel, "changed (CRC-32)"))
+    return out
+
+
+def chunk_region(root: Path, rel: str) -> tuple[str, Box] | None:
+    """The array (path relative to ``root``) and the region a chunk file holds; None for a file
+    that is not an array chunk."""
+    import zarr
+
+    parts = Path(rel).parts
+    if "c" in parts:  # zarr v3: <array>/c/i/j/k
+        k = len(parts) - 1 - parts[::-1].index("c")
+        array, coords = Path(*parts[:k]), parts[k + 1:]
+    else:  # zarr v2: <array>/i.j.k
+        array, coords = Path(*parts[:-1]), tuple(parts[-1].split("."))
+    try:
+        idx = tuple(int(c) for c in coords)
+        arr = zarr.open_array(str(root / array), mode="r")
+    except (ValueError, OSError, KeyError, TypeError, zarr.errors.ArrayNotFoundError):  # type: ignore[attr-defined]
+        return None
+    cell = tuple(getattr(arr, "shards", None) or arr.chunks)
+    if len(idx) != len(cell):
+        return None
+    start = tuple(i * c for i, c in zip(idx, cell, strict=True))
+    stop = tuple(min(s + c, n) for s, c, n in zip(start, cell, arr.shape, strict=True))
+    return str(array), Box(start, tuple(b - a for a, b in zip(start, stop, strict=True)))

@@ -64,7 +64,7 @@ from ..volume.errors import OutputError
 from ..volume.io import create_array, dimension_names, open_array, open_group
 from . import markers
 from .faces import Faces, write_faces
-from .integrity import check_marker, vouch
+from .integrity import MANIFEST, check_marker, record_manifest, vouch
 from .links import Link
 from .lock import RunLock
 from .output import keep_group_copy, prepare_output, unfinished_key
@@ -292,6 +292,9 @@ class Store:
         return dict(open_group(self.path, mode="r").attrs)
 
     def finish(self, attrs: dict[str, Any]) -> None:
-        """Record the final attributes, mark the output complete, drop the scratch arrays."""
-        self.update_attrs({**attrs, "complete": True})
-        shutil.rmtree(Path(self.path) / SCRATCH, ignore_errors=True)
+        """Record the integrity manifest (every file the markers vouch for that stays, and the
+        objects table) and the final attributes, mark the output complete, drop the scratch arrays."""
+        root = Path(self.path)
+        files = record_manifest(root, [*sorted((root / OBJECTS).glob("part-*")), root / "objects.csv"])
+        self.update_attrs({**attrs, "manifest": {"path": MANIFEST, "files": files}, "complete": True})
+        shutil.rmtree(root / SCRATCH, ignore_errors=True)

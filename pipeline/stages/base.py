@@ -194,11 +194,6 @@ class BlockStage(ABC):
                   for c in owned_chunks(self.store.array(name, mode="r"), self.store.where(name), boxes)]
         return chunks + self.side_files(linears)
 
-    def check_batch(self, positions: Batch, names: Sequence[str]) -> list[tuple[str, str]]:
-        """``(marker, why)`` for the markers ``names`` that cannot be trusted (worker side)."""
-        content = self.task.resume_check == "content"
-        return [(n, why) for n in names if (why := self.store.check_marker(self.name, n, content))]
-
     def drop(self, names: Sequence[str]) -> None:
         """Forget the batches of damaged markers: the markers and the files named after them."""
         self.store.drop_markers(self.name, names)
@@ -207,21 +202,10 @@ class BlockStage(ABC):
         """Client side, when resuming: drop the finished batches whose marker is unreadable or
         whose files are missing or damaged (they are computed again), saying so in one line.
         Whether any was."""
-        names = index.names
-        if not names:
-            return False
-        damaged: list[tuple[str, str]] = []
-        for found in engine.map(self.check_batch, batched(range(len(names)), CHECK_MARKERS),
-                                desc=f"{self.name} (file check)", per_batch=lambda b: ([names[k] for k in b],)):
-            damaged += found
-        if not damaged:
-            return False
-        blocks = int(sum((index.owner >= 0) & np.isin(index.owner, [names.index(n) for n, _ in damaged])))
-        logger.warning("%s: %d finished batch(es) (%d blocks) had missing or damaged files, computing them again: %s",
-                       self.name, len(damaged), blocks, "; ".join(why for _, why in damaged[:3])
-                       + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else ""))
-        self.drop([n for n, _ in damaged])
-        return True
+        damaged = damaged_markers(engine, self.store, self.name, index, self.task.resume_check == "content")
+        if damaged:
+            self.drop([n for n, _ in damaged])
+        return bool(damaged)
 
     def run_unloaded(self, linears: Batch, *args: Any) -> list[Any]:
         return self.run_batch(linears, None, *args)
@@ -266,3 +250,29 @@ class BlockStage(ABC):
                                   first=first, batch_bytes=self.load_bytes(blocks_per_task), unit="block",
                                   item_voxels=math.prod(self.plan.write_shape), spans=self.task.sweep is not None):
             yield from results
+
+
+def _check_markers(positions: Batch, store: Store, stage: str, content: bool, names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(marker, why)`` for the markers ``names`` of ``stage`` that cannot be trusted (a task)."""
+    return [(n, why) for n in names if (why := store.check_marker(stage, n, content))]
+
+
+def damaged_markers(engine: Engine, store: Store, stage: str, index: MarkerIndex, content: bool) -> list[tuple[str, str]]:
+    """The markers of ``stage`` (those of ``index``) that cannot be trusted, checked in tasks of
+    :data:`CHECK_MARKERS` markers (see :func:`pipeline.runtime.integrity.check_marker`), with why;
+    a warning line names the first ones when there are any."""
+    names = index.names
+    if not names:
+        return []
+    damaged: list[tuple[str, str]] = []
+    for found in engine.map(_check_markers, batched(range(len(names)), CHECK_MARKERS), store, stage, content,
+                            desc=f"{stage} (file check)", per_batch=lambda b: ([names[k] for k in b],)):
+        damaged += found
+    if damaged:
+        position = {n: k for k, n in enumerate(names)}
+        hit = [position[n] for n, _ in damaged]
+        blocks = int(np.isin(index.owner, hit).sum())
+        logger.warning("%s: %d finished batch(es) (%d blocks) had missing or damaged files, computing them again: %s",
+                       stage, len(damaged), blocks, "; ".join(why for _, why in damaged[:3])
+                       + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else ""))
+    return damaged

@@ -32,11 +32,13 @@ from ..plan.blocks import BlockPlan
 from ..plan.empty import any_within
 from ..plan.labels import LabelTarget, recorded_output
 from ..runtime.engine import Batch, Engine
+from ..runtime.integrity import owned_chunks
 from ..runtime.store import Store
 from ..runtime.tasks import batched
 from ..volume.io import create_array, open_array, open_group
 from ..volume.ome import Level, downsample_labels, nearest_indices
 from ..volume.ome_metadata import labels_list
+from .base import damaged_markers
 from .relabel import SEGMENTATION
 
 if TYPE_CHECKING:
@@ -153,8 +155,10 @@ class LabelsStage:
         for i in linears:
             block = plan.block_at(i)
             arr[block.valid.to_slices()] = self._compute(level, block.valid)
-        if len(linears):
-            self.store.mark_done(self.marker(level), linears)  # one marker file per task
+        if len(linears):  # one marker file per task, vouching for the chunks it alone wrote
+            boxes = [plan.block_at(i).valid for i in linears]
+            self.store.mark_done(self.marker(level), linears,
+                                 files=owned_chunks(arr, self.target.group / level.path, boxes))
         return len(linears)
 
     # ------------------------------------------------------------ client side
@@ -180,6 +184,10 @@ class LabelsStage:
                 create_array(open_group(t.group), level.path, level.shape, level.chunks, self.dtype, overwrite=True,
                              dims=dims)
                 self.store.create_markers(self.marker(level))
+            index = self.store.index(self.marker(level), len(plan))
+            damaged = damaged_markers(engine, self.store, self.marker(level), index, content=False)
+            if damaged:
+                self.store.drop_markers(self.marker(level), [n for n, _ in damaged])
             done = self.store.done(self.marker(level), len(plan))
             self.resumed += int(done.sum())
             wanted = ~done

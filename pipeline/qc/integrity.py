@@ -1,0 +1,44 @@
+"""``pipeline verify --integrity``: is every file of a finished output as the run wrote it?
+
+A finished run records a manifest, ``qc/integrity.parquet``: every chunk of the segmentation and
+of the label image levels (what the relabel and labels stages' done markers vouched for) and the
+objects table, each with its size and CRC-32 (:mod:`pipeline.runtime.integrity`). The check reads
+every file again and names those missing, short or changed, with the region of the volume a
+damaged chunk holds; ``pipeline run --repair`` computes those regions again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..runtime.integrity import MANIFEST, check_files, chunk_region, read_manifest
+from ..volume.errors import OutputError
+
+
+def check_integrity(root: str | Path, content: bool = True) -> dict[str, Any]:
+    """``{"files": n, "damaged": [{"path", "why", "array", "region"}]}`` for the output ``root``."""
+    root = Path(root)
+    files = read_manifest(root)
+    if files is None:
+        raise OutputError(f"'{root}' has no integrity manifest ({MANIFEST}): it is not the output of a finished run of "
+                          "this version (an unfinished run is checked and resumed by rerunning it)")
+    damaged = []
+    for rel, why in check_files(root, files, content):
+        found = chunk_region(root, rel)
+        damaged.append({"path": rel, "why": why, "array": found[0] if found else None,
+                        "region": found[1] if found else None})
+    return {"files": len(files), "damaged": damaged}
+
+
+def describe_integrity(root: str | Path, result: dict[str, Any]) -> list[str]:
+    """What ``pipeline verify --integrity`` prints."""
+    bad = result["damaged"]
+    lines = [f"integrity of '{root}': {result['files']} files checked (size and CRC-32), "
+             + ("all as written" if not bad else f"{len(bad)} missing or damaged")]
+    for d in bad:
+        where = f" ({d['region'].describe()})" if d["region"] is not None else ""
+        lines.append(f"  {d['path']}: {d['why']}{where}")
+    if bad:
+        lines.append("repair: pipeline run <config> --repair (computes the damaged regions again)")
+    return lines
