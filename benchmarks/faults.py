@@ -4,6 +4,7 @@ output sizes behind `pipeline plan`'s estimate.
     python benchmarks/faults.py matrix  [--shape 48 192 192]   # each fault, the demo model, a 2-worker LocalCluster
     python benchmarks/faults.py checks  [--shape 256 1024 1024]  # per block: read, digest, stamp vs compute
     python benchmarks/faults.py space                          # bytes per voxel of each output part
+    python benchmarks/faults.py vouch   [--shape 64 512 512]   # what the done markers' file lists cost
 
 ``matrix`` runs every fault of the issue's table and a client SIGKILL in every stage through the
 CLI (subprocesses, as a user would), on the issue's (48, 192, 192) volume: exit code, the error
@@ -197,13 +198,61 @@ class Matrix:
         self.add(f"client SIGKILL in {stage}", [("run (killed)", killed, t1), ("rerun", again, t2)],
                  f"equal: {self.equal(cfg)}, resumed blocks {resumed}")
 
+    def sigterm(self) -> None:
+        """SIGTERM to the CLI while its tasks run (what a batch scheduler sends at the time limit)."""
+        cfg = self.config("sigterm")
+        proc = self.run(cfg, wait=False)
+        t0 = time.perf_counter()
+        self.wait_markers(self.output(cfg), 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate()
+        stopped = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+        t1 = time.perf_counter() - t0
+        again, t2 = self.run(cfg)
+        self.add("SIGTERM to the client mid-run, rerun", [("run (SIGTERM)", stopped, t1), ("rerun", again, t2)],
+                 f"last line: {err.strip().splitlines()[-1][:200]!r}; equal: {self.equal(cfg)}")
+
+    def torn(self, stage: str, after: int, files: int = 3) -> None:
+        """The client killed, then the newest files of the output cut in half (a node crash)."""
+        cfg = self.config(f"torn-{stage}-{len(self.rows)}")
+        killed, t1 = self.run(cfg, script=[str(self.tmp / "kill.py"), stage, str(after)])
+        out = self.output(cfg)
+        newest = sorted((p for p in out.rglob("*") if p.is_file() and p.name != "lock.json"),
+                        key=lambda p: p.stat().st_mtime_ns)[-files:]
+        for p in newest:
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+        again, t2 = self.run(cfg)
+        said = [line.split(": ", 2)[-1] for line in again.stderr.splitlines() if "missing or damaged" in line]
+        self.add(f"client SIGKILL in {stage}, then its {files} newest files cut in half",
+                 [("run (killed)", killed, t1), ("rerun", again, t2)],
+                 f"torn: {[str(p.relative_to(out)) for p in newest]}; said: {said}; equal: {self.equal(cfg)}")
+
+    def lost_chunk(self) -> None:
+        """A finished output loses a segmentation chunk: verify --integrity, then run --repair."""
+        cfg = self.config("lost")
+        done, t0 = self.run(cfg)
+        out = self.output(cfg)
+        chunks = sorted(p for p in (out / "labels" / "segmentation" / "0" / "c").rglob("*") if p.is_file())
+        chunks[len(chunks) // 2].unlink()
+        verify = subprocess.run([sys.executable, "-m", "pipeline", "-q", "verify", str(cfg), "--integrity"],
+                                capture_output=True, text=True)
+        repaired, t2 = self.run(cfg, "--repair")
+        again = subprocess.run([sys.executable, "-m", "pipeline", "-q", "verify", str(cfg), "--integrity"],
+                               capture_output=True, text=True)
+        self.add("a segmentation chunk of a finished output deleted",
+                 [("run", done, t0), ("run --repair", repaired, t2)],
+                 f"verify --integrity: exit {verify.returncode} {verify.stdout.strip().splitlines()[1:2]}; after "
+                 f"repair: exit {again.returncode}; equal: {self.equal(cfg)}")
+
 
 def matrix(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         m = Matrix(Path(tmp), tuple(args.shape))
         faults = [m.worker_killed, m.input_replaced, m.truncated_chunk, m.full_disk, m.twice, m.nan,
                   *(lambda s=stage, a=after: m.client_killed(s, a)
-                    for stage, after in (("fragments", 3), ("merge", 1), ("relabel", 3), ("objects", 1), ("labels", 1)))]
+                    for stage, after in (("fragments", 3), ("merge", 1), ("relabel", 3), ("objects", 1), ("labels", 1))),
+                  m.sigterm, *(lambda s=stage, a=after: m.torn(s, a) for stage, after in (("fragments", 3), ("relabel", 3))),
+                  m.lost_chunk]
         for fault in [faults[i] for i in args.only] if args.only else faults:
             for _ in range(args.repeat):
                 fault()
@@ -344,9 +393,54 @@ def space(args: argparse.Namespace) -> None:
                           "measured_peak": sizes["peak"], "estimated_peak": est.peak, "estimate": est.parts}), flush=True)
 
 
+def vouch_cost(args: argparse.Namespace) -> None:
+    """What vouching costs (issue 28): a serial run of the demo model, the seconds spent making
+    the markers' file lists (size and CRC-32 of what each batch wrote) against the run's wall;
+    then, on the unfinished output, what checking every finished marker costs (sizes; CRC-32)."""
+    import pipeline.runtime.store as store_module
+    from pipeline.run import segment
+    from pipeline.runtime.integrity import check_marker
+    from pipeline.volume.io import write_zarr
+
+    spent = [0.0, 0]
+    original = store_module.vouch
+
+    def timed(root, paths):
+        t0 = time.perf_counter()
+        out = original(root, paths)
+        spent[0] += time.perf_counter() - t0
+        spent[1] += len(out)
+        return out
+
+    store_module.vouch = timed
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        image, _ = synthetic_volume(tuple(args.shape), seed=3)
+        write_zarr(Path(tmp) / "in.zarr", image, chunks=(16, 64, 64), name="raw")
+        cfg = {"input": {"path": f"{tmp}/in.zarr", "dataset": "raw"}, "output": {"path": f"{tmp}/out.zarr"},
+               "cluster": {"kind": "serial"}, "blocks": {"write_shape": [16, 64, 64]}}
+        kept = store_module.Store.finish
+        store_module.Store.finish = lambda self, attrs: None  # keep the scratch (markers) to time the checks
+        t0 = time.perf_counter()
+        segment(cfg)
+        wall = time.perf_counter() - t0
+        store_module.Store.finish = kept
+        root = Path(tmp) / "out.zarr"
+        checks = {}
+        for content in (False, True):
+            t1, n = time.perf_counter(), 0
+            for folder in (root / "scratch").glob("done_*"):
+                for f in folder.glob("*.json"):
+                    assert check_marker(folder, f.name, root, content) is None
+                    n += 1
+            checks["crc32" if content else "sizes"] = round(time.perf_counter() - t1, 3)
+        print(json.dumps({"machine": machine(), "shape": args.shape, "run_wall_s": round(wall, 2),
+                          "vouch_s": round(spent[0], 3), "files_vouched": spent[1],
+                          "vouch_share": round(spent[0] / wall, 4), "markers": n, "check_all_markers_s": checks}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["matrix", "checks", "space"])
+    parser.add_argument("what", choices=["matrix", "checks", "space", "vouch"])
     parser.add_argument("--shape", type=int, nargs=3)
     parser.add_argument("--sample", type=int, default=4, help="checks: blocks predicted to measure compute")
     parser.add_argument("--tmp", default=tempfile.gettempdir())
@@ -355,8 +449,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="matrix: run each row this often")
     args = parser.parse_args()
     if args.shape is None:
-        args.shape = [256, 1024, 1024] if args.what == "checks" else [48, 192, 192]
-    {"matrix": matrix, "checks": checks, "space": space}[args.what](args)
+        args.shape = [256, 1024, 1024] if args.what == "checks" else [64, 512, 512] if args.what == "vouch" \
+            else [48, 192, 192]
+    {"matrix": matrix, "checks": checks, "space": space, "vouch": vouch_cost}[args.what](args)
 
 
 if __name__ == "__main__":

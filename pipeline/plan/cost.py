@@ -16,6 +16,11 @@ The automatic write shape is the candidate of least predicted cost::
                            markers, the merge's and the relabel's per-block steps
     rounds                 ceil(blocks / workers): blocks run side by side on the workers
 
+On a sparse volume (chunks the store does not hold, whose fill value is background) the blocks
+whose reads meet no stored chunk are known empty before any task exists: they never run, so a
+candidate pays the terms above only for its ``live`` blocks (counted by
+:func:`pipeline.plan.empty.live_counter`) and :data:`ABSENT_BLOCK_S` for each of the others.
+
 Every term is a product of one factor per axis, so a candidate's cost is a few products.
 Candidates are write shapes that are multiples of ``step`` per axis (each axis: the smallest
 size for each number of blocks along it, and multiples of the input's chunks), no larger than
@@ -32,7 +37,7 @@ which favours large blocks even more, and there the memory limit decides.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -91,6 +96,7 @@ class Terms:
     read_box: int
     voxels_decompressed: int
     voxels_written: int
+    live: int | None = None  # blocks not known empty from the store's listing (None: all of them)
 
     @property
     def redundancy(self) -> float:
@@ -102,14 +108,23 @@ class Terms:
         return self.voxels_decompressed / self.voxels_read
 
     def cost(self, coefficients: Coefficients = CPU, workers: int = 1) -> float:
-        """Predicted seconds: the work of one block times the rounds of ``workers`` blocks."""
+        """Predicted seconds: the work of one block times the rounds of ``workers`` blocks. Blocks
+        known empty from the store's listing (``blocks - live``) never become tasks: they cost
+        :data:`ABSENT_BLOCK_S` each (the client's bookkeeping), whatever their size."""
         c = coefficients
         work = (c.network + c.growth * self.read_box) * self.voxels_read + c.decompress * self.voxels_decompressed + c.block * self.blocks
-        return work / self.blocks * -(-self.blocks // max(1, workers))
+        live = self.blocks if self.live is None else self.live
+        return work / self.blocks * -(-live // max(1, workers)) + ABSENT_BLOCK_S * (self.blocks - live)
 
 
-def terms(volume: Sequence[int], write: Sequence[int], context: Sequence[int], chunks: Sequence[int]) -> Terms:
-    """The cost terms of blocks of ``write`` over ``volume`` read from input ``chunks``."""
+Live = Callable[[Sequence[int]], "int | None"]  # write shape -> blocks not known empty (None: unknown)
+ABSENT_BLOCK_S = 1e-4  # a block known empty from the listing: no task, a few client-side numbers
+
+
+def terms(volume: Sequence[int], write: Sequence[int], context: Sequence[int], chunks: Sequence[int],
+          live: Live | None = None) -> Terms:
+    """The cost terms of blocks of ``write`` over ``volume`` read from input ``chunks``; ``live``
+    counts the blocks of a write shape that are not known empty (a sparse volume's)."""
     grid = [axis_blocks(v, w) for v, w in zip(volume, write, strict=True)]
     return Terms(
         tuple(write), math.prod(grid),
@@ -117,13 +132,14 @@ def terms(volume: Sequence[int], write: Sequence[int], context: Sequence[int], c
         math.prod(w + 2 * c for w, c in zip(write, context, strict=True)),
         math.prod(axis_chunks(v, w, c, k) * k for v, w, c, k in zip(volume, write, context, chunks, strict=True)),
         math.prod(volume),
+        live(write) if live is not None else None,
     )
 
 
 def predicted_cost(volume: Sequence[int], write: Sequence[int], context: Sequence[int], chunks: Sequence[int],
-                   coefficients: Coefficients = CPU, workers: int = 1) -> float:
+                   coefficients: Coefficients = CPU, workers: int = 1, live: Live | None = None) -> float:
     """Predicted seconds of a plan (see :class:`Terms`)."""
-    return terms(volume, write, context, chunks).cost(coefficients, workers)
+    return terms(volume, write, context, chunks, live).cost(coefficients, workers)
 
 
 def round_up(size: int, step: int) -> int:
@@ -195,8 +211,9 @@ def candidates(volume: Sequence[int], step: Sequence[int], context: Sequence[int
 
 def ranked(volume: Sequence[int], step: Sequence[int], context: Sequence[int], chunks: Sequence[int],
            memory: int, features: int, outputs: int, coefficients: Coefficients = CPU,
-           workers: int = 1) -> list[Terms]:
+           workers: int = 1, live: Live | None = None) -> list[Terms]:
     """:func:`candidates` by predicted cost, cheapest first (ties: fewer voxels per block, then
-    the shape itself, so the order is the same for the same numbers)."""
-    found = [terms(volume, w, context, chunks) for w in candidates(volume, step, context, chunks, memory, features, outputs)]
+    the shape itself, so the order is the same for the same numbers); ``live``: see :func:`terms`."""
+    found = [terms(volume, w, context, chunks, live)
+             for w in candidates(volume, step, context, chunks, memory, features, outputs)]
     return sorted(found, key=lambda t: (t.cost(coefficients, workers), math.prod(t.write), t.write))

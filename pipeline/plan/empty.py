@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -238,3 +239,44 @@ def absent_blocks(plan: BlockPlan, vol: InputVolume | ZoomedVolume, background: 
         return None
     stored, cell = found
     return ~any_within(stored, cell, read_ranges(plan, vol))
+
+
+MAX_COUNTED = 1 << 22  # blocks around the stored chunks (and stored chunks) beyond which none are counted
+
+
+def live_counter(vol: InputVolume, listing: tuple[np.ndarray, tuple[int, ...]] | None, stats: NormStats,
+                 threshold: float, context: Sequence[int]) -> Callable[[Sequence[int]], int | None] | None:
+    """For the block-shape choice on a sparse volume: write shape -> how many blocks' reads (halo
+    included, clipped to the volume) meet a chunk the store holds, the others being known empty and
+    free (see :func:`absent_blocks`). None when nothing is known empty (no listing, every chunk
+    stored, a fill value that is not background) or the stored chunks are too many to count."""
+    fill = getattr(vol.array, "fill_value", None)
+    if listing is None or fill is None or not float(fill) <= background(stats, threshold):
+        return None
+    stored, cell = listing
+    cells = np.argwhere(stored)
+    if stored.all() or not len(cells) or len(cells) > MAX_COUNTED // 64:  # (none stored: every block skipped anyway)
+        return None
+    volume = np.asarray(vol.shape)
+    x0 = cells * np.asarray(cell)  # each stored cell's voxels [x0, x1)
+    x1 = np.minimum(x0 + np.asarray(cell), volume)
+    nd = stored.ndim
+
+    @lru_cache(maxsize=1 << 16)
+    def count(write: tuple[int, ...]) -> int | None:
+        w, ctx = np.asarray(write), np.asarray(context)
+        grid = -(-volume // w)
+        lo = np.clip((x0 - ctx) // w, 0, grid)  # blocks j with j*w - ctx < x1 and (j+1)*w + ctx > x0
+        hi = np.clip(-(-(x1 + ctx) // w), 0, grid)
+        origin, extent = lo.min(0), hi.max(0) - lo.min(0)
+        if math.prod(extent.tolist()) > MAX_COUNTED:
+            return None
+        diff = np.zeros(tuple(int(e) + 1 for e in extent), np.int32)  # the boxes' union, by corners
+        for corner in range(1 << nd):
+            at = tuple(np.where(corner >> a & 1, hi[:, a], lo[:, a]) - origin[a] for a in range(nd))
+            np.add.at(diff, at, -1 if bin(corner).count("1") % 2 else 1)
+        for a in range(nd):
+            np.cumsum(diff, axis=a, out=diff)
+        return int((diff > 0).sum())
+
+    return lambda write: count(tuple(int(x) for x in write))

@@ -23,7 +23,8 @@ from ..volume.input_volume import InputVolume
 from ..volume.io import open_input
 from ..volume.resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 from .blocks import BlockPlan
-from .empty import EmptySource, empty_source, stored_chunks
+from .cost import Live
+from .empty import EmptySource, empty_source, live_counter, stored_chunks
 from .intensity import IntensityStats, intensity_stats
 from .sizing import (
     auto_blocks_per_task,
@@ -61,6 +62,7 @@ class Prepared:
     empty: EmptySource | None = None  # how empty blocks are found (None: never skipped)
     zoom: tuple[float, ...] | None = None  # input.diameter's resampling (None: the input's own grid)
     notes: tuple[str, ...] = ()  # why input.diameter's resampling may not help (pipeline plan shows them)
+    live: Live | None = None  # write shape -> blocks not known empty from the listing (a sparse volume)
 
     @property
     def grid(self) -> Any:
@@ -124,19 +126,22 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     if zoom:
         logger.info("input.diameter %s: resampling %s by %s to %s", cfg.input.diameter, list(vol.shape),
                     [round(z, 4) for z in zoom], list(grid.shape))
+    override = cfg.model.normalisation
+    listing = stored_chunks(vol)
+    intensity = intensity_stats(vol, spec.normalisation, Normalisation(**override.model_dump()) if override else None,
+                                listing=listing)
+    logger.info("normalisation: offset %.6g, scale %.6g from %s", intensity.stats.offset, intensity.stats.scale,
+                intensity.source)
+    live = None if zoom or not cfg.empty.skip else \
+        live_counter(vol, listing, intensity.stats, cfg.empty.threshold, spec.context)
     write = cfg.blocks.write_shape or (auto_write_shape(grid.shape, spec.step, cfg.blocks.target_size)
                                        if cfg.blocks.target_size else
                                        begun_write_shape(cfg, grid.shape, spec.step)
-                                       or ranked_blocks(cfg, spec, grid.shape, grid.chunks)[0].write)
+                                       or ranked_blocks(cfg, spec, grid.shape, grid.chunks, live)[0].write)
     plan = BlockPlan(grid.shape, write, spec.context, spec.step)
-    override = cfg.model.normalisation
-    intensity = intensity_stats(vol, spec.normalisation, Normalisation(**override.model_dump()) if override else None,
-                                listing=stored_chunks(vol))
-    logger.info("normalisation: offset %.6g, scale %.6g from %s", intensity.stats.offset, intensity.stats.scale,
-                intensity.source)
     needed = cache_needed(plan, grid.chunks, vol)
     if not zoom and cache_capacity(vol) < needed:  # halos decode chunks again: their shape matters
         warn_chunking(vol.chunks, plan)
     warn_cache(cfg.input.chunk_cache_mib, needed)
     return Prepared(cfg, vol, ckpt, plan, intensity,
-                    empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes))
+                    empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes), live)

@@ -138,12 +138,14 @@ def coefficients(cfg: Config) -> cost.Coefficients:
     return cost.CPU if gpu_memory(cfg) is None else cost.GPU
 
 
-def ranked_blocks(cfg: Config, spec: ModelSpec, volume: Sequence[int], chunks: Sequence[int]) -> list[cost.Terms]:
+def ranked_blocks(cfg: Config, spec: ModelSpec, volume: Sequence[int], chunks: Sequence[int],
+                  live: cost.Live | None = None) -> list[cost.Terms]:
     """Candidate write shapes for ``volume`` read from ``chunks``, cheapest first
-    (:func:`pipeline.plan.cost.ranked`, on the cluster's workers, within :func:`block_memory`)."""
+    (:func:`pipeline.plan.cost.ranked`, on the cluster's workers, within :func:`block_memory`;
+    ``live``: blocks of a sparse volume not known empty, see :func:`pipeline.plan.empty.live_counter`)."""
     memory, _ = block_memory(cfg)
     found = cost.ranked(volume, spec.step, spec.context, chunks, memory, spec.base_features,
-                        spec.out_channels, coefficients(cfg), planned_workers(cfg.cluster))
+                        spec.out_channels, coefficients(cfg), planned_workers(cfg.cluster), live)
     if block_bytes(spec, found[0].write) > memory:
         logger.warning("even blocks of one model step %s need about %.0f MiB, more than the %.0f MiB a block may "
                        "use; give the workers more memory or set blocks.write_shape", list(spec.step),

@@ -40,7 +40,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "memory_per_block_mib": round(block_bytes(run.spec, plan.write_shape) / 2**20, 1),
         "blocks_sized_for": f"{sized_for}: at most {memory / 2**20:.0f} MiB per block",
         "predicted_cost_s": round(cost.predicted_cost(plan.volume, plan.write_shape, plan.context, run.grid.chunks,
-                                                      coefficients(run.config), workers), 1),
+                                                      coefficients(run.config), workers, run.live), 1),
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
@@ -60,14 +60,16 @@ def cost_table(run: Prepared, rows: int = 5) -> list[str]:
     (:mod:`pipeline.plan.cost`: the device's coefficients, the cluster's workers)."""
     plan, spec = run.plan, run.spec
     workers = planned_workers(run.config.cluster)
-    chosen = cost.terms(plan.volume, plan.write_shape, plan.context, run.grid.chunks)
-    others = [t for t in ranked_blocks(run.config, spec, plan.volume, run.grid.chunks) if t.write != chosen.write]
+    chosen = cost.terms(plan.volume, plan.write_shape, plan.context, run.grid.chunks, run.live)
+    others = [t for t in ranked_blocks(run.config, spec, plan.volume, run.grid.chunks, run.live)
+              if t.write != chosen.write]
     coeff = coefficients(run.config)
     base = chosen.cost(coeff, workers)
-    header = ("write shape", "blocks", "redundancy", "over-read", "MiB/block", "cost")
+    header = ("write shape", "blocks", "not empty", "redundancy", "over-read", "MiB/block", "cost")
     table = [header]
     for k, t in enumerate([chosen, *others[: rows - 1]]):
-        table.append((str(list(t.write)) + (" *" if k == 0 else ""), str(t.blocks), f"{t.redundancy:.2f}",
+        table.append((str(list(t.write)) + (" *" if k == 0 else ""), str(t.blocks),
+                      str(t.live) if t.live is not None else "all", f"{t.redundancy:.2f}",
                       f"{t.over_read:.2f}", f"{block_bytes(spec, t.write) / 2**20:.0f}",
                       f"{t.cost(coeff, workers) / base:.2f}x"))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
