@@ -15,6 +15,7 @@ for: another batch may write them after this one's marker.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import zlib
@@ -100,6 +101,7 @@ def check_marker(folder: Path, name: str, root: Path, content: bool) -> str | No
 # ---------------------------------------------------------------- a finished output's manifest
 
 MANIFEST = "qc/integrity.parquet"
+MANIFEST_JSON = "qc/integrity.json"  # where pyarrow is not installed
 FINAL_STAGES = ("done_predict", "done_relabel", "done_restore", "done_labels_*")  # markers vouching for files that stay
 
 
@@ -118,16 +120,22 @@ def vouched_files(root: Path) -> dict[str, list[int]]:
 
 
 def write_manifest(root: Path, files: dict[str, list[int]]) -> Path:
-    """``qc/integrity.parquet``: one row per file of the finished output (path, bytes, crc32)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = root / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``qc/integrity.parquet``: one row per file of the finished output (path, bytes, crc32);
+    ``qc/integrity.json`` where pyarrow is not installed."""
     names = sorted(files)
-    table = pa.table({"path": names, "bytes": [files[n][0] for n in names], "crc32": [files[n][1] for n in names]})
+    cols = {"path": names, "bytes": [files[n][0] for n in names], "crc32": [files[n][1] for n in names]}
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        pa = pq = None
+    path = root / (MANIFEST if pq is not None else MANIFEST_JSON)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    pq.write_table(table, tmp)
+    if pq is not None:
+        pq.write_table(pa.table(cols), tmp)
+    else:
+        tmp.write_text(json.dumps(cols))
     os.replace(tmp, path)
     return path
 
@@ -144,10 +152,13 @@ def read_manifest(root: Path) -> dict[str, list[int]] | None:
     """The manifest of a finished output (None: there is none)."""
     path = root / MANIFEST
     if not path.exists():
-        return None
-    import pyarrow.parquet as pq
+        if not (root / MANIFEST_JSON).exists():
+            return None
+        t = json.loads((root / MANIFEST_JSON).read_text())
+    else:
+        import pyarrow.parquet as pq
 
-    t = pq.read_table(path).to_pydict()
+        t = pq.read_table(path).to_pydict()
     return {p: [b, c] for p, b, c in zip(t["path"], t["bytes"], t["crc32"], strict=True)}
 
 
