@@ -239,22 +239,38 @@ def filled_chunks(shape: tuple[int, ...], chunks: tuple[int, ...], n: int) -> li
 
 
 def check_regions(base: Path, spots: list[tuple[int, ...]], chunks: tuple[int, ...], data: np.ndarray) -> bool:
-    """Each filled chunk's neighbourhood in the big result against a (3 chunks)^3 volume holding
-    the chunk in its middle (offsets are multiples of the blocks: the same block alignment)."""
+    """Each filled chunk's labels in the big result against a run on a small volume cut from the big
+    one around the chunk, at an origin that is a multiple of both the big run's write shape and the
+    chunks (the same block alignment), with the big run's write shape: the same partition. The small
+    volume reaches a block and a halo beyond the chunk, so its border sees only fill, as the big one."""
+    import math
+
     import zarr
 
-    small = tuple(3 * c for c in chunks)
-    arr = zarr.create_array(str(base / "small.zarr"), shape=small, chunks=chunks, dtype="uint16", fill_value=0)
-    arr[tuple(slice(c, 2 * c) for c in chunks)] = data
-    run({"input": {"path": str(base / "small.zarr")}, "output": {"path": str(base / "small-out.zarr")}})
-    ref = zarr.open_array(str(base / "small-out.zarr" / "segmentation"), mode="r")[...]
+    big_in = zarr.open_array(str(base / "in.zarr"), mode="r")
     big = zarr.open_array(str(base / "out.zarr" / "segmentation"), mode="r")
+    write = zarr.open_group(str(base / "out.zarr"), mode="r").attrs["pipeline"]["plan"]["write_shape"]
+    context = zarr.open_group(str(base / "out.zarr"), mode="r").attrs["pipeline"]["plan"]["context"]
     ok = True
-    for spot in spots:
-        got = big[tuple(slice((j - 1) * c, (j + 2) * c) for j, c in zip(spot, chunks, strict=True))]
-        pairs = np.unique(np.stack([ref.ravel(), got.ravel()]), axis=1)
+    for k, spot in enumerate(spots):
+        lo = [j * c for j, c in zip(spot, chunks, strict=True)]
+        unit = [w * c // math.gcd(w, c) for w, c in zip(write, chunks, strict=True)]
+        start = [max(0, (x - w - 2 * q) // u * u) for x, w, q, u in zip(lo, write, context, unit, strict=True)]
+        stop = [min(n, x + c + w + 2 * q) for x, c, w, q, n in zip(lo, chunks, write, context, big_in.shape, strict=True)]
+        box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        small = base / f"small-{k}.zarr"
+        arr = zarr.create_array(str(small), shape=tuple(b - a for a, b in zip(start, stop, strict=True)), chunks=chunks,
+                                dtype="uint16", fill_value=0)
+        arr[...] = big_in[box]
+        run({"input": {"path": str(small)}, "output": {"path": str(base / f"small-{k}-out.zarr")},
+             "blocks": {"write_shape": list(write)}})
+        ref = zarr.open_array(str(base / f"small-{k}-out.zarr" / "segmentation"), mode="r")
+        inner = tuple(slice(x - a, x - a + c) for x, a, c in zip(lo, start, chunks, strict=True))
+        got = big[tuple(slice(x, x + c) for x, c in zip(lo, chunks, strict=True))]
+        want = ref[inner]
+        pairs = np.unique(np.stack([want.ravel(), got.ravel()]), axis=1)
         ok &= len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1] and bool(((pairs[0] == 0) == (pairs[1] == 0)).all())
-        ok &= int(ref.max()) > 0
+        ok &= int(want.max()) > 0
     return bool(ok)
 
 
