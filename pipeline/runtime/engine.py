@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -89,11 +90,10 @@ class Engine:
         """``fut.result()``; when it fails because the cluster stopped, the reason why. While it
         waits, a signal's stop request is honoured once its grace period is over."""
         try:
-            while True:
-                try:
-                    return fut.result(timeout=POLL_S * 10)
-                except TimeoutError:
-                    check_stop(draining=True)
+            while not fut.done():  # (no timed result(): each would leave a gather behind)
+                check_stop(draining=True)
+                time.sleep(POLL_S)
+            return fut.result()
         except BaseException:
             self._check()
             raise
