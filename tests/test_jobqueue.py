@@ -142,6 +142,23 @@ def test_guard_replaces_retired_jobs_freely_and_counts_faults():
     assert "max_worker_restarts (1) is spent" in str(guard.fatal) and "resume" in str(guard.fatal)
 
 
+def test_guard_counts_a_retirement_seen_late_as_a_retirement():
+    """A check that comes late (squeue slow on a loaded head node) first sees a worker long after it
+    connected: its lifetime is counted from the check before, so its retirement is not a fault (which,
+    with max_worker_restarts 0, would leave the run without workers)."""
+    fake = FakeCluster(1)
+    cfg = cluster(kind="pbs", n_workers=1, worker_lifetime="20s", max_worker_restarts=0)  # stagger 1 s
+    guard = JobGuard(fake, cfg, interval=1, grace=5)
+    guard.check(now=0)  # not connected yet
+    fake.connect("job-0")  # connects at about 1 s; the next check comes only at 8 s
+    guard.check(now=8)
+    fake.connect()  # retires at its lifetime (about 21 s)
+    guard.check(now=22)
+    guard.check(now=28)
+    assert guard.retired == 1 and guard.restarts == 0 and guard.lost == 0, (guard.retired, guard.lost)
+    assert set(fake.workers) == {"job-1"} and guard.fatal is None
+
+
 def test_engine_stops_when_the_guard_gives_up(client1):
     """A fatal guard error ends a wait on tasks that can never run (cancelled futures), within seconds."""
     from pipeline.cluster.deploy import cancel_all

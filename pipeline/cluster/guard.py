@@ -34,7 +34,8 @@ class JobGuard:
         self.retired = 0  # jobs that ended at their worker lifetime, replaced
         self.lost = 0  # jobs lost to faults beyond the budget, not replaced
         self.fatal: WorkersLost | None = None
-        self._seen: dict[str, float] = {}  # job -> when its workers were first seen
+        self._seen: dict[str, float] = {}  # job -> when its workers connected, at the earliest
+        self._last: float | None = None  # when the previous check began
         self._gone: dict[str, float] = {}  # job -> since when its workers are missing
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-guard", daemon=True)
@@ -75,10 +76,13 @@ class JobGuard:
         jobs_now = dict(list(self.cluster.workers.items()))
         for name in jobs_now:
             if self._worker_names(name) & connected:
-                self._seen.setdefault(name, now)
+                # it connected after the previous check: from then, so that a slow check (squeue on a
+                # loaded head node) never makes a worker retired at its lifetime look short-lived
+                self._seen.setdefault(name, now if self._last is None else self._last)
                 self._gone.pop(name, None)
             elif name in self._seen:
                 self._gone.setdefault(name, now)
+        self._last = now
         ids = [str(j.job_id) for j in jobs_now.values() if getattr(j, "job_id", None)]
         alive = self._alive_slurm(ids) if self.cfg.kind == "slurm" and ids else set()
         life = lifetime(self.cfg)

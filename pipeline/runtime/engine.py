@@ -92,6 +92,7 @@ class Engine:
         try:
             while not fut.done():  # (no timed result(): each would leave a gather behind)
                 check_stop(draining=True)
+                self._check()
                 time.sleep(POLL_S)
             return fut.result()
         except BaseException:
@@ -223,7 +224,7 @@ class Engine:
             it = iter(batches)
             pending = as_completed([submit(b) for b in islice(it, window or self._window(batch_bytes))])
             seen: set[str] = set()
-            for fut in completed(pending):
+            for fut in completed(pending, check=self._check):
                 if fut.key in seen:  # recomputed after a worker was lost and reported again
                     continue
                 seen.add(fut.key)
@@ -278,7 +279,7 @@ class Engine:
 
         bar = self._bar(len(batches), desc)
         pending = as_completed([submit_leaf(b) for b in islice(it, self._window())])
-        for fut in completed(pending, drain=False):  # nothing of a reduction is kept: stop at once
+        for fut in completed(pending, drain=False, check=self._check):  # nothing of a reduction is kept: stop at once
             if fut.key not in depth:  # reported twice (recomputed after a worker was lost)
                 continue
             self._check()

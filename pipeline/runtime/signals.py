@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -102,10 +102,11 @@ def check_stop(draining: bool = False) -> None:
 POLL_S = 0.05  # seconds between looks at a stop request while waiting for results
 
 
-def completed(pending: Any, drain: bool = True) -> Iterator[Any]:
+def completed(pending: Any, drain: bool = True, check: Callable[[], None] | None = None) -> Iterator[Any]:
     """The futures of ``pending`` (a ``distributed.as_completed``) as they complete, looking for a
     stop request while none is ready: with ``drain``, running tasks are waited for until the
-    grace period is over; without, the stop is at once."""
+    grace period is over; without, the stop is at once. ``check`` (it raises to end the wait, e.g.
+    when the cluster's workers are lost for good) is called while waiting too."""
     while True:
         if pending.has_ready():
             yield from pending.next_batch(block=False)
@@ -113,4 +114,6 @@ def completed(pending: Any, drain: bool = True) -> Iterator[Any]:
             return
         else:
             check_stop(draining=drain)
+            if check is not None:
+                check()
             time.sleep(POLL_S)
