@@ -73,12 +73,18 @@ def test_stale_markers_are_refused(tmp_path, capsys):
     from pipeline.run import prepare
     from pipeline.runtime.resume import resume_parts
     from pipeline.runtime.store import Store
+    from pipeline.stages.objects import ROWS_PER_PART
 
     s = prepare(load_config(cfg))
-    Store.open(out, False, resume_parts(s, "segment", {"x": 1}), "other")  # an unfinished run with other parameters
+    layout = {"object_rows_per_part": ROWS_PER_PART}
+    Store.open(out, False, resume_parts(s, "segment", {"x": 1}, layout), "other")  # a run with other parameters
     assert main(["-q", "run", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "other settings (clustering/merge parameters:" in err and "--overwrite" in err
+    # an unfinished run of an earlier version, whose scratch files are laid out otherwise: refused too
+    Store.open(out, True, resume_parts(s, "segment", {"x": 1}, {"object_rows_per_part": 2**20}), "older")
+    assert main(["-q", "run", str(cfg)]) == 2
+    assert "scratch layout (another version of the pipeline): object_rows_per_part 1048576" in capsys.readouterr().err
     assert main(["-q", "run", str(cfg), "--overwrite"]) == 0
     assert open_group(out).attrs["complete"] is True
     # a complete output is never replaced without --overwrite

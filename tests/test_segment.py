@@ -145,9 +145,17 @@ def test_min_size_applies_after_merging(tmp_path):
     assert len(rows) == 1 and int(rows[0]["voxels"]) == 192
 
 
-def test_objects_table_matches_scipy(tmp_path):
+@pytest.mark.parametrize("rows_per_part", [None, 7])
+def test_objects_table_matches_scipy(tmp_path, monkeypatch, rows_per_part):
+    """Also with the table split in parts of 7 ids, 2 parts per task: as many Parquet parts."""
+    import pipeline.stages.objects as objects
+
+    if rows_per_part:
+        monkeypatch.setattr(objects, "ROWS_PER_PART", rows_per_part)
+        monkeypatch.setattr(objects, "PARTS_PER_TASK", 2)
     fg = _blobs((16, 20, 24), seed=5)
     seg, out, _ = _segment(tmp_path, fg.astype("float32"), (8, 8, 8))
+    assert len(objects.part_files(out)) == -(-int(seg.max()) // objects.ROWS_PER_PART)
     rows = {int(r["id"]): r for r in csv.DictReader(open(out / "objects.csv"))}
     assert sorted(rows) == list(range(1, seg.max() + 1))
     for i, sl in enumerate(ndimage.find_objects(seg), start=1):

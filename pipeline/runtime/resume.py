@@ -16,10 +16,12 @@ from ..plan.summary import plan_summary
 from ..version import __version__
 
 
-def resume_parts(run: Prepared, stage: str, params: dict[str, Any]) -> dict[str, Any]:
+def resume_parts(run: Prepared, stage: str, params: dict[str, Any],
+                 layout: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that determines a stage's block outputs, by name (recorded in the output's
     ``resume`` attribute; a resumed run must match it). The input's content is checked per
-    block (records with the done markers), its identity and intensity statistics here."""
+    block (records with the done markers), its identity and intensity statistics here.
+    ``layout``: how the stage lays out its scratch files (a run of another layout is not resumed)."""
     c = run.config
     e = c.empty
     return {
@@ -36,7 +38,7 @@ def resume_parts(run: Prepared, stage: str, params: dict[str, Any]) -> dict[str,
                   "mask": str(Path(e.mask.path).resolve()) if e.mask else None,
                   "mask_dataset": e.mask.dataset if e.mask else None},
         "params": params,
-    }
+    } | ({"layout": layout} if layout else {})
 
 
 def resume_hash(parts: dict[str, Any]) -> str:
@@ -50,7 +52,7 @@ def resume_key(run: Prepared, stage: str, params: dict[str, Any]) -> str:
 
 NAMES = {"plan": "blocks", "model": "model.checkpoint", "input": "input", "precision": "model.precision",
          "zoom": "input.diameter (zoom)", "empty": "empty", "params": "clustering/merge parameters",
-         "stage": "command (run or predict)"}
+         "stage": "command (run or predict)", "layout": "scratch layout (another version of the pipeline)"}
 
 
 def changes(recorded: Any, parts: dict[str, Any]) -> str:

@@ -20,9 +20,12 @@ from ..runtime.store import OBJECTS, Store
 from ..runtime.tasks import batched
 from .ids import combine_stats
 
-ROWS_PER_PART = 2**20  # object ids per part: ~100 MB of partial rows to combine per task
+# object ids per part: a part's partial rows (96 bytes each, one per object and block it touches) and
+# the combine's copies of them take a worker about 600 bytes per id at most, ~80 MiB, whatever the
+# number of objects (2**20 took 600 MiB); a part of the table is a Parquet file of ~10 MB
+ROWS_PER_PART = 2**17
 CSV_LIMIT = 100_000  # objects.csv is written up to this many objects (output.objects_csv: auto)
-PARTS_PER_TASK = 4
+PARTS_PER_TASK = 16
 
 
 def part_of(ids: np.ndarray) -> np.ndarray:
@@ -83,6 +86,15 @@ def write_part(path: Path, cols: dict[str, np.ndarray]) -> None:
         write_csv(path.with_suffix(".csv"), cols)
         return
     pq.write_table(pa.table(cols), path)
+    release_arrow()
+
+
+def release_arrow() -> None:
+    """Return the memory Arrow's own allocator kept after a write or read (it keeps freed blocks:
+    a worker's RSS then stays at the size of its largest Parquet part, stage after stage)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def part_files(result: str | Path) -> list[Path]:
@@ -98,7 +110,10 @@ def read_part(path: Path) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    return {n: table.column(n).to_numpy() for n in table.column_names}
+    cols = {n: table.column(n).to_numpy() for n in table.column_names}
+    del table
+    release_arrow()
+    return cols
 
 
 def read_objects(path: str | Path, parts: Sequence[Path] | None = None) -> dict[str, np.ndarray]:
