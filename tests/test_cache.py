@@ -184,6 +184,32 @@ def test_blockwise_prediction_equal_with_and_without_cache(tmp_path):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
+def test_the_cache_is_emptied_when_the_input_stage_ends(tmp_path, client1):
+    """No stage after the one reading the input reads it: its cached chunks are dropped on every
+    worker (and here) when it ends, their memory left to merge, relabel, objects and labels."""
+    ckpt = make_checkpoint(tmp_path / "m.pt", ndim=3, downsample=[[2, 2, 2]])
+    write_zarr(tmp_path / "in.zarr", random_volume((16, 24, 24), dtype="uint16"), chunks=(4, 8, 8), name="raw")
+    sizes = []
+    orig = ChunkCache.clear
+
+    def clear(self):
+        sizes.append(self.nbytes)
+        orig(self)
+
+    import pipeline.volume.cache as cache
+
+    cache.ChunkCache.clear = clear  # (this process; the worker reports its own size below)
+    try:
+        predict(as_config({"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"},
+                           "output": {"path": str(tmp_path / "out.zarr")}, "model": {"checkpoint": str(ckpt)},
+                           "blocks": {"write_shape": [8, 8, 8]}, "cluster": {"kind": "local"}}), client=client1)
+    finally:
+        cache.ChunkCache.clear = orig
+    assert sizes, "the cache was not emptied here"
+    held = client1.run(lambda: __import__("pipeline.volume.cache", fromlist=["_cache"])._cache().nbytes)
+    assert held and all(v == 0 for v in held.values()), held
+
+
 def test_sweep_order_is_a_deterministic_permutation():
     plan = BlockPlan((128, 1024, 1024), (64, 64, 64), (12, 20, 20), (4, 4, 4))
     axes = sweep_axes(plan, (64, 256, 256))

@@ -2,21 +2,18 @@
 
 One :class:`Engine` offers three things, the same in both modes:
 
-``map``     run ``fn(batch, *args)`` for every batch of block indices; results come back
-            as they complete, with at most ``window`` tasks in flight (the client never
-            holds a future per block of a huge volume); tasks that need a resource (the
-            GPU, ``model``) ask for it when some worker offers it. A batch can be two
-            tasks: a first step holding a resource (predict on the GPU) whose result
-            stays in worker memory for the second (cluster on CPU threads).
-``reduce``  combine the leaf results of ``leaf(batch, *args)`` as a tree of tasks
-            (fan-in 8): no task ever sees every leaf.
-``call``    run one function (on a worker with Dask); its result stays there as a
-            :data:`Ref` that later calls and maps take as an argument; ``result`` fetches it.
+``map``     run ``fn(batch, *args)`` for every batch of block indices; results come back as they
+            complete, with at most ``window`` tasks in flight (the client never holds a future per
+            block of a huge volume); tasks that need a resource (the GPU, ``model``) ask for it when
+            some worker offers it. A batch can be two tasks: a first step holding a resource (predict
+            on the GPU) whose result stays in worker memory for the second (cluster on CPU threads).
+``reduce``  combine the leaf results of ``leaf(batch, *args)`` as a tree of tasks (fan-in 8).
+``call``    run one function (on a worker with Dask); its result stays there as a :data:`Ref` that
+            later calls and maps take; ``result`` fetches it. ``everywhere``: run a function on all.
 
-With Dask, a worker lost mid-run has its tasks recomputed by the scheduler, and a result
-reported twice after such a recomputation is taken once. Tasks carry their (small)
-arguments themselves instead of scattering them: scattered data lost with a worker
-cannot be recomputed and would cancel every task that needs it.
+With Dask, a worker lost mid-run has its tasks recomputed by the scheduler (a result reported twice
+is taken once). Tasks carry their (small) arguments instead of scattering them: scattered data lost
+with a worker cannot be recomputed.
 """
 
 from __future__ import annotations
@@ -42,10 +39,8 @@ class Engine:
 
     def __init__(self, client: Any = None, progress: bool = False, fan_in: int = 8,
                  memory_per_worker: int = 2 << 30, abort: Callable[[], None] | None = None) -> None:
-        self.client = client
+        self.client, self.progress, self.fan_in = client, progress, fan_in
         self.abort = abort  # raises the error that stopped the cluster (its workers lost), if any
-        self.progress = progress
-        self.fan_in = fan_in
         self.memory_per_worker = memory_per_worker  # for intermediate results in flight
         self.checks: list[Callable[[], None]] = []
 
@@ -82,13 +77,11 @@ class Engine:
             check()
 
     def also_check(self, check: Callable[[], None]) -> None:
-        """Call ``check`` (it raises to stop the run, e.g. when the output's lock was lost) as
-        results come in."""
+        """Call ``check`` (it raises to stop the run, e.g. the output's lock lost) as results come in."""
         self.checks.append(check)
 
     def _get(self, fut: Any) -> Any:
-        """``fut.result()``; when it fails because the cluster stopped, the reason why. While it
-        waits, a signal's stop request is honoured once its grace period is over."""
+        """``fut.result()`` (a failure because the cluster stopped: why); a stop request is honoured."""
         try:
             while not fut.done():  # (no timed result(): each would leave a gather behind)
                 check_stop(draining=True)
@@ -142,6 +135,12 @@ class Engine:
         if self.client is None:
             return Local(fn(*map(self._value, args)))
         return self.client.submit(Guarded(fn), *args, pure=False)
+
+    def everywhere(self, fn: Callable[[], Any]) -> None:
+        """``fn()`` here and on every worker connected now (e.g. to drop a per-process cache)."""
+        fn()
+        if self.client is not None:
+            self.client.run(fn, on_error="ignore")
 
     def result(self, ref: Ref) -> Any:
         if isinstance(ref, Local):

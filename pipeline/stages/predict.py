@@ -25,6 +25,8 @@ from ..plan.blocks import Block
 from ..plan.empty import is_empty
 from ..runtime.engine import Batch, Engine
 from ..runtime.markers import MarkerIndex
+from ..runtime.memory import release_memory
+from ..volume.cache import drop_chunk_cache
 from ..volume.errors import InputError, collect_unreadable
 from ..volume.input_volume import InputVolume, digest, stamp
 from ..volume.io import input_where, open_input
@@ -177,6 +179,12 @@ class InputChanged(InputError):
 CHECK_BATCH = 64  # finished blocks whose input one task checks
 
 
+def drop_input_cache() -> None:
+    """Empty this process's input chunk cache and give its memory back to the system."""
+    drop_chunk_cache()
+    release_memory()
+
+
 class InputStage(BlockStage):
     """A stage that reads the input: each block's record (:func:`read_input`) is kept with its
     done marker, and a resumed run checks its finished blocks against it (:meth:`verify`).
@@ -190,10 +198,13 @@ class InputStage(BlockStage):
         self.unreadable: dict[str, list[int]] = {}  # input chunks read as empty: chunk -> region (z0, z1, y0, ...)
 
     def run(self, engine: Engine, blocks_per_task: int, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """:meth:`BlockStage.run`; at its end every worker's input chunk cache is emptied (the input is
+        read by no later stage: up to an eighth of a worker's memory is freed for them)."""
         for result in super().run(engine, blocks_per_task, *args, **kwargs):
             if isinstance(result, dict):
                 self.unreadable.update((chunk, region) for chunk, region in result.get("unreadable", ()))
             yield result
+        engine.everywhere(drop_input_cache)
 
     def check_inputs(self, linears: Batch, files: Sequence[str]) -> list[int]:
         return changed_inputs(self.task, self.name, linears, self.task.resume_check == "content", files)

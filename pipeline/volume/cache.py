@@ -186,3 +186,8 @@ def chunk_cache(mib: int | None) -> ChunkCache | None:
     if cache.capacity != capacity:
         cache.resize(capacity)
     return cache
+
+
+def drop_chunk_cache() -> None:
+    """Empty this process's cache (when no more input will be read: the later stages get its memory)."""
+    _cache().clear()
