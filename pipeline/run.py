@@ -262,14 +262,14 @@ def repair(config: ConfigLike, client: Any = None, progress: bool = False) -> Pa
     coarser label levels from the level below; then check the manifest again."""
     cfg = as_config(config)
     root = Path(cfg.output.path)
-    found = check_integrity(root)
+    found = check_integrity(root, restore=True)  # damaged metadata documents: their copies put back
     bad = found["damaged"]
     if not bad:
         logger.info("repair: all %d files of %s are as written; nothing to do", found["files"], root)
         return root
-    if any(d["array"] is None for d in bad):
-        raise OutputError(f"repair: the objects table of '{root}' is damaged ({', '.join(d['path'] for d in bad if d['array'] is None)}); "
-                          "it is made from the run's scratch, gone once the run finished: rerun with --overwrite")
+    if any(d["array"] is None for d in bad):  # the objects table
+        raise OutputError(f"repair: {', '.join(d['path'] for d in bad if d['array'] is None)} of '{root}' cannot be made again "
+                          "(made from the run's scratch, gone once the run finished): rerun with --overwrite")
     seg_rel = segmentation_path(root)
     boxes = [d["region"] for d in bad if d["array"] == seg_rel]
     if boxes:

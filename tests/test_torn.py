@@ -158,6 +158,33 @@ def test_deleted_chunk_of_a_finished_output_found_and_repaired(tmp_path, lost):
     assert not (tmp_path / "out.zarr.repair").exists()
 
 
+def test_damaged_metadata_of_a_finished_output_found_and_put_back(data):  # noqa: F811
+    """A finished output's metadata documents cut short or lost (the group's zarr.json, the label
+    group's, a label level array's): `verify --integrity` names each (exit 1), `run --repair` puts back
+    the copies a finished run keeps in qc/metadata (one line each, exit 0) and the output reads as
+    the reference again. A label image added afterwards (its documents changed) is not damage."""
+    cfg = config(data, "metadata")
+    assert _run_cli("run", str(cfg)).returncode == 0
+    out = data / "metadata.zarr"
+    (out / "labels" / "zarr.json").write_text(json.dumps({**json.loads((out / "labels" / "zarr.json").read_text()),
+                                                          "note": "changed after the run"}))
+    assert _run_cli("verify", str(cfg), "--integrity").returncode == 0
+    torn = [out / "zarr.json", out / "labels" / "segmentation" / "zarr.json"]
+    for p in torn:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    lost = out / "labels" / "segmentation" / "0" / "zarr.json"
+    lost.unlink()
+    r = _run_cli("verify", str(cfg), "--integrity")
+    assert r.returncode == 1 and "3 missing or damaged" in r.stdout, r.stdout + r.stderr
+    assert "  zarr.json: unreadable (metadata: JSONDecodeError)" in r.stdout
+    assert "  labels/segmentation/0/zarr.json: missing (metadata)" in r.stdout
+    r = _run_cli("run", str(cfg), "--repair")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("put back its copy from qc/metadata") == 3, r.stderr
+    assert _run_cli("verify", str(cfg), "--integrity").returncode == 0
+    same_result(out, data / "reference.zarr")
+
+
 def test_integrity_of_an_output_without_manifest_is_one_line(tmp_path):
     (tmp_path / "c.yaml").write_text(f"input: {{path: x.zarr}}\noutput: {{path: {tmp_path / 'none.zarr'}}}\n")
     (tmp_path / "none.zarr").mkdir()

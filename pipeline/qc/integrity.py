@@ -9,36 +9,58 @@ damaged chunk holds; ``pipeline run --repair`` computes those regions again.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from ..runtime.integrity import MANIFEST, check_files, chunk_region, read_manifest
+from ..runtime.integrity import (
+    MANIFEST,
+    METADATA,
+    check_files,
+    check_metadata,
+    chunk_region,
+    metadata_copies,
+    read_manifest,
+    restore_metadata,
+)
 from ..volume.errors import OutputError
 
+logger = logging.getLogger(__name__)
 
-def check_integrity(root: str | Path, content: bool = True) -> dict[str, Any]:
-    """``{"files": n, "damaged": [{"path", "why", "array", "region"}]}`` for the output ``root``."""
+
+def check_integrity(root: str | Path, content: bool = True, restore: bool = False) -> dict[str, Any]:
+    """``{"files": n, "damaged": [{"path", "why", "array", "region"}]}`` for the output ``root``.
+    Metadata documents (``zarr.json``) missing or unreadable are damaged too; with ``restore``
+    their copies are put back first (each said in a line) and they are not in the result."""
     root = Path(root)
     files = read_manifest(root)
     if files is None:
         raise OutputError(f"'{root}' has no integrity manifest ({MANIFEST}): it is not the output of a finished run of "
                           "this version (an unfinished run is checked and resumed by rerunning it)")
     damaged = []
+    for rel, why in check_metadata(root):
+        if restore:
+            restore_metadata(root, rel)
+            logger.warning("repair: %s was %s; put back its copy from %s", rel, why, METADATA)
+        else:
+            damaged.append({"path": rel, "why": why, "array": None, "region": None})
     for rel, why in check_files(root, files, content):
         found = chunk_region(root, rel)
         damaged.append({"path": rel, "why": why, "array": found[0] if found else None,
                         "region": found[1] if found else None})
-    return {"files": len(files), "damaged": damaged}
+    return {"files": len(files), "metadata": len(metadata_copies(root)), "damaged": damaged}
 
 
 def describe_integrity(root: str | Path, result: dict[str, Any]) -> list[str]:
     """What ``pipeline verify --integrity`` prints."""
     bad = result["damaged"]
-    lines = [f"integrity of '{root}': {result['files']} files checked (size and CRC-32), "
+    lines = [f"integrity of '{root}': {result['files']} files checked (size and CRC-32) and "
+             f"{result.get('metadata', 0)} metadata documents (readable), "
              + ("all as written" if not bad else f"{len(bad)} missing or damaged")]
     for d in bad:
         where = f" ({d['region'].describe()})" if d["region"] is not None else ""
         lines.append(f"  {d['path']}: {d['why']}{where}")
     if bad:
-        lines.append("repair: pipeline run <config> --repair (computes the damaged regions again)")
+        lines.append("repair: pipeline run <config> --repair (computes the damaged regions again, puts back damaged "
+                     f"metadata from its copies in {METADATA})")
     return lines

@@ -142,10 +142,68 @@ def write_manifest(root: Path, files: dict[str, list[int]]) -> Path:
 
 def record_manifest(root: Path, tables: Sequence[Path]) -> int:
     """Write the manifest of a finishing output: what its markers vouch for (see
-    :func:`vouched_files`) and the ``tables`` that exist (the objects table); how many files."""
+    :func:`vouched_files`) and the ``tables`` that exist (the objects table); how many files.
+    The metadata documents of its arrays and groups are copied to :data:`METADATA` (the root's
+    once its last attributes are written: :meth:`~pipeline.runtime.store.Store.update_attrs`)."""
     files = {**vouched_files(root), **vouch(root, [t for t in tables if t.exists()])}
     write_manifest(root, files)
+    keep_metadata(root, [p for p in metadata_documents(root) if p != root / "zarr.json"])
     return len(files)
+
+
+# ---------------------------------------------------------------- copies of the metadata documents
+
+METADATA = "qc/metadata"  # a copy of every zarr.json of a finished output, at its path below this folder
+DOCUMENTS = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+
+
+def metadata_documents(root: Path) -> list[Path]:
+    """The output's zarr metadata documents outside ``scratch/`` and ``qc/`` (linked arrays are
+    not followed: they are listed where they really are)."""
+    out = []
+    for folder, dirs, names in os.walk(root):
+        if Path(folder) == root:
+            dirs[:] = [d for d in dirs if d not in ("scratch", "qc")]
+        out += [Path(folder) / n for n in names if n in DOCUMENTS]
+    return sorted(out)
+
+
+def keep_metadata(root: Path, docs: Iterable[Path]) -> None:
+    """Copy ``docs`` (each whole, renamed into place) below :data:`METADATA`."""
+    for doc in docs:
+        dst = root / METADATA / doc.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+        tmp.write_bytes(doc.read_bytes())
+        os.replace(tmp, dst)
+
+
+def metadata_copies(root: Path) -> list[str]:
+    """The metadata documents a copy was kept of (paths relative to ``root``)."""
+    base = root / METADATA
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.name in DOCUMENTS) if base.is_dir() else []
+
+
+def check_metadata(root: Path) -> list[tuple[str, str]]:
+    """``(path, why)`` for every metadata document with a copy that is now missing or not JSON (a
+    document changed since, e.g. a label image added, is not damaged: it is not compared)."""
+    out = []
+    for rel in metadata_copies(root):
+        try:
+            json.loads((root / rel).read_bytes())
+        except FileNotFoundError:
+            out.append((rel, "missing (metadata)"))
+        except (OSError, ValueError) as exc:
+            out.append((rel, f"unreadable (metadata: {type(exc).__name__})"))
+    return out
+
+
+def restore_metadata(root: Path, rel: str) -> None:
+    """Put the copy of the metadata document ``rel`` back (renamed into place)."""
+    dst = root / rel
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    tmp.write_bytes((root / METADATA / rel).read_bytes())
+    os.replace(tmp, dst)
 
 
 def read_manifest(root: Path) -> dict[str, list[int]] | None:

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 GROUP_COPY = "scratch/group.json"  # the output group's metadata as last written, while a run is unfinished
+FINISHED_COPY = "qc/metadata/zarr.json"  # ... and once it finished (runtime.integrity.METADATA)
 
 
 def keep_group_copy(path: Path) -> None:
@@ -34,25 +35,27 @@ def keep_group_copy(path: Path) -> None:
 
 
 def restore_group(path: Path) -> bool:
-    """An unfinished output whose ``zarr.json`` a crash cut short: put back the copy kept in
-    scratch (see :func:`keep_group_copy`). Whether it did."""
-    meta, copy = path / "zarr.json", path / GROUP_COPY
+    """An output whose ``zarr.json`` a crash cut short: put back the copy kept in scratch (an
+    unfinished run's, see :func:`keep_group_copy`) or in ``qc/metadata`` (a finished one's). Whether it did."""
+    meta = path / "zarr.json"
     try:
         json.loads(meta.read_text())
         return False
     except (OSError, ValueError):
         pass
-    try:
-        saved = copy.read_bytes()
-        json.loads(saved)
-    except (OSError, ValueError):
-        return False
-    tmp = meta.with_name(f".zarr.json.{os.getpid()}")
-    tmp.write_bytes(saved)
-    os.replace(tmp, meta)
-    logger.warning("output '%s': its group metadata (zarr.json) was unreadable; put back the copy kept in %s",
-                   path, GROUP_COPY)
-    return True
+    for copy in (path / GROUP_COPY, path / FINISHED_COPY):
+        try:
+            saved = copy.read_bytes()
+            json.loads(saved)
+        except (OSError, ValueError):
+            continue
+        tmp = meta.with_name(f".zarr.json.{os.getpid()}")
+        tmp.write_bytes(saved)
+        os.replace(tmp, meta)
+        logger.warning("output '%s': its group metadata (zarr.json) was unreadable; put back the copy kept in %s",
+                       path, copy.relative_to(path))
+        return True
+    return False
 
 
 def unfinished_key(path: Path) -> str | None:

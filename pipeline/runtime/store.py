@@ -20,7 +20,7 @@ stage, the resume key, provenance and completion.
       empty_blocks                    (run) uint8 per block of the grid: 1 = skipped as empty space
       qc/                             (run) quality record, kept: blocks.npz (per block),
                                       seams/<batch>.npz (per face and pair), seam_audit.json,
-                                      unreadable.json (input chunks read as empty)
+                                      unreadable.json; integrity manifest, metadata/ (zarr.json copies)
       scratch/                        removed when the run completes
         done_<stage>/<first>-<last>-<count>.json
                                       one file per finished batch (task) of blocks (labels:
@@ -64,7 +64,7 @@ from ..volume.errors import OutputError
 from ..volume.io import create_array, dimension_names, open_array, open_group
 from . import markers
 from .faces import Faces, write_faces
-from .integrity import MANIFEST, check_marker, record_manifest, vouch
+from .integrity import MANIFEST, check_marker, keep_metadata, record_manifest, vouch
 from .links import Link
 from .lock import RunLock
 from .output import keep_group_copy, prepare_output, unfinished_key
@@ -285,8 +285,8 @@ class Store:
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         open_group(self.path).attrs.update(attrs)
-        if not attrs.get("complete"):  # a copy to put back if a crash cuts zarr.json short
-            keep_group_copy(Path(self.path))
+        root = Path(self.path)  # a copy to put back if a crash cuts zarr.json short (finished: run --repair)
+        keep_metadata(root, [root / "zarr.json"]) if attrs.get("complete") else keep_group_copy(root)
 
     def attrs(self) -> dict[str, Any]:
         return dict(open_group(self.path, mode="r").attrs)
