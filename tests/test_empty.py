@@ -173,9 +173,22 @@ def test_absent_blocks_are_those_whose_reads_touch_no_stored_chunk(tmp_path, zoo
     assert absent_blocks(plan, vol, background=-1.0) is None  # the fill value (0) is not background
 
 
-def test_an_empty_volume_costs_no_block_task_in_any_stage(tmp_path, caplog):
+def test_an_empty_volume_costs_no_block_task_in_any_stage(tmp_path, caplog, monkeypatch):
     """No chunk stored: every block is known empty from the listing; merge, relabel and the label
-    pyramid run no task over it, and the result is a valid, all-background label image."""
+    pyramid run no task over it, and the result is a valid, all-background label image. The store
+    is listed once in the run (a store of millions of chunks takes a while to list)."""
+    import pipeline.plan.empty as empty
+    import pipeline.plan.prepare as prepare
+
+    listed = []
+    original = empty.stored_chunks
+
+    def counted(vol):
+        listed.append(vol)
+        return original(vol)
+
+    monkeypatch.setattr(empty, "stored_chunks", counted)
+    monkeypatch.setattr(prepare, "stored_chunks", counted)
     shape = (24, 512, 512)
     zarr.create_array(str(tmp_path / "in.zarr"), name="raw", shape=shape, chunks=(8, 128, 128), dtype="uint16")
     cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw"}, "output": {"path": str(tmp_path / "out.zarr")},
@@ -191,6 +204,7 @@ def test_an_empty_volume_costs_no_block_task_in_any_stage(tmp_path, caplog):
     written = [p for p in labels.rglob("c/*") if p.is_file()] + [p for p in (out / "segmentation").rglob("c/*") if p.is_file()]
     assert written == []  # nothing was written: every chunk is the fill value
     assert open_array(labels / "0")[...].max() == 0 and open_array(labels / "0").shape == shape
+    assert len(listed) == 1, f"the store was listed {len(listed)} times"
 
 
 def test_skipped_label_boxes_leave_the_same_pyramid(tmp_path, caplog):

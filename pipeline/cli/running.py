@@ -34,7 +34,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
                               if target else "none (output.labels: none)")
     summary.update(space_summary(run, target))
-    absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom)
+    absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom, run.listing)
     problems = []  # what `pipeline run` would refuse before starting
     for check in (lambda: check_output(out.path, out.overwrite),
                   lambda: check_labels(target, Path(out.path), out.overwrite) if target else None,

@@ -156,7 +156,10 @@ def _decoder(arr: zarr.Array) -> Callable[[str], tuple[int, ...]]:
     return decode
 
 
-def stored_chunks(vol: InputVolume) -> tuple[np.ndarray, tuple[int, ...]] | None:
+Listing = tuple[np.ndarray, tuple[int, ...]]  # (stored, cell): see stored_chunks
+
+
+def stored_chunks(vol: InputVolume) -> Listing | None:
     """``(stored, size)``: one flag per chunk of the input's spatial grid (per shard for a
     sharded array), True where the store holds it, and the spatial size of a grid cell; from one
     listing of the store, nothing read. None when the input is not a zarr array (TIFF, HDF5)."""
@@ -226,15 +229,17 @@ def any_within(flags: np.ndarray, cell: Sequence[int], ranges: Sequence[tuple[np
     return (total > 0).ravel()
 
 
-def absent_blocks(plan: BlockPlan, vol: InputVolume | ZoomedVolume, background: float) -> np.ndarray | None:
+def absent_blocks(plan: BlockPlan, vol: InputVolume | ZoomedVolume, background: float,
+                  listing: Listing | None = None) -> np.ndarray | None:
     """One flag per block: True where the block's input is only chunks the store does not hold
     and the input's fill value is background (see :func:`any_within`); None when the store
-    cannot be listed or its fill value is not background."""
+    cannot be listed or its fill value is not background. ``listing``: the store's, when already
+    taken (a store of millions of chunks is listed once per run)."""
     source = vol.source if isinstance(vol, ZoomedVolume) else vol
     fill = getattr(source.array, "fill_value", None)
     if fill is None or not float(fill) <= background:  # NaN: never background
         return None
-    found = stored_chunks(source)
+    found = listing or stored_chunks(source)
     if found is None:
         return None
     stored, cell = found

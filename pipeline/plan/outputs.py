@@ -84,7 +84,7 @@ def plan_outputs(run: Prepared, region: Box | None = None) -> Outputs:
     if target is not None:
         check_labels(target, Path(out.path), out.overwrite)
     blocks = covering_blocks(run.plan, area.grid) if area else None
-    absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom)
+    absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom, run.listing)
     need = check_space(run, target, fraction=work_fraction(len(run.plan), blocks, absent))
     return Outputs(target, area, blocks, absent, need)
 

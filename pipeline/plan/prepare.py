@@ -24,7 +24,7 @@ from ..volume.io import open_input
 from ..volume.resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 from .blocks import BlockPlan
 from .cost import Live
-from .empty import EmptySource, empty_source, live_counter, stored_chunks
+from .empty import EmptySource, Listing, empty_source, live_counter, stored_chunks
 from .intensity import IntensityStats, intensity_stats
 from .sizing import (
     auto_blocks_per_task,
@@ -63,6 +63,7 @@ class Prepared:
     zoom: tuple[float, ...] | None = None  # input.diameter's resampling (None: the input's own grid)
     notes: tuple[str, ...] = ()  # why input.diameter's resampling may not help (pipeline plan shows them)
     live: Live | None = None  # write shape -> blocks not known empty from the listing (a sparse volume)
+    listing: Listing | None = None  # the store's one listing: which chunks it holds (None: cannot tell)
 
     @property
     def grid(self) -> Any:
@@ -144,4 +145,5 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
         warn_chunking(vol.chunks, plan)
     warn_cache(cfg.input.chunk_cache_mib, needed)
     return Prepared(cfg, vol, ckpt, plan, intensity,
-                    empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes), live)
+                    empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes), live,
+                    listing)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import InputConfig
 from ..plan.blocks import BlockPlan
-from ..plan.empty import EmptySource, absent_blocks, coarse_box, is_empty
+from ..plan.empty import EmptySource, Listing, absent_blocks, coarse_box, is_empty
 from ..runtime.engine import Batch, Engine
 from ..runtime.tasks import batched
 from .predict import input_volume
@@ -59,13 +59,13 @@ class ScanStage:
 
 
 def listed_empty(plan: BlockPlan, source: EmptySource | None, input: InputConfig,
-                 zoom: tuple[float, ...] | None = None) -> np.ndarray | None:
+                 zoom: tuple[float, ...] | None = None, listing: Listing | None = None) -> np.ndarray | None:
     """The blocks whose input chunks the store does not hold (client side, one listing; see
     :func:`pipeline.plan.empty.absent_blocks`); None when empty space is not skipped or the store
     cannot tell."""
     if source is None:
         return None
-    absent = absent_blocks(plan, input_volume(input, zoom), source.background)
+    absent = absent_blocks(plan, input_volume(input, zoom), source.background, listing)
     if absent is not None:
         logger.info("scan: %d of %d blocks read only input chunks the store does not hold: empty, never read",
                     int(absent.sum()), len(plan))
