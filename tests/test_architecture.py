@@ -82,6 +82,24 @@ def test_engine_serial_equals_dask(client2, n):
     assert results["serial"] == ([5 * i for i in range(n)], [100 + i for i in range(n)])
 
 
+@pytest.mark.parametrize("shape", [(10, 12, 9), (12, 9)])
+def test_face_blob_of_per_label_evidence_is_that_of_the_whole_array(shape):
+    """The fragments' means on the faces, computed plane by plane (PerLabel), are the same bytes as
+    the whole ``(E, *S)`` array of means gathered first (what the faces files held before)."""
+    from pipeline.clustering.base import PerLabel
+    from pipeline.clustering.kernels import fragment_means
+    from pipeline.runtime.faces import face_blob
+
+    plan = BlockPlan(shape, (4,) * len(shape), (0,) * len(shape), (2,) * len(shape))
+    rng = np.random.default_rng(1)
+    for block in plan:
+        local = rng.integers(0, 7, block.valid.shape)
+        emb = rng.random((3, *block.valid.shape)).astype(np.float32)
+        means = fragment_means(emb, local)
+        ids = local.astype(np.uint64) + np.uint64(1000 * block.linear)
+        assert face_blob(plan, block, ids, PerLabel(means, local)) == face_blob(plan, block, ids, means[:, local])
+
+
 def test_store_face_round_trip(tmp_path):
     """What the blocks of a batch write on their faces (one file per batch) is what the merge reads
     across each face; a block that wrote nothing (skipped as empty) reads as background; a batch

@@ -121,6 +121,28 @@ class Method(ABC):
         return {**self.params.as_dict(), "min_contact": self.min_contact, "max_distance": self.max_distance}
 
 
+@dataclass(frozen=True)
+class PerLabel:
+    """``values[:, labels]`` (``values`` ``(E, k + 1)`` per label, ``labels`` ``(*S)``) without making it:
+    indexed with a plane, ``evidence[:, ..., i]``, it gives that plane only. The faces of a block need
+    its 6 outer planes of the fragments' means; the whole ``(E, *S)`` array took 0.17 s and E x 8
+    bytes per voxel of a (64, 256, 256) block."""
+
+    values: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.values.shape[0], *self.labels.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def __getitem__(self, index: tuple[Any, ...]) -> np.ndarray:
+        return self.values[:, self.labels[index[1:]]]
+
+
 class EvidenceMethod(Method):
     """Fragments merge across a face when they share ``min_contact`` voxel pairs and their
     mean embeddings are within ``max_distance`` (stitched embeddings are exact, so both
@@ -136,8 +158,8 @@ class EvidenceMethod(Method):
         if self.max_distance is None:
             self.max_distance = self.default_max_distance()
 
-    def face_evidence(self, emb: np.ndarray, local: np.ndarray) -> np.ndarray:
-        return fragment_means(emb, local)[:, local]
+    def face_evidence(self, emb: np.ndarray, local: np.ndarray) -> PerLabel:
+        return PerLabel(fragment_means(emb, local), local)
 
     def accept(self, lab_a: np.ndarray, lab_b: np.ndarray, ev_a: np.ndarray, ev_b: np.ndarray) -> np.ndarray:
         pairs, contact = face_pairs(lab_a, lab_b)

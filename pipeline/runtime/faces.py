@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,14 +30,16 @@ def face_layout(plan: BlockPlan, block: Block) -> list[tuple[int, int]]:
             for side, has in ((0, block.index[a] > 0), (1, block.index[a] < plan.grid[a] - 1)) if has]
 
 
-def face_blob(plan: BlockPlan, block: Block, labels: np.ndarray, evidence: np.ndarray) -> bytes:
+def face_blob(plan: BlockPlan, block: Block, labels: np.ndarray, evidence: Any) -> bytes:
     """A block's outer planes that touch a neighbour (see :func:`face_layout`): ``labels``
-    ``(*valid)``, ``evidence`` ``(E, *valid)``, as the bytes its batch's faces file holds."""
+    ``(*valid)``, ``evidence`` ``(E, *valid)`` (an array, or anything indexed like one with
+    ``shape``, ``dtype`` and planes: :class:`~pipeline.clustering.base.PerLabel`), as the bytes its
+    batch's faces file holds."""
     parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
     for a, side in face_layout(plan, block):
-        pos = 0 if side == 0 else -1
-        parts.append(np.ascontiguousarray(labels.take(pos, axis=a), dtype=np.uint64).tobytes())
-        parts.append(np.ascontiguousarray(evidence.take(pos, axis=a + 1)).tobytes())
+        pos = 0 if side == 0 else -1  # (a plane by basic indexing, a view: take() copied 6x slower)
+        parts.append(np.ascontiguousarray(labels[(slice(None),) * a + (pos,)], dtype=np.uint64).tobytes())
+        parts.append(np.ascontiguousarray(evidence[(slice(None),) * (a + 1) + (pos,)]).tobytes())
     return b"".join(parts)
 
 
