@@ -167,6 +167,33 @@ def test_objects_table_matches_scipy(tmp_path, monkeypatch, rows_per_part):
         assert np.allclose([float(r[f"centroid_{a}"]) for a in "zyx"], c, atol=1e-3)
 
 
+@pytest.mark.parametrize("fill", ["background", "none", "all"])
+def test_object_stats_equal_scipy(fill):
+    """A block's partial statistics (only its labelled voxels are reduced) against scipy: ids,
+    counts, bounding boxes and centroids in volume coordinates; a block with no background and an
+    empty block too."""
+    from pipeline.stages.ids import object_stats
+
+    rng = np.random.default_rng(7)
+    labels = ndimage.label(ndimage.gaussian_filter(rng.random((12, 20, 16)), 1.5) > 0.5)[0].astype(np.uint64) * 3
+    if fill == "none":
+        labels = ndimage.grey_dilation(labels, size=9)
+        labels[labels == 0] = 5
+    elif fill == "all":
+        labels[:] = 0
+    offset = (4, 40, 32)
+    got = object_stats(labels, offset)
+    ids = np.unique(labels[labels > 0])
+    assert np.array_equal(got["id"], ids) and got["id"].dtype == labels.dtype
+    assert np.array_equal(got["count"], [int((labels == i).sum()) for i in ids])
+    for row, i in enumerate(ids):
+        box = ndimage.find_objects((labels == i).astype(np.uint8))[0]
+        assert got["lo"][row].tolist() == [s.start + o for s, o in zip(box, offset, strict=True)]
+        assert got["hi"][row].tolist() == [s.stop + o for s, o in zip(box, offset, strict=True)]
+        centre = np.add(ndimage.center_of_mass(labels == i), offset)
+        assert np.allclose(got["sum"][row] / got["count"][row], centre)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 2**40), st.integers(1, 2**20), st.lists(st.integers(0, 50), min_size=1, max_size=20))
 def test_fragment_ids_never_collide(linear, stride_extra, locals_):

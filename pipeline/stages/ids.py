@@ -124,27 +124,24 @@ def label_dtype(n: int) -> str:
 
 
 def object_stats(labels: np.ndarray, offset: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per-object partial statistics of one block (labels > 0), in volume coordinates."""
-    ids, inv = np.unique(labels, return_inverse=True)
-    inv = inv.reshape(labels.shape)
-    keep = ids > 0
+    """Per-object partial statistics of one block (labels > 0), in volume coordinates. Only the
+    labelled voxels are sorted and reduced (the background, most of a block, is never touched)."""
     nd = labels.ndim
-    count = np.bincount(inv.ravel(), minlength=ids.size)
+    at = np.flatnonzero(labels)
+    ids, inv = np.unique(labels.ravel()[at], return_inverse=True)
+    count = np.bincount(inv, minlength=ids.size)
     lo = np.zeros((ids.size, nd), np.int64)
     hi = np.zeros((ids.size, nd), np.int64)
     sums = np.zeros((ids.size, nd), np.float64)
-    for ax in range(nd):
-        coord = np.arange(labels.shape[ax]) + offset[ax]
-        shape = [1] * nd
-        shape[ax] = -1
-        c = np.broadcast_to(coord.reshape(shape), labels.shape).ravel()
-        sums[:, ax] = np.bincount(inv.ravel(), weights=c, minlength=ids.size)
+    for ax, coord in enumerate(np.unravel_index(at, labels.shape)):
+        c = coord.astype(np.int64) + int(offset[ax])
+        sums[:, ax] = np.bincount(inv, weights=c, minlength=ids.size)
         lo_ax = np.full(ids.size, np.iinfo(np.int64).max)
-        np.minimum.at(lo_ax, inv.ravel(), c)
-        hi_ax = np.full(ids.size, -1)
-        np.maximum.at(hi_ax, inv.ravel(), c)
+        np.minimum.at(lo_ax, inv, c)
+        hi_ax = np.full(ids.size, -1, np.int64)
+        np.maximum.at(hi_ax, inv, c)
         lo[:, ax], hi[:, ax] = lo_ax, hi_ax + 1
-    return {"id": ids[keep], "count": count[keep], "lo": lo[keep], "hi": hi[keep], "sum": sums[keep]}
+    return {"id": ids, "count": count, "lo": lo, "hi": hi, "sum": sums}
 
 
 def combine_stats(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
