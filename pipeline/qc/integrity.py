@@ -55,7 +55,7 @@ def describe_integrity(root: str | Path, result: dict[str, Any]) -> list[str]:
     """What ``pipeline verify --integrity`` prints."""
     bad = result["damaged"]
     lines = [f"integrity of '{root}': {result['files']} files checked (size and CRC-32) and "
-             f"{result.get('metadata', 0)} metadata documents (readable), "
+             f"{result['metadata']} metadata documents (readable), "
              + ("all as written" if not bad else f"{len(bad)} missing or damaged")]
     for d in bad:
         where = f" ({d['region'].describe()})" if d["region"] is not None else ""

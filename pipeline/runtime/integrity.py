@@ -168,14 +168,18 @@ def metadata_documents(root: Path) -> list[Path]:
     return sorted(out)
 
 
+def copy_whole(data: bytes, dst: Path) -> None:
+    """Write ``data`` to ``dst`` whole or not at all (a temporary name, renamed into place)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, dst)
+
+
 def keep_metadata(root: Path, docs: Iterable[Path]) -> None:
-    """Copy ``docs`` (each whole, renamed into place) below :data:`METADATA`."""
+    """Copy ``docs`` (each whole) below :data:`METADATA`."""
     for doc in docs:
-        dst = root / METADATA / doc.relative_to(root)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
-        tmp.write_bytes(doc.read_bytes())
-        os.replace(tmp, dst)
+        copy_whole(doc.read_bytes(), root / METADATA / doc.relative_to(root))
 
 
 def metadata_copies(root: Path) -> list[str]:
@@ -199,11 +203,8 @@ def check_metadata(root: Path) -> list[tuple[str, str]]:
 
 
 def restore_metadata(root: Path, rel: str) -> None:
-    """Put the copy of the metadata document ``rel`` back (renamed into place)."""
-    dst = root / rel
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
-    tmp.write_bytes((root / METADATA / rel).read_bytes())
-    os.replace(tmp, dst)
+    """Put the copy of the metadata document ``rel`` back (whole)."""
+    copy_whole((root / METADATA / rel).read_bytes(), root / rel)
 
 
 def read_manifest(root: Path) -> dict[str, list[int]] | None:

@@ -14,24 +14,21 @@ import zarr
 
 from ..volume.errors import OutputError
 from ..volume.io import open_group
+from .integrity import METADATA, copy_whole
 from .lock import LOCK, RunLock, check_free
 
 logger = logging.getLogger(__name__)
 
 
 GROUP_COPY = "scratch/group.json"  # the output group's metadata as last written, while a run is unfinished
-FINISHED_COPY = "qc/metadata/zarr.json"  # ... and once it finished (runtime.integrity.METADATA)
+FINISHED_COPY = f"{METADATA}/zarr.json"  # ... and once it finished
 
 
 def keep_group_copy(path: Path) -> None:
     """Copy the group's ``zarr.json`` to :data:`GROUP_COPY` (whole, renamed into place)."""
-    src, dst = path / "zarr.json", path / GROUP_COPY
-    if not src.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
-    tmp.write_bytes(src.read_bytes())
-    os.replace(tmp, dst)
+    src = path / "zarr.json"
+    if src.exists():
+        copy_whole(src.read_bytes(), path / GROUP_COPY)
 
 
 def restore_group(path: Path) -> bool:
@@ -49,9 +46,7 @@ def restore_group(path: Path) -> bool:
             json.loads(saved)
         except (OSError, ValueError):
             continue
-        tmp = meta.with_name(f".zarr.json.{os.getpid()}")
-        tmp.write_bytes(saved)
-        os.replace(tmp, meta)
+        copy_whole(saved, meta)
         logger.warning("output '%s': its group metadata (zarr.json) was unreadable; put back the copy kept in %s",
                        path, copy.relative_to(path))
         return True
