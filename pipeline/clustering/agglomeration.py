@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .base import EvidenceMethod, register
+from .compiled import merge_loop
 from .kernels import connectivity_fragments, grow, label_components, region_adjacency
 
 
@@ -61,10 +62,24 @@ def merge_regions(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray, merge_d
     ``size`` ``(n + 1,)`` and ``sums`` ``(n + 1, E)`` of regions ``0..n`` (float64),
     ``pairs`` ``(m, 2)`` adjacent regions ``a < b``. Adjacent regions merge closest mean
     first (ties: smallest ``(a, b)``), means updated after every merge, while below
-    ``merge_distance``. Returns the final region of every region ``(n + 1,)``."""
+    ``merge_distance``. Returns the final region of every region ``(n + 1,)``. Compiled
+    (:func:`.compiled.merge_loop`); :func:`merge_regions_reference` is its Python twin."""
+    d = _pair_distances(size, sums, pairs)
+    size, sums = np.ascontiguousarray(size, np.float64), np.ascontiguousarray(sums, np.float64)
+    pa, pb = (np.ascontiguousarray(pairs[:, c], np.int64) for c in (0, 1))
+    return merge_loop(size, sums, pa, pb, d, float(merge_distance))
+
+
+def _pair_distances(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    mean = sums / np.maximum(size, 1)[:, None]
+    return np.linalg.norm(mean[pairs[:, 0]] - mean[pairs[:, 1]], axis=1) if len(pairs) else np.zeros(0)
+
+
+def merge_regions_reference(size: np.ndarray, sums: np.ndarray, pairs: np.ndarray, merge_distance: float) -> np.ndarray:
+    """:func:`merge_regions` in Python (heapq and sets): the reference the compiled loop is tested against."""
     n = len(size) - 1
     mean = sums / np.maximum(size, 1)[:, None]
-    d = np.linalg.norm(mean[pairs[:, 0]] - mean[pairs[:, 1]], axis=1) if len(pairs) else np.zeros(0)
+    d = _pair_distances(size, sums, pairs)
     keep = d < merge_distance
     m = int(keep.sum())
     heap = list(zip(d[keep].tolist(), pairs[keep, 0].tolist(), pairs[keep, 1].tolist(), [0] * m, [0] * m))
@@ -142,6 +157,24 @@ def agglomeration_fragments(
     return labels
 
 
+def agglomeration_fragments_compiled(
+    emb: np.ndarray, fg: np.ndarray, fg_threshold: float, threshold: float, merge_distance: float,
+    grow_threshold: float = 0.5, grow_distance: float = 0.0,
+) -> np.ndarray:
+    """:func:`agglomeration_fragments` through the compiled kernels (:mod:`.compiled_voxels`):
+    the same labels, in one pass over the block per step."""
+    from . import compiled_voxels as cv
+
+    e3, f3 = cv.as_3d(emb, fg.ndim), cv.as_3d(fg, fg.ndim)
+    labels, k, size, sums, keys = cv.region_graph(e3, f3, cv.same_type(fg_threshold, fg), float(threshold) ** 2)
+    if k >= 2:
+        pairs = np.stack([keys // (k + 1), keys % (k + 1)], axis=1)
+        labels = number_groups(merge_regions(size.astype(np.float64), sums, pairs, merge_distance))[labels]
+    if grow_distance > 0 and grow_threshold < fg_threshold:
+        labels = cv.grow_labels(labels, f3, cv.same_type(grow_threshold, fg), *cv.shells_3d(fg.ndim, grow_distance))
+    return labels.reshape(fg.shape)
+
+
 def agglomeration_fragments_torch(
     emb: torch.Tensor, fg: torch.Tensor, fg_threshold: float, threshold: float, merge_distance: float,
     grow_threshold: float = 0.5, grow_distance: float = 0.0,
@@ -172,6 +205,8 @@ def agglomeration_fragments_torch(
 class Agglomeration(EvidenceMethod):
     name = "agglomeration"
     rank = 1
+    cpu_backend = "numba"
+    backends = ("numba", "torch", "numpy")
 
     @classmethod
     def defaults(cls, delta_v: float, delta_d: float) -> dict[str, Any]:
@@ -186,4 +221,6 @@ class Agglomeration(EvidenceMethod):
         args = (p.foreground_threshold, p.threshold, p.merge_distance, p.grow_threshold, p.grow_distance)
         if self.backend == "numpy":
             return agglomeration_fragments(emb, fg, *args)
+        if self.backend == "numba":
+            return agglomeration_fragments_compiled(emb, fg, *args)
         return agglomeration_fragments_torch(*self.tensors(emb, fg), *args).cpu().numpy()

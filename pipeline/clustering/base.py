@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .compiled_voxels import fragment_means as compiled_fragment_means
 from .faces import accept_by_evidence, face_pairs, values_at
 from .kernels import fragment_means
 
-BACKENDS = ("auto", "torch", "numpy")
+BACKENDS = ("auto", "numba", "torch", "numpy")
 _REGISTRY: dict[str, type[Method]] = {}
 METHOD_NAMES: list[str] = []  # filled as method modules are imported (see __init__)
 
@@ -70,6 +71,7 @@ class Method(ABC):
     rank: ClassVar[int] = 100  # order in listings
     exact: ClassVar[bool] = False  # blockwise result identical to the single-block one
     cpu_backend: ClassVar[str] = "torch"  # the faster implementation on a CPU core
+    backends: ClassVar[tuple[str, ...]] = ("torch", "numpy")  # the implementations it has
 
     def __init__(self, params: ClusteringParams, min_contact: int = 1, max_distance: float | None = None,
                  backend: str = "auto", device: str = "auto") -> None:
@@ -77,12 +79,16 @@ class Method(ABC):
             raise ValueError(f"parameters for {params.method!r} given to the {self.name!r} method")
         if backend not in BACKENDS:
             raise ValueError(f"clustering backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend != "auto" and backend not in self.backends:
+            raise ValueError(f"clustering method {self.name!r} has no {backend!r} backend; use one of "
+                             f"auto, {', '.join(self.backends)}")
         self.params = params
         self.min_contact = min_contact
         self.max_distance = max_distance
         self.device = device  # torch device: auto (a GPU when there is one), cpu, cuda
-        # numpy: the reference; torch: the same results, on a GPU or CPU threads; auto: torch on a
-        # GPU, else the faster of the two on a CPU core for this method (measured, benchmarks/RESULTS.md)
+        # numpy: the reference; torch: the same results, on a GPU or CPU threads; numba: the same
+        # results compiled for a CPU core; auto: torch on a GPU, else the fastest on a CPU core for
+        # this method (measured, benchmarks/RESULTS.md)
         self.backend = backend if backend != "auto" else (
             "torch" if self.torch_device.type == "cuda" else self.cpu_backend)
 
@@ -159,7 +165,9 @@ class EvidenceMethod(Method):
             self.max_distance = self.default_max_distance()
 
     def face_evidence(self, emb: np.ndarray, local: np.ndarray) -> PerLabel:
-        return PerLabel(fragment_means(emb, local), local)
+        if self.backend == "numpy":
+            return PerLabel(fragment_means(emb, local), local)
+        return PerLabel(compiled_fragment_means(emb, local), local)
 
     def accept(self, lab_a: np.ndarray, lab_b: np.ndarray, ev_a: np.ndarray, ev_b: np.ndarray) -> np.ndarray:
         pairs, contact = face_pairs(lab_a, lab_b)

@@ -20,11 +20,19 @@ class Connectivity(Method):
     name = "connectivity"
     rank = 0
     exact = True
+    cpu_backend = "numba"
+    backends = ("numba", "torch", "numpy")
 
     def fragments(self, emb: np.ndarray, fg: np.ndarray) -> np.ndarray:
         p = self.params
         if self.backend == "numpy":
             return connectivity_fragments(emb, fg, p.foreground_threshold, p.threshold)
+        if self.backend == "numba":
+            from . import compiled_voxels as cv
+
+            e3, f3 = cv.as_3d(emb, fg.ndim), cv.as_3d(fg, fg.ndim)
+            fg_threshold = cv.same_type(p.foreground_threshold, fg)
+            return cv.embedding_components(e3, f3, fg_threshold, float(p.threshold) ** 2)[0].reshape(fg.shape)
         from .torch_kernels import connectivity_fragments as torch_fragments
 
         return torch_fragments(*self.tensors(emb, fg), p.foreground_threshold, p.threshold).cpu().numpy()

@@ -32,9 +32,10 @@ class ClusteringConfig(Frozen):
     min_size: int | None = Field(None, ge=0, description="objects smaller than this (voxels) are removed, after "
                                  "merging; voxels of the grid the model sees (resampled with input.diameter); none: "
                                  "the model's calibrated value, else 0")
-    backend: Literal["auto", "torch", "numpy"] = Field(
-        "auto", description="torch (GPU or CPU threads) or numpy (the reference), same results; auto: torch on "
-        "a GPU, else the faster of the two per method on a CPU core")
+    backend: Literal["auto", "numba", "torch", "numpy"] = Field(
+        "auto", description="numba (compiled, a CPU core), torch (GPU or CPU threads) or numpy (the reference), "
+        "same results; auto: torch on a GPU, else the fastest per method on a CPU core (numba where the method "
+        "has it)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where torch clusters: auto = the worker's GPU when it has one, else its CPU threads")
 
