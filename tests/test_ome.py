@@ -21,6 +21,7 @@ from pipeline.volume.ome import (
     PyramidLevel,
     coarser,
     downsample_labels,
+    downsample_labels_reference,
     halving_factors,
     level_factors,
     plan_levels,
@@ -377,6 +378,7 @@ def test_downsample_labels_is_the_block_mode():
        st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
 def test_downsample_labels_properties(labels, factors):
     out = downsample_labels(labels, factors)
+    assert np.array_equal(out, downsample_labels_reference(labels, factors))  # compiled == numpy
     assert out.shape == tuple(-(-n // f) for n, f in zip(labels.shape, factors))
     for idx in np.ndindex(out.shape):
         block = labels[tuple(slice(i * f, (i + 1) * f) for i, f in zip(idx, factors))]

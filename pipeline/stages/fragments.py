@@ -22,6 +22,7 @@ from ..runtime.engine import Batch, Engine
 from ..runtime.faces import Faces, face_blob
 from ..runtime.markers import batch_name
 from ..runtime.store import FACES, FRAGMENTS
+from ..volume.io import write_region
 from .base import MODEL, Task
 from .ids import fragment_ids, local_ids
 from .predict import InputStage, output_bytes, predict_blocks
@@ -70,7 +71,7 @@ class FragmentsStage(InputStage):
             t0 = time.perf_counter()
             local = self.method.fragments(emb, fg)
             ids = fragment_ids(local, block.linear, self.task.id_stride)
-            frag[block.valid.to_slices()] = ids
+            write_region(frag, block.valid.to_slices(), ids)
             faces[block.linear] = face_blob(self.plan, block, ids, self.method.face_evidence(emb, local))
             if self.keep_sizes:  # kept with the block's done marker
                 record = {**record, "sizes": np.bincount(local.ravel())[1:].tolist()}

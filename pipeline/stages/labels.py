@@ -35,7 +35,7 @@ from ..runtime.engine import Batch, Engine
 from ..runtime.integrity import owned_chunks
 from ..runtime.store import Store
 from ..runtime.tasks import batched
-from ..volume.io import create_array, open_array, open_group
+from ..volume.io import create_array, open_array, open_group, write_region
 from ..volume.ome import Level, downsample_labels, nearest_indices
 from ..volume.ome_metadata import labels_list
 from .base import damaged_markers
@@ -154,7 +154,7 @@ class LabelsStage:
         plan, arr = _level_plan(level), open_array(self.target.group / level.path)
         for i in linears:
             block = plan.block_at(i)
-            arr[block.valid.to_slices()] = self._compute(level, block.valid)
+            write_region(arr, block.valid.to_slices(), self._compute(level, block.valid))
         if len(linears):  # one marker file per task, vouching for the chunks it alone wrote
             boxes = [plan.block_at(i).valid for i in linears]
             self.store.mark_done(self.marker(level), linears,

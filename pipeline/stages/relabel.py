@@ -18,10 +18,12 @@ from ..plan.blocks import Block, BlockPlan, rows, span
 from ..runtime.engine import Batch, Engine
 from ..runtime.markers import batch_name, marker_name
 from ..runtime.store import FRAGMENTS, ZOOMED
+from ..volume.io import write_region
 from ..volume.resample import nearest_indices
 from .base import BlockStage, Task
-from .ids import local_ids, object_stats
+from .ids import object_stats
 from .objects import part_of, stats_rows
+from .relabel_kernel import relabel_block
 
 SEGMENTATION = "segmentation"
 
@@ -88,10 +90,11 @@ class RelabelStage(BlockStage):
             labels = np.empty(box.shape, dtype=self.dtype)
             for block in run:
                 rel = block.valid.to_slices(relative_to=box)
-                labels[rel] = table_of[block.linear][local_ids(ids[rel], block.linear, self.task.id_stride)]
-            seg[box.to_slices()] = labels
+                table = table_of[block.linear].astype(self.dtype, copy=False)
+                found = relabel_block(ids[rel], block.linear, self.task.id_stride, table, labels[rel], block.valid.offset)
+                stats.append(stats_rows(found) if self.stats else None)
+            write_region(seg, box.to_slices(), labels)
             for block in run:
-                stats.append(self.block_stats(block, labels[block.valid.to_slices(relative_to=box)]))
                 yield block, None
         self.write_stats(blocks, stats)
 

@@ -142,6 +142,32 @@ def create_array(
     )
 
 
+def write_region(arr: zarr.Array, slices: tuple[slice, ...], data: np.ndarray) -> None:
+    """``arr[slices] = data``. zarr-python compares every chunk it writes with the fill value, to
+    leave all-fill chunks out (over half of a label chunk's write time, measured in
+    ``benchmarks/RESULTS.md``); where the fill value is 0 and every chunk the region touches holds
+    a non-zero voxel of ``data``, none of them can be all fill and the test is skipped. Same
+    files either way."""
+    if arr.fill_value == 0 and _every_chunk_nonzero(arr.chunks, slices, data):
+        arr = arr.with_config({"write_empty_chunks": True})
+    arr[slices] = data
+
+
+def _every_chunk_nonzero(chunks: tuple[int, ...], slices: tuple[slice, ...], data: np.ndarray) -> bool:
+    from .kernels import any_nonzero
+
+    starts = [int(s.start or 0) for s in slices]
+    edges = []
+    for start, n, c in zip(starts, data.shape, chunks, strict=True):
+        cuts = list(range((start // c + 1) * c, start + n, c))  # chunk borders inside the region
+        edges.append([0, *(x - start for x in cuts), n])
+    for lo in np.ndindex(*(len(e) - 1 for e in edges)):
+        part = tuple(slice(e[i], e[i + 1]) for e, i in zip(edges, lo, strict=True))
+        if not any_nonzero(data[part]):
+            return False
+    return True
+
+
 def open_group(path: str | Path, mode: str = "r+") -> zarr.Group:
     return zarr.open_group(str(path), mode=mode)
 

@@ -85,6 +85,20 @@ class PyramidLevel:
 
 
 def downsample_labels(labels: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """:func:`downsample_labels_reference`, compiled (:mod:`.kernels`) for 1D to 3D arrays."""
+    f = tuple(int(x) for x in factors)
+    if len(f) != labels.ndim or any(x < 1 for x in f):
+        raise ValueError(f"factors {list(f)} do not fit a {labels.ndim}D array")
+    if all(x == 1 for x in f):
+        return labels.copy()
+    if labels.ndim > 3 or labels.dtype.kind not in "iu":
+        return downsample_labels_reference(labels, f)
+    from .kernels import downsample_labels as compiled
+
+    return compiled(labels, f)
+
+
+def downsample_labels_reference(labels: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """The label mode of every block of ``factors`` voxels (``ceil(n / f)`` per axis).
 
     Label-safe: every output value is a label of its block, never a mix. The mode rather
