@@ -9,7 +9,7 @@ network (``Predictor.forward``) is measured the same way, so "outside the networ
 cProfile adds its own overhead to every Python call (heavier for many small calls): the shares
 matter more than the absolute numbers, which the serial total without the profiler gives.
 
-    python benchmarks/cpu_profile.py [--shape 64 512 512] [--write 64 256 256]
+    python benchmarks/cpu_profile.py [--shape 64 512 512] [--write 64 256 256] [--top 30]
 """
 
 from __future__ import annotations
@@ -33,19 +33,21 @@ STEPS = [
     ("normalise", 0, [("network/predict.py", "normalise")]),
     ("clustering: fragments of a block", 0, [("clustering/base.py", "fragments"),
                                              ("clustering/agglomeration.py", "fragments")]),
-    ("voxel graph (foreground voxels, neighbour pairs)", 1, [("clustering/torch_kernels.py", "voxel_graph"),
-                                                            ("clustering/kernels.py", "components")]),
-    ("embedding rule on the pairs", 1, [("clustering/torch_kernels.py", "close"),
-                                        ("clustering/kernels.py", "embedding_close")]),
-    ("components (union-find roots, numbering)", 1, [("clustering/torch_kernels.py", "roots"),
-                                                    ("clustering/torch_kernels.py", "number_roots"),
-                                                    ("clustering/kernels.py", "label_components")]),
-    ("region stats", 1, [("clustering/torch_kernels.py", "region_stats")]),
+    ("components under the embedding rule", 1, [("clustering/torch_kernels.py", "voxel_graph"),
+                                                ("clustering/torch_kernels.py", "close"),
+                                                ("clustering/torch_kernels.py", "roots"),
+                                                ("clustering/torch_kernels.py", "number_roots"),
+                                                ("clustering/kernels.py", "connectivity_fragments"),
+                                                ("clustering/compiled_voxels.py", "embedding_components")]),
+    ("region stats", 1, [("clustering/torch_kernels.py", "region_stats"),
+                         ("clustering/compiled_voxels.py", "label_sums")]),
     ("region graph (adjacency)", 1, [("clustering/torch_kernels.py", "region_adjacency"),
-                                     ("clustering/kernels.py", "region_adjacency")]),
-    ("merge order (heap, per-region Python)", 1, [("clustering/agglomeration.py", "merge_regions")]),
+                                     ("clustering/kernels.py", "region_adjacency"),
+                                     ("clustering/compiled_voxels.py", "adjacency_keys")]),
+    ("merge order (heap over the region graph)", 1, [("clustering/agglomeration.py", "merge_regions")]),
     ("renumber", 1, [("clustering/agglomeration.py", "number_groups")]),
-    ("growth", 1, [("clustering/torch_kernels.py", "grow"), ("clustering/kernels.py", "grow")]),
+    ("growth", 1, [("clustering/torch_kernels.py", "grow"), ("clustering/kernels.py", "grow"),
+                   ("clustering/compiled_voxels.py", "grow_labels")]),
     ("min size", 0, [("clustering/kernels.py", "remove_small")]),
     ("fragment ids", 0, [("stages/ids.py", "fragment_ids")]),
     ("faces (evidence + blob + file)", 0, [("clustering/base.py", "face_evidence"), ("runtime/faces.py", "face_blob"),
@@ -53,8 +55,10 @@ STEPS = [
     ("fragments stage, whole", 0, [("stages/fragments.py", "summaries")]),
     ("merge stage", 0, [("stages/merge.py", "run")]),
     ("relabel stage", 0, [("stages/relabel.py", "process")]),
+    ("object statistics", 1, [("stages/ids.py", "object_stats")]),
     ("objects stage", 0, [("stages/objects.py", "run")]),
     ("label image stage", 0, [("stages/labels.py", "run")]),
+    ("label mode of the coarser levels", 1, [("volume/ome.py", "downsample_labels")]),
 ]
 
 
@@ -70,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 512, 512])
     ap.add_argument("--write", type=int, nargs=3, default=[64, 256, 256])
+    ap.add_argument("--top", type=int, default=0, help="also list the N functions of most own CPU time")
     args = ap.parse_args()
     from pipeline.run import segment
     from pipeline.volume.io import write_zarr
@@ -105,6 +110,9 @@ def main() -> None:
         s = cumulative(stats, targets)
         share = "-" if label.startswith("network") else f"{100 * s / max(total - network, 1e-9):.0f}%"
         print(f"| {'&nbsp;&nbsp;' * depth}{label} | {s:.2f} | {s / mvox:.3f} | {share} |")
+    if args.top:
+        print()
+        stats.sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":

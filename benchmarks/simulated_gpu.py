@@ -223,6 +223,25 @@ def feed(tmp: Path, cache: Path, write: list[int], speed: float, voxels: int) ->
             "mvox_per_cpu_s": voxels / cpu_s / 1e6, "load": os.getloadavg()[0]}
 
 
+def serial(tmp: Path, cache: Path, write: list[int], speed: float, voxels: int) -> dict:
+    """The same run in this process, no Dask (``cluster.kind: serial``), the same device model:
+    what the CPU side costs without a worker's threads, event loop and transfers."""
+    import pipeline.stages.predict as stage
+    from pipeline.run import segment
+
+    sim = SimulatedPredictor(str(cache), speed * 1e6)
+    real, stage.get_predictor = stage.get_predictor, lambda *args, **kwargs: sim
+    try:
+        cfg = {**config(tmp, "serial", write, 1), "cluster": {"kind": "serial", "torch_threads": 1}}
+        segment(cfg)  # warm-up
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        segment(cfg)
+        wall, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        stage.get_predictor = real
+    return {"wall_s": wall, "cpu_s": cpu_s, "mvox_per_cpu_s": voxels / cpu_s / 1e6}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 256, 256])
@@ -283,9 +302,14 @@ def main() -> None:
                       f"({row['wall_s']:.1f} s), clustering alone {row['cluster_mvox_s']:.2f} Mvox/s per thread, "
                       f"worker {row['mvox_per_cpu_s']:.2f} Mvox per CPU second, {row['cores_used']:.2f} cores used, "
                       f"{row['objects']} objects, load average {os.getloadavg()[0]:.1f}", flush=True)
+    alone = serial(tmp, cache, args.write, max(args.speeds), voxels)
     report(rows, args)
+    worker = float(np.median([r["mvox_per_cpu_s"] for r in rows]))
+    print(f"the same run serial, in one process without Dask: {alone['mvox_per_cpu_s']:.2f} Mvox per CPU second "
+          f"({alone['cpu_s']:.2f} CPU-s, {alone['wall_s']:.1f} s); the Dask worker pays "
+          f"{alone['mvox_per_cpu_s'] / worker:.2f}x its CPU time")
     if args.json:
-        args.json.write_text(json.dumps({"feeding": feeding, "runs": rows}, indent=1))
+        args.json.write_text(json.dumps({"feeding": feeding, "runs": rows, "serial": alone}, indent=1))
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
@@ -305,7 +329,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     rate = float(np.median([r["mvox_per_cpu_s"] for r in rows]))  # CPU seconds do not depend on the device's speed
     print(f"the CPU side's cost: {rate:.2f} Mvox per CPU second, median of all runs (reading, normalising, clustering, faces, merge, "
           "relabel, writing: the worker process's CPU time over the whole run)")
-    for s in args.speeds:
+    for s in sorted({*args.speeds, 50.0}):
         print(f"  {s:g} Mvox/s device: {math.ceil(0.9 * s / rate)} cores per GPU for 90% busy, {math.ceil(s / rate)} "
               "to keep up (threads of the GPU worker: as many, one of them predicting)")
     print("labels identical in every run:", all(r["same_labels"] for r in rows))
