@@ -126,6 +126,14 @@ def _cpu() -> float:
     return time.process_time()
 
 
+def _usage() -> tuple[float, float, int]:
+    """The process's user and system CPU seconds and minor page faults so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
 def _take(dask_worker) -> list[tuple[float, float]]:
     return dask_worker.simulated_gpu.take()
 
@@ -181,10 +189,12 @@ def measure(client, tmp: Path, cache: Path, write: list[int], threads: int, spee
 
     client.register_plugin(Simulate(str(cache), speed * 1e6))
     cpu0 = sum(client.run(_cpu).values())
+    use0 = np.sum(list(client.run(_usage).values()), axis=0)
     t0 = time.perf_counter()
     out = segment(config(tmp, f"t{threads}_s{speed:g}", write, threads), client=client)
     wall = time.perf_counter() - t0
     cpu_s = sum(client.run(_cpu).values()) - cpu0  # the worker process's CPU seconds, all its threads
+    user_s, sys_s, faults = np.sum(list(client.run(_usage).values()), axis=0) - use0
     intervals = [iv for ivs in client.run(_take).values() for iv in ivs]
     busy_s, span = busy(intervals)
     attrs = open_group(out, mode="r").attrs["pipeline"]
@@ -195,7 +205,8 @@ def measure(client, tmp: Path, cache: Path, write: list[int], threads: int, spee
             "mvox_s": voxels / wall / 1e6, "fragments_mvox_s": voxels / attrs["timing_s"]["fragments"] / 1e6,
             "objects": int(attrs["objects"]),
             "cluster_mvox_s": voxels / cluster_s / 1e6, "worker_cpu_s": cpu_s, "cores_used": cpu_s / wall,
-            "mvox_per_cpu_s": voxels / cpu_s / 1e6, "labels": labels}
+            "mvox_per_cpu_s": voxels / cpu_s / 1e6, "user_s": float(user_s), "system_s": float(sys_s),
+            "page_faults": int(faults), "labels": labels}
 
 
 def feed(tmp: Path, cache: Path, write: list[int], speed: float, voxels: int) -> dict:
@@ -234,12 +245,14 @@ def serial(tmp: Path, cache: Path, write: list[int], speed: float, voxels: int) 
     try:
         cfg = {**config(tmp, "serial", write, 1), "cluster": {"kind": "serial", "torch_threads": 1}}
         segment(cfg)  # warm-up
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0, use0 = time.perf_counter(), time.process_time(), _usage()
         segment(cfg)
         wall, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+        user_s, sys_s, faults = (b - a for a, b in zip(use0, _usage(), strict=True))
     finally:
         stage.get_predictor = real
-    return {"wall_s": wall, "cpu_s": cpu_s, "mvox_per_cpu_s": voxels / cpu_s / 1e6}
+    return {"wall_s": wall, "cpu_s": cpu_s, "mvox_per_cpu_s": voxels / cpu_s / 1e6, "user_s": user_s,
+            "system_s": sys_s, "page_faults": faults}
 
 
 def main() -> None:
@@ -301,12 +314,14 @@ def main() -> None:
                       f"fragments {row['fragments_mvox_s']:.2f} Mvox/s, end to end {row['mvox_s']:.2f} Mvox/s "
                       f"({row['wall_s']:.1f} s), clustering alone {row['cluster_mvox_s']:.2f} Mvox/s per thread, "
                       f"worker {row['mvox_per_cpu_s']:.2f} Mvox per CPU second, {row['cores_used']:.2f} cores used, "
-                      f"{row['objects']} objects, load average {os.getloadavg()[0]:.1f}", flush=True)
+                      f"{row['objects']} objects (user {row['user_s']:.2f} + system {row['system_s']:.2f} CPU-s, "
+                      f"{row['page_faults']} page faults), load average {os.getloadavg()[0]:.1f}", flush=True)
     alone = serial(tmp, cache, args.write, max(args.speeds), voxels)
     report(rows, args)
     worker = float(np.median([r["mvox_per_cpu_s"] for r in rows]))
     print(f"the same run serial, in one process without Dask: {alone['mvox_per_cpu_s']:.2f} Mvox per CPU second "
-          f"({alone['cpu_s']:.2f} CPU-s, {alone['wall_s']:.1f} s); the Dask worker pays "
+          f"({alone['cpu_s']:.2f} CPU-s: user {alone['user_s']:.2f} + system {alone['system_s']:.2f}, "
+          f"{alone['page_faults']} page faults; {alone['wall_s']:.1f} s); the Dask worker pays "
           f"{alone['mvox_per_cpu_s'] / worker:.2f}x its CPU time")
     if args.json:
         args.json.write_text(json.dumps({"feeding": feeding, "runs": rows, "serial": alone}, indent=1))

@@ -28,8 +28,7 @@ ID_DTYPE = np.uint64
 def fragment_ids(local: np.ndarray, linear: int, stride: int) -> np.ndarray:
     """Block-local labels (0 = background) -> globally unique uint64 fragment ids."""
     out = local.astype(ID_DTYPE)
-    fg = local > 0
-    out[fg] += ID_DTYPE(linear) * ID_DTYPE(stride)
+    np.add(out, ID_DTYPE(linear) * ID_DTYPE(stride), out=out, where=local > 0)  # no gather/scatter of the voxels
     return out
 
 
