@@ -5,9 +5,12 @@ Both run on this machine in one process tree, one after the other:
   serial    : pipeline.predict with cluster.kind=serial (reads zarr, writes zarr, same process)
   dask      : pipeline.predict on a LocalCluster (1 worker, all cores as torch threads), cluster
               started before timing
-Also: float32 vs channels_last vs bf16 autocast (bare loop time and blockwise-vs-whole exactness).
+Also the CPU network's settings (issue 29, item 5): float32 vs channels_last vs bf16 autocast vs oneDNN
+off vs ``torch.compile`` (inductor; ``--compile``: minutes of compilation per shape), each with its bare
+loop time and its blockwise-vs-whole exactness.
 
-    python benchmarks/predict_efficiency.py [--shape 48 192 192] [--write 16 64 64] [--no-bf16]
+    python benchmarks/predict_efficiency.py [--shape 48 192 192] [--write 16 64 64] [--no-bf16] [--compile]
+        [--variants-only]
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="demo")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-bf16", action="store_true", help="skip bf16 autocast (very slow on CPUs without bf16 units)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile (inductor)")
+    ap.add_argument("--variants-only", action="store_true", help="the bare-loop variants only, not the pipeline runs")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
@@ -61,20 +66,28 @@ def main() -> None:
             pred(b, s.stats)
 
     results = {}
-    variants = {"float32": {}, "channels_last": {"channels_last": True}, "bf16 autocast": {"precision": "bfloat16"}}
+    variants: dict[str, dict] = {"float32": {}, "channels_last": {"channels_last": True},
+                                 "bf16 autocast": {"precision": "bfloat16"}, "oneDNN off": {}}
     if args.no_bf16:
         del variants["bf16 autocast"]
+    if args.compile:
+        variants["torch.compile"] = {}
     ref64 = predict_whole(Predictor(load_checkpoint(args.checkpoint)[0], precision="float64"), image[None], s.stats)
     for name, kw in variants.items():
         pred = Predictor(load_checkpoint(args.checkpoint)[0], **kw)
-        bare(pred)  # warm-up
-        t = best_of(lambda pred=pred: bare(pred), args.repeats)
-        tiled = predict_tiled(pred, image[None], s.stats, plan.write_shape)
-        whole = predict_whole(pred, image[None], s.stats)
+        if name == "torch.compile":
+            pred.model = torch.compile(pred.model)
+        with torch.backends.mkldnn.flags(enabled=name != "oneDNN off"):
+            bare(pred)  # warm-up (and compilation)
+            t = best_of(lambda pred=pred: bare(pred), args.repeats)
+            tiled = predict_tiled(pred, image[None], s.stats, plan.write_shape)
+            whole = predict_whole(pred, image[None], s.stats)
         results[name] = t
         print(f"bare loop {name:14s}: {t:7.2f} s  {voxels / t / 1e6:6.3f} Mvox/s   blockwise-vs-whole max|diff| "
-              f"{np.abs(tiled - whole).max():.2e}   vs float64 {np.abs(tiled - ref64).max():.2e}")
+              f"{np.abs(tiled - whole).max():.2e}   vs float64 {np.abs(tiled - ref64).max():.2e}", flush=True)
     del model
+    if args.variants_only:
+        return
 
     t_serial = best_of(lambda: predict(cfg), args.repeats)
     print(f"pipeline serial        : {t_serial:7.2f} s  {voxels / t_serial / 1e6:6.3f} Mvox/s  "
