@@ -93,32 +93,22 @@ def _number(fg, fg_threshold, parent, labels):
 
 
 def region_graph(emb: np.ndarray, fg: np.ndarray, fg_threshold: float, thr2: float) -> tuple:
-    """:func:`embedding_components` with, from the same pass, what the agglomeration needs of
-    its regions: voxel counts ``(k + 1,)``, float64 embedding sums ``(k + 1, E)`` (raster order,
+    """:func:`embedding_components` with what the agglomeration needs of
+    its regions, from two more passes: voxel counts ``(k + 1,)``, float64 embedding sums ``(k + 1, E)`` (raster order,
     as ``bincount``) and the face-adjacent pairs as sorted unique keys ``a * (k + 1) + b``
     (:func:`.kernels.region_adjacency`)."""
     parent = _parent(fg.size)
     _join(emb, fg, fg_threshold, thr2, parent)
     labels = np.zeros(fg.shape, np.int64)
-    k, size, sums, keys = _number_with_graph(emb, fg, fg_threshold, parent, labels)
+    k = _number(fg, fg_threshold, parent, labels.reshape(-1))
+    size, sums, keys = _graph(emb, labels, k)
     return labels, k, size, sums, np.unique(keys)
 
 
 @njit(cache=True, nogil=True)
-def _number_with_graph(emb, fg, fg_threshold, parent, labels):
+def _graph(emb, labels, k):
+    """Counts, float64 embedding sums (raster order) and face-adjacent pair keys of ``labels``."""
     n_e, nz, ny, nx = emb.shape
-    k = 0
-    for z in range(nz):  # first the labels (a region's count is known only at the end)
-        for y in range(ny):
-            for x in range(nx):
-                if fg[z, y, x] > fg_threshold:
-                    v = (z * ny + y) * nx + x
-                    r = _find(parent, v)
-                    if r == v:
-                        k += 1
-                        labels[z, y, x] = k
-                    else:
-                        labels[z, y, x] = labels.flat[r]
     size = np.zeros(k + 1, np.int64)
     sums = np.zeros((k + 1, n_e))
     keys = np.empty(1024, np.int64)
@@ -153,7 +143,7 @@ def _number_with_graph(emb, fg, fg_threshold, parent, labels):
                             keys = grown
                         keys[m] = min(a, b) * base + max(a, b)
                         m += 1
-    return k, size, sums, keys[:m]
+    return size, sums, keys[:m]
 
 
 @njit(cache=True, nogil=True)
