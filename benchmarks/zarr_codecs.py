@@ -1,8 +1,8 @@
 """Writing and reading our chunks: zarr-python (plain, and through ``write_region``), the zarrs
 codec pipeline and tensorstore, side by side in one run (issue 29, item 3).
 
-The arrays are what a run writes per (64, 256, 256) block: the ``fragments`` (uint64 global ids)
-and the ``segmentation`` (uint32), from demo-model agglomeration of synthetic nuclei, 4 blocks
+The arrays are what a run writes per (64, 256, 256) block: the ``fragments`` (block-local ids,
+uint32) and the ``segmentation`` (uint32, objects numbered on across blocks), from demo-model agglomeration of synthetic nuclei, 4 blocks
 side by side; chunks (64, 256, 256), zstd (zarr's default codecs). Every path must read back the
 same values and, where it writes, leave chunks zarr-python reads. CPU seconds per Mvox (the
 process's user + system time, median of ``--repeats``), and the bytes on disk.
@@ -38,7 +38,7 @@ def volumes() -> dict[str, np.ndarray]:
     from pipeline.config import validate_config
     from pipeline.network.checkpoint import open_checkpoint
     from pipeline.network.predict import NormStats, Predictor, predict_whole
-    from pipeline.stages.ids import fragment_ids
+    from pipeline.stages.ids import fragment_dtype, fragment_ids
 
     ck = open_checkpoint("demo")
     img, _ = synthetic_volume(list(CHUNK), seed=3)
@@ -46,9 +46,10 @@ def volumes() -> dict[str, np.ndarray]:
     out = predict_whole(Predictor(ck.model), img[None], NormStats.from_values(ck.spec.normalisation, lo, hi))
     cfg = validate_config({"input": {"path": "x"}, "output": {"path": "y"}})
     local = make_method(resolve_params(cfg.clustering, ck.info)).fragments(out[:-1], out[-1])
-    blocks = [fragment_ids(local, b, 2**32) for b in range(4)]
-    return {"fragments (uint64)": np.concatenate(blocks, axis=2),
-            "segmentation (uint32)": np.concatenate([local.astype(np.uint32)] * 4, axis=2)}
+    stride = local.size
+    labels = [fragment_ids(local, b, int(local.max())).astype(np.uint32) for b in range(4)]  # objects numbered on across blocks
+    return {f"fragments ({fragment_dtype(stride)}, block-local)": np.concatenate([local.astype(fragment_dtype(stride))] * 4, axis=2),
+            "segmentation (uint32)": np.concatenate(labels, axis=2)}
 
 
 def zarr_python(path: Path, data: np.ndarray, ours: bool, pipeline: str | None = None) -> tuple[Callable, Callable]:

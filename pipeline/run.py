@@ -51,7 +51,7 @@ from .stages import (
     Task,
     select_tables,
 )
-from .stages.ids import label_dtype
+from .stages.ids import FRAGMENTS_LAYOUT, label_dtype
 from .stages.labels import LabelsStage, Occupied, open_label_image
 from .stages.objects import ROWS_PER_PART, read_objects
 from .stages.relabel import SEGMENTATION, restore_plan
@@ -88,7 +88,7 @@ def _open_store(run: Prepared, stage: str, params: dict[str, Any], engine: Engin
     this run until it ends (see :mod:`pipeline.runtime.lock`). A write that fails for space ends the
     run with one line naming the path and ``need``."""
     out = run.config.output
-    run_id, layout = uuid.uuid4().hex, {"object_rows_per_part": ROWS_PER_PART} if stage == "segment" else None
+    run_id, layout = uuid.uuid4().hex, {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT} if stage == "segment" else None
     lock = RunLock(out.path, run_id)
     try:
         store, resumed = Store.open(out.path, out.overwrite, resume_parts(run, stage, params, layout), run_id, lock)

@@ -96,8 +96,7 @@ def test_face_blob_of_per_label_evidence_is_that_of_the_whole_array(shape):
         local = rng.integers(0, 7, block.valid.shape)
         emb = rng.random((3, *block.valid.shape)).astype(np.float32)
         means = fragment_means(emb, local)
-        ids = local.astype(np.uint64) + np.uint64(1000 * block.linear)
-        assert face_blob(plan, block, ids, PerLabel(means, local)) == face_blob(plan, block, ids, means[:, local])
+        assert face_blob(plan, block, local, PerLabel(means, local), 1000) == face_blob(plan, block, local, means[:, local], 1000)
 
 
 def test_store_face_round_trip(tmp_path):
@@ -126,7 +125,7 @@ def test_store_face_round_trip(tmp_path):
             block = plan.block_at(i)
             sl = block.valid.to_slices()
             if block != skipped:
-                blobs[i] = face_blob(plan, block, labels[sl], evidence[(slice(None), *sl)])
+                blobs[i] = face_blob(plan, block, labels[sl], evidence[(slice(None), *sl)], 0)  # stride 0: ids as given
         store.write_faces(batch, blobs)
         store.mark_done("fragments", batch)
     assert sorted(p.name for p in (tmp_path / "o.zarr" / FACES).iterdir()) == sorted(batch_name(b) for b in batches)

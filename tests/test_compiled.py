@@ -20,7 +20,7 @@ from pipeline.clustering.agglomeration import (
     merge_regions,
     merge_regions_reference,
 )
-from pipeline.stages.ids import fragment_ids, local_ids, object_stats
+from pipeline.stages.ids import fragment_dtype, object_stats
 from pipeline.stages.relabel_kernel import relabel_block
 from pipeline.volume.io import write_region
 
@@ -111,31 +111,33 @@ def test_a_method_without_a_compiled_backend_says_so():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3]), st.integers(0, 30), st.sampled_from([np.uint32, np.uint64]))
-def test_relabel_pass_equals_lookup_and_object_stats(seed, nd, k, dtype):
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3]), st.integers(0, 30), st.sampled_from([np.uint32, np.uint64]),
+       st.sampled_from(["uint16", "uint32", "uint64"]))
+def test_relabel_pass_equals_lookup_and_object_stats(seed, nd, k, dtype, stored):
     rng = np.random.default_rng(seed)
     shape = tuple(int(x) for x in rng.integers(1, 12, nd))
-    local = rng.integers(0, k + 1, shape)
-    linear, stride = int(rng.integers(0, 1000)), 1 << int(rng.integers(20, 40))
-    ids = fragment_ids(local, linear, stride)
+    local = rng.integers(0, k + 1, shape).astype(stored)  # as scratch/fragments keeps them
     table = np.concatenate([[0], rng.integers(0, 8, k)]).astype(dtype)  # fragments share objects; some removed
     offset = tuple(int(x) for x in rng.integers(0, 5000, nd))
-    want = table[local_ids(ids, linear, stride)]
+    want = table[local]
     out = np.empty(shape, dtype)
-    stats = relabel_block(ids, linear, stride, table, out, offset)
+    stats = relabel_block(local, int(rng.integers(0, 1000)), table, out, offset)
     np.testing.assert_array_equal(out, want)
     for key, value in object_stats(want, offset).items():
         assert stats[key].dtype == value.dtype and stats[key].shape == value.shape, key
         np.testing.assert_array_equal(stats[key], value)
 
 
-def test_relabel_pass_rejects_ids_of_another_block():
-    ids = fragment_ids(np.full((2, 2, 2), 3), 5, 100)  # local 3, the table knows 2
-    with pytest.raises(ValueError, match="fragment id 503 is not one of block 5's 2 fragments"):
-        relabel_block(ids, 5, 100, np.zeros(3, np.uint32), np.empty((2, 2, 2), np.uint32), (0, 0, 0))
-    with pytest.raises(ValueError, match="fragment id 401"):
-        relabel_block(fragment_ids(np.ones((2, 2), np.int64), 4, 100), 5, 100, np.zeros(3, np.uint32),
-                      np.empty((2, 2), np.uint32), (0, 0))
+def test_relabel_pass_rejects_ids_past_the_table():
+    with pytest.raises(ValueError, match="fragment 3 of block 5 is past the block's 2 fragments"):
+        relabel_block(np.full((2, 2, 2), 3, np.uint32), 5, np.zeros(3, np.uint32), np.empty((2, 2, 2), np.uint32), (0, 0, 0))
+
+
+@pytest.mark.parametrize("stride,dtype", [(2**16 - 1, "uint16"), (2**16, "uint32"), (64 * 256 * 256, "uint32"),
+                                          (2**32 - 1, "uint32"), (2**32, "uint64")])
+def test_fragments_are_kept_in_the_smallest_dtype_for_a_block(stride, dtype):
+    assert fragment_dtype(stride) == dtype
+    assert np.iinfo(dtype).max >= stride  # every local id 1..stride fits
 
 
 @settings(max_examples=40, deadline=None)

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # On disk, measured (benchmarks/faults.py `space`, RESULTS.md) on synthetic nuclei at 10-40% of the volume
 # (blocks 24 x 48 x 48), the densest kept: bytes per voxel
 LABELS_BYTES = 0.13  # uint32 labels, zstd: segmentation, each label image level, resampled labels
-FRAGMENTS_BYTES = 0.16  # uint64 block-unique fragment ids, zstd (scratch)
+FRAGMENTS_BYTES = 0.11  # block-local fragment ids (uint32), zstd (scratch)
 STATS_BYTES = 0.07  # partial object statistics (scratch)
 OBJECT_BYTES = 0.05  # the objects table: Parquet parts and objects.csv
 FLOAT_BYTES = 3.8  # float32 embeddings and foreground (predict), zstd: about incompressible

@@ -30,15 +30,18 @@ def face_layout(plan: BlockPlan, block: Block) -> list[tuple[int, int]]:
             for side, has in ((0, block.index[a] > 0), (1, block.index[a] < plan.grid[a] - 1)) if has]
 
 
-def face_blob(plan: BlockPlan, block: Block, labels: np.ndarray, evidence: Any) -> bytes:
-    """A block's outer planes that touch a neighbour (see :func:`face_layout`): ``labels``
-    ``(*valid)``, ``evidence`` ``(E, *valid)`` (an array, or anything indexed like one with
-    ``shape``, ``dtype`` and planes: :class:`~pipeline.clustering.base.PerLabel`), as the bytes its
-    batch's faces file holds."""
+def face_blob(plan: BlockPlan, block: Block, local: np.ndarray, evidence: Any, stride: int) -> bytes:
+    """A block's outer planes that touch a neighbour (see :func:`face_layout`): ``local``
+    ``(*valid)`` block-local labels (written as global fragment ids, see
+    :func:`~pipeline.stages.ids.fragment_ids`, ``stride`` voxels per block), ``evidence``
+    ``(E, *valid)`` (an array, or anything indexed like one with ``shape``, ``dtype`` and planes:
+    :class:`~pipeline.clustering.base.PerLabel`), as the bytes its batch's faces file holds."""
+    from ..stages.ids import fragment_ids
+
     parts = [np.array([evidence.shape[0], evidence.dtype.itemsize], np.int64).tobytes()]
     for a, side in face_layout(plan, block):
         pos = 0 if side == 0 else -1  # (a plane by basic indexing, a view: take() copied 6x slower)
-        parts.append(np.ascontiguousarray(labels[(slice(None),) * a + (pos,)], dtype=np.uint64).tobytes())
+        parts.append(fragment_ids(local[(slice(None),) * a + (pos,)], block.linear, stride).tobytes())
         parts.append(np.ascontiguousarray(evidence[(slice(None),) * (a + 1) + (pos,)]).tobytes())
     return b"".join(parts)
 

@@ -27,7 +27,7 @@ stage, the resume key, provenance and completion.
                                       done_labels_<level>/, per task of boxes), with the blocks'
                                       records: input digest and stamp, unreadable chunks,
                                       fragment sizes (see pipeline.runtime.markers)
-        fragments                     uint64 fragment ids, block-unique
+        fragments                     block-local fragment ids 1..k (ids.fragment_dtype: uint32 usually)
         faces/<first>-<last>-<count>  the outer planes that touch a neighbour of every block of
                                       one fragments batch with fragments, raw (face_blob), one
                                       file named after the batch's marker; a block in none: a

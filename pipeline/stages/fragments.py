@@ -3,7 +3,8 @@ block-unique fragment ids and the evidence on the block's faces; return a small 
 per block.
 
 Fragment ids are ``block.linear * stride + local`` (``stride`` = voxels per write box),
-so no block waits for another's numbering.
+so no block waits for another's numbering. ``scratch/fragments`` keeps the local ids (in
+the smallest dtype for ``stride``); the faces carry the global ids.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..runtime.markers import batch_name
 from ..runtime.store import FACES, FRAGMENTS
 from ..volume.io import write_region
 from .base import MODEL, Task
-from .ids import fragment_ids, local_ids
+from .ids import fragment_dtype
 from .predict import InputStage, output_bytes, predict_blocks
 
 
@@ -47,7 +48,7 @@ class FragmentsStage(InputStage):
         self.keep_sizes = bool(method.params.min_size)  # fragment sizes, for min_size on whole objects
 
     def create(self) -> None:
-        self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, "uint64")
+        self.store.create(FRAGMENTS, self.plan.volume, self.plan.write_shape, fragment_dtype(self.task.id_stride))
         self.store.create_faces()
 
     def load(self, blocks: Sequence[Block]) -> list[tuple[tuple[np.ndarray, np.ndarray, float] | None, dict[str, Any]]]:
@@ -70,9 +71,9 @@ class FragmentsStage(InputStage):
             emb, fg, predict_s = predicted
             t0 = time.perf_counter()
             local = self.method.fragments(emb, fg)
-            ids = fragment_ids(local, block.linear, self.task.id_stride)
-            write_region(frag, block.valid.to_slices(), ids)
-            faces[block.linear] = face_blob(self.plan, block, ids, self.method.face_evidence(emb, local))
+            write_region(frag, block.valid.to_slices(), local.astype(frag.dtype, copy=False))
+            faces[block.linear] = face_blob(self.plan, block, local, self.method.face_evidence(emb, local),
+                                            self.task.id_stride)
             if self.keep_sizes:  # kept with the block's done marker
                 record = {**record, "sizes": np.bincount(local.ravel())[1:].tolist()}
             yield block, {**summary(block.linear, local), "predict_s": predict_s, "cluster_s": time.perf_counter() - t0,
@@ -105,7 +106,7 @@ class FragmentsStage(InputStage):
             if faces is not None and not faces.has(b.linear):  # found empty when it was read
                 out.append({"linear": b.linear, "count": 0, "empty": True, **unreadable})
             else:
-                out.append({**summary(b.linear, local_ids(frag[b.valid.to_slices()], b.linear, self.task.id_stride)),
+                out.append({**summary(b.linear, frag[b.valid.to_slices()]),
                             **unreadable})
         return out
 

@@ -5,7 +5,9 @@ Fragment ids are unique without any serial dependency between blocks::
     id = block.linear * stride + local      (local = 1..k, stride = voxels per block)
 
 so any block's fragments can be numbered as soon as it is clustered, and the
-block of an id is ``(id - 1) // stride``.
+block of an id is ``(id - 1) // stride``. On disk (``scratch/fragments``) a block keeps its
+local ids only, in the smallest dtype that holds ``stride`` (:func:`fragment_dtype`): the
+block's position gives the rest. Global ids exist on the faces and in the merge's tables.
 
 Which fragment pairs that touch across a block face belong together is the
 clustering method's rule (:mod:`pipeline.clustering`); this module takes the
@@ -23,6 +25,12 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 ID_DTYPE = np.uint64
+FRAGMENTS_LAYOUT = "block-local ids"  # what scratch/fragments holds (part of the resume key's layout)
+
+
+def fragment_dtype(stride: int) -> str:
+    """The smallest unsigned dtype that holds every local id of a block of ``stride`` voxels."""
+    return "uint16" if stride < 2**16 else "uint32" if stride < 2**32 else "uint64"
 
 
 def fragment_ids(local: np.ndarray, linear: int, stride: int) -> np.ndarray:

@@ -86,12 +86,12 @@ class RelabelStage(BlockStage):
         stats = []
         for run in rows(blocks):
             box = span(run)
-            ids = frag[box.to_slices()]
+            local = frag[box.to_slices()]
             labels = np.empty(box.shape, dtype=self.dtype)
             for block in run:
                 rel = block.valid.to_slices(relative_to=box)
                 table = table_of[block.linear].astype(self.dtype, copy=False)
-                found = relabel_block(ids[rel], block.linear, self.task.id_stride, table, labels[rel], block.valid.offset)
+                found = relabel_block(local[rel], block.linear, table, labels[rel], block.valid.offset)
                 stats.append(stats_rows(found) if self.stats else None)
             write_region(seg, box.to_slices(), labels)
             for block in run:

@@ -1,7 +1,7 @@
-"""One block's relabelling and object statistics in one compiled (numba) pass: fragment ids ->
-local ids -> global labels through the block's lookup table, and per fragment its voxel count,
-bounding box and coordinate sums. The numpy reference is :func:`.ids.local_ids`, a table lookup
-and :func:`.ids.object_stats` (three passes, a sort of the labelled voxels); the results are the
+"""One block's relabelling and object statistics in one compiled (numba) pass: the block's local
+fragment ids (as ``scratch/fragments`` keeps them) -> global labels through the block's lookup
+table, and per fragment its voxel count, bounding box and coordinate sums. The numpy reference is a
+table lookup and :func:`.ids.object_stats` (two passes, a sort of the labelled voxels); the results are the
 same arrays: coordinates are integers, so their float64 sums are exact in any order (below 2**53)."""
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ from ..clustering.compiled_voxels import as_3d
 
 
 @njit(cache=True, nogil=True)
-def _relabel(ids, base, table, out, offset, count, lo, hi, sums):
-    """Fills ``out`` and the per-fragment statistics; returns the first id not of this block
-    (0 when all are)."""
-    nz, ny, nx = ids.shape
-    k = np.uint64(len(table) - 1)
+def _relabel(local, table, out, offset, count, lo, hi, sums):
+    """Fills ``out`` and the per-fragment statistics; returns the first id past the table (0 when
+    none is)."""
+    nz, ny, nx = local.shape
+    k = len(table) - 1
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                i = ids[z, y, x]
-                if i == 0:
+                f = local[z, y, x]
+                if f == 0:
                     out[z, y, x] = 0
                     continue
-                if i <= base or i - base > k:
-                    return i
-                f = i - base
+                if f > k:
+                    return f
                 out[z, y, x] = table[f]
                 if count[f] == 0:
                     lo[f, 0], lo[f, 1], lo[f, 2] = z, y, x
@@ -47,21 +46,20 @@ def _relabel(ids, base, table, out, offset, count, lo, hi, sums):
     return 0
 
 
-def relabel_block(ids: np.ndarray, linear: int, stride: int, table: np.ndarray, out: np.ndarray,
+def relabel_block(local: np.ndarray, linear: int, table: np.ndarray, out: np.ndarray,
                   offset: Sequence[int]) -> dict[str, np.ndarray]:
-    """``out[...] = table[local_ids(ids, linear, stride)]`` and :func:`.ids.object_stats` of
-    ``out`` (``offset``: the block's origin in the volume). A fragment id of another block, or
-    one past the table, is a ``ValueError`` (the fragments and the merge's tables disagree)."""
-    nd = ids.ndim
+    """``out[...] = table[local]`` and :func:`.ids.object_stats` of ``out`` (``local``: block
+    ``linear``'s fragment ids, ``offset``: its origin in the volume). A local id past the table is a
+    ``ValueError`` (the fragments and the merge's tables disagree)."""
+    nd = local.ndim
     k = len(table) - 1
     count = np.zeros(k + 1, np.int64)
     lo, hi, sums = np.zeros((k + 1, 3), np.int64), np.zeros((k + 1, 3), np.int64), np.zeros((k + 1, 3))
     off = np.array([0] * (3 - nd) + [int(o) for o in offset], np.int64)
-    base = np.uint64(linear) * np.uint64(stride)
-    bad = _relabel(as_3d(ids, nd), base, table, as_3d(out, nd), off, count, lo, hi, sums)
+    bad = _relabel(as_3d(local, nd), table, as_3d(out, nd), off, count, lo, hi, sums)
     if bad:
-        raise ValueError(f"fragment id {int(bad)} is not one of block {linear}'s {k} fragments "
-                         f"(ids {int(base) + 1}..{int(base) + k}): the fragments and the merge's tables disagree")
+        raise ValueError(f"fragment {int(bad)} of block {linear} is past the block's {k} fragments: "
+                         f"the fragments and the merge's tables disagree")
     g = table[1:]
     keep = (count[1:] > 0) & (g > 0)
     obj, inv = np.unique(g[keep], return_inverse=True)
