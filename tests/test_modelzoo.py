@@ -90,3 +90,38 @@ def test_export_of_a_trained_checkpoint_documents_its_validation(tmp_path):
     doc = (rdf.parent / "README.md").read_text()
     assert "AP@0.5 0.800" in doc and "fine-tuned from `demo`" in doc
     assert open_checkpoint(rdf).info.metrics == {"ap50": 0.8, "avap": 0.5}
+
+
+def test_exported_packages_always_name_authors(tmp_path, monkeypatch):
+    """--author wins; else the checkpoint's recorded authors (the bundled model: the project's); else
+    whoever exports (git's user.name). Never an empty list."""
+    import yaml
+
+    from pipeline.network import metadata
+    from pipeline.network.checkpoint import DEMO_AUTHORS, save_checkpoint
+    from pipeline.network.model import ModelSpec, init_model
+
+    def authors(rdf):
+        return [a["name"] for a in yaml.safe_load(rdf.read_text())["authors"]]
+
+    monkeypatch.setattr(metadata, "local_author", lambda: "Ada Lovelace")
+    monkeypatch.setattr("pipeline.network.modelzoo.local_author", lambda: "Ada Lovelace")
+    spec = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2)
+    save_checkpoint(init_model(spec), tmp_path / "none.pt", {"trained": True})
+    save_checkpoint(init_model(spec), tmp_path / "rec.pt", {"trained": True, "authors": ["Grace Hopper", "Alan Turing"]})
+    assert authors(export_bioimageio(tmp_path / "none.pt", tmp_path / "a")) == ["Ada Lovelace"]
+    assert authors(export_bioimageio(tmp_path / "rec.pt", tmp_path / "b")) == ["Grace Hopper", "Alan Turing"]
+    assert authors(export_bioimageio(tmp_path / "rec.pt", tmp_path / "c", authors=("K. Me",))) == ["K. Me"]
+    assert authors(export_bioimageio("demo", tmp_path / "d")) == list(DEMO_AUTHORS)
+
+
+def test_local_author_falls_back_to_the_account(monkeypatch, tmp_path):
+    from pipeline.network.metadata import local_author
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no git user.name here
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "none"))
+    assert local_author().strip()
+    (tmp_path / "cfg").write_text("[user]\n\tname = Rosalind Franklin\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "cfg"))
+    assert local_author() == "Rosalind Franklin"

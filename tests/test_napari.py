@@ -228,3 +228,40 @@ def test_a_million_objects_open_in_the_viewer_in_seconds(make_napari_viewer, qtb
     assert labels.multiscale and len(labels.features) == 200_000
     # CPU time: what the open costs, whatever else shares the machine's 2 cores (wall time is printed)
     assert cpu < 10, (cpu, seconds)
+
+
+def test_docked_widgets_fit_a_1000px_screen_name_the_axes_and_write_beside_the_result(make_napari_viewer, qtbot, demo):
+    """The three widgets docked together fit a 1000-px-high screen (the clustering values fold away),
+    as do the three as tabs; docking refits the view to the narrower canvas; the axes are z, y, x;
+    the paths proposed lie beside the opened result, and a path the user typed is kept."""
+    from pipeline.napari.widget_parts import ToolsWidget
+
+    _, out = demo
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    viewer.open(str(out), plugin="pipeline")
+    assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
+    assert all(tuple(layer.axis_labels)[-2:] == ("y", "x") for layer in viewer.layers)
+    viewer.reset_view()
+    qtbot.wait(200)
+    wide = viewer.camera.zoom
+    widgets = [SegmentViewWidget(viewer), RunWidget(viewer), KeepWidget(viewer)]
+    for widget, name in zip(widgets, ("Segment this view", "Run the whole volume", "Edit and keep"), strict=True):
+        viewer.window.add_dock_widget(widget, name=name, area="right")
+    qtbot.wait(500)
+    window = viewer.window._qt_window
+    assert window.minimumSizeHint().height() <= 1000, [w.minimumSizeHint().height() for w in widgets]
+    assert viewer.camera.zoom < wide  # refitted to the canvas the docks left
+    fitted = viewer.camera.zoom
+    viewer.reset_view()
+    assert viewer.camera.zoom == pytest.approx(fitted)
+    widgets[1].settings.more.click()  # the clustering values unfold
+    assert widgets[1].settings.values.isVisible()
+    tabs = ToolsWidget(viewer)
+    assert tabs.minimumSizeHint().height() <= max(w.minimumSizeHint().height() for w in widgets) + 60
+    # paths beside the opened result
+    assert widgets[1].output.text() == str(out.parent / "result-rerun.zarr")
+    assert widgets[2].crops.text() == str(out.parent / "result-crops")
+    qtbot.keyClicks(widgets[1].output, "-mine")
+    widgets[1].propose_output()
+    assert widgets[1].output.text() == str(out.parent / "result-rerun.zarr-mine")

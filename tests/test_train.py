@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +127,42 @@ def test_time_limit_stops_training_and_saves(tmp_path):
                       iterations=1_000_000, val_every=1_000_000, time_limit_s=1.0, out=tmp_path / "m.pt")
     extra = load_checkpoint(train(cfg))[1]
     assert 0 < extra["iterations"] < 1_000_000 and "ap50" in extra["metrics"]
+
+
+def test_a_time_limit_cuts_the_calibration_grid_and_records_who_trained(tmp_path, monkeypatch, caplog):
+    """The full grid at the end of a time-limited run stops before the limit (the quick candidates'
+    keys first; progress logged); uncut, the order of scoring does not change the winner (the
+    earliest best in grid order); the checkpoint records who trained it."""
+    import importlib
+    import logging
+
+    calibrate = importlib.import_module("pipeline.train.calibrate")  # the module (the package exports a function so named)
+    monkeypatch.setattr("pipeline.train.loop.local_author", lambda: "Ada Lovelace")
+    monkeypatch.setattr(calibrate, "EVERY_S", 0.0)
+    orig = calibrate.fragments
+
+    def slow(*a, **k):  # 0.2 s per clustering key and volume: the grid's 40 keys take 16 s
+        time.sleep(0.2)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(calibrate, "fragments", slow)
+    spec = ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2)
+    cfg = TrainConfig(model=spec, synthetic=SyntheticSource(count=2, shape=(32, 32)), output_shape=(8, 8),
+                      iterations=1_000_000, val_every=1_000_000, time_limit_s=4.0, out=tmp_path / "m.pt")
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        extra = load_checkpoint(train(cfg))[1]
+    took = time.perf_counter() - t0
+    assert "calibration cut at the time limit" in caplog.text and "calibrating:" in caplog.text
+    assert took < 4.0 + 2.0, took  # the limit holds, give or take one key and the checkpoint
+    assert extra["authors"] == ["Ada Lovelace"] and "clustering" in extra
+    monkeypatch.setattr(calibrate, "fragments", orig)
+    model = load_checkpoint(tmp_path / "m.pt")[0]
+    volumes = calibrate.synthetic_volumes(SyntheticSource(count=3, shape=(32, 32)))
+    ours = calibrate.validate(model, volumes, 1.5, "cpu")
+    keyed = calibrate._keyed
+    monkeypatch.setattr(calibrate, "_keyed", lambda grid, first: keyed(grid, []))  # plain grid order
+    assert calibrate.validate(model, volumes, 1.5, "cpu") == ours
 
 
 def test_calibrate_stores_the_best_clustering(tmp_path):

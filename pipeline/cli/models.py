@@ -117,7 +117,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--format", choices=["bioimageio"], default="bioimageio")
     p.add_argument("--out", required=True, help="folder for rdf.yaml, weights, test tensors, documentation")
     p.add_argument("--name", default=None, help="the model's name (default: the checkpoint's file name)")
-    p.add_argument("--author", action="append", default=[], help="an author's name (repeat for several)")
+    p.add_argument("--author", action="append", default=[],
+                   help="an author's name (repeat for several; default: the authors the checkpoint records, "
+                   "else you, from git's user.name or your account)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=cmd_model_export)
 

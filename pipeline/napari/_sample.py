@@ -9,7 +9,7 @@ from pathlib import Path
 import zarr
 
 from ..demo import write_demo_input
-from .frame import LayerData
+from .frame import LayerData, with_axis_labels
 
 
 def cache_folder() -> Path:
@@ -41,5 +41,6 @@ def demo_sample() -> list[LayerData]:
     raw = zarr.open_array(str(path / "raw"), mode="r")
     labels = zarr.open_array(str(path / "labels"), mode="r")
     source = {"pipeline": {"input": {"path": str(path), "dataset": "raw"}}}
-    return [(raw, {"name": "demo raw", "metadata": source}, "image"),
-            (labels, {"name": "demo ground truth", "visible": False, "opacity": 0.5}, "labels")]
+    return [with_axis_labels((raw, {"name": "demo raw", "metadata": source}, "image"), raw.ndim),
+            with_axis_labels((labels, {"name": "demo ground truth", "visible": False, "opacity": 0.5}, "labels"),
+                             labels.ndim)]

@@ -15,6 +15,14 @@ from ..volume.ome_metadata import global_transforms, input_pyramid
 from .result import group_attrs, ome
 
 LayerData = tuple[Any, dict[str, Any], str]
+AXES = ("z", "y", "x")  # the viewer's axis names (napari numbers them -3, -2, -1 otherwise)
+
+
+def with_axis_labels(layer: LayerData, nd: int | None = None) -> LayerData:
+    """``layer`` with its spatial axes named (the last ``nd`` of z, y, x; ``nd``: its scale's length)."""
+    data, kwargs, kind = layer
+    nd = len(kwargs["scale"]) if nd is None else nd
+    return data, {**kwargs, "axis_labels": AXES[-nd:]}, kind
 
 
 @dataclass(frozen=True)

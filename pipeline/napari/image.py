@@ -66,7 +66,8 @@ def image_layer(result: Path, meta: dict[str, Any]) -> tuple[LayerData | None, F
         kept["blocks"] = {**kept.get("blocks", {}), "write_shape": meta["plan"]["write_shape"]}
     kwargs: dict[str, Any] = {"name": Path(cfg.path).stem + (f" {cfg.dataset}" if cfg.dataset else ""),
                               "scale": scale, "translate": translate, "multiscale": len(data) > 1,
-                              "metadata": {"pipeline": {"input": {**recorded, "path": str(where)}, "run": kept}}}
+                              "metadata": {"pipeline": {"input": {**recorded, "path": str(where)}, "run": kept,
+                                                        "opened_from": str(result)}}}
     if "offset" in norm and "scale" in norm:  # what the network saw as 0..1
         kwargs["contrast_limits"] = [float(norm["offset"]), float(norm["offset"]) + float(norm["scale"])]
     if views[0][1]:

@@ -7,22 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout
 
 from ..errors import UsageError
 from ..geometry import Box
 from .keep import annotated_mask, save_crop, save_label_image
 from .result import group_attrs, label_image_of, resolve
-from .viewer import layer_frame, level0, pipeline_meta, result_labels, view_box
-from .widget_parts import LayerChoice
+from .viewer import layer_frame, level0, opened_result, pipeline_meta, result_labels, view_box
+from .widget_parts import DockWidget, LayerChoice
 
 
-class KeepWidget(QWidget):
+class KeepWidget(DockWidget):
     """Correct labels on an editable copy of the view; keep them as a label image or a training crop."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.labels = LayerChoice(napari_viewer, result_labels, "no labels layer of a result: open a pipeline "
@@ -31,12 +30,18 @@ class KeepWidget(QWidget):
         self.edit = QPushButton("Edit a copy of this view")
         form.addRow(self.edit)
         self.name = QLineEdit("corrected")
-        form.addRow("label image name", self.name)
+        self.save = QPushButton("Save into the result")
+        row = QHBoxLayout()
+        row.addWidget(self.name, 1)
+        row.addWidget(self.save)
+        form.addRow("label image", row)
         self.overwrite = QCheckBox("replace an existing label image of that name (even the run's own, which is its segmentation)")
         form.addRow(self.overwrite)
-        self.save = QPushButton("Save into the result")
-        form.addRow(self.save)
-        self.crops = QLineEdit(str(Path.cwd() / "crops"))
+        self.crops = QLineEdit()
+        self.crops_edited = False  # the user's own folder is never replaced
+        self.crops.textEdited.connect(lambda _: setattr(self, "crops_edited", True))
+        self.labels.currentTextChanged.connect(self.propose_crops)
+        self.propose_crops()
         form.addRow("crops folder", self.crops)
         self.init = QLineEdit("demo")
         form.addRow("model to fine-tune", self.init)
@@ -51,6 +56,16 @@ class KeepWidget(QWidget):
         self.edit.clicked.connect(self._guard(self.make_copy))
         self.save.clicked.connect(self._guard(self.save_labels))
         self.crop.clicked.connect(self._guard(self.save_crop))
+
+    def propose_crops(self, *_: Any) -> None:
+        """``<result>-crops`` beside the chosen labels' result (a folder crops are added to: kept when
+        it exists; ``crops`` in the current folder without a result), until the user types a folder."""
+        if self.crops_edited:
+            return
+        name = self.labels.currentText()
+        result = opened_result(self.viewer.layers[name]) if name and name in self.viewer.layers else None
+        self.crops.setText(str(result.parent / f"{result.name.removesuffix('.zarr')}-crops" if result else
+                               Path.cwd() / "crops"))
 
     def _guard(self, fn: Any) -> Any:
         def run(*_: Any) -> None:

@@ -13,7 +13,7 @@ size and origin; voxel units without them):
   skipped as empty space as a coarse Labels layer (one voxel per block), and the seam audit's
   rejected pairs as Points where the two fragments touched (:mod:`.grid`).
 
-Where a path leads (a result group, one of our label images, an OME-Zarr image holding one) is
+Every layer names its axes z, y, x. Where a path leads (a result group, one of our label images, an OME-Zarr image holding one) is
 :mod:`.result`; world coordinates and the layer tuple are :mod:`.frame`.
 
 Nothing is read whole: arrays stay zarr/dask, the table and the seam records are read up to
@@ -31,7 +31,7 @@ from pathlib import Path
 import zarr
 
 from .features import FEATURES_LIMIT
-from .frame import Frame, LayerData
+from .frame import Frame, LayerData, with_axis_labels
 from .grid import Grid, grid_layer, seams_layer, skipped_layer
 from .image import image_layer
 from .labels import labels_layer
@@ -59,7 +59,7 @@ def result_layers(result: Path, limit: int = FEATURES_LIMIT) -> list[LayerData]:
         for extra in (skipped_layer(result, grid, frame), seams_layer(result, grid, frame)):
             if extra is not None:
                 layers.append(extra)
-    return layers
+    return [with_axis_labels(layer) for layer in layers]
 
 
 def describe(layers: Sequence[LayerData]) -> str:

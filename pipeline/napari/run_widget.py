@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit, QSpinBox
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QSpinBox
 
 from ..errors import UsageError
 from . import launch
-from .widget_parts import SettingsWidget, add_controls, pin_blocks, show_progress
+from .viewer import opened_result, proposed_path
+from .widget_parts import SettingsWidget, add_controls, fold_button, pin_blocks, show_progress
 
 
 class RunWidget(SettingsWidget):
@@ -23,21 +24,31 @@ class RunWidget(SettingsWidget):
         super().__init__(napari_viewer)
         layout = self.column
         form = QFormLayout()
-        self.output = QLineEdit(str(Path.cwd() / "result.zarr"))
+        self.output = QLineEdit()
+        self.output_edited = False  # the user's own path is never replaced
+        self.output.textEdited.connect(lambda _: setattr(self, "output_edited", True))
+        self.settings.image.currentTextChanged.connect(self.propose_output)
+        self.propose_output()
         form.addRow("output", self.output)
-        self.yaml = QLineEdit()
-        self.yaml.setPlaceholderText("<output>.yaml")
-        form.addRow("config file", self.yaml)
         self.kind = QComboBox()
         self.kind.addItems(["local", "serial", "slurm", "pbs", "sge", "lsf", "htcondor"])
-        form.addRow("cluster", self.kind)
         self.workers = QSpinBox()
         self.workers.setRange(1, 100000)
         self.workers.setValue(2)
-        form.addRow("workers", self.workers)
+        self.workers.setPrefix("workers ")
+        self.more, section, more = fold_button("files")
+        row = QHBoxLayout()
+        row.addWidget(self.kind, 1)
+        row.addWidget(self.workers, 1)
+        row.addWidget(self.more)
+        form.addRow("cluster", row)
+        self.yaml = QLineEdit()
+        self.yaml.setPlaceholderText("<output>.yaml")
+        more.addRow("config file", self.yaml)
         self.cluster_file = QLineEdit()
         self.cluster_file.setPlaceholderText("optional: take cluster: from this YAML (e.g. deploy/jobqueue.yaml)")
-        form.addRow("cluster from", self.cluster_file)
+        more.addRow("cluster from", self.cluster_file)
+        form.addRow(section)
         layout.addLayout(form)
         (self.write, self.go, self.halt), self.bar, self.status = add_controls(layout, "Write config", "Launch", "Stop")
         self.write.clicked.connect(self.write_config)
@@ -50,6 +61,16 @@ class RunWidget(SettingsWidget):
         going = launch.running()
         if going:  # a run launched before (maybe by a viewer since closed) is still going
             self.follow(going[0])
+
+    def propose_output(self, *_: Any) -> None:
+        """A free ``<result>-rerun.zarr`` beside the result the chosen image was opened from (else
+        ``result.zarr`` in the current folder), until the user types a path."""
+        if self.output_edited:
+            return
+        name = self.settings.image.currentText()
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        self.output.setText(str(proposed_path(layer, "rerun.zarr") if opened_result(layer) else
+                                proposed_path(None, "result.zarr")))
 
     def config_path(self) -> Path:
         text = self.yaml.text().strip()

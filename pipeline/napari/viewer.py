@@ -3,6 +3,7 @@ level-0 data and world frame, and the box of it the canvas shows or a drawn shap
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,32 @@ def result_labels(layer: Any) -> bool:
     """A Labels layer of a result (not an edited copy)."""
     meta = pipeline_meta(layer)
     return layer._type_string == "labels" and bool(meta.get("result")) and not meta.get("edit")
+
+
+def opened_result(layer: Any) -> Path | None:
+    """The result a layer was opened from (its labels, or its input image shown beside them)."""
+    meta = pipeline_meta(layer)
+    where = meta.get("result") or meta.get("opened_from")
+    return Path(where) if where else None
+
+
+def free_path(path: Path) -> Path:
+    """``path``, else ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ... beside it: the first that does not exist."""
+    k = 2
+    found = path
+    while found.exists():
+        found = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return found
+
+
+def proposed_path(layer: Any | None, name: str) -> Path:
+    """Where a widget proposes to write for ``layer``: ``<result stem>-<name>`` beside the result it was
+    opened from (the current folder when it records none), a name that is free."""
+    result = opened_result(layer) if layer is not None else None
+    if result is None:
+        return free_path(Path.cwd() / name)
+    return free_path(result.parent / f"{result.name.removesuffix('.zarr')}-{name}")
 
 
 def level0(layer: Any) -> Any:

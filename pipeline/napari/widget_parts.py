@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -16,6 +17,8 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -24,6 +27,28 @@ from ..errors import UsageError
 from .viewer import pipeline_meta, source_of
 
 METHODS = ("model default", "connectivity", "agglomeration", "meanshift")
+
+
+def fold_button(text: str) -> tuple[QToolButton, QWidget, QFormLayout]:
+    """A button that shows or hides a section (folded at first): the button, the section and its form
+    (empty fields there mean defaults, shown as placeholders). Folding keeps the three docked widgets
+    within a 1000-px-high screen."""
+    button = QToolButton()
+    button.setText(text)
+    button.setCheckable(True)
+    button.setArrowType(Qt.RightArrow)
+    button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+    section = QWidget()
+    form = QFormLayout(section)
+    form.setContentsMargins(0, 0, 0, 0)
+    section.setVisible(False)
+
+    def fold(shown: bool) -> None:
+        section.setVisible(shown)
+        button.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+
+    button.toggled.connect(fold)
+    return button, section, form
 
 
 class LayerChoice(QComboBox):
@@ -73,11 +98,16 @@ class Settings(QWidget):
         form.addRow("diameter", self.diameter)
         self.method = QComboBox()
         self.method.addItems(METHODS)
-        form.addRow("clustering", self.method)
+        self.more, self.values, values = fold_button("values")  # three docked widgets fit a 1000-px screen
+        row = QHBoxLayout()
+        row.addWidget(self.method, 1)
+        row.addWidget(self.more)
+        form.addRow("clustering", row)
         self.fields: dict[str, QLineEdit] = {}
         for key in ("foreground_threshold", "threshold", "merge_distance", "min_size"):
             self.fields[key] = QLineEdit()
-            form.addRow(key.replace("_", " "), self.fields[key])
+            values.addRow(key.replace("_", " "), self.fields[key])
+        form.addRow(self.values)
         self.model.editingFinished.connect(self.show_defaults)
         self.method.currentIndexChanged.connect(self.show_defaults)
         self.show_defaults()
@@ -144,6 +174,7 @@ def add_controls(layout: Any, *names: str) -> tuple[list[QPushButton], QProgress
         row.addWidget(b)
     layout.addLayout(row)
     bar = QProgressBar()
+    bar.setVisible(False)  # until there is progress to show
     layout.addWidget(bar)
     status = QLabel("")
     status.setWordWrap(True)
@@ -152,6 +183,7 @@ def add_controls(layout: Any, *names: str) -> tuple[list[QPushButton], QProgress
 
 
 def show_progress(bar: QProgressBar, desc: str, done: int, total: int) -> None:
+    bar.setVisible(True)
     bar.setMaximum(max(total, 1))
     bar.setValue(done)
     bar.setFormat(f"{desc}: %v/%m")
@@ -171,13 +203,48 @@ def pin_blocks(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "blocks": {**blocks, "write_shape": list(run.plan.write_shape)}}
 
 
-class SettingsWidget(QWidget):
-    """A dock widget that starts with the shared :class:`Settings` (``self.column``: its layout)."""
+class DockWidget(QWidget):
+    """A dock widget of the viewer ``self.viewer``: the first time it shows (docked: the canvas just
+    narrowed), the view is fitted again to the layers."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.fitted = False
+
+    def showEvent(self, event: Any) -> None:  # Qt calls it by this name
+        super().showEvent(event)
+        if not self.fitted:
+            self.fitted = True
+            QTimer.singleShot(0, self.viewer.reset_view)  # after the dock's layout has resized the canvas
+
+
+class SettingsWidget(DockWidget):
+    """A dock widget that starts with the shared :class:`Settings` (``self.column``: its layout)."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(napari_viewer)
         self.column = QVBoxLayout(self)
         self.settings = Settings(napari_viewer)
         self.column.addWidget(self.settings)
 
+
+
+class ToolsWidget(DockWidget):
+    """The three widgets as tabs of one dock (Segment this view, Run the whole volume, Edit and
+    keep): as tall as the tallest, for screens too low for three docks."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        from .keep_widget import KeepWidget
+        from .run_widget import RunWidget
+        from .segment_widget import SegmentViewWidget
+
+        super().__init__(napari_viewer)
+        self.tabs = QTabWidget()
+        self.parts = (SegmentViewWidget(napari_viewer), RunWidget(napari_viewer), KeepWidget(napari_viewer))
+        for widget, title in zip(self.parts, ("Segment this view", "Run the whole volume", "Edit and keep"), strict=True):
+            widget.fitted = True  # the tabs' dock fits the view once
+            self.tabs.addTab(widget, title)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)

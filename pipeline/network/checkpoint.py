@@ -63,6 +63,14 @@ class Checkpoint:
         return self.model.spec
 
 
+DEMO_AUTHORS = ("the pipeline's developers",)  # the bundled model records none
+
+
+def checkpoint_authors(ck: Checkpoint) -> tuple[str, ...]:
+    """The authors a checkpoint records (the bundled model: :data:`DEMO_AUTHORS`); () if none."""
+    return ck.info.authors or (DEMO_AUTHORS if ck.path == DEMO_CHECKPOINT else ())
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """``demo`` names the bundled model; anything else is a file path."""
     if str(path) == "demo":
@@ -240,12 +248,14 @@ def read_bioimageio(path: Path) -> tuple[bytes, UNet, dict[str, Any]]:
 
 
 __all__ = [
+    "DEMO_AUTHORS",
     "DEMO_CHECKPOINT",
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
     "ExportNet",
+    "checkpoint_authors",
     "checkpoint_digest",
     "is_package",
     "load_checkpoint",

@@ -7,10 +7,18 @@ validating the file is in :mod:`pipeline.network.checkpoint`.
 
 from __future__ import annotations
 
+import getpass
 import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
 
 
 class Calibration(BaseModel):
@@ -58,7 +66,31 @@ class CheckpointInfo(BaseModel):
     foreground_target: Literal["mask", "interior"] | None = Field(
         None, description="what the foreground channel learnt: every object voxel, or the interior (touching "
         "objects apart); a fine-tune of this model keeps it")
+    authors: tuple[str, ...] | None = Field(
+        None, description="who trained it (then the authors of the model it was fine-tuned from): the names an "
+        "exported bioimage.io package lists unless `model export --author` names others")
 
     def to_json(self) -> str:
         """The ``extra`` string of a checkpoint: the fields that were given, in field order."""
         return json.dumps(self.model_dump(mode="json", exclude_unset=True))
+
+
+def local_author() -> str:
+    """The name of the person running this: git's ``user.name``, else the account's full name
+    (GECOS), else the login name."""
+    git = shutil.which("git")
+    if git:
+        try:
+            found = subprocess.run([git, "config", "user.name"], capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            found = ""
+        if found:
+            return found
+    try:
+        gecos = pwd.getpwuid(os.getuid()).pw_gecos.split(",")[0].strip()
+    except (KeyError, OSError):
+        gecos = ""
+    try:
+        return gecos or getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's anonymous uid)
+        return f"uid {os.getuid()}"

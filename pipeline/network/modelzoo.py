@@ -32,7 +32,8 @@ import tifffile
 import torch
 import yaml
 
-from .checkpoint import CheckpointError, ExportNet, open_checkpoint
+from .checkpoint import CheckpointError, ExportNet, checkpoint_authors, open_checkpoint
+from .metadata import local_author
 from .model import ModelSpec, UNet
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,14 @@ def _validation(info: dict[str, Any]) -> str:
 
 def export_bioimageio(checkpoint: str | Path, out: str | Path, name: str | None = None,
                       authors: tuple[str, ...] = (), overwrite: bool = False) -> Path:
-    """Write the bioimage.io package of ``checkpoint`` into the folder ``out``; returns ``rdf.yaml``."""
+    """Write the bioimage.io package of ``checkpoint`` into the folder ``out``; returns ``rdf.yaml``.
+    ``authors``: by default those the checkpoint records, else the person exporting
+    (:func:`~pipeline.network.metadata.local_author`); never empty."""
     ckpt = open_checkpoint(checkpoint)
+    if not authors:
+        authors = checkpoint_authors(ckpt) or (local_author(),)
+        logger.info("authors: %s (%s; --author names others)", ", ".join(authors),
+                    "recorded in the checkpoint" if checkpoint_authors(ckpt) else "who runs the export")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(f"--out '{out}' is a folder that is not empty; choose another or pass --overwrite")

@@ -20,6 +20,7 @@ from ..clustering import ClusteringParams, fragments, remove_small
 from ..config import ConfigError
 from ..network.checkpoint import load_checkpoint, save_checkpoint
 from ..network.predict import Predictor, predict_whole
+from ..runtime.progress import EVERY_S
 from .config import TrainConfig, check_out
 from .data import Volume, load_volumes, norm_stats, synthetic_volumes
 
@@ -49,14 +50,27 @@ def clustering_grid(delta_d: float, median_size: float, full: bool = True) -> li
     return [{**g, "min_size": m} for g in grid for m in sizes]
 
 
+def _keyed(grid: list[dict[str, Any]], first: list[dict[str, Any]]) -> list[list[tuple[int, dict[str, Any]]]]:
+    """The grid's candidates (with their grid position) grouped by clustering key (all but
+    ``min_size``: one clustering per key), the keys of ``first`` first, then in grid order."""
+    groups: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
+    for i, cand in enumerate(grid):
+        groups.setdefault(tuple((k, v) for k, v in cand.items() if k != "min_size"), []).append((i, cand))
+    early = [k for k in (tuple((k, v) for k, v in c.items() if k != "min_size") for c in first) if k in groups]
+    return [groups[k] for k in dict.fromkeys([*early, *groups])]
+
+
 def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, device: str,
-             full: bool = True, timing: dict[str, float] | None = None) -> dict[str, Any]:
+             full: bool = True, timing: dict[str, float] | None = None, deadline: float | None = None) -> dict[str, Any]:
     """AP@0.5 and avAP on whole validation volumes for every candidate of
-    :func:`clustering_grid`; the best (AP@0.5, then avAP) is returned as ``clustering`` and
-    stored in the checkpoint as the model's default method and parameters. Partly annotated
-    volumes are scored on their annotated voxels only (:func:`pipeline.qc.metrics.restrict`).
-    ``timing`` (a dict) receives the seconds of prediction and of clustering and scoring per
-    clustering key, from which :func:`validation_seconds` estimates a full calibration."""
+    :func:`clustering_grid`; the best (AP@0.5, then avAP, then the earlier in the grid) is returned
+    as ``clustering`` and stored in the checkpoint as the model's default method and parameters.
+    Partly annotated volumes are scored on their annotated voxels only
+    (:func:`pipeline.qc.metrics.restrict`). ``timing`` (a dict) receives the seconds of prediction
+    and of clustering and scoring per clustering key, from which :func:`validation_seconds`
+    estimates a full calibration. ``deadline`` (a :func:`time.perf_counter` value): no clustering
+    key is started that would end past it (the quick candidates' keys go first, and at least one
+    is scored), so a time limit holds; the full grid logs progress lines."""
     from ..qc.metrics import evaluate_many
 
     t0 = time.perf_counter()
@@ -65,20 +79,32 @@ def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, devi
     t1 = time.perf_counter()
     sizes = np.concatenate([np.bincount(v.known_labels().ravel())[1:] for v in volumes])
     median = float(np.median(sizes[sizes > 0])) if (sizes > 0).any() else 0.0
+    groups = _keyed(clustering_grid(delta_d, median, full), clustering_grid(delta_d, median, False))
     best: dict[str, Any] = {}
-    key, segs, keys = None, [], 0
-    for cand in clustering_grid(delta_d, median, full):  # min_size varies fastest: cluster once per key
-        params = ClusteringParams.from_dict({**cand, "min_size": 0})
-        if params != key:
-            key, segs, keys = params, [fragments(o[:-1], o[-1], params) for o in outs], keys + 1
-        s = evaluate_many([(remove_small(seg, cand["min_size"]), v.labels, v.annotated)
-                           for seg, v in zip(segs, volumes)])
-        row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand}
-        if not best or (row["ap50"], row["avap"]) > (best["ap50"], best["avap"]):
-            best = row
+    said, scored, keys = t1, 0, 0
+    for group in groups:
+        now = time.perf_counter()
+        if deadline is not None and keys and now + (now - t1) / keys > deadline:
+            logger.info("calibration cut at the time limit: %d of %d clustering settings scored (%d keys of %d) in "
+                        "%.0f s", scored, sum(map(len, groups)), keys, len(groups), now - t1)
+            break
+        params = ClusteringParams.from_dict({**group[0][1], "min_size": 0})  # min_size varies within a key
+        segs = [fragments(o[:-1], o[-1], params) for o in outs]
+        for index, cand in group:
+            s = evaluate_many([(remove_small(seg, cand["min_size"]), v.labels, v.annotated)
+                               for seg, v in zip(segs, volumes)])
+            row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "clustering": cand, "index": index}
+            if not best or (row["ap50"], row["avap"], -index) > (best["ap50"], best["avap"], -best["index"]):
+                best = row
+        scored, keys = scored + len(group), keys + 1
+        if full and time.perf_counter() - said >= EVERY_S:
+            said = time.perf_counter()
+            logger.info("calibrating: %d of %d clustering settings scored, best AP@0.5 %.3f so far (%.0f s)", scored,
+                        sum(map(len, groups)), best["ap50"], said - t1)
     if timing is not None:
         timing.update(predict=t1 - t0, per_key=(time.perf_counter() - t1) / max(keys, 1))
     model.train()
+    best.pop("index", None)
     return best
 
 

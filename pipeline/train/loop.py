@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..network.checkpoint import open_checkpoint, save_checkpoint
+from ..network.checkpoint import checkpoint_authors, open_checkpoint, save_checkpoint
 from ..network.loss import LossWeights, discriminative_loss
-from ..network.metadata import CheckpointInfo
+from ..network.metadata import CheckpointInfo, local_author
 from ..network.model import UNet, init_model
 from ..runtime.progress import EVERY_S
 from .calibrate import split_volumes, train_device, validate, validation_seconds
@@ -167,7 +167,8 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             model.eval()
             # the full calibration grid at the end (unless calibrate: false), two candidates before
             started = time.perf_counter()
-            metrics = validate(model, val, cfg.loss.delta_d, device, full=last and cfg.calibrate, timing=timing)
+            metrics = validate(model, val, cfg.loss.delta_d, device, full=last and cfg.calibrate, timing=timing,
+                               deadline=t0 + sch.time_limit_s if sch.time_limit_s and last else None)
             if last and cfg.calibrate:
                 logger.info("calibrated the clustering on %d validation volume(s) in %.0f s", len(val),
                             time.perf_counter() - started)
@@ -212,6 +213,14 @@ def training_diameter(volumes: list[Volume]) -> tuple[float, ...] | None:
     return tuple(round(float(d), 2) for d in np.median(np.array(found), axis=0)) if found else None
 
 
+def trainers(cfg: TrainConfig) -> tuple[str, ...]:
+    """Who trained the model (:func:`local_author`), then the authors of the model it was fine-tuned
+    from or resumes (:func:`checkpoint_authors`)."""
+    source = cfg.resume or cfg.init
+    base = checkpoint_authors(open_checkpoint(source)) if source is not None else ()
+    return tuple(dict.fromkeys((local_author(), *base)))
+
+
 def checkpoint_info(cfg: TrainConfig, iterations: int, metrics: dict[str, Any], seconds: float,
                     diameter: tuple[float, ...] | None = None, target: str | None = None) -> CheckpointInfo:
     """The metadata of a training checkpoint; ``metrics`` as :func:`validate` returns them
@@ -223,4 +232,5 @@ def checkpoint_info(cfg: TrainConfig, iterations: int, metrics: dict[str, Any], 
                           **({"clustering": clustering} if clustering else {}),
                           **({"diameter": diameter} if diameter else {}),
                           **({"fine_tuned_from": str(cfg.init)} if cfg.init else {}),
-                          foreground_target=target or cfg.foreground_target or "mask")
+                          foreground_target=target or cfg.foreground_target or "mask",
+                          authors=trainers(cfg))
