@@ -139,7 +139,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
     bar = TrainProgress(sch, start_iter, progress and sys.stderr.isatty())
     metrics: dict[str, Any] = {}
     stream = batches(sampler, sch.batch_size, cfg.workers, cfg.seed, pin=device == "cuda")
-    done = start_iter
+    done, told = start_iter, False
     while done < end:
         elapsed = time.perf_counter() - t0
         last = done + 1 == end
@@ -147,6 +147,11 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             # the cosine schedule follows the elapsed fraction of the time budget, less the final
             # calibration (estimated from the last validation), so the limit is the whole run's
             budget = sch.time_limit_s - (validation_seconds(timing, cfg.calibrate) if timing else 0.0)
+            if timing and not told:
+                told = True
+                logger.info("the final validation%s is estimated at %.0f s: training stops at %.0f s of the %.0f s limit",
+                            " and calibration" if cfg.calibrate else "", sch.time_limit_s - budget, budget,
+                            sch.time_limit_s)
             frac = min(1.0, elapsed / max(budget, 1e-9))
             for group in opt.param_groups:
                 group["lr"] = sch.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
