@@ -234,7 +234,7 @@ def test_docked_widgets_fit_a_1000px_screen_name_the_axes_and_write_beside_the_r
     """The three widgets docked together fit a 1000-px-high screen (the clustering values fold away),
     as do the three as tabs; docking refits the view to the narrower canvas; the axes are z, y, x;
     the paths proposed lie beside the opened result, and a path the user typed is kept."""
-    from pipeline.napari.widget_parts import ToolsWidget
+    from pipeline.napari.tools_widget import ToolsWidget
 
     _, out = demo
     viewer = make_napari_viewer(show=True)

@@ -10,7 +10,8 @@
   process (:mod:`.detach`), its run record and progress lines.
 * :mod:`.keep` (no Qt): corrected labels as a new label image of a result, or as training crops.
 * The dock widgets: :mod:`.segment_widget` ("Segment this view"), :mod:`.run_widget` ("Run the
-  whole volume"), :mod:`.keep_widget` ("Edit and keep"); what they share is :mod:`.widget_parts`
+  whole volume"), :mod:`.keep_widget` ("Edit and keep"), :mod:`.tools_widget` (all three as tabs);
+  what they share is :mod:`.widget_parts`
   (layer chooser, settings form, controls) and :mod:`.viewer` (no Qt: what a layer records, the
   box the canvas shows).
 

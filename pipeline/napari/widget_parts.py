@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QTabWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -227,24 +226,3 @@ class SettingsWidget(DockWidget):
         self.column = QVBoxLayout(self)
         self.settings = Settings(napari_viewer)
         self.column.addWidget(self.settings)
-
-
-
-class ToolsWidget(DockWidget):
-    """The three widgets as tabs of one dock (Segment this view, Run the whole volume, Edit and
-    keep): as tall as the tallest, for screens too low for three docks."""
-
-    def __init__(self, napari_viewer: Any) -> None:
-        from .keep_widget import KeepWidget
-        from .run_widget import RunWidget
-        from .segment_widget import SegmentViewWidget
-
-        super().__init__(napari_viewer)
-        self.tabs = QTabWidget()
-        self.parts = (SegmentViewWidget(napari_viewer), RunWidget(napari_viewer), KeepWidget(napari_viewer))
-        for widget, title in zip(self.parts, ("Segment this view", "Run the whole volume", "Edit and keep"), strict=True):
-            widget.fitted = True  # the tabs' dock fits the view once
-            self.tabs.addTab(widget, title)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.tabs)
