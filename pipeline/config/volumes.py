@@ -12,18 +12,20 @@ from pydantic_core import PydanticCustomError
 from .validation import Frozen
 
 
-def check_diameter(value: Any) -> Any:
-    """A diameter: one positive number, or a list of them (one per axis); one message otherwise."""
+def check_diameter(value: Any, auto: bool = False) -> Any:
+    """A diameter: one positive number, or a list of them (one per axis), or ``auto`` where
+    allowed; one message otherwise."""
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
 
-    if value is None or (number(value) and value > 0):
+    if value is None or (auto and value == "auto") or (number(value) and value > 0):
         return value
     if isinstance(value, list | tuple) and value and all(number(v) and v > 0 for v in value):
         return tuple(value)
     raise PydanticCustomError(
         "diameter", "give the typical object diameter in voxels: one positive number, or one per axis "
-        "(z, y, x), e.g. [12, 24, 24]", {"value": value})
+        "(z, y, x), e.g. [12, 24, 24]" + (", or auto (measured by the model on sampled boxes)" if auto else ""),
+        {"value": value})
 
 
 class InputConfig(Frozen):
@@ -40,11 +42,12 @@ class InputConfig(Frozen):
         None, ge=0, description="the one channel to read from a multi-channel input (BigDataViewer: the setup); "
         "none: every channel"
     )
-    diameter: float | tuple[float, ...] | None = Field(
+    diameter: float | tuple[float, ...] | Literal["auto"] | None = Field(
         None, description="typical object diameter in voxels of this input: one per axis (z, y, x), or one number "
         "(then every axis is scaled by the model's in-plane diameter over it, like cellpose's diameter). The input "
         "is resampled so objects have the model's training diameter (`pipeline model info` shows it) and the labels "
-        "are mapped back; none: no resampling"
+        "are mapped back; auto: measured per axis by the model on a few sampled boxes at several zooms before "
+        "planning (pipeline plan shows it; seconds on a CPU); none: no resampling"
     )
     diameter_unit: Literal["voxel", "physical"] = Field(
         "voxel", description="physical: input.diameter is in the input's units (OME-Zarr, TIFF, HDF5 voxel size), "
@@ -59,7 +62,7 @@ class InputConfig(Frozen):
         "decode each zarr chunk once; none: 1/8 of the worker's memory limit (the machine's, serially), at most "
         "2048; 0: no cache (every read decodes the chunks it touches). TIFF and HDF5 inputs are not cached")
 
-    _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v)))
+    _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v, auto=True)))
 
 
 class OutputConfig(Frozen):

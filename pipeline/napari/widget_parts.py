@@ -93,7 +93,7 @@ class Settings(QWidget):
         row.addWidget(browse)
         form.addRow("model", row)
         self.diameter = QLineEdit()
-        self.diameter.setPlaceholderText("as trained (e.g. 12, 24, 24 voxels z, y, x)")
+        self.diameter.setPlaceholderText("as trained (e.g. 12, 24, 24 voxels z, y, x, or auto)")
         form.addRow("diameter", self.diameter)
         self.method = QComboBox()
         self.method.addItems(METHODS)
@@ -155,11 +155,13 @@ class Settings(QWidget):
         layer = self.layer()
         source = dict(source_of(layer) or {})
         text = self.diameter.text().replace(",", " ").split()
-        if text:
+        if text == ["auto"]:
+            source["diameter"] = "auto"
+        elif text:
             try:
                 source["diameter"] = [float(v) for v in text] if len(text) > 1 else float(text[0])
             except ValueError:
-                raise UsageError(f"diameter '{self.diameter.text()}': give one number or one per axis") from None
+                raise UsageError(f"diameter '{self.diameter.text()}': give one number, one per axis or auto") from None
         return {**pipeline_meta(layer).get("run", {}), "input": source, "output": {"path": str(output)},
                 "model": {"checkpoint": self.model.text().strip() or "demo"},
                 "cluster": cluster, **({"clustering": clustering} if clustering else {})}

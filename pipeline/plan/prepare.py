@@ -24,6 +24,15 @@ from ..volume.io import open_input
 from ..volume.resample import ZoomedVolume, voxel_diameter, zoom_factors, zoom_warnings
 from .blocks import BlockPlan
 from .cost import Live
+from .diameter import (
+    DiameterUnknown,
+    SizeEstimate,
+    auto_zoom,
+    begun_zoom,
+    estimate_diameter,
+    inplane,
+    model_segmenter,
+)
 from .empty import EmptySource, Listing, empty_source, live_counter, stored_chunks
 from .intensity import IntensityStats, intensity_stats
 from .sizing import (
@@ -64,6 +73,8 @@ class Prepared:
     notes: tuple[str, ...] = ()  # why input.diameter's resampling may not help (pipeline plan shows them)
     live: Live | None = None  # write shape -> blocks not known empty from the listing (a sparse volume)
     listing: Listing | None = None  # the store's one listing: which chunks it holds (None: cannot tell)
+    diameter: str | None = None  # where input.diameter's size came from (given, auto: measured), for the plan
+    estimate: SizeEstimate | None = None  # input.diameter auto's measurement (None: given, kept or not set)
 
     @property
     def grid(self) -> Any:
@@ -109,30 +120,14 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
                                        if spec.in_channels == 1 else "give an input with that many channels")
             + " or use another model"
         )
-    zoom = None
-    if cfg.input.diameter is not None:
-        diameter = cfg.input.diameter if cfg.input.diameter_unit == "voxel" else \
-            voxel_diameter(cfg.input.diameter, vol.voxel_size, f"'{cfg.input.path}'")
-        trained = cfg.model.diameter or ckpt.info.diameter
-        if isinstance(trained, int | float):
-            trained = (float(trained),) * vol.ndim
-        zoom = zoom_factors(diameter, trained, vol.ndim,
-                            f"model.checkpoint '{cfg.model.checkpoint}'")
-    notes: list[str] = []
-    if zoom:
-        notes = zoom_warnings(zoom, trained, spec.step)  # type: ignore[arg-type]
-        for note in notes:
-            logger.warning("input.diameter: %s", note)
-    grid = ZoomedVolume(vol, zoom) if zoom else vol
-    if zoom:
-        logger.info("input.diameter %s: resampling %s by %s to %s", cfg.input.diameter, list(vol.shape),
-                    [round(z, 4) for z in zoom], list(grid.shape))
     override = cfg.model.normalisation
     listing = stored_chunks(vol)
     intensity = intensity_stats(vol, spec.normalisation, Normalisation(**override.model_dump()) if override else None,
                                 listing=listing)
     logger.info("normalisation: offset %.6g, scale %.6g from %s", intensity.stats.offset, intensity.stats.scale,
                 intensity.source)
+    zoom, notes, sized, estimate = object_size(cfg, vol, ckpt, intensity.stats)
+    grid = ZoomedVolume(vol, zoom) if zoom else vol
     live = None if zoom or not cfg.empty.skip else \
         live_counter(vol, listing, intensity.stats, cfg.empty.threshold, spec.context)
     write = cfg.blocks.write_shape or (auto_write_shape(grid.shape, spec.step, cfg.blocks.target_size)
@@ -146,4 +141,47 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     warn_cache(cfg.input.chunk_cache_mib, needed)
     return Prepared(cfg, vol, ckpt, plan, intensity,
                     empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes), live,
-                    listing)
+                    listing, sized, estimate)
+
+
+def object_size(cfg: Config, vol: InputVolume, ckpt: Checkpoint,
+                stats: NormStats) -> tuple[tuple[float, ...] | None, list[str], str | None, SizeEstimate | None]:
+    """``input.diameter``'s zoom (None: the input's own grid), why it may not help, where the
+    diameter came from (None: not given) and auto's measurement."""
+    if cfg.input.diameter is None:
+        return None, [], None, None
+    estimate = None
+    trained = cfg.model.diameter or ckpt.info.diameter
+    if isinstance(trained, int | float):
+        trained = (float(trained),) * vol.ndim
+    where = f"model.checkpoint '{cfg.model.checkpoint}'"
+    if cfg.input.diameter == "auto":
+        if trained is None or len(trained) != vol.ndim:
+            zoom_factors(1.0, trained, vol.ndim, where)  # the message for a model without a usable diameter
+        begun = begun_zoom(cfg)
+        if begun is not None:
+            zoom, sized = begun[0], "auto: kept from the output being resumed"
+        else:
+            spec = ckpt.spec
+            try:
+                estimate = estimate_diameter(vol, stats, trained, spec.context, spec.step,
+                                             model_segmenter(ckpt, cfg, stats))
+            except DiameterUnknown:
+                raise InputError(f"input.diameter auto: the model found too few whole objects in '{cfg.input.path}' "
+                                 "at any zoom to measure them; give input.diameter (voxels per axis, e.g. measured "
+                                 "in napari) or leave it out") from None
+            zoom = auto_zoom(estimate.diameter, trained, vol.ndim, where)
+            sized = (f"auto: {estimate.describe()}; in-plane {inplane(estimate.diameter):.1f} "
+                     + ("within the model's tolerance: not resampled" if zoom is None else
+                        "sets one zoom for every axis"))
+    else:
+        diameter = cfg.input.diameter if cfg.input.diameter_unit == "voxel" else \
+            voxel_diameter(cfg.input.diameter, vol.voxel_size, f"'{cfg.input.path}'")
+        zoom, sized = zoom_factors(diameter, trained, vol.ndim, where), f"given: {cfg.input.diameter}"
+    notes = zoom_warnings(zoom, trained, ckpt.spec.step) if zoom else []
+    for note in notes:
+        logger.warning("input.diameter: %s", note)
+    if zoom:
+        logger.info("input.diameter %s: resampling %s by %s to %s", cfg.input.diameter, list(vol.shape),
+                    [round(z, 4) for z in zoom], list(ZoomedVolume(vol, zoom).shape))
+    return zoom, notes, sized, estimate

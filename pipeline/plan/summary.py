@@ -45,6 +45,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
         "cache_needed_mib": round(cache_needed(plan, run.grid.chunks, run.volume) / 2**20, 1),
+        "diameter": run.diameter or "not given (no resampling)",
         "zoom": list(run.zoom) if run.zoom else None,
         "diameter_check": "; ".join(run.notes) if run.notes else ("ok" if run.zoom else "no resampling"),
         "input_shape": list(run.volume.shape),

@@ -258,14 +258,26 @@ def object_diameters(labels: np.ndarray, min_voxels: int = 8) -> tuple[float, ..
     of their voxel coordinates along the axis (exactly the axis of a solid ellipsoid aligned with
     it); objects under ``min_voxels`` are left out. What ``input.diameter`` and a checkpoint's
     ``diameter`` mean."""
+    each = diameters_per_object(labels, min_voxels)
+    if not len(each):
+        raise ValueError(f"no object of at least {min_voxels} voxels to measure")
+    return tuple(float(v) for v in np.median(each, axis=0))
+
+
+def diameters_per_object(labels: np.ndarray, min_voxels: int = 8, interior: bool = False) -> np.ndarray:
+    """``(objects, ndim)`` diameters (``2 * sqrt(5 * var)`` of the coordinates per axis, see
+    :func:`object_diameters`) of the objects of at least ``min_voxels``; ``interior``: only those
+    that touch no face of the array (an object cut by the edge measures small)."""
     ids = labels.ravel().astype(np.int64)
     n = int(ids.max()) + 1 if ids.size else 1
     count = np.bincount(ids, minlength=n).astype(np.float64)
     keep = count >= min_voxels
     keep[0] = False
-    if not keep.any():
-        raise ValueError(f"no object of at least {min_voxels} voxels to measure")
-    out = []
+    if interior:
+        for axis in range(labels.ndim):
+            for edge in (0, -1):
+                keep[np.take(labels, edge, axis=axis).ravel().astype(np.int64)] = False
+    out = np.empty((int(keep.sum()), labels.ndim))
     for axis in range(labels.ndim):
         shape = [1] * labels.ndim
         shape[axis] = labels.shape[axis]
@@ -274,5 +286,5 @@ def object_diameters(labels: np.ndarray, min_voxels: int = 8) -> tuple[float, ..
         s2 = np.bincount(ids, coord * coord, minlength=n)[keep]
         c = count[keep]
         var = np.maximum(s2 / c - (s1 / c) ** 2, 0.0)
-        out.append(float(np.median(2.0 * np.sqrt(5.0 * var))))
-    return tuple(out)
+        out[:, axis] = 2.0 * np.sqrt(5.0 * var)
+    return out
