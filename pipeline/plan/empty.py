@@ -88,9 +88,7 @@ def is_empty(data: np.ndarray, level: float | None) -> bool:
 
 
 def _levels(cfg: InputConfig, vol: InputVolume) -> list[tuple[int, ...]]:
-    """Spatial shape of every level of the input's pyramid (the input's alone without one)."""
-    if not vol.ome:
-        return [vol.shape]
+    """Spatial shape of every level of the input's OME-Zarr pyramid."""
     group = zarr.open(store=str(cfg.path), mode="r")
     group = group[cfg.dataset] if cfg.dataset else group
     return [tuple(group[d["path"]].shape[i] for i in vol.spatial_axes) for d in vol.ome["multiscales"][0]["datasets"]]
@@ -123,8 +121,14 @@ def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequenc
             raise MaskError(f"empty.mask '{e.mask.path}' is {mask.ndim}D {list(mask.shape)}, the input is "
                             f"{vol.ndim}D {list(vol.shape)}; give a mask with the input's axes")
         return EmptySource("mask", level, mask_cfg, tuple(v / m for v, m in zip(grid, mask.shape, strict=True)))
-    levels = _levels(cfg.input, vol)
     base = cfg.input.scale_level
+    if not vol.ome:  # TIFF, HDF5/BDV, N5, a plain zarr array: no pyramid the test could read coarser
+        if e.level not in (None, base):
+            raise MaskError(f"empty.level {e.level}: '{vol.path}' is not an OME-Zarr image, so no coarser level "
+                            "of it is known to test blocks on; leave empty.level unset (each block's input is "
+                            "tested as it is read)")
+        return EmptySource("read", level)
+    levels = _levels(cfg.input, vol)
     k = choose_level(levels, base, write) if e.level is None else e.level
     if k >= len(levels) or k < base:
         raise MaskError(f"empty.level {k} does not exist below input.scale_level {base} in '{vol.path}' "

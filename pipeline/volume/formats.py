@@ -1,9 +1,9 @@
 """Input formats: which reader a path needs (:func:`kind_of`: zarr, a TIFF file, a folder of
-TIFF slices, HDF5, a BigDataViewer XML), and what the readers share: channel selection and
+TIFF slices, HDF5, a BigDataViewer XML, N5), and what the readers share: channel selection and
 unit names from the formats' metadata.
 
-The readers are :mod:`pipeline.volume.zarr_input`, :mod:`pipeline.volume.tiff` and
-:mod:`pipeline.volume.hdf5`; :func:`pipeline.volume.io.open_input` dispatches to them. They read
+The readers are :mod:`pipeline.volume.zarr_input`, :mod:`pipeline.volume.tiff`,
+:mod:`pipeline.volume.hdf5` and :mod:`pipeline.volume.n5`; :func:`pipeline.volume.io.open_input` dispatches to them. They read
 lazily, box by box (``array[slices]``), never whole, and reopen their files in the process that
 reads, so an :class:`~pipeline.config.InputConfig` is all a worker needs.
 """
@@ -17,12 +17,12 @@ from typing import Any, Literal
 from .errors import InputError
 from .input_volume import InputVolume
 
-Kind = Literal["zarr", "tiff", "tiff-folder", "hdf5", "bdv-xml"]
+Kind = Literal["zarr", "tiff", "tiff-folder", "hdf5", "bdv-xml", "n5"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
-FORMATS = "a zarr array, an OME-Zarr image, a TIFF file, a folder of 2D TIFF slices or an HDF5 file"
+FORMATS = "a zarr array, an OME-Zarr image, a TIFF file, a folder of 2D TIFF slices, an HDF5 file or an N5 container"
 
 
 def kind_of(path: Path) -> Kind:
@@ -34,9 +34,21 @@ def kind_of(path: Path) -> Kind:
         return "hdf5"
     if path.is_file() and suffix == ".xml":
         return "bdv-xml"
+    if is_n5(path):
+        return "n5"
     if path.is_dir() and not any((path / m).exists() for m in ZARR_MARKERS) and suffix != ".zarr":
         return "tiff-folder"
     return "zarr"
+
+
+def is_n5(path: Path) -> bool:
+    """Whether ``path`` is (or lies in) an N5 container: named ``*.n5``, or a folder holding N5's
+    ``attributes.json`` and no zarr metadata, or a folder below an ``*.n5`` one."""
+    if path.suffix.lower() == ".n5":
+        return True
+    if not path.is_dir() or any((path / m).exists() for m in ZARR_MARKERS):
+        return False
+    return (path / "attributes.json").is_file() or any(p.suffix.lower() == ".n5" for p in path.parents)
 
 
 def select_channel(vol: InputVolume, channel: int | None, where: str) -> InputVolume:

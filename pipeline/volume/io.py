@@ -2,7 +2,8 @@
 
 :func:`open_input` opens the input an :class:`~pipeline.config.InputConfig` describes (metadata
 only): zarr and OME-Zarr through :mod:`pipeline.volume.zarr_input`, TIFF through
-:mod:`pipeline.volume.tiff`, HDF5 through :mod:`pipeline.volume.hdf5` (which reader:
+:mod:`pipeline.volume.tiff`, HDF5 through :mod:`pipeline.volume.hdf5`, N5 through
+:mod:`pipeline.volume.n5` (which reader:
 :func:`pipeline.volume.formats.kind_of`); it returns an
 :class:`~pipeline.volume.input_volume.InputVolume`, read box by box. :func:`read_image`
 (training) and :func:`open_label_array` (evaluation) read every format. The output group's
@@ -25,6 +26,7 @@ from .errors import InputError
 from .formats import kind_of, select_channel
 from .hdf5 import open_hdf5
 from .input_volume import SPATIAL, InputVolume
+from .n5 import open_n5
 from .tiff import open_tiff, open_tiff_folder
 from .zarr_input import ome_multiscales, open_zarr, open_zarr_node
 
@@ -36,7 +38,7 @@ def input_where(cfg: InputConfig) -> str:
 
 def open_input(cfg: InputConfig) -> InputVolume:
     """Open the input described by ``cfg`` (metadata only, no voxel data read): zarr in
-    :mod:`pipeline.volume.zarr_input`, TIFF and HDF5 through :func:`open_format`; ``cfg.channel``
+    :mod:`pipeline.volume.zarr_input`, TIFF, HDF5 and N5 through :func:`open_format`; ``cfg.channel``
     selects one channel."""
     where = input_where(cfg)
     vol = open_format(cfg) or select_channel(open_zarr(cfg, where), cfg.channel, where)
@@ -50,7 +52,7 @@ def open_input(cfg: InputConfig) -> InputVolume:
 
 
 def open_format(cfg: InputConfig) -> InputVolume | None:
-    """The volume at ``cfg.path`` if it is a TIFF, TIFF folder or HDF5 input, else None (zarr)."""
+    """The volume at ``cfg.path`` if it is a TIFF, TIFF folder, HDF5 or N5 input, else None (zarr)."""
     path = Path(cfg.path)
     kind = kind_of(path)
     if kind == "zarr":
@@ -64,6 +66,8 @@ def open_format(cfg: InputConfig) -> InputVolume | None:
                              "remove input.scale_level")
         vol = open_tiff(path) if kind == "tiff" else open_tiff_folder(path)
         return select_channel(vol, cfg.channel, f"'{path}'")
+    if kind == "n5":
+        return open_n5(path, cfg.dataset, cfg.scale_level, cfg.channel)
     return open_hdf5(path, cfg.dataset, cfg.scale_level, cfg.channel)  # selects the channel (BDV: setup)
 
 
@@ -78,10 +82,10 @@ def check_dtype(dtype: np.dtype[Any], where: str) -> None:
 
 
 def read_image(path: str | Path, dataset: str | None = None) -> np.ndarray:
-    """Read a whole (small) image from TIFF, HDF5 or zarr into memory (training)."""
+    """Read a whole (small) image from TIFF, HDF5, N5 or zarr into memory (training)."""
     p = Path(path)
     if not p.exists():
-        raise InputError(f"image '{p}' does not exist (give an existing TIFF, HDF5 or zarr path)")
+        raise InputError(f"image '{p}' does not exist (give an existing TIFF, HDF5, N5 or zarr path)")
     if kind_of(p) == "tiff":
         import tifffile
 
@@ -96,7 +100,7 @@ def read_image(path: str | Path, dataset: str | None = None) -> np.ndarray:
 def open_label_array(path: str | Path, dataset: str | None = None) -> Any:
     """A label array for evaluation, read lazily: a zarr array or ``dataset`` inside a group
     (default ``segmentation``), an OME-Zarr (label) image (its full-resolution level), a TIFF file
-    or folder of slices, an HDF5 dataset."""
+    or folder of slices, an HDF5 or N5 dataset."""
     p = Path(path)
     if p.exists() and kind_of(p) != "zarr":
         vol = open_input(InputConfig(path=p, dataset=dataset))
