@@ -131,7 +131,7 @@ def test_time_limit_stops_training_and_saves(tmp_path):
 
 def test_a_time_limit_cuts_the_calibration_grid_and_records_who_trained(tmp_path, monkeypatch, caplog):
     """The full grid at the end of a time-limited run stops before the limit (the quick candidates'
-    keys first; progress logged); uncut, the order of scoring does not change the winner (the
+    keys first, and never cut, even past the limit; progress logged); uncut, the order of scoring does not change the winner (the
     earliest best in grid order); the checkpoint records who trained it."""
     import importlib
     import logging
@@ -160,6 +160,10 @@ def test_a_time_limit_cuts_the_calibration_grid_and_records_who_trained(tmp_path
     model = load_checkpoint(tmp_path / "m.pt")[0]
     volumes = calibrate.synthetic_volumes(SyntheticSource(count=3, shape=(32, 32)))
     ours = calibrate.validate(model, volumes, 1.5, "cpu")
+    timing: dict[str, float] = {}
+    late = calibrate.validate(model, volumes, 1.5, "cpu", full=False, timing=timing, deadline=time.perf_counter() - 1)
+    assert {"per_key_connectivity", "per_key_agglomeration"} <= set(timing)  # past the limit: both quick keys
+    assert late == calibrate.validate(model, volumes, 1.5, "cpu", full=False)
     keyed = calibrate._keyed
     monkeypatch.setattr(calibrate, "_keyed", lambda grid, first: keyed(grid, []))  # plain grid order
     assert calibrate.validate(model, volumes, 1.5, "cpu") == ours
