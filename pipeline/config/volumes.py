@@ -30,7 +30,8 @@ def check_diameter(value: Any, auto: bool = False) -> Any:
 
 class InputConfig(Frozen):
     """Where the raw volume is: a zarr array, an OME-Zarr image (group with multiscales), a TIFF
-    file, a folder of 2D TIFF slices or an HDF5 file (BigDataViewer layout included)."""
+    file, a folder of 2D TIFF slices, an HDF5 file (BigDataViewer layout included), an N5
+    container (BigStitcher multiscale groups included) or an Imaris ``.ims`` file."""
 
     path: Path
     dataset: str | None = Field(

@@ -1,9 +1,9 @@
 """Input formats: which reader a path needs (:func:`kind_of`: zarr, a TIFF file, a folder of
-TIFF slices, HDF5, a BigDataViewer XML, N5), and what the readers share: channel selection and
+TIFF slices, HDF5, a BigDataViewer XML, N5, Imaris), and what the readers share: channel selection and
 unit names from the formats' metadata.
 
 The readers are :mod:`pipeline.volume.zarr_input`, :mod:`pipeline.volume.tiff`,
-:mod:`pipeline.volume.hdf5` and :mod:`pipeline.volume.n5`; :func:`pipeline.volume.io.open_input` dispatches to them. They read
+:mod:`pipeline.volume.hdf5`, :mod:`pipeline.volume.n5` and :mod:`pipeline.volume.imaris`; :func:`pipeline.volume.io.open_input` dispatches to them. They read
 lazily, box by box (``array[slices]``), never whole, and reopen their files in the process that
 reads, so an :class:`~pipeline.config.InputConfig` is all a worker needs.
 """
@@ -17,12 +17,13 @@ from typing import Any, Literal
 from .errors import InputError
 from .input_volume import InputVolume
 
-Kind = Literal["zarr", "tiff", "tiff-folder", "hdf5", "bdv-xml", "n5"]
+Kind = Literal["zarr", "tiff", "tiff-folder", "hdf5", "bdv-xml", "n5", "ims"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+IMARIS_SUFFIXES = (".ims",)
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
-FORMATS = "a zarr array, an OME-Zarr image, a TIFF file, a folder of 2D TIFF slices, an HDF5 file or an N5 container"
+FORMATS = "a zarr array, an OME-Zarr image, a TIFF file, a folder of 2D TIFF slices, an HDF5 file, an Imaris .ims file or an N5 container"
 
 
 def kind_of(path: Path) -> Kind:
@@ -32,6 +33,8 @@ def kind_of(path: Path) -> Kind:
         return "tiff"
     if path.is_file() and suffix in HDF5_SUFFIXES:
         return "hdf5"
+    if path.is_file() and suffix in IMARIS_SUFFIXES:
+        return "ims"
     if path.is_file() and suffix == ".xml":
         return "bdv-xml"
     if is_n5(path):

@@ -3,7 +3,7 @@
 :func:`open_input` opens the input an :class:`~pipeline.config.InputConfig` describes (metadata
 only): zarr and OME-Zarr through :mod:`pipeline.volume.zarr_input`, TIFF through
 :mod:`pipeline.volume.tiff`, HDF5 through :mod:`pipeline.volume.hdf5`, N5 through
-:mod:`pipeline.volume.n5` (which reader:
+:mod:`pipeline.volume.n5`, Imaris through :mod:`pipeline.volume.imaris` (which reader:
 :func:`pipeline.volume.formats.kind_of`); it returns an
 :class:`~pipeline.volume.input_volume.InputVolume`, read box by box. :func:`read_image`
 (training) and :func:`open_label_array` (evaluation) read every format. The output group's
@@ -25,6 +25,7 @@ from ..config import InputConfig
 from .errors import InputError
 from .formats import kind_of, select_channel
 from .hdf5 import open_hdf5
+from .imaris import open_imaris
 from .input_volume import SPATIAL, InputVolume
 from .n5 import open_n5
 from .tiff import open_tiff, open_tiff_folder
@@ -38,7 +39,7 @@ def input_where(cfg: InputConfig) -> str:
 
 def open_input(cfg: InputConfig) -> InputVolume:
     """Open the input described by ``cfg`` (metadata only, no voxel data read): zarr in
-    :mod:`pipeline.volume.zarr_input`, TIFF, HDF5 and N5 through :func:`open_format`; ``cfg.channel``
+    :mod:`pipeline.volume.zarr_input`, TIFF, HDF5, N5 and Imaris through :func:`open_format`; ``cfg.channel``
     selects one channel."""
     where = input_where(cfg)
     vol = open_format(cfg) or select_channel(open_zarr(cfg, where), cfg.channel, where)
@@ -52,7 +53,7 @@ def open_input(cfg: InputConfig) -> InputVolume:
 
 
 def open_format(cfg: InputConfig) -> InputVolume | None:
-    """The volume at ``cfg.path`` if it is a TIFF, TIFF folder, HDF5 or N5 input, else None (zarr)."""
+    """The volume at ``cfg.path`` if it is a TIFF, TIFF folder, HDF5, N5 or Imaris input, else None (zarr)."""
     path = Path(cfg.path)
     kind = kind_of(path)
     if kind == "zarr":
@@ -68,6 +69,8 @@ def open_format(cfg: InputConfig) -> InputVolume | None:
         return select_channel(vol, cfg.channel, f"'{path}'")
     if kind == "n5":
         return open_n5(path, cfg.dataset, cfg.scale_level, cfg.channel)
+    if kind == "ims":
+        return open_imaris(path, cfg.dataset, cfg.scale_level, cfg.channel)
     return open_hdf5(path, cfg.dataset, cfg.scale_level, cfg.channel)  # selects the channel (BDV: setup)
 
 
