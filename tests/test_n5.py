@@ -135,6 +135,7 @@ def test_segments_like_zarr_and_plan_shows_it(tmp_path, capsys):
     assert lines["volume_shape"] == "[32, 48, 48]" and lines["input_chunks"] == "[8, 32, 32]"
     assert lines["voxel_size"] == "[2.0, 1.0, 0.5] micrometer" and lines["input_dtype"] == "float32"
     assert lines["empty_blocks_from"].startswith("each block's input as it is read")
+    assert lines["input_format"].startswith("N5 ") and lines["input_format"].endswith("axes zyx")
     from pipeline.errors import UsageError
     from pipeline.run import prepare
 

@@ -12,6 +12,17 @@ from ..runtime.signals import DEFAULT_GRACE_S, stop_on_signals
 from .options import _config_args, _load
 
 
+def input_format(path: Path | str, vol: Any) -> str:
+    """How ``pipeline plan`` names the input it found: format, axes (the channel read), the array."""
+    from ..volume.formats import kind_of
+
+    names = {"zarr": "OME-Zarr image" if vol.ome else "zarr array", "tiff": "TIFF file", "tiff-folder": "TIFF slices",
+             "hdf5": "HDF5", "bdv-xml": "BigDataViewer XML + HDF5", "n5": "N5", "ims": "Imaris"}
+    kind = kind_of(Path(path))
+    return (f"{names.get(kind, kind)} {vol.where}, axes {vol.axes}"
+            + (f" (channel {vol.channel} read)" if vol.channel is not None else ""))
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..plan.labels import check_labels, label_target
     from ..plan.outputs import work_fraction
@@ -29,6 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     vol = run.volume
     summary["voxel_size"] = (f"{list(vol.voxel_size)} {vol.units[0] if vol.units and vol.units[0] else ''}".strip()
                              if vol.voxel_size else "unknown (the input records none)")
+    summary["input_format"] = input_format(run.config.input.path, vol)
     target = label_target(run)
     summary["label_image"] = (f"{target.group} (NGFF {target.version}, {len(target.levels)} level{'s' if len(target.levels) != 1 else ''}, "
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
