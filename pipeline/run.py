@@ -51,9 +51,9 @@ from .stages import (
     Task,
     select_tables,
 )
-from .stages.ids import label_dtype
+from .stages.ids import FRAGMENTS_LAYOUT, label_dtype
 from .stages.labels import LabelsStage, Occupied, open_label_image
-from .stages.objects import read_objects, scratch_layout
+from .stages.objects import ROWS_PER_PART, read_objects
 from .stages.relabel import SEGMENTATION, restore_plan
 from .stages.repair import (
     full_ids,
@@ -88,7 +88,7 @@ def _open_store(run: Prepared, stage: str, params: dict[str, Any], engine: Engin
     this run until it ends (see :mod:`pipeline.runtime.lock`). A write that fails for space ends the
     run with one line naming the path and ``need``."""
     out = run.config.output
-    run_id, layout = uuid.uuid4().hex, scratch_layout(run) if stage == "segment" else None
+    run_id, layout = uuid.uuid4().hex, {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT, "object_stats": "intensity"} if stage == "segment" else None
     lock = RunLock(out.path, run_id)
     try:
         store, resumed = Store.open(out.path, out.overwrite, resume_parts(run, stage, params, layout), run_id, lock)

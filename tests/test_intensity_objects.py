@@ -99,24 +99,3 @@ def test_objects_table_intensity_on_the_input_grid_with_diameter(demo):
     seg, table = run(root, image, "zoomed", {"kind": "serial"}, diameter=[10, 14, 14])
     assert seg.shape == image.shape and len(table["id"])
     check_against_regionprops(seg, table, image)
-
-
-def test_objects_intensity_false_leaves_the_columns_out(demo):
-    """``output.objects_intensity: false``: no intensity columns, the same labels and counts, and
-    another scratch layout (a run begun with intensity is not resumed without it)."""
-    root, image = demo
-    out = segment({"input": {"path": str(root / "in.zarr"), "dataset": "raw"},
-                   "output": {"path": str(root / "plain.zarr"), "objects_intensity": False},
-                   "blocks": {"write_shape": [16, 48, 48]}, "cluster": {"kind": "serial"}})
-    table = read_objects(out)
-    assert not any(k.startswith("intensity_") for k in table)
-    seg, measured = run(root, image, "measured", {"kind": "serial"})
-    np.testing.assert_array_equal(open_array(out / "segmentation")[...], seg)
-    np.testing.assert_array_equal(table["voxels"], measured["voxels"])
-    from pipeline.run import prepare
-    from pipeline.stages.objects import scratch_layout
-
-    cfg = {"input": {"path": str(root / "in.zarr"), "dataset": "raw"}, "output": {"path": str(root / "x.zarr")}}
-    on = scratch_layout(prepare(cfg))
-    off = scratch_layout(prepare({**cfg, "output": {**cfg["output"], "objects_intensity": False}}))
-    assert on["object_stats"] == "intensity" and off["object_stats"] == "counts"

@@ -73,10 +73,6 @@ class OutputConfig(Frozen):
         None, description="also write objects.csv (the table is always written as Parquet parts under objects/); "
         "none: only when there are at most 100,000 objects"
     )
-    objects_intensity: bool = Field(
-        True, description="the objects table measures the segmented channel's raw intensity per object (mean, min, "
-        "max, sum, std; not for a multi-channel input read whole); false: no intensity columns and one input read "
-        "per block less (about 0.03 CPU-s per Mvox, benchmarks/RESULTS.md)")
     labels: Literal["auto", "image", "standalone", "none"] = Field(
         "auto", description="where the OME-Zarr label image (a pyramid of the segmentation) goes: image = under "
         "the input OME-Zarr image's labels/ group (napari shows it with the image); standalone = "

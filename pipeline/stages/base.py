@@ -41,7 +41,6 @@ from ..runtime.integrity import owned_chunks
 from ..runtime.markers import MarkerIndex
 from ..runtime.store import Store
 from ..runtime.tasks import batched
-from .intensity import measures_intensity
 
 if TYPE_CHECKING:
     from ..plan.prepare import Prepared
@@ -80,7 +79,7 @@ class Task:
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
                    m.channels_last, torch_threads(run.config.cluster), m.batch_size,
                    run.empty.background if run.empty else None, run.zoom, out.changed_input, out.resume_check,
-                   sweep_axes(run.plan, run.grid.chunks), measures_intensity(run))
+                   sweep_axes(run.plan, run.grid.chunks), run.volume.channels == 1)
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""

@@ -20,15 +20,10 @@ labels (also what ``restore`` uses, whose labels are global ids).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from numba import njit
 
 from ..clustering.compiled_voxels import as_3d
-
-if TYPE_CHECKING:
-    from ..plan.prepare import Prepared
 
 FIELDS = ("isum", "isq", "imin", "imax")  # the partials, as the statistics rows name them
 
@@ -105,9 +100,3 @@ def intensity_columns(objects: dict[str, np.ndarray], count: np.ndarray) -> dict
     std = np.sqrt(np.maximum((objects["isq"] - objects["isum"] * mean) / n, 0.0))
     return {"intensity_mean": mean, "intensity_max": objects["imax"], "intensity_min": objects["imin"],
             "intensity_sum": objects["isum"], "intensity_std": std}
-
-
-def measures_intensity(run: Prepared) -> bool:
-    """Whether the objects table measures the input: ``output.objects_intensity`` and one channel
-    read (the one the network segments)."""
-    return bool(run.config.output.objects_intensity) and run.volume.channels == 1

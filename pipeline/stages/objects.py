@@ -13,18 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..runtime.engine import Batch, Engine
 from ..runtime.store import OBJECTS, Store
 from ..runtime.tasks import batched
-from .ids import FRAGMENTS_LAYOUT, combine_stats
-from .intensity import FIELDS, combine_intensity, intensity_columns, measures_intensity
-
-if TYPE_CHECKING:
-    from ..plan.prepare import Prepared
+from .ids import combine_stats
+from .intensity import FIELDS, combine_intensity, intensity_columns
 
 # object ids per part: a part's partial rows (96 bytes each, one per object and block it touches; 128
 # with the intensity partials) and the combine's copies of them take a worker about 600 bytes per id at
@@ -181,10 +178,3 @@ class ObjectsStage:
             logger.info("objects: no intensity columns (the network reads several input channels; "
                         "input.channel picks one to measure)")
         return {"rows": rows, "parts": parts, "csv": written, "intensity": self.intensity}
-
-
-def scratch_layout(run: Prepared) -> dict[str, Any]:
-    """How a segment run's scratch is laid out, recorded with its resume key (a run of another
-    layout is not resumed): object rows per part, fragment ids, whether the rows hold intensity."""
-    return {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT,
-            "object_stats": "intensity" if measures_intensity(run) else "counts"}
