@@ -88,7 +88,7 @@ def _open_store(run: Prepared, stage: str, params: dict[str, Any], engine: Engin
     this run until it ends (see :mod:`pipeline.runtime.lock`). A write that fails for space ends the
     run with one line naming the path and ``need``."""
     out = run.config.output
-    run_id, layout = uuid.uuid4().hex, {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT, "object_stats": "intensity"} if stage == "segment" else None
+    run_id, layout = uuid.uuid4().hex, {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT} if stage == "segment" else None
     lock = RunLock(out.path, run_id)
     try:
         store, resumed = Store.open(out.path, out.overwrite, resume_parts(run, stage, params, layout), run_id, lock)
@@ -206,7 +206,7 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
             restore(run, task, label_dtype(n), engine, area.computed if area else None)
             timing["restore"] = time.perf_counter() - t0 - sum(timing.values())
         grid = physical_grid(run.volume, cfg.input.scale_level)
-        table = ObjectsStage(store, *(grid or (None, None)), intensity=task.intensity).run(engine, n, cfg.output.objects_csv)
+        table = ObjectsStage(store, *(grid or (None, None))).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
         occupied = Occupied((counts > 0).reshape(run.plan.grid), run.plan.write_shape, run.zoom)
         label_image = LabelsStage(store, target, label_dtype(n), occupied).run(engine) if target else None

@@ -1,6 +1,5 @@
 """The ``objects`` stage: one row per object (id, voxels, bounding box, centroid in voxels
-and physical units, physical volume, blocks spanned, the input's intensity: see
-:mod:`.intensity`), reduced by id range on the workers.
+and physical units, physical volume, blocks spanned), reduced by id range on the workers.
 
 Each relabel task writes its blocks' partial statistics split by id range (``part``, of
 :data:`ROWS_PER_PART` ids); one task per part combines them and writes
@@ -10,7 +9,6 @@ data, except to write ``objects.csv`` for small results.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,13 @@ from ..runtime.engine import Batch, Engine
 from ..runtime.store import OBJECTS, Store
 from ..runtime.tasks import batched
 from .ids import combine_stats
-from .intensity import FIELDS, combine_intensity, intensity_columns
 
-# object ids per part: a part's partial rows (96 bytes each, one per object and block it touches; 128
-# with the intensity partials) and the combine's copies of them take a worker about 600 bytes per id at
-# most (measured before the intensity partials: ~800 expected with them), ~80 MiB, whatever the number
-# of objects (2**20 took 600 MiB); a part of the table is a Parquet file of ~10 MB (~15 MB with intensity)
+# object ids per part: a part's partial rows (96 bytes each, one per object and block it touches) and
+# the combine's copies of them take a worker about 600 bytes per id at most, ~80 MiB, whatever the
+# number of objects (2**20 took 600 MiB); a part of the table is a Parquet file of ~10 MB
 ROWS_PER_PART = 2**17
 CSV_LIMIT = 100_000  # objects.csv is written up to this many objects (output.objects_csv: auto)
 PARTS_PER_TASK = 16
-
-logger = logging.getLogger(__name__)
 
 
 def part_of(ids: np.ndarray) -> np.ndarray:
@@ -42,32 +36,29 @@ def stats_rows(stats: dict[str, np.ndarray]) -> np.ndarray:
     """Partial statistics as one structured array (what the stats files hold)."""
     nd = stats["lo"].shape[1] if stats["lo"].ndim == 2 else 0
     dtype = [("id", "u8"), ("count", "i8"), ("lo", "i8", (nd,)), ("hi", "i8", (nd,)), ("sum", "f8", (nd,)),
-             ("blocks", "i8"), *((f, "f8") for f in FIELDS)]
+             ("blocks", "i8")]
     rows = np.zeros(len(stats["id"]), dtype=dtype)
-    for key in ("id", "count", "lo", "hi", "sum", *(f for f in FIELDS if f in stats)):
+    for key in ("id", "count", "lo", "hi", "sum"):
         rows[key] = stats[key]
     rows["blocks"] = stats.get("blocks", 1)
     return rows
 
 
 def combine_rows(parts: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """One row per object id of the partial rows (``blocks``: how many blocks it spans; the
-    intensity partials, see :mod:`.intensity`)."""
+    """One row per object id of the partial rows (``blocks``: how many blocks it spans)."""
     if not parts:
-        return combine_stats([]) | {"blocks": np.zeros(0, np.int64)} | {f: np.zeros(0) for f in FIELDS}
+        return combine_stats([]) | {"blocks": np.zeros(0, np.int64)}
     rows = np.concatenate(parts)
     combined = combine_stats([{k: rows[k] for k in ("id", "count", "lo", "hi", "sum")}])
-    at, n = np.searchsorted(combined["id"], rows["id"]), len(combined["id"])
-    combined["blocks"] = np.bincount(at, minlength=n)
-    return combined | combine_intensity(rows, at, n)
+    combined["blocks"] = np.bincount(np.searchsorted(combined["id"], rows["id"]), minlength=len(combined["id"]))
+    return combined
 
 
 def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None,
-          origin: Sequence[float] | None = None, intensity: bool = False) -> dict[str, np.ndarray]:
+          origin: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """Named columns: ids, voxels, bbox (start inclusive, end exclusive), centroid; with a
     voxel size also the centroid in physical units (``position_<axis>`` = centroid * voxel size
-    + ``origin``, the image's coordinates) and ``volume``; with ``intensity`` the input's
-    ``intensity_{mean,max,min,sum,std}``."""
+    + ``origin``, the image's coordinates) and ``volume``."""
     nd = objects["lo"].shape[1] if objects["lo"].ndim == 2 else 0
     axes = "zyx"[-nd:] if nd else ""
     count = objects["count"]
@@ -81,7 +72,7 @@ def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None,
         cols |= {f"position_{a}": centroid[:, i] * voxel_size[i] + shift[i] for i, a in enumerate(axes)}
         cols["volume"] = count * float(np.prod(voxel_size))
     cols["blocks"] = objects.get("blocks", np.ones(len(count), np.int64)).astype(np.int64)
-    return cols | (intensity_columns(objects, count) if intensity else {})
+    return cols
 
 
 def write_part(path: Path, cols: dict[str, np.ndarray]) -> None:
@@ -134,12 +125,9 @@ def read_objects(path: str | Path, parts: Sequence[Path] | None = None) -> dict[
 
 
 def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
-    """``objects.csv``: integers as integers, centroids to 3 decimals, volumes, intensity means and
-    standard deviations to 6 digits, intensity sums, minima and maxima to 15."""
+    """``objects.csv``: integers as integers, centroids to 3 decimals, volumes to 6 digits."""
     names = list(cols)
-    fmt = ["%.3f" if n.startswith(("centroid", "position")) else
-           "%.6g" if n in ("volume", "intensity_mean", "intensity_std") else
-           "%.15g" if n.startswith("intensity_") else "%d" for n in names]
+    fmt = ["%.3f" if n.startswith(("centroid", "position")) else "%.6g" if n == "volume" else "%d" for n in names]
     with open(path, "w") as f:
         f.write(",".join(names) + "\n")
         if len(cols["id"]):
@@ -152,15 +140,14 @@ def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
 class ObjectsStage:
     name = "objects"
 
-    def __init__(self, store: Store, voxel_size: Sequence[float] | None, origin: Sequence[float] | None = None,
-                 intensity: bool = False) -> None:
+    def __init__(self, store: Store, voxel_size: Sequence[float] | None, origin: Sequence[float] | None = None) -> None:
         self.store = store
-        self.voxel_size, self.origin, self.intensity = voxel_size, origin, intensity
+        self.voxel_size, self.origin = voxel_size, origin
 
     def reduce_parts(self, parts: Batch) -> int:
         rows = 0
         for part in parts:
-            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size, self.origin, self.intensity)
+            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size, self.origin)
             write_part(Path(self.store.path) / OBJECTS / f"part-{part:05d}.parquet", cols)
             rows += len(cols["id"])
         return rows
@@ -174,7 +161,4 @@ class ObjectsStage:
         written = csv if csv is not None else n <= CSV_LIMIT
         if written:
             write_csv(Path(self.store.path) / "objects.csv", read_objects(self.store.path))
-        if not self.intensity:
-            logger.info("objects: no intensity columns (the network reads several input channels; "
-                        "input.channel picks one to measure)")
-        return {"rows": rows, "parts": parts, "csv": written, "intensity": self.intensity}
+        return {"rows": rows, "parts": parts, "csv": written}

@@ -1,11 +1,10 @@
 """The ``relabel`` stage: each block's fragment ids through its lookup table into the
 global ``segmentation`` (uint32, or uint64 beyond 2**32 - 1 objects); writes the block's
-partial object statistics, split by id range, one file per batch, for the ``objects`` stage;
-with the intensity statistics (:mod:`.intensity`), of the input read for the same box.
+partial object statistics, split by id range, one file per batch, for the ``objects`` stage.
 
 With ``input.diameter`` the blocks cover the resampled input: relabel writes the labels of
 that grid to scratch and the ``restore`` stage maps them back to the input grid (nearest
-neighbour), where the statistics are taken (the input's intensities too, on its own grid)."""
+neighbour), where the statistics are taken."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import Box
 from ..plan.blocks import Block, BlockPlan, rows, span
 from ..runtime.engine import Batch, Engine
 from ..runtime.markers import batch_name, marker_name
@@ -24,9 +22,7 @@ from ..volume.io import write_region
 from ..volume.resample import nearest_indices
 from .base import BlockStage, Task
 from .ids import object_stats
-from .intensity import fragment_intensity, intensity_stats
 from .objects import part_of, stats_rows
-from .predict import input_volume
 from .relabel_kernel import relabel_block
 
 SEGMENTATION = "segmentation"
@@ -54,17 +50,9 @@ class RelabelStage(BlockStage):
             for f in self.store.stats_files(name.removesuffix(".json")):
                 f.unlink(missing_ok=True)
 
-    def block_stats(self, block: Block, labels: np.ndarray, data: np.ndarray | None) -> np.ndarray | None:
-        """The block's partial object statistics (one row per object it holds), with ``stats``;
-        the intensity partials of ``data`` (its input) when given."""
-        if not self.stats:
-            return None
-        return stats_rows(with_intensity(object_stats(labels, block.valid.offset),
-                                         None if data is None else intensity_stats(labels, data)))
-
-    def read_input(self, box: Box) -> np.ndarray | None:
-        """The input's one channel in ``box`` (on the input grid), when statistics measure it."""
-        return input_volume(self.task.input).read(box)[0] if self.stats and self.task.intensity else None
+    def block_stats(self, block: Block, labels: np.ndarray) -> np.ndarray | None:
+        """The block's partial object statistics (one row per object it holds), with ``stats``."""
+        return stats_rows(object_stats(labels, block.valid.offset)) if self.stats else None
 
     def write_stats(self, blocks: Sequence[Block], rows: list[np.ndarray | None]) -> None:
         """One file per batch and id range it touches, named by the batch's marker file (a rerun
@@ -100,27 +88,15 @@ class RelabelStage(BlockStage):
             box = span(run)
             local = frag[box.to_slices()]
             labels = np.empty(box.shape, dtype=self.dtype)
-            data = self.read_input(box)
             for block in run:
                 rel = block.valid.to_slices(relative_to=box)
                 table = table_of[block.linear].astype(self.dtype, copy=False)
                 found = relabel_block(local[rel], block.linear, table, labels[rel], block.valid.offset)
-                if self.stats:  # ids checked by relabel_block first
-                    found = with_intensity(found, None if data is None else fragment_intensity(local[rel], table, data[rel]))
                 stats.append(stats_rows(found) if self.stats else None)
             write_region(seg, box.to_slices(), labels)
             for block in run:
                 yield block, None
         self.write_stats(blocks, stats)
-
-
-def with_intensity(stats: dict[str, np.ndarray], intensity: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """``stats`` and the intensity partials of the same objects (in the same order), when measured."""
-    if intensity is None:
-        return stats
-    if not np.array_equal(stats["id"], intensity["id"]):
-        raise RuntimeError("the intensity statistics name other objects than the block's statistics")
-    return stats | {k: v for k, v in intensity.items() if k != "id"}
 
 
 def restore_plan(shape: tuple[int, ...], zoomed: BlockPlan, zoom: tuple[float, ...]) -> BlockPlan:
@@ -150,9 +126,7 @@ class RestoreStage(RelabelStage):
             region = src[tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)]
             labels = np.asarray(region)[np.ix_(*(i - i[0] for i in idx))]
             seg[box.to_slices()] = labels
-            data = self.read_input(box)
             for block in run:
-                rel = block.valid.to_slices(relative_to=box)
-                stats.append(self.block_stats(block, labels[rel], None if data is None else data[rel]))
+                stats.append(self.block_stats(block, labels[block.valid.to_slices(relative_to=box)]))
                 yield block, None
         self.write_stats(blocks, stats)
