@@ -173,14 +173,18 @@ def prepare_cache(tmp: Path, cfg: dict, image: np.ndarray) -> tuple[Path, int, i
 
 
 PER_TASK: int | None = None  # blocks.blocks_per_task (None: automatic), set by --blocks-per-task
+OVERRIDES: list[str] = []  # config overrides (--set KEY=VALUE), as the CLI's --set
 
 
 def config(tmp: Path, name: str, write: list[int], threads: int) -> dict:
-    return {"input": {"path": str(tmp / "in.zarr"), "dataset": "raw"},
-            "output": {"path": str(tmp / f"{name}.zarr"), "overwrite": True},
-            "model": {"checkpoint": "demo", "device": "cpu"},
-            "blocks": {"write_shape": list(write), "blocks_per_task": PER_TASK},
-            "cluster": {"kind": "local", "n_workers": 1, "threads_per_worker": threads, "torch_threads": 1}}
+    from pipeline.config import apply_overrides
+
+    return apply_overrides({
+        "input": {"path": str(tmp / "in.zarr"), "dataset": "raw"},
+        "output": {"path": str(tmp / f"{name}.zarr"), "overwrite": True},
+        "model": {"checkpoint": "demo", "device": "cpu"},
+        "blocks": {"write_shape": list(write), "blocks_per_task": PER_TASK},
+        "cluster": {"kind": "local", "n_workers": 1, "threads_per_worker": threads, "torch_threads": 1}}, OVERRIDES)
 
 
 def measure(client, tmp: Path, cache: Path, write: list[int], threads: int, speed: float, voxels: int) -> dict:
@@ -266,9 +270,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--feed-only", action="store_true", help="only the GPU task alone")
     ap.add_argument("--blocks-per-task", type=int, help="default: automatic")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override as the CLI's --set, e.g. objects.intensity=false (repeatable)")
     args = ap.parse_args()
     global PER_TASK
     PER_TASK = args.blocks_per_task
+    OVERRIDES[:] = args.set
     if args.quick:
         args.shape, args.speeds, args.threads = [32, 128, 128], [1, 1000], [1, 2]
     import cloudpickle

@@ -49,12 +49,11 @@ from .stages import (
     RestoreStage,
     ScanStage,
     Task,
-    select_tables,
 )
-from .stages.ids import FRAGMENTS_LAYOUT, label_dtype
+from .stages.ids import label_dtype
 from .stages.labels import LabelsStage, Occupied, open_label_image
-from .stages.objects import ROWS_PER_PART, read_objects
-from .stages.relabel import SEGMENTATION, restore_plan
+from .stages.objects import read_objects, scratch_layout
+from .stages.relabel import SEGMENTATION, relabel_skip, restore_plan
 from .stages.repair import (
     full_ids,
     level_factors,
@@ -88,7 +87,7 @@ def _open_store(run: Prepared, stage: str, params: dict[str, Any], engine: Engin
     this run until it ends (see :mod:`pipeline.runtime.lock`). A write that fails for space ends the
     run with one line naming the path and ``need``."""
     out = run.config.output
-    run_id, layout = uuid.uuid4().hex, {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT} if stage == "segment" else None
+    run_id, layout = uuid.uuid4().hex, scratch_layout(run) if stage == "segment" else None
     lock = RunLock(out.path, run_id)
     try:
         store, resumed = Store.open(out.path, out.overwrite, resume_parts(run, stage, params, layout), run_id, lock)
@@ -194,8 +193,8 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
         tables, n = MergeStage(task, method).run(engine, counts, min_size, per, blocks)
         timing["merge"] = time.perf_counter() - t0 - sum(timing.values())
         relabel = RelabelStage(task, label_dtype(n), ZOOMED if run.zoom else SEGMENTATION, stats=not run.zoom)
-        relabel.skip = counts == 0  # nothing to relabel: the fill value (0) stands
-        for _ in relabel.run(engine, per, per_batch=lambda b: (engine.call(select_tables, tables, b),)):
+        relabel.skip = relabel_skip(run.plan, counts, relabel.ring)  # elsewhere the fill value (0) stands
+        for _ in relabel.run(engine, per, per_batch=relabel.tables_of(engine, tables)):
             pass
         timing["relabel"] = time.perf_counter() - t0 - sum(timing.values())
         record = None
@@ -206,7 +205,7 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
             restore(run, task, label_dtype(n), engine, area.computed if area else None)
             timing["restore"] = time.perf_counter() - t0 - sum(timing.values())
         grid = physical_grid(run.volume, cfg.input.scale_level)
-        table = ObjectsStage(store, *(grid or (None, None))).run(engine, n, cfg.output.objects_csv)
+        table = ObjectsStage(store, *(grid or (None, None)), task.measure).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
         occupied = Occupied((counts > 0).reshape(run.plan.grid), run.plan.write_shape, run.zoom)
         label_image = LabelsStage(store, target, label_dtype(n), occupied).run(engine) if target else None

@@ -35,12 +35,12 @@ from .cluster import (
 from .clustering import ClusteringConfig, MergeConfig
 from .model import BlocksConfig, EmptyConfig, MaskConfig, ModelConfig, NormalisationConfig, PositiveShape
 from .validation import ConfigError, Frozen, apply_overrides, describe_errors, read_yaml, validate_model
-from .volumes import InputConfig, OutputConfig, check_diameter
+from .volumes import InputConfig, ObjectsConfig, OutputConfig, check_diameter
 
 __all__ = [
     "JOBQUEUE_KINDS", "WALLTIME", "AdaptiveConfig", "AddressClusterConfig", "BlocksConfig", "ClusterConfig",
     "ClusteringConfig", "Config", "ConfigError", "EmptyConfig", "Frozen", "InputConfig", "JobqueueClusterConfig",
-    "LocalClusterConfig", "LocalCudaClusterConfig", "MaskConfig", "MergeConfig", "ModelConfig", "NormalisationConfig",
+    "LocalClusterConfig", "LocalCudaClusterConfig", "MaskConfig", "MergeConfig", "ModelConfig", "NormalisationConfig", "ObjectsConfig",
     "OutputConfig", "PositiveShape", "SerialClusterConfig", "apply_overrides", "check_diameter", "describe_errors", "load_config",
     "read_yaml", "validate_config", "validate_model",
 ]
@@ -55,6 +55,7 @@ class Config(Frozen):
     cluster: ClusterConfig = LocalClusterConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     merge: MergeConfig = MergeConfig()
+    objects: ObjectsConfig = ObjectsConfig()
 
     @field_validator("cluster", mode="before")
     @classmethod

@@ -95,3 +95,27 @@ class OutputConfig(Frozen):
         True, description="refuse to start when the output's filesystem has clearly less free space than the "
         "run's estimated output (`pipeline plan` shows the estimate)")
 
+
+
+class ObjectsConfig(Frozen):
+    """What the objects table measures besides voxels, boxes and centroids (columns in the README)."""
+
+    intensity: bool = Field(
+        True, description="measure the segmented channel's raw intensity per object (intensity_mean, _min, _max, "
+        "_sum, _std, and with ring > 0 background and intensity_mean_corrected); not for an input whose every "
+        "channel the network reads (name them in channels)")
+    channels: tuple[int, ...] = Field(
+        (), description="other channels of the input array (indices along its c axis) measured the same way; "
+        "their columns end in _c<index>, e.g. intensity_mean_c1")
+    ring: int = Field(
+        0, ge=0, le=16, description="background per object: the mean intensity of the voxels in no object within "
+        "this many voxels of it (chessboard distance, on the input grid), as column background, and "
+        "intensity_mean_corrected = intensity_mean - background; 0: none. 2 costs about 0.05 CPU-s per Mvox "
+        "on dense nuclei (benchmarks/RESULTS.md), a quarter of the CPU side of a GPU run")
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(c < 0 for c in v) or len(set(v)) != len(v):
+            raise ValueError(f"channels must be distinct indices >= 0, got {list(v)}")
+        return tuple(sorted(v))

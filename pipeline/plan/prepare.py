@@ -35,6 +35,7 @@ from .diameter import (
 )
 from .empty import EmptySource, Listing, empty_source, live_counter, stored_chunks
 from .intensity import IntensityStats, intensity_stats
+from .measure import Measure, measured
 from .sizing import (
     auto_blocks_per_task,
     auto_write_shape,
@@ -75,6 +76,7 @@ class Prepared:
     listing: Listing | None = None  # the store's one listing: which chunks it holds (None: cannot tell)
     diameter: str | None = None  # where input.diameter's size came from (given, auto: measured), for the plan
     estimate: SizeEstimate | None = None  # input.diameter auto's measurement (None: given, kept or not set)
+    measure: Measure | None = None  # what the objects table measures of the input (objects.*)
 
     @property
     def grid(self) -> Any:
@@ -120,6 +122,7 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
                                        if spec.in_channels == 1 else "give an input with that many channels")
             + " or use another model"
         )
+    measure = measured(cfg, vol)
     override = cfg.model.normalisation
     listing = stored_chunks(vol)
     intensity = intensity_stats(vol, spec.normalisation, Normalisation(**override.model_dump()) if override else None,
@@ -141,7 +144,7 @@ def prepare(config: Config | dict[str, Any] | str | Path) -> Prepared:
     warn_cache(cfg.input.chunk_cache_mib, needed)
     return Prepared(cfg, vol, ckpt, plan, intensity,
                     empty_source(cfg, vol, intensity.stats, plan.write_shape, grid.shape), zoom, tuple(notes), live,
-                    listing, sized, estimate)
+                    listing, sized, estimate, measure)
 
 
 def object_size(cfg: Config, vol: InputVolume, ckpt: Checkpoint,

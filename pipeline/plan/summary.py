@@ -51,6 +51,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "input_shape": list(run.volume.shape),
         "normalisation": f"offset {run.stats.offset:.6g}, scale {run.stats.scale:.6g} from {run.intensity.source}",
         "empty_blocks_from": run.empty.describe() if run.empty else "not skipped (empty.skip: false)",
+        "objects_measure": run.measure.describe() if run.measure else "voxels, boxes, centroids (no intensity)",
         "plan_digest": plan.digest(),
     }
 

@@ -43,6 +43,7 @@ from ..runtime.store import Store
 from ..runtime.tasks import batched
 
 if TYPE_CHECKING:
+    from ..plan.measure import Measure
     from ..plan.prepare import Prepared
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Task:
     changed_input: str = "refuse"  # output.changed_input: refuse | recompute
     resume_check: str = "metadata"  # output.resume_check: metadata | content
     sweep: tuple[int, ...] | None = None  # grid axes, slowest first, in the order blocks run (see blocks.sweep_axes)
+    measure: Measure | None = None  # what the objects table measures of the input (see stages.intensity)
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
@@ -78,7 +80,7 @@ class Task:
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
                    m.channels_last, torch_threads(run.config.cluster), m.batch_size,
                    run.empty.background if run.empty else None, run.zoom, out.changed_input, out.resume_check,
-                   sweep_axes(run.plan, run.grid.chunks))
+                   sweep_axes(run.plan, run.grid.chunks), run.measure)
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""

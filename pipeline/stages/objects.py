@@ -1,5 +1,6 @@
 """The ``objects`` stage: one row per object (id, voxels, bounding box, centroid in voxels
-and physical units, physical volume, blocks spanned), reduced by id range on the workers.
+and physical units, physical volume, blocks spanned, the input's intensity: see
+:mod:`.intensity`), reduced by id range on the workers.
 
 Each relabel task writes its blocks' partial statistics split by id range (``part``, of
 :data:`ROWS_PER_PART` ids); one task per part combines them and writes
@@ -11,18 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..plan.measure import Measure
 from ..runtime.engine import Batch, Engine
 from ..runtime.store import OBJECTS, Store
 from ..runtime.tasks import batched
-from .ids import combine_stats
+from .ids import FRAGMENTS_LAYOUT, combine_stats
+from .intensity import OWN, RING, combine_intensity, intensity_columns
 
-# object ids per part: a part's partial rows (96 bytes each, one per object and block it touches) and
-# the combine's copies of them take a worker about 600 bytes per id at most, ~80 MiB, whatever the
-# number of objects (2**20 took 600 MiB); a part of the table is a Parquet file of ~10 MB
+if TYPE_CHECKING:
+    from ..plan.prepare import Prepared
+
+# object ids per part: a part's partial rows (96 bytes each, one per object and block it touches; 128
+# with the intensity partials) and the combine's copies of them take a worker about 600 bytes per id at
+# most (measured before the intensity partials: ~800 expected with them), ~80 MiB, whatever the number
+# of objects (2**20 took 600 MiB); a part of the table is a Parquet file of ~10 MB (~15 MB with intensity)
 ROWS_PER_PART = 2**17
 CSV_LIMIT = 100_000  # objects.csv is written up to this many objects (output.objects_csv: auto)
 PARTS_PER_TASK = 16
@@ -32,33 +39,42 @@ def part_of(ids: np.ndarray) -> np.ndarray:
     return ((np.asarray(ids, dtype=np.int64) - 1) // ROWS_PER_PART).astype(np.int64)
 
 
-def stats_rows(stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Partial statistics as one structured array (what the stats files hold)."""
+def stats_rows(stats: dict[str, np.ndarray], block: int = -1) -> np.ndarray:
+    """Partial statistics of ``block`` as one structured array (what the stats files hold); with the
+    intensity partials (:mod:`.intensity`, one value per measured channel) when ``stats`` has them. A
+    row of an object only in the block's background rings has ``count`` 0 and neutral bounds."""
     nd = stats["lo"].shape[1] if stats["lo"].ndim == 2 else 0
-    dtype = [("id", "u8"), ("count", "i8"), ("lo", "i8", (nd,)), ("hi", "i8", (nd,)), ("sum", "f8", (nd,)),
-             ("blocks", "i8")]
+    c = stats["isum"].shape[1] if "isum" in stats else 0
+    dtype = [("id", "u8"), ("block", "i8"), ("count", "i8"), ("lo", "i8", (nd,)), ("hi", "i8", (nd,)),
+             ("sum", "f8", (nd,)), *((f, "f8", (c,)) for f in (*OWN, *RING) if f in stats),
+             *((("rcount", "i8"),) if "rcount" in stats else ())]
     rows = np.zeros(len(stats["id"]), dtype=dtype)
-    for key in ("id", "count", "lo", "hi", "sum"):
-        rows[key] = stats[key]
-    rows["blocks"] = stats.get("blocks", 1)
+    for key in rows.dtype.names:
+        if key != "block":
+            rows[key] = stats[key]
+    rows["block"] = block
     return rows
 
 
 def combine_rows(parts: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """One row per object id of the partial rows (``blocks``: how many blocks it spans)."""
+    """One row per object id of the partial rows, summed in (id, block) order (``blocks``: how many
+    blocks hold its voxels; the intensity partials, see :mod:`.intensity`)."""
     if not parts:
         return combine_stats([]) | {"blocks": np.zeros(0, np.int64)}
     rows = np.concatenate(parts)
+    rows = rows[np.lexsort((rows["block"], rows["id"]))]  # the same order whatever the batches were
     combined = combine_stats([{k: rows[k] for k in ("id", "count", "lo", "hi", "sum")}])
-    combined["blocks"] = np.bincount(np.searchsorted(combined["id"], rows["id"]), minlength=len(combined["id"]))
-    return combined
+    at, n = np.searchsorted(combined["id"], rows["id"]), len(combined["id"])
+    combined["blocks"] = np.bincount(at, weights=rows["count"] > 0, minlength=n).astype(np.int64)
+    return combined | combine_intensity(rows, at, n)
 
 
 def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None,
-          origin: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+          origin: Sequence[float] | None = None, measure: Measure | None = None) -> dict[str, np.ndarray]:
     """Named columns: ids, voxels, bbox (start inclusive, end exclusive), centroid; with a
     voxel size also the centroid in physical units (``position_<axis>`` = centroid * voxel size
-    + ``origin``, the image's coordinates) and ``volume``."""
+    + ``origin``, the image's coordinates) and ``volume``; with ``measure`` the input's
+    intensity columns (see :mod:`.intensity`)."""
     nd = objects["lo"].shape[1] if objects["lo"].ndim == 2 else 0
     axes = "zyx"[-nd:] if nd else ""
     count = objects["count"]
@@ -72,7 +88,7 @@ def table(objects: dict[str, np.ndarray], voxel_size: Sequence[float] | None,
         cols |= {f"position_{a}": centroid[:, i] * voxel_size[i] + shift[i] for i, a in enumerate(axes)}
         cols["volume"] = count * float(np.prod(voxel_size))
     cols["blocks"] = objects.get("blocks", np.ones(len(count), np.int64)).astype(np.int64)
-    return cols
+    return cols | (intensity_columns(objects, count, measure) if measure else {})
 
 
 def write_part(path: Path, cols: dict[str, np.ndarray]) -> None:
@@ -125,9 +141,12 @@ def read_objects(path: str | Path, parts: Sequence[Path] | None = None) -> dict[
 
 
 def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
-    """``objects.csv``: integers as integers, centroids to 3 decimals, volumes to 6 digits."""
+    """``objects.csv``: integers as integers, centroids to 3 decimals, volumes, intensity means, standard
+    deviations and backgrounds to 6 digits, intensity sums, minima and maxima to 15."""
     names = list(cols)
-    fmt = ["%.3f" if n.startswith(("centroid", "position")) else "%.6g" if n == "volume" else "%d" for n in names]
+    fmt = ["%.3f" if n.startswith(("centroid", "position")) else
+           "%.6g" if n == "volume" or n.startswith(("intensity_mean", "intensity_std", "background")) else
+           "%.15g" if n.startswith("intensity_") else "%d" for n in names]
     with open(path, "w") as f:
         f.write(",".join(names) + "\n")
         if len(cols["id"]):
@@ -140,14 +159,15 @@ def write_csv(path: Path, cols: dict[str, np.ndarray]) -> None:
 class ObjectsStage:
     name = "objects"
 
-    def __init__(self, store: Store, voxel_size: Sequence[float] | None, origin: Sequence[float] | None = None) -> None:
+    def __init__(self, store: Store, voxel_size: Sequence[float] | None, origin: Sequence[float] | None = None,
+                 measure: Measure | None = None) -> None:
         self.store = store
-        self.voxel_size, self.origin = voxel_size, origin
+        self.voxel_size, self.origin, self.measure = voxel_size, origin, measure
 
     def reduce_parts(self, parts: Batch) -> int:
         rows = 0
         for part in parts:
-            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size, self.origin)
+            cols = table(combine_rows(self.store.read_stats(part)), self.voxel_size, self.origin, self.measure)
             write_part(Path(self.store.path) / OBJECTS / f"part-{part:05d}.parquet", cols)
             rows += len(cols["id"])
         return rows
@@ -161,4 +181,12 @@ class ObjectsStage:
         written = csv if csv is not None else n <= CSV_LIMIT
         if written:
             write_csv(Path(self.store.path) / "objects.csv", read_objects(self.store.path))
-        return {"rows": rows, "parts": parts, "csv": written}
+        return {"rows": rows, "parts": parts, "csv": written,
+                "intensity": list(self.measure.suffixes) if self.measure else None}
+
+
+def scratch_layout(run: Prepared) -> dict[str, Any]:
+    """How a segment run's scratch is laid out, recorded with its resume key (a run of another
+    layout is not resumed): object rows per part, fragment ids, what the rows measure."""
+    return {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT,
+            "object_stats": run.measure.layout if run.measure else "counts"}
