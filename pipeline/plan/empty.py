@@ -40,6 +40,7 @@ from ..volume.input_volume import InputVolume
 from ..volume.io import open_input
 from ..volume.resample import ZoomedVolume
 from .blocks import BlockPlan
+from .listing import Listing, stored_chunks
 
 MIN_COARSE_VOXELS = 4  # per block axis, at the level decided from
 
@@ -139,60 +140,7 @@ def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequenc
     return EmptySource("level", level, cfg.input.model_copy(update={"scale_level": k}), factors, k)
 
 
-# ---------------------------------------------------------------- chunks absent from the store
-
-
-def _decoder(arr: zarr.Array) -> Callable[[str], tuple[int, ...]]:
-    """Chunk key -> grid coordinates (ValueError for a key that is not a chunk's)."""
-    meta = arr.metadata
-    encoding = getattr(meta, "chunk_key_encoding", None)
-    if encoding is None:  # zarr v2
-        sep, head = meta.dimension_separator or ".", ""
-    else:
-        sep = encoding.separator
-        head = "" if type(encoding).__name__ == "V2ChunkKeyEncoding" else f"c{sep}"
-
-    def decode(key: str) -> tuple[int, ...]:
-        if not key.startswith(head):
-            raise ValueError(key)
-        return tuple(int(part) for part in key[len(head):].split(sep))
-
-    return decode
-
-
-Listing = tuple[np.ndarray, tuple[int, ...]]  # (stored, cell): see stored_chunks
-
-
-def stored_chunks(vol: InputVolume) -> Listing | None:
-    """``(stored, size)``: one flag per chunk of the input's spatial grid (per shard for a
-    sharded array), True where the store holds it, and the spatial size of a grid cell; from one
-    listing of the store, nothing read. None when the input is not a zarr array (TIFF, HDF5)."""
-    arr = vol.array
-    store_path = getattr(arr, "store_path", None)
-    if store_path is None or not hasattr(arr, "metadata") or type(store_path.store).__name__ == "ZarrTiffStore":
-        return None
-    from zarr.core.sync import sync
-
-    async def listing() -> list[str]:
-        return [k async for k in store_path.store.list_prefix(prefix)]
-
-    prefix = f"{store_path.path}/" if store_path.path else ""
-    cell = tuple(getattr(arr, "shards", None) or arr.chunks)
-    grid = tuple(-(-n // c) for n, c in zip(arr.shape, cell, strict=True))
-    decode = _decoder(arr)
-    found = []
-    for key in sync(listing()):
-        try:
-            coords = decode(key[len(prefix):])
-        except (ValueError, TypeError):
-            continue  # metadata (zarr.json, .zarray), not a chunk
-        if len(coords) == len(grid) and all(0 <= j < g for j, g in zip(coords, grid, strict=True)):
-            found.append(coords)
-    stored = np.zeros(grid, dtype=bool)
-    if found:
-        stored[tuple(np.asarray(found, dtype=np.int64).T)] = True
-    other = tuple(i for i in range(len(grid)) if i not in vol.spatial_axes)
-    return (stored.any(axis=other) if other else stored), tuple(cell[i] for i in vol.spatial_axes)
+# ---------------------------------------------------------------- chunks absent from the store (see .listing)
 
 
 def read_ranges(plan: BlockPlan, vol: InputVolume | ZoomedVolume) -> list[tuple[np.ndarray, np.ndarray]]:
