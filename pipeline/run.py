@@ -208,7 +208,7 @@ def segment(config: ConfigLike, client: Any = None, progress: bool = False, regi
         table = ObjectsStage(store, *(grid or (None, None)), task.measure).run(engine, n, cfg.output.objects_csv)
         timing["objects"] = time.perf_counter() - t0 - sum(timing.values())
         occupied = Occupied((counts > 0).reshape(run.plan.grid), run.plan.write_shape, run.zoom)
-        label_image = LabelsStage(store, target, label_dtype(n), occupied).run(engine) if target else None
+        label_image = LabelsStage(store, target, label_dtype(n), occupied, cfg.output.shards).run(engine) if target else None
         if label_image is not None:
             timing["labels"] = time.perf_counter() - t0 - sum(timing.values())
         meta = {**store.attrs()["pipeline"], "timing_s": {k: round(v, 3) for k, v in timing.items()}, "objects": n,

@@ -23,6 +23,18 @@ def input_format(path: Path | str, vol: Any) -> str:
             + (f" (channel {vol.channel} read)" if vol.channel is not None else ""))
 
 
+def array_files(run: Any, target: Any) -> str:
+    """The most files each label array will have (output.shards; the fragments scratch: one per chunk)."""
+    from ..plan.shards import describe_files
+    from ..stages.relabel import restore_plan
+
+    plan = restore_plan(run.volume.shape, run.plan, run.zoom) if run.zoom else run.plan
+    arrays = {"segmentation": (plan.volume, plan.write_shape)}
+    arrays |= {f"label level {lv.path}": (lv.shape, lv.chunks) for lv in (target.levels if target else ()) if lv.kind != "copy"}
+    scratch = describe_files("none", {"scratch/fragments": (run.plan.volume, run.plan.write_shape)})
+    return f"{describe_files(run.config.output.shards, arrays)}; {scratch} (scratch, removed at the end)"
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..plan.labels import check_labels, label_target
     from ..plan.outputs import work_fraction
@@ -45,6 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     summary["label_image"] = (f"{target.group} (NGFF {target.version}, {len(target.levels)} level{'s' if len(target.levels) != 1 else ''}, "
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
                               if target else "none (output.labels: none)")
+    summary["files_per_array"] = array_files(run, target)
     summary.update(space_summary(run, target))
     absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom, run.listing)
     problems = []  # what `pipeline run` would refuse before starting

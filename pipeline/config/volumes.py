@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
@@ -73,6 +73,12 @@ class OutputConfig(Frozen):
         None, description="also write objects.csv (the table is always written as Parquet parts under objects/); "
         "none: only when there are at most 100,000 objects"
     )
+    shards: Literal["auto", "none"] | tuple[Annotated[int, Field(gt=0)], ...] = Field(
+        "auto", description="the label arrays (segmentation, the label image's levels) as zarr v3 shards, one file "
+        "per brick of chunks, each written by one task: [z, y, x] voxels per shard (rounded up to whole "
+        "chunks); auto = shards of about 2**26 voxels for an array of more than 10,000 chunks (a dense 1 TB "
+        "volume: 8,192 files instead of 2 million), else one file per chunk; none = one file per chunk. "
+        "zarr v2 outputs (under an OME-Zarr 0.4 image) are never sharded")
     labels: Literal["auto", "image", "standalone", "none"] = Field(
         "auto", description="where the OME-Zarr label image (a pyramid of the segmentation) goes: image = under "
         "the input OME-Zarr image's labels/ group (napari shows it with the image); standalone = "

@@ -49,9 +49,11 @@ def vouch(root: Path, paths: Iterable[Path]) -> dict[str, list[int]]:
 
 
 def owned_chunks(array: Any, where: Path, boxes: Sequence[Box]) -> list[Path]:
-    """The files of the chunks (shards, for a sharded array) of ``array`` (stored at ``where``)
-    that lie wholly inside one of ``boxes``: the chunks those blocks alone write."""
-    cell = tuple(getattr(array, "shards", None) or array.chunks)
+    """The files of the chunks of ``array`` (stored at ``where``) that lie wholly inside one of
+    ``boxes``: the chunks those blocks alone write. For a sharded array, every shard ``boxes`` touch:
+    its writers take whole shards (see :mod:`pipeline.plan.shards`)."""
+    sharded = getattr(array, "shards", None)
+    cell = tuple(sharded or array.chunks)
     shape = tuple(array.shape)
     if not boxes:
         return []
@@ -62,8 +64,8 @@ def owned_chunks(array: Any, where: Path, boxes: Sequence[Box]) -> list[Path]:
     encode = array.metadata.encode_chunk_key
     out = []
     for box in boxes:
-        lo = [-(-o // c) for o, c in zip(box.offset, cell, strict=True)]
-        hi = [min(o + s, n) // c if o + s < n else -(-n // c)
+        lo = [o // c if sharded else -(-o // c) for o, c in zip(box.offset, cell, strict=True)]
+        hi = [-(-min(o + s, n) // c) if sharded or o + s >= n else (o + s) // c
               for o, s, n, c in zip(box.offset, box.shape, shape, cell, strict=True)]
         if any(h <= low for low, h in zip(lo, hi, strict=True)):
             continue
@@ -73,7 +75,7 @@ def owned_chunks(array: Any, where: Path, boxes: Sequence[Box]) -> list[Path]:
                 coords.append(low + rest % (h - low))
                 rest //= h - low
             out.append(where / encode(tuple(reversed(coords))))
-    return out
+    return list(dict.fromkeys(out)) if sharded else out
 
 
 def check_marker(folder: Path, name: str, root: Path, content: bool) -> str | None:

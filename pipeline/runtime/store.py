@@ -110,17 +110,17 @@ class Store:
         """An array of the group, opened once per process and run."""
         return _cached_array(str(self.where(name)), mode, self.run_id)
 
-    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, channels: bool = False) -> None:
+    def create(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, channels: bool = False,
+               shards: tuple[int, ...] | None = None) -> None:
         """A new array (replacing a stale one left by a run that stopped before using it), with
-        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``). A linked array is
-        created at its target, and the link in the output group made (again)."""
+        its ``dimension_names`` (``zyx``, ``c`` first with ``channels``), sharded with ``shards`` (zarr v3
+        only). A linked array is created at its target, and the link in the output group made (again)."""
         found = self.link(name)
+        group, at_name = (open_group(Path(found.path).parent), Path(found.path).name) if found else (open_group(self.path), name)
+        create_array(group, at_name, shape, chunks, dtype, overwrite=True, shards=shards,
+                     dims=found.dims if found else dimension_names(len(shape) - channels, channels))
         if found is None:
-            dims = dimension_names(len(shape) - channels, channels)
-            create_array(open_group(self.path), name, shape, chunks, dtype, overwrite=True, dims=dims)
             return
-        real = Path(found.path)
-        create_array(open_group(real.parent), real.name, shape, chunks, dtype, overwrite=True, dims=found.dims)
         at = Path(self.path) / name
         if at.is_symlink() or at.is_file():
             at.unlink()

@@ -73,6 +73,7 @@ class Task:
     resume_check: str = "metadata"  # output.resume_check: metadata | content
     sweep: tuple[int, ...] | None = None  # grid axes, slowest first, in the order blocks run (see blocks.sweep_axes)
     measure: Measure | None = None  # what the objects table measures of the input (see stages.intensity)
+    shards: str | tuple[int, ...] = "none"  # output.shards: how the label arrays are laid out in files
 
     @classmethod
     def of(cls, run: Prepared, store: Store) -> Task:
@@ -80,7 +81,7 @@ class Task:
         return cls(run.config.input, store, run.plan, run.stats, str(run.checkpoint.path), m.device, m.precision,
                    m.channels_last, torch_threads(run.config.cluster), m.batch_size,
                    run.empty.background if run.empty else None, run.zoom, out.changed_input, out.resume_check,
-                   sweep_axes(run.plan, run.grid.chunks), run.measure)
+                   sweep_axes(run.plan, run.grid.chunks), run.measure, out.shards)
 
     def set_threads(self) -> None:
         """Torch threads of this process as planned for the cluster (see deploy.torch_threads)."""
@@ -173,11 +174,12 @@ class BlockStage(ABC):
     def run_batch(self, linears: Batch, loaded: list[Any] | None, *args: Any) -> list[Any]:
         self.task.set_threads()
         results, records = [], []
-        for _, result, *record in self.process([self.plan.block_at(i) for i in linears], loaded, *args):
+        blocks = [self.plan.block_at(i) for i in linears]
+        for _, result, *record in self.process(blocks, loaded, *args):
             results.append(result)
             records.append(record[0] if record else None)
         if len(linears):  # every block of the batch is written: one marker for the batch, vouching for its files
-            self.store.mark_done(self.name, linears, records if self.records else None, self.written(linears))
+            self.store.mark_done(self.name, linears, records if self.records else None, self.written(linears, blocks))
         return results
 
     def outputs(self) -> tuple[str, ...]:
@@ -188,10 +190,10 @@ class BlockStage(ABC):
         """Files other than array chunks that the batch ``linears`` wrote (e.g. faces)."""
         return []
 
-    def written(self, linears: Batch) -> list[Path]:
+    def written(self, linears: Batch, blocks: Sequence[Block]) -> list[Path]:
         """What the batch's marker vouches for: the output chunks its blocks alone hold, and its
         side files (see :mod:`pipeline.runtime.integrity`)."""
-        boxes = [self.plan.block_at(i).valid for i in linears]
+        boxes = [b.valid for b in blocks]
         chunks = [c for name in self.outputs()
                   for c in owned_chunks(self.store.array(name, mode="r"), self.store.where(name), boxes)]
         return chunks + self.side_files(linears)
@@ -217,6 +219,10 @@ class BlockStage(ABC):
         return self.recover([self.plan.block_at(i) for i in linears], records)
 
     # ------------------------------------------------------------ client side
+
+    def batches(self, todo: list[int], blocks_per_task: int) -> list[list[int]]:
+        """The blocks ``todo`` as the batches of tasks (a stage writing shards: whole shards each)."""
+        return batched(todo, blocks_per_task)
 
     def run(
         self, engine: Engine, blocks_per_task: int, *args: Any,
@@ -247,7 +253,7 @@ class BlockStage(ABC):
                                       desc=f"{self.name} (resumed)", per_batch=index.files):
                 yield from results
         first = (self.load_batch, self.load_resources) if self.has_load else None
-        for results in engine.map(self.run_batch if first else self.run_unloaded, batched(todo, blocks_per_task),
+        for results in engine.map(self.run_batch if first else self.run_unloaded, self.batches(todo, blocks_per_task),
                                   *args, desc=self.name, resources=self.resources, per_batch=per_batch,
                                   first=first, batch_bytes=self.load_bytes(blocks_per_task), unit="block",
                                   item_voxels=math.prod(self.plan.write_shape), spans=self.task.sweep is not None):

@@ -31,6 +31,7 @@ from ..geometry import Box
 from ..plan.blocks import BlockPlan
 from ..plan.empty import any_within
 from ..plan.labels import LabelTarget, recorded_output
+from ..plan.shards import shard_shape
 from ..runtime.engine import Batch, Engine
 from ..runtime.integrity import owned_chunks
 from ..runtime.store import Store
@@ -106,9 +107,10 @@ def level_scales(levels: Sequence[Level]) -> list[tuple[float, ...]]:
     return out
 
 
-def _level_plan(level: Level) -> BlockPlan:
+def _level_plan(level: Level, shards: Sequence[int] | None = None) -> BlockPlan:
+    """The level's task boxes: whole chunks, or whole shards of a sharded level (one writer each)."""
     nd = len(level.shape)
-    return BlockPlan(level.shape, level.task_shape, (0,) * nd, (1,) * nd)
+    return BlockPlan(level.shape, tuple(shards) if shards else level.task_shape, (0,) * nd, (1,) * nd)
 
 
 class LabelsStage:
@@ -116,8 +118,10 @@ class LabelsStage:
 
     name = "labels"
 
-    def __init__(self, store: Store, target: LabelTarget, dtype: str, occupied: Occupied | None = None) -> None:
+    def __init__(self, store: Store, target: LabelTarget, dtype: str, occupied: Occupied | None = None,
+                 shards: str | tuple[int, ...] = "none") -> None:
         self.store = store
+        self.shards = shards  # output.shards
         self.target = target
         self.dtype = dtype
         self.occupied = occupied  # where the segmentation can hold labels (None: anywhere)
@@ -148,13 +152,23 @@ class LabelsStage:
         out[fit] = coarse[fit]
         return out
 
+    def _shard(self, level: Level, box: Box) -> np.ndarray:
+        """A whole shard's labels, computed in boxes of :attr:`Level.task_shape` (the memory one task of
+        an unsharded level takes) into one buffer, so the shard file is written once."""
+        out = np.zeros(box.shape, self.dtype)
+        for part in BlockPlan(box.shape, level.task_shape, (0,) * box.ndim, (1,) * box.ndim):
+            out[part.valid.to_slices()] = self._compute(level, part.valid.shift(box.offset))
+        return out
+
     def write(self, linears: Batch, index: int) -> int:
         """Compute and write the task boxes ``linears`` of level ``index``; mark them done."""
         level = self.target.levels[index]
-        plan, arr = _level_plan(level), open_array(self.target.group / level.path)
+        arr = open_array(self.target.group / level.path)
+        plan = _level_plan(level, getattr(arr, "shards", None))
         for i in linears:
             block = plan.block_at(i)
-            write_region(arr, block.valid.to_slices(), self._compute(level, block.valid))
+            write_region(arr, block.valid.to_slices(), self._shard(level, block.valid) if getattr(arr, "shards", None)
+                         else self._compute(level, block.valid))
         if len(linears):  # one marker file per task, vouching for the chunks it alone wrote
             boxes = [plan.block_at(i).valid for i in linears]
             self.store.mark_done(self.marker(level), linears,
@@ -179,11 +193,11 @@ class LabelsStage:
             level = t.levels[i]
             if level.kind == "copy" and self.linked:
                 continue
-            plan = _level_plan(level)
             if not self.store.has_markers(self.marker(level)):  # not begun, or reset with the segmentation
                 create_array(open_group(t.group), level.path, level.shape, level.chunks, self.dtype, overwrite=True,
-                             dims=dims)
+                             dims=dims, shards=shard_shape(self.shards, level.shape, level.chunks))
                 self.store.create_markers(self.marker(level))
+            plan = _level_plan(level, getattr(open_array(t.group / level.path, mode="r"), "shards", None))
             index = self.store.index(self.marker(level), len(plan))
             damaged = damaged_markers(engine, self.store, self.marker(level), index, content=False)
             if damaged:

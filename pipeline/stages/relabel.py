@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from ..geometry import Box
 from ..plan.blocks import Block, BlockPlan, rows, span
+from ..plan.shards import shard_batches, shard_shape
 from ..runtime.engine import Batch, Engine
 from ..runtime.markers import batch_name, marker_name
 from ..runtime.store import FRAGMENTS, ZOOMED
@@ -122,14 +123,24 @@ class RelabelStage(BlockStage):
         yield from super().run(engine, blocks_per_task, *args, **kwargs)
 
     def create(self) -> None:
-        self.store.create(self.target, self.plan.volume, self.plan.write_shape, self.dtype)
+        shards = shard_shape(self.task.shards, self.plan.volume, self.plan.write_shape) if self.target == SEGMENTATION else None
+        self.store.create(self.target, self.plan.volume, self.plan.write_shape, self.dtype, shards=shards)
+
+    def batches(self, todo: list[int], blocks_per_task: int) -> list[list[int]]:
+        """Whole shards per task when the target is sharded (one writer per shard file), else
+        ``blocks_per_task`` blocks."""
+        shards = getattr(self.store.array(self.target, mode="r"), "shards", None)
+        if not shards:
+            return super().batches(todo, blocks_per_task)
+        per = [s // w for s, w in zip(shards, self.plan.write_shape, strict=True)]
+        return shard_batches(todo, self.plan.grid, per)
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
         """Neighbouring blocks along the last axis are read and written together (one zarr
         operation per run instead of per block)."""
         linears, tables = args  # the batch's blocks and, with a ring, the blocks around them
         table_of = dict(zip(linears, tables, strict=True))
-        frag, seg = self.store.array(FRAGMENTS, mode="r"), self.store.array(self.target)
+        frag, out = self.store.array(FRAGMENTS, mode="r"), Output(self.store.array(self.target), blocks, self.dtype)
         stats = []
         for run in rows(blocks):
             box = span(run)
@@ -146,12 +157,13 @@ class RelabelStage(BlockStage):
                 found.append(relabel_block(local[rel], block.linear, table, labels[rel], block.valid.offset))
             if self.ring:
                 self.halo(run, grown, local, labels, table_of)
-            write_region(seg, box.to_slices(), labels[box.to_slices(relative_to=grown)])
+            out.put(box, labels[box.to_slices(relative_to=grown)])
             for block, f in zip(run, found, strict=True):
                 if self.stats:  # ids checked by relabel_block first
                     stats.append(stats_rows(self.partials(block, f, grown, local, labels, table_of, data, box),
                                             block.linear))
                 yield block, None
+        out.close()
         self.write_stats(blocks, stats)
 
     def halo(self, run: Sequence[Block], grown: Box, local: np.ndarray, labels: np.ndarray,
@@ -186,6 +198,30 @@ class RelabelStage(BlockStage):
             ring = ring_partials(labels[around.to_slices(relative_to=grown)],
                                  block.valid.to_slices(relative_to=around), values, self.ring, found["id"])
         return block_partials(found, own, ring)
+
+
+class Output:
+    """Where a batch's labels go: into the array box by box; for a sharded array, into one buffer over
+    the batch's blocks (whole shards, see :meth:`RelabelStage.batches`), written once by :meth:`close`
+    (a shard written in pieces is read and rewritten whole each time)."""
+
+    def __init__(self, arr: Any, blocks: Sequence[Block], dtype: str) -> None:
+        self.arr, self.box, self.buffer = arr, None, None
+        if getattr(arr, "shards", None) and blocks:
+            lo = np.min([b.valid.offset for b in blocks], axis=0)
+            hi = np.max([b.valid.end for b in blocks], axis=0)
+            self.box = Box(tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo))
+            self.buffer = np.zeros(self.box.shape, dtype)
+
+    def put(self, box: Box, labels: np.ndarray) -> None:
+        if self.buffer is None or self.box is None:
+            write_region(self.arr, box.to_slices(), labels)
+        else:
+            self.buffer[box.to_slices(relative_to=self.box)] = labels
+
+    def close(self) -> None:
+        if self.buffer is not None and self.box is not None:
+            write_region(self.arr, self.box.to_slices(), self.buffer)
 
 
 def ring_linears(plan: BlockPlan, linears: Batch, ring: int) -> list[int]:
@@ -238,14 +274,14 @@ class RestoreStage(RelabelStage):
         return np.asarray(region)[np.ix_(*(i - i[0] for i in idx))]
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
-        src, seg = self.store.array(ZOOMED, mode="r"), self.store.array(SEGMENTATION)
+        src, out = self.store.array(ZOOMED, mode="r"), Output(self.store.array(SEGMENTATION), blocks, self.dtype)
         stats = []
         for run in rows(blocks):
             box = span(run)
             grown = self.grown(box)  # the box itself without a ring
             around = self.restored(grown, src)
             labels = around[box.to_slices(relative_to=grown)]
-            seg[box.to_slices()] = labels
+            out.put(box, labels)
             data = self.read_input(box)
             for block in run:
                 rel = block.valid.to_slices(relative_to=box)
@@ -255,4 +291,5 @@ class RestoreStage(RelabelStage):
                     around[near.to_slices(relative_to=grown)] if self.ring else None,
                     block.valid.to_slices(relative_to=near)))
                 yield block, None
+        out.close()
         self.write_stats(blocks, stats)

@@ -137,13 +137,16 @@ def dimension_names(ndim: int, channels: bool = False) -> tuple[str, ...]:
 
 def create_array(
     group: zarr.Group, name: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any = 0,
-    overwrite: bool = False, dims: Sequence[str] | None = None,
+    overwrite: bool = False, dims: Sequence[str] | None = None, shards: Sequence[int] | None = None,
 ) -> zarr.Array:
-    """A new array of ``group``: zarr v3 arrays carry ``dims`` as their ``dimension_names``; zarr
-    v2 arrays (no such field) use ``/`` between chunk indices, as OME-Zarr 0.4 requires."""
+    """A new array of ``group``: zarr v3 arrays carry ``dims`` as their ``dimension_names`` and, with
+    ``shards``, store bricks of ``chunks`` as one shard file each; zarr v2 arrays (neither field) use
+    ``/`` between chunk indices, as OME-Zarr 0.4 requires."""
     v2 = group.metadata.zarr_format == 2
     extra: dict[str, Any] = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}} if v2
                              else {"dimension_names": tuple(dims) if dims else None})
+    if shards and not v2:
+        extra["shards"] = tuple(shards)
     return group.create_array(
         name, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value, overwrite=overwrite, **extra
     )
