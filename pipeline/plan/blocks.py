@@ -18,6 +18,7 @@ outside the volume and only the part inside the volume is written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -98,7 +99,7 @@ class BlockPlan:
     def ndim(self) -> int:
         return len(self.volume)
 
-    @property
+    @functools.cached_property
     def grid(self) -> Coord:
         """Number of blocks per axis."""
         return tuple(-(-v // w) for v, w in zip(self.volume, self.write_shape, strict=True))
@@ -115,16 +116,17 @@ class BlockPlan:
         if any(not 0 <= i < g for i, g in zip(idx, self.grid, strict=True)):
             raise IndexError(f"block index {idx} outside grid {self.grid}")
         offset = tuple(i * w for i, w in zip(idx, self.write_shape, strict=True))
-        write = Box(offset, self.write_shape)
         linear = 0
         for i, g in zip(idx, self.grid, strict=True):
             linear = linear * g + i
+        # the boxes directly (a block is made per block per task: 10^6 blocks, so its cost counts)
         return Block(
             index=idx,
             linear=linear,
-            write=write,
-            read=write.grow(self.context),
-            valid=write.intersect(Box.from_shape(self.volume)),
+            write=Box(offset, self.write_shape),
+            read=Box(tuple(o - c for o, c in zip(offset, self.context, strict=True)),
+                     tuple(w + 2 * c for w, c in zip(self.write_shape, self.context, strict=True))),
+            valid=Box(offset, tuple(min(w, v - o) for o, w, v in zip(offset, self.write_shape, self.volume, strict=True))),
         )
 
     def block_at(self, linear: int) -> Block:
