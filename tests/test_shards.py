@@ -116,10 +116,10 @@ def test_sharded_output_opens_everywhere(volume, capsys):
     from ome_zarr_models.v05 import Image, ImageLabel, Labels  # noqa: F401 - the label image validates
 
     ImageLabel.from_zarr(zarr.open_group(str(out / "labels" / "segmentation"), mode="r"))
-    from pipeline.qc.integrity import check_integrity
-
     from ome_zarr.io import parse_url  # what napari-ome-zarr reads with
     from ome_zarr.reader import Label, Reader
+
+    from pipeline.qc.integrity import check_integrity
 
     nodes = [n for n in Reader(parse_url(str(out / "labels" / "segmentation")))() if n.load(Label) is not None]
     assert nodes and np.array_equal(np.asarray(nodes[0].data[0]), open_array(out / "segmentation", mode="r")[...])
