@@ -146,6 +146,13 @@ def test_any_within_equals_a_brute_force_scan(grid, cell, data):
     expected = [bool(dense[tuple(slice(max(r[0][i], 0), max(r[1][i], 0)) for r, i in zip(ranges, idx, strict=True))].any())
                 for idx in np.ndindex(*(len(r[0]) for r in ranges))]
     assert any_within(flags, cell, ranges).tolist() == expected
+    import pipeline.plan.empty as empty
+
+    slab, empty.SLAB_BOXES = empty.SLAB_BOXES, data.draw(st.integers(1, 5))  # petabyte plans go in slabs
+    try:
+        assert any_within(flags, cell, ranges).tolist() == expected
+    finally:
+        empty.SLAB_BOXES = slab
 
 
 @pytest.mark.parametrize("zoom", [None, (1.0, 0.5, 0.75)])

@@ -164,21 +164,37 @@ def any_within(flags: np.ndarray, cell: Sequence[int], ranges: Sequence[tuple[np
     """For every box of a grid of boxes, whether any flagged cell meets it (one bool per box,
     linear order). ``flags``: one per cell of a grid of ``cell``-sized cells from the origin;
     ``ranges[a]``: ``(lo, hi)`` voxels of the boxes along axis ``a``, per box index. One
-    summed-area table and one lookup per box: no loop over boxes."""
+    summed-area table and one lookup per box: no loop over boxes; computed in slabs of
+    :data:`SLAB_BOXES` boxes along the first axis (a petabyte plan has 10^7-10^8 boxes)."""
     nd = flags.ndim
-    table = np.zeros(tuple(g + 1 for g in flags.shape), dtype=np.int64)
+    shape = tuple(len(r[0]) for r in ranges)
+    if not flags.any():
+        return np.zeros(math.prod(shape), dtype=bool)
+    counts = np.int32 if flags.size < 2**31 else np.int64
+    table = np.zeros(tuple(g + 1 for g in flags.shape), dtype=counts)
     table[(slice(1, None),) * nd] = flags
     for a in range(nd):
         np.cumsum(table, axis=a, out=table)
     lo = [np.clip(r[0] // c, 0, g) for r, c, g in zip(ranges, cell, flags.shape, strict=True)]
     hi = [np.clip(-(-r[1] // c), 0, g) for r, c, g in zip(ranges, cell, flags.shape, strict=True)]
     hi = [np.where(r[1] > np.maximum(r[0], 0), np.maximum(h, low), low) for r, h, low in zip(ranges, hi, lo, strict=True)]
-    total = np.zeros(tuple(len(r[0]) for r in ranges), dtype=np.int64)
-    for corner in range(1 << nd):  # inclusion-exclusion over the box's 2**nd corners
-        ends = [hi[a] if corner >> a & 1 else lo[a] for a in range(nd)]
-        sign = -1 if (nd - bin(corner).count("1")) % 2 else 1
-        total += sign * table[np.ix_(*ends)]
-    return (total > 0).ravel()
+    out = np.empty(shape, dtype=bool)
+    step = max(1, SLAB_BOXES // max(1, math.prod(shape[1:])))
+    for start in range(0, shape[0], step):
+        rows = slice(start, start + step)
+        total = np.zeros((len(lo[0][rows]), *shape[1:]), dtype=counts)
+        for corner in range(1 << nd):  # inclusion-exclusion over the box's 2**nd corners
+            ends = [(hi[a] if corner >> a & 1 else lo[a])[rows if a == 0 else slice(None)] for a in range(nd)]
+            part = table[np.ix_(*ends)]
+            if (nd - bin(corner).count("1")) % 2:
+                total -= part
+            else:
+                total += part
+        out[rows] = total > 0
+    return out.ravel()
+
+
+SLAB_BOXES = 1 << 22  # boxes per slab of any_within (~16-32 MiB of counts at a time)
 
 
 def absent_blocks(plan: BlockPlan, vol: InputVolume | ZoomedVolume, background: float,
