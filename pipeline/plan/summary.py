@@ -3,6 +3,7 @@ against the next cheapest candidates."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from . import cost
@@ -41,6 +42,7 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "blocks_sized_for": f"{sized_for}: at most {memory / 2**20:.0f} MiB per block",
         "predicted_cost_s": round(cost.predicted_cost(plan.volume, plan.write_shape, plan.context, run.grid.chunks,
                                                       coefficients(run.config), workers, run.live), 1),
+        "predicted_wall": predicted_wall(run, workers),
         "input_chunks": list(run.volume.chunks),
         "input_over_read": round(over_read(run.grid.chunks, plan), 2),
         "block_order": "".join("zyx"[-plan.ndim:][a] for a in sweep_axes(plan, run.grid.chunks)),
@@ -54,6 +56,26 @@ def plan_summary(run: Prepared) -> dict[str, Any]:
         "objects_measure": run.measure.describe() if run.measure else "voxels, boxes, centroids (no intensity)",
         "plan_digest": plan.digest(),
     }
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def predicted_wall(run: Prepared, workers: int) -> str:
+    """The plan's predicted wall time on this cluster and on 10 and 100 times its workers (nodes like it),
+    from the cost model's coefficients for the device (:mod:`.cost`; a GPU's are not measured yet)."""
+    plan, coeff = run.plan, coefficients(run.config)
+    terms = cost.terms(plan.volume, plan.write_shape, plan.context, run.grid.chunks, run.live)
+    if run.empty is not None and run.listing is not None and not run.listing[0].any():
+        terms = replace(terms, live=0)  # no chunk stored: every block is skipped (the fill value is read as empty)
+    device = "GPU (coefficients not measured: the CPU's network term)" if coeff is cost.GPU else "CPU"
+    times = [f"x{n} {_duration(terms.cost(coeff, workers * n))}" for n in (10, 100)]
+    return (f"{_duration(terms.cost(coeff, workers))} on this cluster ({workers} worker{'s' if workers != 1 else ''}, "
+            f"{device}); with {', '.join(times)} as many workers (nodes like these), if the file system keeps up")
 
 
 def cost_table(run: Prepared, rows: int = 5) -> list[str]:
