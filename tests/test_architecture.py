@@ -83,20 +83,38 @@ def test_engine_serial_equals_dask(client2, n):
 
 
 @pytest.mark.parametrize("shape", [(10, 12, 9), (12, 9)])
-def test_face_blob_of_per_label_evidence_is_that_of_the_whole_array(shape):
-    """The fragments' means on the faces, computed plane by plane (PerLabel), are the same bytes as
-    the whole ``(E, *S)`` array of means gathered first (what the faces files held before)."""
+def test_faces_of_per_label_evidence_read_as_the_whole_array(tmp_path, shape):
+    """The fragments' means on the faces, kept as one column per distinct fragment of each plane
+    (PerLabel: kind 1), read back as exactly the planes of the whole ``(E, *S)`` array of means (what
+    the faces held per voxel before, kind 0, still written for per-voxel evidence), in far fewer bytes."""
     from pipeline.clustering.base import PerLabel
     from pipeline.clustering.kernels import fragment_means
-    from pipeline.runtime.faces import face_blob
+    from pipeline.runtime.faces import Faces, face_blob, face_layout, write_faces
+    from pipeline.runtime.markers import batch_name
 
     plan = BlockPlan(shape, (4,) * len(shape), (0,) * len(shape), (2,) * len(shape))
-    rng = np.random.default_rng(1)
-    for block in plan:
-        local = rng.integers(0, 7, block.valid.shape)
-        emb = rng.random((3, *block.valid.shape)).astype(np.float32)
-        means = fragment_means(emb, local)
-        assert face_blob(plan, block, local, PerLabel(means, local), 1000) == face_blob(plan, block, local, means[:, local], 1000)
+    rng, sizes = np.random.default_rng(1), []
+    for kind, folder in ((0, tmp_path / "dense"), (1, tmp_path / "table")):
+        folder.mkdir()
+        blobs, dense = {}, {}
+        for block in plan:
+            local = rng.integers(0, 7, block.valid.shape)
+            emb = rng.random((3, *block.valid.shape)).astype(np.float32)
+            means = fragment_means(emb, local)
+            dense[block.linear] = (local, means[:, local])
+            blobs[block.linear] = face_blob(plan, block, local, PerLabel(means, local) if kind else means[:, local], 1000)
+        write_faces(folder, list(range(len(plan))), blobs)
+        faces = Faces(folder, [batch_name(list(range(len(plan))))])
+        for block in plan:
+            local, evidence = dense[block.linear]
+            for a, side in face_layout(plan, block):
+                pos = 0 if side == 0 else -1
+                ids, got = faces.side(plan, block, a, side)
+                np.testing.assert_array_equal(got, evidence[(slice(None),) * (a + 1) + (pos,)])
+                plane = local[(slice(None),) * a + (pos,)]
+                np.testing.assert_array_equal(ids, np.where(plane > 0, block.linear * 1000 + plane, 0))
+        sizes.append(sum(map(len, blobs.values())))
+    assert sizes[1] < sizes[0]  # (random ids: 7 per 16-voxel plane; real planes hold a few fragments)
 
 
 def test_store_face_round_trip(tmp_path):

@@ -6,7 +6,8 @@ when that filesystem has clearly less free space than the run needs (:func:`chec
 
 Sizes are estimates: label arrays are compressed (zstd), so their size depends on the data.
 The ratios below were measured on synthetic nuclei (``benchmarks/faults.py``, RESULTS.md);
-the block faces are raw and exact. A run is refused only when the free space is below
+the block faces' ids are compressed (:data:`FACE_ID_BYTES`), their evidence per fragment bounded
+from below by :data:`FACE_VOXELS_PER_FRAGMENT`. A run is refused only when the free space is below
 :data:`CLEARLY` times the estimate: an estimate off by that much is not a near miss.
 """
 
@@ -38,7 +39,9 @@ FLOAT_BYTES = 3.8  # float32 embeddings and foreground (predict), zstd: about in
 # bytes per voxel of the planes where blocks meet (faces): the seam records in qc/
 SEAM_BYTES = 0.8
 QC_BLOCK_BYTES = 128  # qc/blocks.npz per block
-EVIDENCE_ITEMSIZE = 8  # face evidence: float64 fragment means (connectivity writes float32 embeddings: less)
+FACE_ID_BYTES = 0.5  # a face voxel's fragment id (uint64), zstd: measured 0.09-0.3 (RESULTS.md), kept high
+EVIDENCE_ITEMSIZE = 8  # face evidence: float64 fragment means, one per fragment and plane
+FACE_VOXELS_PER_FRAGMENT = 16  # face voxels per fragment of a plane, at least (dense small nuclei; usually more)
 CLEARLY = 0.5  # refuse when free space is below this fraction of the estimate
 
 
@@ -77,10 +80,21 @@ def face_planes(volume: tuple[int, ...], grid: tuple[int, ...]) -> int:
     return sum(2 * (g - 1) * math.prod(v for b, v in enumerate(volume) if b != a) for a, g in enumerate(grid))
 
 
+def evidence_bytes(run: Prepared) -> float:
+    """Bytes of face evidence per face voxel and embedding dimension: connectivity keeps every voxel's
+    float32 embedding; the other methods one float64 mean per fragment and plane (see
+    :mod:`pipeline.runtime.faces`), :data:`FACE_VOXELS_PER_FRAGMENT` voxels of a plane each."""
+    from ..clustering import resolve_params
+
+    if resolve_params(run.config.clustering, run.checkpoint.info).method == "connectivity":
+        return 4.0
+    return EVIDENCE_ITEMSIZE / FACE_VOXELS_PER_FRAGMENT
+
+
 def estimate(run: Prepared, target: LabelTarget | None, predict_only: bool = False) -> Estimate:
-    """The output's size for ``run`` (``predict_only``: ``pipeline predict``'s arrays). The
-    raw face files are exact: per face voxel a uint64 id and the evidence (E values), plus a
-    16-byte header per block."""
+    """The output's size for ``run`` (``predict_only``: ``pipeline predict``'s arrays). The face
+    files: per face voxel a compressed id and its share of the evidence (:func:`evidence_bytes`), plus a
+    24-byte header per block."""
     plan, spec = run.plan, run.spec
     grid_voxels = math.prod(plan.volume)
     if predict_only:
@@ -89,7 +103,7 @@ def estimate(run: Prepared, target: LabelTarget | None, predict_only: bool = Fal
                          "scratch": 16 * len(plan)})
     voxels = math.prod(run.volume.shape)
     planes = face_planes(plan.volume, plan.grid)
-    faces = planes * (8 + spec.embed_dim * EVIDENCE_ITEMSIZE) + 16 * len(plan)
+    faces = planes * (FACE_ID_BYTES + spec.embed_dim * evidence_bytes(run)) + 24 * len(plan)
     scratch = grid_voxels * FRAGMENTS_BYTES + faces + voxels * STATS_BYTES + (grid_voxels * LABELS_BYTES if run.zoom else 0)
     segmentation = voxels * LABELS_BYTES
     # the label image's full-resolution level is the segmentation itself (written once, linked)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..plan.measure import Measure
 from ..runtime.engine import Batch, Engine
+from ..runtime.faces import FACES_LAYOUT
 from ..runtime.store import OBJECTS, Store
 from ..runtime.tasks import batched
 from .ids import FRAGMENTS_LAYOUT, combine_stats
@@ -188,5 +189,5 @@ class ObjectsStage:
 def scratch_layout(run: Prepared) -> dict[str, Any]:
     """How a segment run's scratch is laid out, recorded with its resume key (a run of another
     layout is not resumed): object rows per part, fragment ids, what the rows measure."""
-    return {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT,
+    return {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT, "faces": FACES_LAYOUT,
             "object_stats": run.measure.layout if run.measure else "counts"}
