@@ -17,7 +17,7 @@ def input_format(path: Path | str, vol: Any) -> str:
     from ..volume.formats import kind_of
 
     names = {"zarr": "OME-Zarr image" if vol.ome else "zarr array", "tiff": "TIFF file", "tiff-folder": "TIFF slices",
-             "hdf5": "HDF5", "bdv-xml": "BigDataViewer XML + HDF5", "n5": "N5", "ims": "Imaris"}
+             "hdf5": "HDF5", "bdv-xml": "BigDataViewer XML + HDF5", "n5": "N5", "ims": "Imaris", "czi": "CZI"}
     kind = kind_of(Path(path))
     return (f"{names.get(kind, kind)} {vol.where}, axes {vol.axes}"
             + (f" (channel {vol.channel} read)" if vol.channel is not None else ""))

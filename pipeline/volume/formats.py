@@ -17,11 +17,12 @@ from typing import Any, Literal
 from .errors import InputError
 from .input_volume import InputVolume
 
-Kind = Literal["zarr", "tiff", "tiff-folder", "hdf5", "bdv-xml", "n5", "ims"]
+Kind = Literal["zarr", "tiff", "tiff-folder", "hdf5", "bdv-xml", "n5", "ims", "czi"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 IMARIS_SUFFIXES = (".ims",)
+CZI_SUFFIXES = (".czi",)
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 FORMATS = "a zarr array, an OME-Zarr image, a TIFF file, a folder of 2D TIFF slices, an HDF5 file, an Imaris .ims file or an N5 container"
 
@@ -35,6 +36,8 @@ def kind_of(path: Path) -> Kind:
         return "hdf5"
     if path.is_file() and suffix in IMARIS_SUFFIXES:
         return "ims"
+    if path.is_file() and suffix in CZI_SUFFIXES:
+        return "czi"
     if path.is_file() and suffix == ".xml":
         return "bdv-xml"
     if is_n5(path):

@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from ..config import InputConfig
+from .czi import open_czi
 from .errors import InputError
 from .formats import kind_of, select_channel
 from .hdf5 import open_hdf5
@@ -53,7 +54,7 @@ def open_input(cfg: InputConfig) -> InputVolume:
 
 
 def open_format(cfg: InputConfig) -> InputVolume | None:
-    """The volume at ``cfg.path`` if it is a TIFF, TIFF folder, HDF5, N5 or Imaris input, else None (zarr)."""
+    """The volume at ``cfg.path`` if it is a TIFF, TIFF folder, HDF5, N5, Imaris or CZI input, else None (zarr)."""
     path = Path(cfg.path)
     kind = kind_of(path)
     if kind == "zarr":
@@ -71,6 +72,8 @@ def open_format(cfg: InputConfig) -> InputVolume | None:
         return open_n5(path, cfg.dataset, cfg.scale_level, cfg.channel)
     if kind == "ims":
         return open_imaris(path, cfg.dataset, cfg.scale_level, cfg.channel)
+    if kind == "czi":
+        return open_czi(path, cfg.dataset, cfg.scale_level, cfg.channel)
     return open_hdf5(path, cfg.dataset, cfg.scale_level, cfg.channel)  # selects the channel (BDV: setup)
 
 
