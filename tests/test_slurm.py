@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -80,29 +81,122 @@ def test_slurm_run_equals_local(slurm, data, local_result):
     assert "dask-worker" not in mine, "worker jobs must be cancelled on teardown"
 
 
+def _once_blocks_done(out_dir, blocks: int, act) -> None:
+    """Call ``act()`` (until it returns True, for 240 s at most) once ``blocks`` fragment chunks are written."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        frag = out_dir / "scratch" / "fragments" / "c"
+        if (sum(1 for _ in frag.rglob("*")) if frag.exists() else 0) >= blocks and act():
+            return
+        time.sleep(0.2)
+
+
 def test_slurm_worker_job_cancelled_mid_run(slurm, data, local_result):
     tmp, ckpt = data
     out_dir = tmp / "fault.zarr"
     cancelled: list[str] = []
 
-    def kill_one() -> None:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            frag = out_dir / "scratch" / "fragments" / "c"
-            done = sum(1 for _ in frag.rglob("*")) if frag.exists() else 0
-            jobs = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "dask-worker", "-o", "%i"],
-                                  capture_output=True, text=True).stdout.split()
-            if done >= 20 and len(jobs) >= 2:
-                subprocess.run(["scancel", jobs[0]], check=True)
-                cancelled.append(jobs[0])
-                return
-            time.sleep(0.2)
+    def kill_one() -> bool:
+        jobs = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "dask-worker", "-o", "%i"],
+                              capture_output=True, text=True).stdout.split()
+        if len(jobs) < 2:
+            return False
+        subprocess.run(["scancel", jobs[0]], check=True)
+        cancelled.append(jobs[0])
+        return True
 
-    killer = threading.Thread(target=kill_one, daemon=True)
+    killer = threading.Thread(target=_once_blocks_done, args=(out_dir, 20, kill_one), daemon=True)
     killer.start()
     out = segment(_config(tmp, ckpt, "fault", _slurm_cluster(tmp, "fault", max_worker_restarts=2)))
     killer.join(timeout=5)
     assert cancelled, "the run finished before a worker job could be cancelled"
+    np.testing.assert_array_equal(open_array(out / "segmentation")[...], local_result)
+
+
+def _running_nodes() -> dict[str, str]:
+    """Running worker jobs: job id -> the node it runs on."""
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", "dask-worker", "-o", "%i %N"],
+                         capture_output=True, text=True).stdout.split("\n")
+    return dict(line.split() for line in out if len(line.split()) == 2)
+
+
+def _nodes() -> list[str]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()
+    return sorted(set(out))
+
+
+def test_worker_jobs_spread_over_nodes_equal_local(slurm, data, local_result):
+    """Three worker jobs on a SLURM of several nodes (least loaded first): they land on different
+    nodes, and the result is the local one."""
+    if len(_nodes()) < 2:
+        pytest.skip("a single-node SLURM (deploy/local-slurm/start.sh starts 3)")
+    tmp, ckpt = data
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            seen.update(_running_nodes().values())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out = segment(_config(tmp, ckpt, "spread", _slurm_cluster(tmp, "spread", n_workers=3)))
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert len(seen) >= 2, f"worker jobs ran on {sorted(seen)} only"
+    np.testing.assert_array_equal(open_array(out / "segmentation")[...], local_result)
+
+
+def _processes_on(node: str) -> list[int]:
+    """Processes a job started on ``node`` (SLURM sets SLURMD_NODENAME in their environment)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"SLURMD_NODENAME={node}".encode() in env:
+            found.append(int(pid))
+    return found
+
+
+def test_node_lost_mid_run_finishes_identically(slurm, data, local_result):
+    """One node dies mid-run (its slurmd and every process of its jobs killed): the run goes on on the
+    other nodes (lost worker jobs replaced, their blocks rescheduled) and gives the local result; the
+    node comes back afterwards."""
+    nodes = _nodes()
+    if len(nodes) < 2:
+        pytest.skip("a single-node SLURM (deploy/local-slurm/start.sh starts 3)")
+    tmp, ckpt = data
+    out_dir = tmp / "node.zarr"
+    killed: list[str] = []
+
+    def kill_node() -> bool:
+        running = _running_nodes()
+        if len(set(running.values())) < 2:
+            return False
+        node = sorted(running.values())[0]
+        subprocess.run(["pkill", "-9", "-f", f"slurmd -N {node}$"], check=False)
+        for pid in _processes_on(node):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        killed.append(node)
+        return True
+
+    killer = threading.Thread(target=_once_blocks_done, args=(out_dir, 20, kill_node), daemon=True)
+    killer.start()
+    try:
+        out = segment(_config(tmp, ckpt, "node", _slurm_cluster(tmp, "node", n_workers=3, max_worker_restarts=4)))
+    finally:
+        killer.join(timeout=5)
+        for node in killed:  # the node back for the other tests
+            subprocess.run(["/usr/sbin/slurmd", "-N", node], check=False)
+            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
+    assert killed, "the run finished before a node could be killed"
     np.testing.assert_array_equal(open_array(out / "segmentation")[...], local_result)
 
 
@@ -240,39 +334,48 @@ def test_all_jobs_cancelled_stops_and_resumes(slurm, data, local_result, tmp_pat
     np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)
 
 
-def test_driver_job_told_to_stop_resumes(slurm, data, local_result, tmp_path):
-    """The driver as a job (deploy/run-pipeline.sbatch, which asks SLURM for SIGTERM before the
-    walltime): SIGTERM to its batch step mid-run (what `--signal=B:TERM@120` sends, here with
-    `scancel --batch --signal=TERM`) ends it with the one line and exit 143, its worker jobs
-    cancelled; resubmitting the same command resumes to the local result."""
+def _driver_job(data, tmp_path, name: str) -> tuple[Any, dict[str, str], Any, str]:
+    """The driver submitted as a job (deploy/run-pipeline.sbatch) on ``<name>.yaml``, once it has written
+    10 fragment chunks: ``(script, env, output folder, job id)``."""
     import sys
     from pathlib import Path
 
     import yaml
 
     script = Path(__file__).resolve().parents[1] / "deploy" / "run-pipeline.sbatch"
-    assert "#SBATCH --signal=B:TERM@" in script.read_text()
     tmp, ckpt = data
-    out_dir = tmp_path / "driver.zarr"
-    cfg = _config(tmp, ckpt, "driver", _slurm_cluster(tmp_path, "driver"))
+    out_dir = tmp_path / f"{name}.zarr"
+    cfg = _config(tmp, ckpt, name, _slurm_cluster(tmp_path, name))
     cfg["output"]["path"] = str(out_dir)
-    (tmp_path / "d.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PIPELINE_VENV": sys.prefix}
-    sub = subprocess.run(["sbatch", "--parsable", str(script), str(tmp_path / "d.yaml")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, check=True)
-    job = sub.stdout.strip().split(";")[0]
+    job = subprocess.run(["sbatch", "--parsable", str(script), str(tmp_path / f"{name}.yaml")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     deadline = time.time() + 240
     while time.time() < deadline:
         frag = out_dir / "scratch" / "fragments" / "c"
         if frag.exists() and sum(1 for _ in frag.rglob("*")) >= 10:
-            break
+            return script, env, out_dir, job
         time.sleep(0.2)
-    else:
-        pytest.fail("the driver job made no progress in 240 s")
-    subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True)
-    while time.time() < deadline + 120 and job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
-                                                                 text=True).stdout.split():
+    pytest.fail("the driver job made no progress in 240 s")
+
+
+def _wait_gone(job: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
+                                                           text=True).stdout.split():
         time.sleep(0.5)
+
+
+def test_driver_job_told_to_stop_resumes(slurm, data, local_result, tmp_path):
+    """The driver as a job (deploy/run-pipeline.sbatch, which asks SLURM for SIGTERM before the
+    walltime): SIGTERM to its batch step mid-run (what `--signal=B:TERM@120` sends, here with
+    `scancel --batch --signal=TERM`) ends it with the one line and exit 143, its worker jobs
+    cancelled; resubmitting the same command resumes to the local result."""
+    script, env, out_dir, job = _driver_job(data, tmp_path, "driver")
+    assert "#SBATCH --signal=B:TERM@" in script.read_text()
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True)
+    _wait_gone(job)
     log = (tmp_path / f"pipeline-driver-{job}.log").read_text()
     last = log.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM in fragments") and "rerun the same command to resume" in last, log
@@ -284,8 +387,30 @@ def test_driver_job_told_to_stop_resumes(slurm, data, local_result, tmp_path):
     workers = subprocess.run(["squeue", "-h", "-n", "dask-worker", "-u", str(os.getuid()), "-o", "%i"],
                              capture_output=True, text=True).stdout.split()
     assert not workers, f"worker jobs left running: {workers}"
-    again = subprocess.run(["sbatch", "--wait", str(script), str(tmp_path / "d.yaml")], cwd=tmp_path, env=env,
+    again = subprocess.run(["sbatch", "--wait", str(script), str(tmp_path / "driver.yaml")], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    import zarr
+
+    assert zarr.open_group(str(out_dir), mode="r").attrs["resumed_blocks"] > 0
+    np.testing.assert_array_equal(open_array(out_dir / "segmentation")[...], local_result)
+
+
+def test_driver_job_killed_rerun_resumes(slurm, data, local_result, tmp_path):
+    """The driver job killed outright mid-run (SIGKILL to every step: a node crash, `scancel
+    --signal=KILL`), nothing said, its worker jobs orphaned: resubmitting the same command resumes
+    to the local result."""
+    script, env, out_dir, job = _driver_job(data, tmp_path, "killed")
+    orphans = set(subprocess.run(["squeue", "-h", "-n", "dask-worker", "-o", "%i"], capture_output=True,
+                                 text=True).stdout.split())
+    subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
+    _wait_gone(job)
+    try:
+        again = subprocess.run(["sbatch", "--wait", str(script), str(tmp_path / "killed.yaml")], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        if orphans:  # the killed driver's workers, if their scheduler's loss has not ended them yet
+            subprocess.run(["scancel", *orphans], check=False)
     assert again.returncode == 0, again.stderr
     import zarr
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM started by start.sh (cancels all jobs first).
+# Stop the SLURM started by start.sh, every node's slurmd (cancels all jobs first).
 set -u
 scancel --full --quiet -u "$(id -un)" 2>/dev/null || true
 pkill -x slurmd 2>/dev/null || true
