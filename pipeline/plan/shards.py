@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..volume.ome import task_shape
+
 SHARD_VOXELS = 2**26  # voxels per shard for ``auto``: (256, 512, 512); 256 MiB of uint32 labels in a task
 AUTO_FILES = 10_000  # ``auto`` shards an array that would have more chunk files than this
 
@@ -23,20 +25,6 @@ AUTO_FILES = 10_000  # ``auto`` shards an array that would have more chunk files
 def files(shape: Sequence[int], cell: Sequence[int]) -> int:
     """Files an array of ``shape`` has when every ``cell`` (chunk or shard) holds data."""
     return math.prod(-(-n // c) for n, c in zip(shape, cell, strict=True))
-
-
-def grow(chunks: Sequence[int], shape: Sequence[int], target: int) -> tuple[int, ...]:
-    """``chunks`` doubled along the last axes first while a cell stays within ``target`` voxels and
-    does not pass the array's extent."""
-    out = list(chunks)
-    grown = True
-    while grown:
-        grown = False
-        for a in reversed(range(len(out))):
-            if out[a] < shape[a] and math.prod(out) * 2 <= target:
-                out[a] *= 2
-                grown = True
-    return tuple(out)
 
 
 def shard_shape(setting: str | Sequence[int], shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...] | None:
@@ -48,7 +36,7 @@ def shard_shape(setting: str | Sequence[int], shape: Sequence[int], chunks: Sequ
     if setting == "auto":
         if files(shape, chunks) <= AUTO_FILES:
             return None
-        shard = grow(chunks, shape, max(SHARD_VOXELS, math.prod(chunks)))
+        shard = task_shape(chunks, shape, max(SHARD_VOXELS, math.prod(chunks)))  # chunks doubled, last axes first
     else:
         shard = tuple(min(-(-s // c), -(-n // c)) * c for s, c, n in zip(setting, chunks, shape, strict=True))
     return None if tuple(shard) == tuple(chunks) else tuple(shard)
