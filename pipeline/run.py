@@ -40,6 +40,7 @@ from .runtime.lock import RunLock
 from .runtime.output import check_output
 from .runtime.resume import provenance, resume_parts
 from .runtime.store import ZOOMED, Store
+from .runtime.timelapse import segment_timelapse, selected_timepoints
 from .stages import (
     FragmentsStage,
     MergeStage,
@@ -150,16 +151,16 @@ def predict(config: ConfigLike, client: Any = None, progress: bool = False) -> P
 
 
 def segment(config: ConfigLike, client: Any = None, progress: bool = False, region: Box | None = None) -> Path:
-    """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when
-    more than 2**32 - 1 objects) and the objects table (``objects/part-*.parquet``, and
-    ``objects.csv`` for small results) to the output group; then the OME-Zarr label image
-    (``output.labels``: under the input image's ``labels/``, or ``<output>/labels/<name>``).
-
-    With ``region`` (input voxels), only the blocks of the full run's plan that meet it are
-    computed, and the output holds their labels (0 elsewhere), their objects table and a
-    :class:`~pipeline.plan.region.RegionRecord` (no label image): objects clear of the computed
-    box's edge are the full run's (see :mod:`pipeline.plan.region`)."""
-    run = prepare(config)
+    """Predict, cluster, merge and relabel: write ``segmentation`` (uint32, or uint64 when more than
+    2**32 - 1 objects) and the objects table (``objects/part-*.parquet``, ``objects.csv`` when small) to
+    the output group; then the OME-Zarr label image (``output.labels``). A time-lapse input: each time
+    point so, into one (t, z, y, x) result (:mod:`pipeline.timelapse`). With ``region`` (input voxels),
+    only the blocks of the full run's plan that meet it are computed, and the output holds their
+    labels (0 elsewhere), their objects table and a :class:`~pipeline.plan.region.RegionRecord` (no
+    label image): objects clear of the computed box's edge are the full run's (:mod:`pipeline.plan.region`)."""
+    if (timepoints := selected_timepoints(cfg := as_config(config), region)) is not None:
+        return segment_timelapse(cfg, timepoints, segment, client, progress)
+    run = prepare(cfg)
     cfg, per = run.config, run.blocks_per_task
     method = clustering_method(run)
     outputs = plan_outputs(run, region)

@@ -265,3 +265,24 @@ def test_docked_widgets_fit_a_1000px_screen_name_the_axes_and_write_beside_the_r
     qtbot.keyClicks(widgets[1].output, "-mine")
     widgets[1].propose_output()
     assert widgets[1].output.text() == str(out.parent / "result-rerun.zarr-mine")
+
+
+def test_the_reader_opens_a_time_lapse_with_a_time_slider(make_napari_viewer, tmp_path):
+    from pipeline.volume import synthetic
+    from pipeline.volume.io import write_zarr
+
+    movie = np.stack([synthetic.generate(synthetic.appearance("demo", shape=(16, 64, 64)), seed=s)[0] for s in (1, 2, 3)])
+    write_zarr(tmp_path / "movie.zarr", movie, chunks=(1, 16, 32, 32), name="raw", dims="tzyx")
+    out = segment({"input": {"path": str(tmp_path / "movie.zarr"), "dataset": "raw"},
+                   "output": {"path": str(tmp_path / "result.zarr")}, "blocks": {"write_shape": [16, 32, 32]},
+                   "cluster": {"kind": "serial"}})
+    viewer = make_napari_viewer()
+    viewer.open(str(out), plugin="pipeline")
+    assert [layer._type_string for layer in viewer.layers] == ["image", "labels"]
+    assert viewer.dims.ndim == 4 and viewer.dims.nsteps[0] == 3  # the time slider
+    assert tuple(viewer.dims.axis_labels) == ("t", "z", "y", "x")
+    labels, seg = viewer.layers["segmentation"], open_array(out / "segmentation")
+    assert labels.data.shape == seg.shape == (3, 16, 64, 64)
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.set_current_step(1, 8)
+    np.testing.assert_array_equal(np.asarray(labels._slice.image.view), seg[2, 8])  # what the viewer shows at t 2

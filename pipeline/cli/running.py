@@ -43,12 +43,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ..plan.summary import cost_table, plan_summary
     from ..runtime.engine import Engine
     from ..runtime.output import check_output
+    from ..runtime.timelapse import describe_timepoints, selected_timepoints
     from ..stages import ScanStage
     from ..stages.scan import listed_empty
 
-    run = prepare(_load(args))
+    cfg = _load(args)
+    timepoints = selected_timepoints(cfg)
+    if timepoints is not None:  # a time-lapse: each time point is planned like the first
+        cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"timepoint": timepoints[0], "timepoints": "all"})})
+    run = prepare(cfg)
     out = run.config.output
-    summary = plan_summary(run)
+    summary = ({"timepoints": f"{len(timepoints)} ({describe_timepoints(timepoints)}), each segmented on its own; the "
+                "plan of the first:"} if timepoints else {}) | plan_summary(run)
     vol = run.volume
     summary["voxel_size"] = (f"{list(vol.voxel_size)} {vol.units[0] if vol.units and vol.units[0] else ''}".strip()
                              if vol.voxel_size else "unknown (the input records none)")

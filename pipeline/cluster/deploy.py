@@ -151,6 +151,9 @@ def dashboard_link(link: str, address: str | None) -> str:
 def open_engine(cluster: Any, client: Any = None, progress: bool = False) -> Iterator[Engine]:
     """An engine on the caller's ``client`` when given, else on the cluster configured by
     ``cluster`` (a ``cluster:`` config section; opened here and closed on exit)."""
+    if isinstance(client, Session):  # a session opened by the caller for several runs (time-lapses)
+        yield Engine(client.client, progress, abort=client.check)
+        return
     if client is not None:
         yield Engine(client, progress)
         return

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .validation import Frozen
@@ -43,6 +44,15 @@ class InputConfig(Frozen):
         None, ge=0, description="the one channel to read from a multi-channel input (BigDataViewer: the setup); "
         "none: every channel"
     )
+    timepoints: Literal["all"] | tuple[Annotated[int, Field(ge=0)], ...] | str = Field(
+        "all", description="time-lapse inputs (a t axis; Imaris, BigDataViewer, N5 and CZI time points): the time "
+        "points to segment, each on its own, into one (t, z, y, x) label image: all, a list [0, 5, 9], or a "
+        "range 'first..last' ('0..9', '5..' to the end); t in the output and the objects table is the index in "
+        "this selection")
+    timepoint: int | None = Field(
+        None, ge=0, description="read only this time point of a time-lapse input, as a 3D volume (a run of one "
+        "time point; the result equals that time point of the whole time-lapse run); none: every time point "
+        "in input.timepoints")
     diameter: float | tuple[float, ...] | Literal["auto"] | None = Field(
         None, description="typical object diameter in voxels of this input: one per axis (z, y, x), or one number "
         "(then every axis is scaled by the model's in-plane diameter over it, like cellpose's diameter). The input "
@@ -64,6 +74,46 @@ class InputConfig(Frozen):
         "2048; 0: no cache (every read decodes the chunks it touches). TIFF and HDF5 inputs are not cached")
 
     _diameter = field_validator("diameter", mode="before")(classmethod(lambda cls, v: check_diameter(v, auto=True)))
+
+    @field_validator("timepoints", mode="before")
+    @classmethod
+    def _timepoints(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (v,)
+        if isinstance(v, str) and v != "all" and not re.fullmatch(r"\d*\.\.\d*", v.strip()):
+            raise PydanticCustomError(
+                "timepoints", "input.timepoints is all, a list of time points [0, 5, 9] or a range 'first..last' "
+                "('0..9', '5..' from 5 to the end)", {"value": v})
+        if isinstance(v, list | tuple):
+            if len(set(v)) != len(v) or not v:
+                raise PydanticCustomError("timepoints", "input.timepoints lists each time point once, at least one",
+                                          {"value": v})
+        return v
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> InputConfig:
+        if self.timepoint is not None and self.timepoints != "all":
+            raise PydanticCustomError(
+                "timepoints", "input.timepoint ({timepoint}) reads one time point and input.timepoints selects "
+                "several: set one of them", {"timepoint": self.timepoint})
+        return self
+
+    def selected(self, n: int) -> list[int]:
+        """The time points ``input.timepoints`` names of an input with ``n`` of them (raises
+        :class:`ValueError` naming those out of range)."""
+        if self.timepoints == "all":
+            return list(range(n))
+        if isinstance(self.timepoints, str):
+            first, last = self.timepoints.strip().split("..")
+            chosen = list(range(int(first or 0), min(n, int(last) + 1 if last else n)))
+            if not chosen:
+                raise ValueError(f"input.timepoints '{self.timepoints}' selects none of the input's {n} time "
+                                 f"points (0..{n - 1})")
+            return chosen
+        outside = [t for t in self.timepoints if t >= n]
+        if outside:
+            raise ValueError(f"input.timepoints {outside} out of range: the input has {n} time point(s) (0..{n - 1})")
+        return sorted(self.timepoints)
 
 
 class OutputConfig(Frozen):

@@ -15,11 +15,11 @@ from ..volume.ome_metadata import global_transforms, input_pyramid
 from .result import group_attrs, ome
 
 LayerData = tuple[Any, dict[str, Any], str]
-AXES = ("z", "y", "x")  # the viewer's axis names (napari numbers them -3, -2, -1 otherwise)
+AXES = ("t", "z", "y", "x")  # the viewer's axis names (napari numbers them -3, -2, -1 otherwise); t: time-lapses
 
 
 def with_axis_labels(layer: LayerData, nd: int | None = None) -> LayerData:
-    """``layer`` with its spatial axes named (the last ``nd`` of z, y, x; ``nd``: its scale's length)."""
+    """``layer`` with its axes named (the last ``nd`` of t, z, y, x; ``nd``: its scale's length)."""
     data, kwargs, kind = layer
     nd = len(kwargs["scale"]) if nd is None else nd
     return data, {**kwargs, "axis_labels": AXES[-nd:]}, kind

@@ -19,25 +19,31 @@ logger = logging.getLogger(__name__)
 KEPT = ("blocks", "empty", "merge")  # config sections of the run that a widget's preview or run keeps
 
 
-def spatial_view(array: Any, axes: str, channel: int | None) -> tuple[Any, bool]:
-    """``array`` as a lazy dask array of its spatial axes (t: the first point; c: the run's channel,
-    else every channel first); True when a channel axis is kept."""
+def spatial_view(array: Any, axes: str, channel: int | None, timepoint: int = 0,
+                 times: list[int] | None = None) -> tuple[Any, bool]:
+    """``array`` as a lazy dask array of its spatial axes (t: ``timepoint``, or the time points
+    ``times`` as a first axis; c: the run's channel, else every channel first); True when a
+    channel axis is kept."""
     import dask.array as da
 
     chunks = getattr(array, "chunks", None)
     data = da.from_array(array, chunks=chunks if chunks else "auto")
-    index = tuple(0 if a == "t" else (channel if channel is not None else slice(None)) if a == "c" else slice(None)
-                  for a in axes)
+    keep_t = times is not None and "t" in axes
+    index = tuple((times if keep_t else timepoint) if a == "t" else
+                  (channel if channel is not None else slice(None)) if a == "c" else slice(None) for a in axes)
     data = data[index]
-    kept = [a for a in axes if a != "t" and (a != "c" or channel is None)]
+    kept = [a for a in axes if (a != "t" or keep_t) and (a != "c" or channel is None)]
+    if keep_t:
+        data, kept = da.moveaxis(data, kept.index("t"), 0), ["t", *(a for a in kept if a != "t")]
     if "c" in kept:
         return da.moveaxis(data, kept.index("c"), 0), True
     return data, False
 
 
-def image_layer(result: Path, meta: dict[str, Any]) -> tuple[LayerData | None, Frame | None]:
-    """The run's input as an Image layer (every level of an OME-Zarr pyramid) and the segmented
-    grid's frame; (None, None) when the input recorded in the provenance cannot be opened."""
+def image_layer(result: Path, meta: dict[str, Any], times: list[int] | None = None) -> tuple[LayerData | None, Frame | None]:
+    """The run's input as an Image layer (every level of an OME-Zarr pyramid; ``times``: these
+    time points as a first axis) and the segmented grid's frame; (None, None) when the input
+    recorded in the provenance cannot be opened."""
     recorded = meta.get("config", {}).get("input")
     where = resolve(recorded["path"], result) if recorded else None
     if where is None:
@@ -57,7 +63,11 @@ def image_layer(result: Path, meta: dict[str, Any]) -> tuple[LayerData | None, F
         scale, translate = level_transforms(attrs, arrays, vol.spatial_axes)
     else:
         arrays, scale, translate = [vol.array], list(frame.voxel_size), list(frame.origin)
-    views = [spatial_view(a, vol.axes, cfg.channel) for a in arrays]
+    views = [spatial_view(a, vol.axes, cfg.channel, vol.timepoint, times if vol.timepoints > 1 else None) for a in arrays]
+    if times is not None and vol.timepoints > 1 and "t" not in vol.axes:  # time points kept apart (Imaris, BDV): one
+        return None, frame
+    if times is not None and "t" in vol.axes:
+        scale, translate = [1.0, *scale], [0.0, *translate]
     data = [v[0] for v in views]
     norm = meta.get("normalisation") or {}
     config = meta.get("config", {})

@@ -30,17 +30,28 @@ from pathlib import Path
 
 import zarr
 
+from ..runtime.timelapse import TIMEPOINTS
 from .features import FEATURES_LIMIT
 from .frame import Frame, LayerData, with_axis_labels
 from .grid import Grid, grid_layer, seams_layer, skipped_layer
 from .image import image_layer
-from .labels import labels_layer
+from .labels import label_arrays, labels_layer
 from .result import group_attrs
 
 
 def result_layers(result: Path, limit: int = FEATURES_LIMIT) -> list[LayerData]:
     """Every layer of a result group (see the module docstring), image first."""
     meta = (group_attrs(result) or {}).get("pipeline", {})
+    if meta.get("timelapse"):  # (t, z, y, x): the input at those time points and the label image
+        first = (group_attrs(result / TIMEPOINTS / "t00000") or {}).get("pipeline", {})
+        image, _ = image_layer(result / TIMEPOINTS / "t00000", first, meta["timepoints"])
+        arrays, coords, name = label_arrays(result, meta, None)
+        note = "a time-lapse: ids are per time point, the table (columns t, id, ...) is in objects/"
+        labels = (arrays if len(arrays) > 1 else arrays[0], {"name": name, **coords, "multiscale": len(arrays) > 1,
+                  "metadata": {"pipeline": {"result": str(result), "features_note": note}}}, "labels")
+        if image is not None:  # the label image's time step
+            image[1]["scale"][0] = coords["scale"][0]
+        return [with_axis_labels(layer) for layer in ([image] if image else []) + [labels]]
     image, frame = image_layer(result, meta)
     layers = [image] if image else []
     labels = labels_layer(result, meta, frame, limit)

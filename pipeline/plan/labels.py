@@ -20,6 +20,8 @@ from ..volume.ome import Level, PyramidLevel, plan_levels
 from ..volume.ome_metadata import global_transforms, input_pyramid, label_attrs, relative_source, spatial_axes
 
 if TYPE_CHECKING:
+    from ..config import Config
+    from ..volume.input_volume import InputVolume
     from .prepare import Prepared
 
 LABELS = "labels"  # the NGFF group that lists label images
@@ -63,42 +65,47 @@ class LabelTarget:
         return {**meta, "pipeline": {"output": str(output.resolve())}}
 
 
-def image_path(run: Prepared) -> Path:
+def image_path(config: Config) -> Path:
     """The input OME-Zarr image group."""
-    c = run.config.input
+    c = config.input
     return Path(c.path) / c.dataset if c.dataset else Path(c.path)
 
 
 def label_target(run: Prepared) -> LabelTarget | None:
     """The label image ``output.labels`` asks for (None: ``none``); reads input metadata only."""
-    out, vol = run.config.output, run.volume
+    return label_target_of(run.config, run.volume)
+
+
+def label_target_of(config: Config, vol: InputVolume) -> LabelTarget | None:
+    """:func:`label_target` of a run's config and its opened input."""
+    out = config.output
     if out.labels == "none":
         return None
     if out.labels == "image" and vol.ome is None:
         raise OutputError(
-            f"output.labels: image needs an OME-Zarr image input, and '{run.config.input.path}' is not one; "
+            f"output.labels: image needs an OME-Zarr image input, and '{config.input.path}' is not one; "
             "set output.labels: standalone (or auto) to write the label image into output.path"
         )
     mode = "image" if out.labels == "image" or (out.labels == "auto" and vol.ome is not None) else "standalone"
     segmented = PyramidLevel(vol.shape, tuple(vol.voxel_size or (1.0,) * vol.ndim), (0.0,) * vol.ndim)
     pyramid, version, global_ct = None, "0.5", None
     if vol.ome is not None:
-        group = zarr.open_group(str(image_path(run)), mode="r")
+        group = zarr.open_group(str(image_path(config)), mode="r")
         multiscale = vol.ome["multiscales"][0]
         shapes = [group[d["path"]].shape for d in multiscale["datasets"]]
         pyramid = input_pyramid(multiscale, shapes, vol.spatial_axes)
-        segmented = pyramid[run.config.input.scale_level]
+        segmented = pyramid[config.input.scale_level]
         global_ct = global_transforms(multiscale, vol.spatial_axes)
         if mode == "image":
             version = "0.4" if group.metadata.zarr_format == 2 else "0.5"
-    levels = plan_levels(segmented, pyramid, run.config.input.scale_level, mode == "image")
-    parent = image_path(run) if mode == "image" else Path(out.path)
+    levels = plan_levels(segmented, pyramid, config.input.scale_level, mode == "image")
+    parent = image_path(config) if mode == "image" else Path(out.path)
     group_path = parent / LABELS / out.label_name
     source = None
     if mode == "image":
         source = "../../"
     elif vol.ome is not None:
-        source = relative_source(group_path, image_path(run))
+        source = relative_source(group_path, image_path(config))
     axes = spatial_axes(vol.ome["axes"] if vol.ome else [], vol.ndim, vol.units)
     return LabelTarget(mode, group_path, out.label_name, version, tuple(levels), tuple(axes), source,
                        tuple(global_ct) if global_ct else None)

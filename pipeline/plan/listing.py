@@ -54,6 +54,9 @@ def stored_chunks(vol: InputVolume) -> Listing | None:
     root = getattr(store_path.store, "root", None)
     if type(store_path.store).__name__ != "LocalStore" or root is None or not _walk_local(arr, Path(root) / store_path.path, stored):
         _list_keys(arr, store_path, stored)
+    if "t" in vol.axes:  # the time point read: its cells only
+        t = vol.axes.index("t")
+        stored = np.take(stored, [vol.timepoint // cell[t]], axis=t)
     other = tuple(i for i in range(len(grid)) if i not in vol.spatial_axes)
     return (stored.any(axis=other) if other else stored), tuple(cell[i] for i in vol.spatial_axes)
 

@@ -8,8 +8,8 @@ plane only within the block's (y, x) box, never whole (measured in RESULTS.md). 
 the same library behind dask arrays of whole planes; reading libCZI directly gives the box reads.
 
 ``input.channel`` is the C index (several channels and none chosen: a ``c`` axis), ``input.scale_level``
-must be 0 (libCZI's pyramids are 2D zooms, not levels), one time point and one scene are read (``T`` and
-scene > 1 are refused). The voxel size comes from the metadata's ``Scaling/Items/Distance`` (meters, given
+must be 0 (libCZI's pyramids are 2D zooms, not levels), one scene is read (more are refused) and one time
+point, ``input.timepoint`` (a time-lapse run opens each ``T`` in turn). The voxel size comes from the metadata's ``Scaling/Items/Distance`` (meters, given
 in micrometers). The "chunks" presented are one z plane of (at most) 1024 x 1024: the unit a read costs."""
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class CziArray:
     """``(c, z, y, x)`` (``c`` only with several channels read) of one scene and time point, read with
     ``[...]`` plane by plane through libCZI (see the module)."""
 
-    def __init__(self, path: Path, channels: list[int], z: int, box: Any, dtype: np.dtype[Any]) -> None:
-        self.path, self.channels, self.box = path, channels, box
+    def __init__(self, path: Path, channels: list[int], z: int, box: Any, dtype: np.dtype[Any], t: int = 0) -> None:
+        self.path, self.channels, self.box, self.t = path, channels, box, t
         self.dtype = np.dtype(dtype)
         self.shape = ((len(channels),) if len(channels) > 1 else ()) + (z, box.h, box.w)
         self.chunks = ((1,) if len(channels) > 1 else ()) + (1, min(box.h, PLANE_CHUNK), min(box.w, PLANE_CHUNK))
@@ -69,7 +69,7 @@ class CziArray:
             with czi.open_czi(str(self.path)) as reader:
                 for i, c in enumerate(range(*cs)):
                     for j, z in enumerate(range(z0, z1)):
-                        plane = reader.read(roi=roi, plane={"C": self.channels[c], "Z": z, "T": 0})
+                        plane = reader.read(roi=roi, plane={"C": self.channels[c], "Z": z, "T": self.t})
                         out[i, j] = plane[..., 0] if plane.ndim == 3 else plane
         if len(self.channels) == 1:
             out = out[0]
@@ -88,8 +88,9 @@ def _voxel_size(metadata: dict[str, Any]) -> tuple[float, ...] | None:
     return size if all(v > 0 for v in size) else None
 
 
-def open_czi(path: Path, dataset: str | None, scale_level: int, channel: int | None) -> InputVolume:
-    """A CZI file as an input volume (see the module)."""
+def open_czi(path: Path, dataset: str | None, scale_level: int, channel: int | None,
+             timepoint: int | None = None) -> InputVolume:
+    """A CZI file as an input volume at time point ``timepoint`` (None: the first; see the module)."""
     where = f"'{path}'"
     if dataset is not None:
         raise InputError(f"input.dataset '{dataset}' is given but {where} is CZI (one image per scene); remove it")
@@ -106,9 +107,12 @@ def open_czi(path: Path, dataset: str | None, scale_level: int, channel: int | N
         raise InputError(f"input {where} cannot be read as CZI ({type(exc).__name__}: {exc}); "
                          "check the file is whole (copy it again) or export it as OME-TIFF/OME-Zarr") from None
     n = {k: v[1] - v[0] for k, v in bounds.items()}
-    if n.get("T", 1) > 1 or len(scenes) > 1:
-        raise InputError(f"input {where} has {n.get('T', 1)} time points and {max(len(scenes), 1)} scenes; "
-                         "one of each is read: export the one to segment (time-lapses: not yet)")
+    if len(scenes) > 1:
+        raise InputError(f"input {where} has {len(scenes)} scenes; one is read: export the one to segment")
+    times = n.get("T", 1)
+    if (timepoint or 0) >= times:
+        raise InputError(f"input.timepoint {timepoint} is out of range: {where} has {times} time point(s); "
+                         f"set input.timepoint to one of 0..{times - 1}")
     kinds = {types[c] for c in types}
     if len(kinds) != 1 or next(iter(kinds)) not in PIXEL_TYPES:
         raise InputError(f"input {where} has pixel types {sorted(kinds)}; CZI input reads one of "
@@ -118,8 +122,9 @@ def open_czi(path: Path, dataset: str | None, scale_level: int, channel: int | N
         raise InputError(f"input.channel {channel} is out of range: {where} has {count} channel(s); "
                          f"set input.channel to one of 0..{count - 1}")
     channels = list(range(count)) if channel is None else [channel]
-    array = CziArray(path, channels, n.get("Z", 1), box, PIXEL_TYPES[next(iter(kinds))])
+    t0 = bounds.get("T", (0, 1))[0]
+    array = CziArray(path, channels, n.get("Z", 1), box, PIXEL_TYPES[next(iter(kinds))], t0 + (timepoint or 0))
     axes = ("c" if len(channels) > 1 else "") + "zyx"
     voxel = _voxel_size(metadata)
     units = ("micrometer",) * 3 if voxel else None
-    return InputVolume(str(path), array, axes, voxel, units)
+    return InputVolume(str(path), array, axes, voxel, units, timepoint=timepoint or 0, timepoints=times)

@@ -109,28 +109,38 @@ def bdv_h5_path(xml: Path) -> Path:
     return h5 if node.get("type") == "absolute" or h5.is_absolute() else xml.parent / h5
 
 
-def bdv_dataset(f: Any, path: Path, scale_level: int, channel: int | None) -> str:
-    """The BDV cells dataset of ``scale_level`` and setup ``channel`` (first time point)."""
-    times = sorted(k for k in f if re.fullmatch(r"t\d+", k))
+def bdv_times(f: Any) -> list[str]:
+    """The time point groups of a BDV HDF5 file (``t00000``, ...), in order."""
+    return sorted(k for k in f if re.fullmatch(r"t\d+", k))
+
+
+def bdv_dataset(f: Any, path: Path, scale_level: int, channel: int | None, timepoint: int | None = None) -> str:
+    """The BDV cells dataset of ``scale_level``, setup ``channel`` and time point ``timepoint`` (None: the first)."""
+    times = bdv_times(f)
     setups = sorted(k for k in f[times[0]] if re.fullmatch(r"s\d+", k))
     if channel is None and len(setups) > 1:
         raise InputError(f"input '{path}' is BigDataViewer HDF5 with {len(setups)} setups ({', '.join(setups)}); set "
                          f"input.channel to the setup index (0..{len(setups) - 1}) or input.dataset")
-    if len(times) > 1:
-        raise InputError(f"input '{path}' holds {len(times)} time points ({times[0]}..{times[-1]}); set "
-                         f"input.dataset to one, e.g. '{times[0]}/{setups[0]}/{scale_level}/cells'")
+    if (timepoint or 0) >= len(times):
+        raise InputError(f"input.timepoint {timepoint} is out of range: '{path}' holds {len(times)} time point(s) "
+                         f"({times[0]}..{times[-1]}); set input.timepoint to one of 0..{len(times) - 1}")
+    time = times[timepoint or 0]
     setup = setups[0] if channel is None else f"s{channel:02d}"
     if setup not in setups:
         raise InputError(f"input.channel {channel} is out of range: '{path}' has the BDV setups "
                          f"{', '.join(setups)}; set input.channel to one of 0..{len(setups) - 1}")
-    levels = sorted(int(k) for k in f[times[0]][setup] if k.isdigit())
+    if setup not in f[time]:
+        raise InputError(f"input '{path}' has no setup {setup} at time point {time}; BigDataViewer files with "
+                         "setups missing at some time points are not read")
+    levels = sorted(int(k) for k in f[time][setup] if k.isdigit())
     if scale_level not in levels:
         raise InputError(f"input.scale_level {scale_level} does not exist in '{path}': it has {len(levels)} BDV "
                          f"levels (0..{len(levels) - 1})")
-    return f"{times[0]}/{setup}/{scale_level}/cells"
+    return f"{time}/{setup}/{scale_level}/cells"
 
 
-def open_hdf5(path: Path, dataset: str | None, scale_level: int, channel: int | None) -> InputVolume:
+def open_hdf5(path: Path, dataset: str | None, scale_level: int, channel: int | None,
+              timepoint: int | None = None) -> InputVolume:
     """An HDF5 dataset as a lazily read array (BDV: the setup and level asked for)."""
     import h5py
 
@@ -145,9 +155,10 @@ def open_hdf5(path: Path, dataset: str | None, scale_level: int, channel: int | 
         raise InputError(f"input.path: '{path}' is not a readable HDF5 file ({exc})") from None
     with f:
         bdv = any(re.fullmatch(r"t\d+", k) for k in f) and any(re.fullmatch(r"s\d+", k) for k in f)
+        times = 1
         if dataset is None and bdv:
-            dataset = bdv_dataset(f, path, scale_level, channel)
-            channel = None  # the setup is the channel
+            dataset = bdv_dataset(f, path, scale_level, channel, timepoint)
+            channel, times = None, len(bdv_times(f))  # the setup is the channel
         elif dataset is None:
             names = _datasets(f)
             if len(names) != 1:
@@ -178,7 +189,8 @@ def open_hdf5(path: Path, dataset: str | None, scale_level: int, channel: int | 
             array, axes = _wrap(path, ds), _axes(ds, where)
             voxel, units = _element_size(ds, axes)
     logger.debug("HDF5 %s: axes %s shape %s voxel %s", where, axes, array.shape, voxel)
-    return select_channel(InputVolume(str(path), array, axes, voxel, units), channel, where)
+    vol = InputVolume(str(path), array, axes, voxel, units, timepoint=(timepoint or 0) if times > 1 else 0, timepoints=times)
+    return select_channel(vol, channel, where)
 
 
 def _element_size(ds: Any, axes: str) -> tuple[tuple[float, ...] | None, tuple[str | None, ...] | None]:

@@ -3,7 +3,7 @@
 LZ4 filter Imaris writes (HDF5 filter 32004) comes from ``hdf5plugin``, imported where a file is
 opened. ``input.scale_level`` is the resolution level r, ``input.channel`` the channel c; with
 several channels and no ``input.channel`` they are a ``c`` axis (c, z, y, x), one dataset each.
-Only time point 0 is read: a file with more is refused.
+One time point is read (``input.timepoint``); a time-lapse run opens each in turn.
 
 Imaris stores attributes as arrays of one-byte strings (``[b'5', b'1', b'2']``). The stored
 ``Data`` is padded to whole chunks; the image is its first ``ImageSizeZ/Y/X`` voxels (attributes
@@ -147,8 +147,10 @@ def _voxel(f: Any, base: tuple[int, ...], shape: tuple[int, ...]
     return tuple(voxel), (unit,) * 3
 
 
-def open_imaris(path: Path, dataset: str | None, scale_level: int, channel: int | None) -> InputVolume:
-    """The Imaris image at ``scale_level`` (one channel, or every channel as a ``c`` axis)."""
+def open_imaris(path: Path, dataset: str | None, scale_level: int, channel: int | None,
+                timepoint: int | None = None) -> InputVolume:
+    """The Imaris image at ``scale_level`` and time point ``timepoint`` (the first when None; its
+    ``timepoints`` says how many there are), one channel or every channel as a ``c`` axis."""
     import h5py
 
     if dataset is not None:
@@ -169,10 +171,12 @@ def open_imaris(path: Path, dataset: str | None, scale_level: int, channel: int 
                              f"resolution levels {', '.join(map(str, levels)) or 'none'}")
         level = f[f"DataSet/ResolutionLevel {scale_level}"]
         times = _numbered(level, "TimePoint")
-        if len(times) != 1:
-            raise InputError(f"input '{path}' holds {len(times)} time points; only single-time-point Imaris "
-                             "files can be read (export one time point)")
-        point = level[f"TimePoint {times[0]}"]
+        if not times:
+            raise InputError(f"input '{path}' is not a readable Imaris file: no TimePoint group in {level.name}")
+        if (timepoint or 0) >= len(times):
+            raise InputError(f"input.timepoint {timepoint} is out of range: '{path}' has {len(times)} time point(s); "
+                             f"set input.timepoint to one of 0..{len(times) - 1}")
+        point = level[f"TimePoint {times[timepoint or 0]}"]
         channels = _numbered(point, "Channel")
         if channel is not None and channel not in channels:
             raise InputError(f"input.channel {channel} is out of range: '{path}' has {len(channels)} channel(s); "
@@ -193,7 +197,7 @@ def open_imaris(path: Path, dataset: str | None, scale_level: int, channel: int 
             raise InputError(f"input '{path}' has channels of different shapes or types; set input.channel to one "
                              f"of {', '.join(map(str, channels))}")
         shape = shapes.pop()
-        first = f"DataSet/ResolutionLevel 0/TimePoint {times[0]}/Channel {chosen[0]}"
+        first = f"DataSet/ResolutionLevel 0/TimePoint {times[timepoint or 0]}/Channel {chosen[0]}"
         base = _image_size(f[first], f[first + "/Data"]) if first + "/Data" in f else shape
         voxel, units = _voxel(f, base, shape)
         ds = dsets[0]
@@ -203,4 +207,4 @@ def open_imaris(path: Path, dataset: str | None, scale_level: int, channel: int 
                             (1, *chunks) if stacked else chunks, stacked)
     axes = "czyx" if stacked else "zyx"
     logger.debug("Imaris '%s': level %d channels %s shape %s voxel %s", path, scale_level, chosen, array.shape, voxel)
-    return InputVolume(str(path), array, axes, voxel, units)
+    return InputVolume(str(path), array, axes, voxel, units, timepoint=timepoint or 0, timepoints=len(times))

@@ -67,6 +67,8 @@ class InputVolume:
     units: tuple[str | None, ...] | None = None
     ome: dict[str, Any] | None = field(default=None, repr=False)
     channel: int | None = None
+    timepoint: int = 0  # the time point read (an index along a t axis; formats that keep time points apart open one)
+    timepoints: int = 1  # how many the input holds
     where: str = ""  # how messages name it, e.g. "'in.zarr' dataset 'raw'"
     unreadable: str = "error"  # input.unreadable: error | empty
     cache_mib: int | None = 0  # input.chunk_cache_mib (None: automatic; 0: no cache)
@@ -117,8 +119,8 @@ class InputVolume:
                 index.append(slice(start, stop))
             elif a == "c":
                 index.append(slice(None) if self.channel is None else self.channel)
-            else:  # t (size 1, checked on open)
-                index.append(0)
+            else:  # t
+                index.append(self.timepoint)
         return tuple(index), spatial, lo, hi
 
     def source_region(self, box: Box) -> Box:

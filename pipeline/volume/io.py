@@ -46,11 +46,31 @@ def open_input(cfg: InputConfig) -> InputVolume:
     vol = open_format(cfg) or select_channel(open_zarr(cfg, where), cfg.channel, where)
     vol = replace(vol, where=where, unreadable=cfg.unreadable, cache_mib=cfg.chunk_cache_mib)
     check_dtype(vol.dtype, where)
-    if "t" in vol.axes and vol.array.shape[vol.axes.index("t")] != 1:
-        raise InputError(f"input {where} has {vol.array.shape[vol.axes.index('t')]} time points; select one (t must be 1)")
+    vol = select_timepoint(vol, cfg.timepoint, where)
     if any(s == 0 for s in vol.shape):
         raise InputError(f"input {where} is empty: shape {list(vol.shape)}")
     return vol
+
+
+def select_timepoint(vol: InputVolume, timepoint: int | None, where: str) -> InputVolume:
+    """``vol`` reading time point ``timepoint`` (a format that keeps time points apart opened it
+    already); an input of several time points read without one is refused (a run segments them all,
+    see :mod:`pipeline.timelapse`)."""
+    if "t" in vol.axes:
+        vol = replace(vol, timepoints=vol.array.shape[vol.axes.index("t")], timepoint=timepoint or 0)
+    if timepoint is not None and timepoint >= vol.timepoints:
+        raise InputError(f"input.timepoint {timepoint} is out of range: input {where} has {vol.timepoints} time "
+                         f"point(s); set input.timepoint to one of 0..{vol.timepoints - 1}")
+    if timepoint is None and vol.timepoints > 1:
+        raise InputError(f"input {where} has {vol.timepoints} time points; `pipeline run` segments each of them "
+                         "(input.timepoints), other commands read one: set input.timepoint (0.."
+                         f"{vol.timepoints - 1})")
+    return vol
+
+
+def timepoint_count(cfg: InputConfig) -> int:
+    """How many time points the input holds (1: no time axis); reads metadata only."""
+    return open_input(cfg.model_copy(update={"timepoint": 0, "timepoints": "all"})).timepoints
 
 
 def open_format(cfg: InputConfig) -> InputVolume | None:
@@ -69,12 +89,12 @@ def open_format(cfg: InputConfig) -> InputVolume | None:
         vol = open_tiff(path) if kind == "tiff" else open_tiff_folder(path)
         return select_channel(vol, cfg.channel, f"'{path}'")
     if kind == "n5":
-        return open_n5(path, cfg.dataset, cfg.scale_level, cfg.channel)
+        return open_n5(path, cfg.dataset, cfg.scale_level, cfg.channel, cfg.timepoint)
     if kind == "ims":
-        return open_imaris(path, cfg.dataset, cfg.scale_level, cfg.channel)
+        return open_imaris(path, cfg.dataset, cfg.scale_level, cfg.channel, cfg.timepoint)
     if kind == "czi":
-        return open_czi(path, cfg.dataset, cfg.scale_level, cfg.channel)
-    return open_hdf5(path, cfg.dataset, cfg.scale_level, cfg.channel)  # selects the channel (BDV: setup)
+        return open_czi(path, cfg.dataset, cfg.scale_level, cfg.channel, cfg.timepoint)
+    return open_hdf5(path, cfg.dataset, cfg.scale_level, cfg.channel, cfg.timepoint)  # selects the channel (BDV: setup)
 
 
 def check_dtype(dtype: np.dtype[Any], where: str) -> None:
@@ -193,10 +213,13 @@ def write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, default=str))
 
 
-def write_zarr(path: str | Path, data: np.ndarray, chunks: Sequence[int] | None = None, name: str | None = None) -> None:
-    """Small helper for tests, demos and TIFF import: write a numpy array as zarr v3."""
+def write_zarr(path: str | Path, data: np.ndarray, chunks: Sequence[int] | None = None, name: str | None = None,
+               dims: Sequence[str] | None = None) -> None:
+    """Small helper for tests, demos and TIFF import: write a numpy array as zarr v3 (``dims``: its
+    dimension names, e.g. ``tzyx``)."""
+    extra = {"dimension_names": tuple(dims)} if dims else {}
     if name is None:
-        zarr.create_array(str(path), data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True)
+        zarr.create_array(str(path), data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True, **extra)
         return
     g = zarr.open_group(str(path), mode="a")
-    g.create_array(name, data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True)
+    g.create_array(name, data=data, chunks=tuple(chunks) if chunks else "auto", overwrite=True, **extra)

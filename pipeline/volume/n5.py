@@ -30,6 +30,7 @@ from .input_volume import InputVolume
 logger = logging.getLogger(__name__)
 
 DATASET_KEYS = ("dimensions", "blockSize", "dataType")
+TIMEPOINT = re.compile(r"timepoint(\d+)")
 LEVEL = re.compile(r"^s(\d+)$")
 LISTED = 20  # datasets named in a message
 
@@ -208,10 +209,28 @@ def voxel_of(chain: list[dict[str, Any]], level: int, spatial: int) -> tuple[tup
     return None, None
 
 
-def open_n5(path: Path, dataset: str | None, scale_level: int, channel: int | None) -> InputVolume:
-    """An N5 dataset (or level of a multiscale group) as a lazily read array."""
+def time_groups(folder: Path) -> list[str]:
+    """The ``timepoint<k>`` multiscale groups of a BigDataViewer N5 setup (``setup0/timepoint0/s0``), by k."""
+    if not folder.is_dir() or _is_dataset(folder) or _levels(folder):
+        return []
+    found = [(int(m.group(1)), p.name) for p in folder.iterdir() if p.is_dir() and (m := TIMEPOINT.fullmatch(p.name))]
+    return [name for _, name in sorted(found) if _levels(folder / name)]
+
+
+def open_n5(path: Path, dataset: str | None, scale_level: int, channel: int | None,
+            timepoint: int | None = None) -> InputVolume:
+    """An N5 dataset (or level of a multiscale group) as a lazily read array; a BigDataViewer
+    setup group (``input.dataset: setup0``) holds time points ``timepoint<k>``: ``timepoint``
+    (None: the first) is read, ``timepoints`` says how many there are."""
     if not path.is_dir():
         raise InputError(f"input.path: '{path}' does not exist (give an existing N5 container)")
+    setup = path / (dataset or "").strip("/")
+    times = time_groups(setup)
+    if times:
+        if (timepoint or 0) >= len(times):
+            raise InputError(f"input.timepoint {timepoint} is out of range: N5 '{setup}' holds {len(times)} time "
+                             f"point(s) ({times[0]}..{times[-1]}); set input.timepoint to one of 0..{len(times) - 1}")
+        dataset = f"{(dataset or '').strip('/')}/{times[timepoint or 0]}".strip("/")
     found = find_dataset(path, dataset, scale_level)
     where = f"'{path}'" + (f" dataset '{found.relative_to(path).as_posix()}'" if found != path else "")
     try:
@@ -230,4 +249,6 @@ def open_n5(path: Path, dataset: str | None, scale_level: int, channel: int | No
     m = LEVEL.match(found.name)
     voxel, units = voxel_of(chain, int(m.group(1)) if m else 0, min(len(shape), 3))
     logger.debug("N5 %s: axes %s shape %s blocks %s voxel %s", where, axes, shape, chunks, voxel)
-    return select_channel(InputVolume(str(path), array, axes, voxel, units), channel, where)
+    vol = InputVolume(str(path), array, axes, voxel, units, timepoint=(timepoint or 0) if times else 0,
+                      timepoints=max(1, len(times)))
+    return select_channel(vol, channel, where)

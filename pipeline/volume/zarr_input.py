@@ -92,10 +92,17 @@ def open_zarr(cfg: InputConfig, where: str) -> InputVolume:
         vol = InputVolume(str(cfg.path), array, axes, voxel, tuple(units[i] for i in sp), ome)
     else:
         array = node
+        named = getattr(array.metadata, "dimension_names", None)
+        if named and all(n is not None for n in named):  # zarr v3 dimension_names: they say which axis is what
+            axes = "".join(str(n).lower() for n in named)
+            if not set(axes) >= {"y", "x"} or not set(axes) <= set("tczyx") or len(set(axes)) != len(axes):
+                raise InputError(f"input {where} has dimension_names {list(named)}; name its axes among t, c, z, "
+                                 "y, x (each once, y and x among them), or leave them unset")
+            return InputVolume(str(cfg.path), array, axes)
         if array.ndim not in (2, 3, 4):
             raise InputError(
                 f"input {where} has {array.ndim} dimensions {list(array.shape)}; expected 2D (yx), "
-                "3D (zyx) or 4D (czyx)"
+                "3D (zyx) or 4D (czyx), or zarr v3 dimension_names among t, c, z, y, x (e.g. t, z, y, x)"
             )
         axes = {2: "yx", 3: "zyx", 4: "czyx"}[array.ndim]
         vol = InputVolume(str(cfg.path), array, axes)
