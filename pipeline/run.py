@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from .plan.prepare import Prepared, as_config, prepare
 from .plan.region import REGION, covering_blocks, edge_ids
 from .plan.sizing import auto_blocks_per_task, planned_workers
 from .plan.space import Estimate, check_space, free_bytes, gib
-from .qc.integrity import check_integrity
 from .runtime.engine import Engine
 from .runtime.lock import RunLock
 from .runtime.output import check_output
@@ -53,18 +51,8 @@ from .stages import (
 )
 from .stages.ids import label_dtype
 from .stages.labels import LabelsStage, Occupied, open_label_image
-from .stages.objects import read_objects, scratch_layout
+from .stages.objects import scratch_layout
 from .stages.relabel import SEGMENTATION, relabel_skip, restore_plan
-from .stages.repair import (
-    full_ids,
-    level_factors,
-    recompute_level_chunk,
-    relabel_with,
-    repair_region,
-    segmentation_path,
-)
-from .volume.errors import OutputError
-from .volume.io import open_array
 from .volume.ome_metadata import physical_grid
 
 logger = logging.getLogger(__name__)
@@ -254,47 +242,3 @@ def restore(run: Prepared, task: Task, dtype: str, engine: Any, box: Box | None 
 
 
 __all__ = ["as_config", "clustering_params", "predict", "prepare", "segment"]
-
-
-def repair(config: ConfigLike, client: Any = None, progress: bool = False) -> Path:
-    """Compute again what :func:`pipeline.qc.integrity.check_integrity` finds missing or damaged in
-    a finished output (see :mod:`pipeline.stages.repair`): segmentation chunks by a region run,
-    coarser label levels from the level below; then check the manifest again."""
-    cfg = as_config(config)
-    root = Path(cfg.output.path)
-    found = check_integrity(root, restore=True)  # damaged metadata documents: their copies put back
-    bad = found["damaged"]
-    if not bad:
-        logger.info("repair: all %d files of %s are as written; nothing to do", found["files"], root)
-        return root
-    if any(d["array"] is None for d in bad):  # the objects table
-        raise OutputError(f"repair: {', '.join(d['path'] for d in bad if d['array'] is None)} of '{root}' cannot be made again "
-                          "(made from the run's scratch, gone once the run finished): rerun with --overwrite")
-    seg_rel = segmentation_path(root)
-    boxes = [d["region"] for d in bad if d["array"] == seg_rel]
-    if boxes:
-        objects = read_objects(root)
-        region = repair_region(boxes, objects, prepare(cfg).volume.shape)
-        side = root.with_name(root.name + ".repair")
-        logger.info("repair: %d segmentation chunk(s); computing the region %s again", len(boxes), region.describe())
-        sub = cfg.model_dump(mode="json")
-        sub["output"] = {**sub["output"], "path": str(side), "overwrite": True, "labels": "none"}
-        segment(sub, client, progress, region=region)
-        again = np.asarray(open_array(side / SEGMENTATION, mode="r")[region.to_slices()])
-        seg = open_array(root / seg_rel, mode="r+")
-        trusted = np.ones(region.shape, bool)
-        for b in boxes:
-            trusted[b.to_slices(relative_to=region)] = False
-        mapping = full_ids(again, np.asarray(seg[region.to_slices()]), trusted, region.offset, objects)
-        for b in boxes:
-            seg[b.to_slices()] = relabel_with(again[b.to_slices(relative_to=region)], mapping, seg.dtype)
-        shutil.rmtree(side, ignore_errors=True)
-    for d in sorted((d for d in bad if d["array"] != seg_rel), key=lambda d: int(Path(d["array"]).name)):
-        group, level = root / Path(d["array"]).parent, int(Path(d["array"]).name)
-        recompute_level_chunk(group, level, d["region"], level_factors(group)[level])
-    left = check_integrity(root)["damaged"]
-    if left:
-        raise OutputError(f"repair: {len(left)} file(s) still differ from what the run wrote (first {left[0]['path']}: "
-                          f"{left[0]['why']}); the input or model changed since: rerun with --overwrite")
-    logger.info("repair: %d file(s) computed again, each equal to what the run wrote (size and CRC-32)", len(bad))
-    return root

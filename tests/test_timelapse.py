@@ -262,3 +262,48 @@ def test_an_ome_zarr_time_lapse_gets_its_label_image_under_the_image(tmp_path):
     assert image[0].shape == labels[0].shape == (2, 16, 64, 64)
     assert image[1]["scale"] == labels[1]["scale"] == [30.0, 2.0, 0.5, 0.5]
     assert labels[1]["axis_labels"] == ("t", "z", "y", "x")
+
+
+def test_verify_names_damage_in_time_points_and_stacks_and_repair_puts_it_back(movie, whole, tmp_path, capsys):
+    root, _ = movie
+    cfg = config(root, "x")
+    cfg["output"]["path"] = str(tmp_path / "damaged.zarr")
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(cfg))
+    out = segment(cfg)
+    ref = open_array(whole / "segmentation", mode="r")[...]
+    # a time point's label chunk cut short in place (the stack's file is the same file: both read short),
+    # a stacked file lost alone, a part of the objects table lost
+    level = out / "timepoints" / "t00001" / "labels" / "segmentation" / "0" / "c"
+    cut = max((p for p in level.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(cut, "r+b") as f:
+        f.truncate(cut.stat().st_size // 2)
+    lost = next(p for p in sorted((out / "labels" / "segmentation" / "0" / "c" / "2").rglob("*")) if p.is_file())
+    lost.unlink()
+    (out / "objects" / "part-00000-00000.parquet").unlink()
+    assert main(["-q", "verify", str(path), "--integrity"]) == 1
+    said = capsys.readouterr().out
+    stacked_cut = out / "labels" / "segmentation" / "0" / "c" / "1" / cut.relative_to(level)
+    for name in (cut.relative_to(out), stacked_cut.relative_to(out), lost.relative_to(out), "objects/part-00000-00000.parquet"):
+        assert str(name) in said, (name, said)
+    assert main(["-q", "run", str(path), "--repair"]) == 0
+    np.testing.assert_array_equal(open_array(out / "segmentation", mode="r")[...], ref)
+    assert main(["-q", "verify", str(path), "--integrity"]) == 0
+    assert "all as written" in capsys.readouterr().out
+    a, b = read_objects(out), read_objects(whole)
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_one_cluster_serves_every_time_point_and_dask_equals_serial(movie, whole, tmp_path, caplog):
+    import logging
+
+    root, _ = movie
+    cfg = config(root, "x")
+    cfg["output"]["path"], cfg["cluster"] = str(tmp_path / "dask.zarr"), {"kind": "local", "n_workers": 2}
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        out = segment(cfg)
+    started = [r for r in caplog.records if "dashboard" in r.getMessage().lower()]
+    assert len(started) == 1, [r.getMessage() for r in started]  # one cluster, three time points
+    np.testing.assert_array_equal(open_array(out / "segmentation", mode="r")[...],
+                                  open_array(whole / "segmentation", mode="r")[...])

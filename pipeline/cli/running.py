@@ -114,7 +114,8 @@ def cmd_job_script(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..run import repair, segment
+    from ..qc.repair import repair
+    from ..run import segment
 
     with stop_on_signals(args.grace):
         if args.repair:

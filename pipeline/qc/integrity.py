@@ -23,16 +23,30 @@ from ..runtime.integrity import (
     read_manifest,
     restore_metadata,
 )
+from ..runtime.timelapse import TIMEPOINTS
 from ..volume.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
 
-def check_integrity(root: str | Path, content: bool = True, restore: bool = False) -> dict[str, Any]:
+def check_integrity(root: str | Path, content: bool = True, restore: bool = False, timepoints: bool = True) -> dict[str, Any]:
     """``{"files": n, "damaged": [{"path", "why", "array", "region"}]}`` for the output ``root``.
     Metadata documents (``zarr.json``) missing or unreadable are damaged too; with ``restore``
-    their copies are put back first (each said in a line) and they are not in the result."""
+    their copies are put back first (each said in a line) and they are not in the result. A
+    time-lapse: its stacks and objects table, and with ``timepoints`` each time point's run (paths
+    below ``timepoints/t<t>/``)."""
     root = Path(root)
+    runs = sorted((root / TIMEPOINTS).glob("t*")) if timepoints and (root / TIMEPOINTS).is_dir() else []
+    inner = [(sub, check_integrity(sub, content, restore)) for sub in runs]
+    found = _check_one(root, content, restore)
+    for sub, part in inner:
+        found["files"] += part["files"]
+        found["metadata"] += part["metadata"]
+        found["damaged"] += [{**d, "path": f"{TIMEPOINTS}/{sub.name}/{d['path']}"} for d in part["damaged"]]
+    return found
+
+
+def _check_one(root: Path, content: bool, restore: bool) -> dict[str, Any]:
     files = read_manifest(root)
     if files is None:
         raise OutputError(f"'{root}' has no integrity manifest ({MANIFEST}): it is not the output of a finished run of "

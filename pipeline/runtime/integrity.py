@@ -104,7 +104,8 @@ def check_marker(folder: Path, name: str, root: Path, content: bool) -> str | No
 
 MANIFEST = "qc/integrity.parquet"
 MANIFEST_JSON = "qc/integrity.json"  # where pyarrow is not installed
-FINAL_STAGES = ("done_predict", "done_relabel", "done_restore", "done_labels_*")  # markers vouching for files that stay
+FINAL_STAGES = ("done_predict", "done_relabel", "done_restore", "done_labels_*",  # markers vouching for files that stay
+                "done_timepoints")
 
 
 def vouched_files(root: Path) -> dict[str, list[int]]:

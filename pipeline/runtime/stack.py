@@ -113,6 +113,12 @@ def _link_files(frame: Path, stack: Path, t: int) -> str:
     return how
 
 
+def timepoint_files(stack: Path, t: int) -> list[Path]:
+    """The chunk files of time point ``t`` of the stack at ``stack`` (zarr v3 ``c/<t>/...``, v2 ``<t>/...``)."""
+    folder = stack / "c" / str(t) if (stack / "zarr.json").exists() else stack / str(t)
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
 def _clear_timepoint(stack: zarr.Array, t: int) -> None:
     """Time point ``t`` of ``stack`` back to the fill value (what an earlier try wrote there is gone)."""
     folder = Path(stack.store_path.store.root) / stack.store_path.path

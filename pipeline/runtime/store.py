@@ -156,11 +156,11 @@ class Store:
         self._markers(stage).mkdir(parents=True, exist_ok=True)
 
     def mark_done(self, stage: str, linears: Sequence[int], records: Sequence[dict[str, Any] | None] | None = None,
-                  files: Sequence[Path] = ()) -> str:
-        """Mark a finished batch of blocks (see :func:`pipeline.runtime.markers.write_marker`),
-        vouching for the ``files`` it wrote (:func:`pipeline.runtime.integrity.vouch`); the file's name."""
-        return markers.write_marker(self._markers(stage), linears, records,
-                                    vouch(Path(self.path), files) if files else None)
+                  files: Sequence[Path] | dict[str, list[int]] = ()) -> str:
+        """Mark a finished batch of blocks (see :func:`pipeline.runtime.markers.write_marker`), vouching for
+        the ``files`` it wrote (:func:`pipeline.runtime.integrity.vouch`, or vouched already); the file's name."""
+        return markers.write_marker(self._markers(stage), linears, records, (
+            files if isinstance(files, dict) else vouch(Path(self.path), files)) if files else None)
 
     def check_marker(self, stage: str, name: str, content: bool) -> str | None:
         """Why a marker of ``stage`` cannot be trusted, or None (see :func:`pipeline.runtime.integrity.check_marker`)."""

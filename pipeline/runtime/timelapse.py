@@ -44,11 +44,13 @@ from ..errors import UsageError
 from ..plan.labels import LabelTarget, check_labels, label_target_of
 from ..stages.objects import CSV_LIMIT, part_files, read_objects, read_part, write_csv, write_part
 from ..volume.errors import InputError
+from ..volume.input_volume import InputVolume
 from ..volume.io import open_input, timepoint_count
 from ..volume.ome_metadata import labels_list
+from .integrity import read_manifest, vouch
 from .lock import RunLock
 from .output import check_output
-from .stack import create_stack, put_timepoint, stacked_multiscale, time_axis
+from .stack import create_stack, put_timepoint, stacked_multiscale, time_axis, timepoint_files
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -101,9 +103,7 @@ def segment_timelapse(cfg: Config, timepoints: list[int], segment: Callable[[Con
 
     out, o = Path(cfg.output.path), cfg.output
     check_output(out, o.overwrite)
-    first = frame_config(cfg, timepoints[0], frame_path(out, 0))
-    vol = open_input(first.input)
-    target = label_target_of(cfg.model_copy(update={"input": first.input}), vol)
+    vol, target = _target(cfg, timepoints)
     if target is not None:
         check_labels(target, out, o.overwrite)
     logger.info("time-lapse: %d time points (%s) of '%s', each segmented on its own", len(timepoints),
@@ -139,6 +139,31 @@ def segment_timelapse(cfg: Config, timepoints: list[int], segment: Callable[[Con
     logger.info("time-lapse: %d time points, %d objects in %.1f s -> %s", len(timepoints), sum(counts),
                 time.perf_counter() - t0, out)
     return out
+
+
+def _target(cfg: Config, timepoints: list[int]) -> tuple[InputVolume, LabelTarget | None]:
+    """The first time point's input (opened) and the (t, z, y, x) label image ``output.labels`` asks for."""
+    first = frame_config(cfg, timepoints[0], frame_path(Path(cfg.output.path), 0))
+    vol = open_input(first.input)
+    return vol, label_target_of(cfg.model_copy(update={"input": first.input}), vol)
+
+
+def timelapse_parts(cfg: Config, timepoints: list[int]) -> list[tuple[Path, Config]]:
+    """Each time point's output group and run config."""
+    out = Path(cfg.output.path)
+    return [(frame_path(out, t), frame_config(cfg, k, frame_path(out, t))) for t, k in enumerate(timepoints)]
+
+
+def restack(cfg: Config, timepoints: list[int], again: list[int], tables: bool) -> None:
+    """A finished time-lapse's time points ``again`` put into the stacks anew from their runs (repair),
+    and with ``tables`` the objects table written again."""
+    _, target = _target(cfg, timepoints)
+    out = Path(cfg.output.path)
+    for t in again:
+        for frame, stack in _frame_arrays(frame_path(out, t), target, out):
+            put_timepoint(frame, stack, t)
+    if tables:
+        _objects(out, timepoints, cfg.output.objects_csv)
 
 
 def _session(cfg: Config, client: Any) -> AbstractContextManager[Session]:
@@ -189,14 +214,27 @@ def _frame_arrays(sub: Path, target: LabelTarget | None, out: Path) -> list[tupl
 
 
 def _stack(store: Store, target: LabelTarget | None, sub: Path, t: int, n: int) -> set[str]:
-    """Time point ``t``'s label arrays into the stacks (created with the first), then its marker."""
-    how = set()
-    for frame, stack in _frame_arrays(sub, target, Path(store.path)):
+    """Time point ``t``'s label arrays into the stacks (created with the first), then its marker,
+    vouching for the stacked files (those of a linked time point: what its run's manifest says of them)."""
+    how, out, vouched = set(), Path(store.path), {}
+    files = read_manifest(sub) or {}
+    for frame, stack in _frame_arrays(sub, target, out):
         if not (stack / "zarr.json").exists() and not (stack / ".zarray").exists():
             create_stack(stack.parent, stack.name, zarr.open_array(str(frame.resolve()), mode="r"), n)
-        how.add(put_timepoint(frame, stack, t))
-    store.mark_done(STAGE, [t])
+        how.add(done := put_timepoint(frame, stack, t))
+        if done == "recoded":
+            vouched |= vouch(out, timepoint_files(stack, t))
+        else:
+            prefix = os.path.relpath(frame, sub) + "/c/"
+            vouched |= {_key(out, stack / "c" / str(t) / rel[len(prefix):]): v for rel, v in files.items()
+                        if rel.startswith(prefix)}
+    store.mark_done(STAGE, [t], files=vouched)
     return how
+
+
+def _key(root: Path, path: Path) -> str:
+    """How a manifest names ``path``: relative to the output ``root`` where inside it."""
+    return os.path.relpath(path, root) if path.resolve().is_relative_to(root.resolve()) else str(path)
 
 
 def _finish_labels(target: LabelTarget, sub: Path, out: Path, time: tuple[dict[str, Any], float]) -> None:
