@@ -307,3 +307,23 @@ def test_one_cluster_serves_every_time_point_and_dask_equals_serial(movie, whole
     assert len(started) == 1, [r.getMessage() for r in started]  # one cluster, three time points
     np.testing.assert_array_equal(open_array(out / "segmentation", mode="r")[...],
                                   open_array(whole / "segmentation", mode="r")[...])
+
+
+def test_a_mask_per_time_point_and_the_report(movie, whole, tmp_path):
+    root, _ = movie
+    mask = np.ones((3, *SHAPE), np.uint8)
+    mask[1] = 0  # time point 1: nothing to segment
+    write_zarr(tmp_path / "mask.zarr", mask, chunks=(1, 16, 48, 48), dims="tzyx")
+    cfg = config(root, "x")
+    cfg["output"]["path"], cfg["empty"] = str(tmp_path / "masked.zarr"), {"mask": {"path": str(tmp_path / "mask.zarr")}}
+    out = segment(cfg)
+    seg, ref = open_array(out / "segmentation", mode="r")[...], open_array(whole / "segmentation", mode="r")[...]
+    assert not seg[1].any()
+    np.testing.assert_array_equal(seg[[0, 2]], ref[[0, 2]])
+    assert main(["-q", "report", str(whole), "--out", str(tmp_path / "rep"), "--no-seams"]) == 0
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count("<tr><td>") == 3 and page.count("report</a>") == 3
+    assert all((tmp_path / "rep" / f"t{t:05d}" / "index.html").exists() for t in range(3))
+    from pipeline.qc.timelapse_report import reported_timepoints
+
+    assert reported_timepoints(100) == [0, 20, 40, 59, 79, 99] and reported_timepoints(2) == [0, 1]

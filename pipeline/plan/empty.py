@@ -37,7 +37,7 @@ from ..errors import UsageError
 from ..geometry import Box
 from ..network.predict import NormStats
 from ..volume.input_volume import InputVolume
-from ..volume.io import open_input
+from ..volume.io import open_input, timepoint_count
 from ..volume.resample import ZoomedVolume
 from .blocks import BlockPlan
 from .listing import Listing, stored_chunks
@@ -117,6 +117,8 @@ def empty_source(cfg: Config, vol: InputVolume, stats: NormStats, write: Sequenc
     level = background(stats, e.threshold)
     if e.mask is not None:
         mask_cfg = InputConfig(path=e.mask.path, dataset=e.mask.dataset)
+        if cfg.input.timepoint is not None and timepoint_count(mask_cfg) > 1:  # a mask per time point
+            mask_cfg = mask_cfg.model_copy(update={"timepoint": cfg.input.timepoint})
         mask = open_input(mask_cfg)
         if mask.ndim != vol.ndim:
             raise MaskError(f"empty.mask '{e.mask.path}' is {mask.ndim}D {list(mask.shape)}, the input is "

@@ -202,3 +202,14 @@ def suspects(path: Path, panels: Sequence[dict[str, Any]]) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
     return _save(fig, path)
+
+
+def series(path: Path, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str) -> Path:
+    """One line of ``y`` over ``x`` (e.g. objects per time point)."""
+    fig = Figure(figsize=(6, 2.6))
+    ax = fig.add_subplot()
+    ax.plot(x, y, marker="o", ms=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    return _save(fig, path)

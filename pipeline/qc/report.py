@@ -42,6 +42,10 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
     result = Path(result)
     meta = result_meta(result)
     out = Path(out) if out else result.with_name(f"{result.stem}-report")
+    if meta.get("timelapse"):
+        from .timelapse_report import timelapse_report
+
+        return timelapse_report(result, meta, out, seams)
     out.mkdir(parents=True, exist_ok=True)
     p = meta["plan"]
     plan = BlockPlan(tuple(p["volume_shape"]), tuple(p["write_shape"]), tuple(p["context"]), tuple(p["step"]))

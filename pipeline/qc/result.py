@@ -49,7 +49,8 @@ def open_raw(config: dict[str, Any], result: Path) -> InputVolume | None:
             try:
                 return open_input(InputConfig(path=path, dataset=config["input"].get("dataset"),
                                               scale_level=config["input"].get("scale_level", 0),
-                                              channel=config["input"].get("channel")))
+                                              channel=config["input"].get("channel"),
+                                              timepoint=config["input"].get("timepoint")))
             except UsageError as exc:
                 logger.warning("report: input '%s' cannot be read (%s)", path, exc)
                 return None

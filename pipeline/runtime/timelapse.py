@@ -262,13 +262,19 @@ def _objects(out: Path, timepoints: list[int], csv: bool | None) -> dict[str, An
     rows = 0
     for old in part_files(out):
         old.unlink()
+    empty = None
     for t, k in enumerate(timepoints):
         for i, part in enumerate(part_files(frame_path(out, t))):
             cols = read_part(part)
             n = len(cols["id"])
-            write_part(out / "objects" / f"part-{t:05d}-{i:05d}.parquet",
-                       {"t": np.full(n, t, np.int32), "timepoint": np.full(n, k, np.int32), **cols})
+            cols = {"t": np.full(n, t, np.int32), "timepoint": np.full(n, k, np.int32), **cols}
+            if n == 0:  # a time point without objects (its table has fewer columns): no rows to add
+                empty = (f"part-{t:05d}-{i:05d}.parquet", cols) if empty is None else empty
+                continue
+            write_part(out / "objects" / f"part-{t:05d}-{i:05d}.parquet", cols)
             rows += n
+    if rows == 0 and empty is not None:
+        write_part(out / "objects" / empty[0], empty[1])
     written = csv if csv is not None else rows <= CSV_LIMIT
     if written:
         write_csv(out / "objects.csv", read_objects(out))
