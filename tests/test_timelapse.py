@@ -327,3 +327,33 @@ def test_a_mask_per_time_point_and_the_report(movie, whole, tmp_path):
     from pipeline.qc.timelapse_report import reported_timepoints
 
     assert reported_timepoints(100) == [0, 20, 40, 59, 79, 99] and reported_timepoints(2) == [0, 1]
+
+
+def test_tracker_maps_equal_find_boundaries_and_are_checked(movie, whole, tmp_path):
+    from skimage.segmentation import find_boundaries
+
+    from pipeline.stages.tracker import inner_boundaries
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 4, (6, 7, 8))
+    np.testing.assert_array_equal(inner_boundaries(small), find_boundaries(small, connectivity=1, mode="inner"))
+    root, _ = movie
+    cfg = config(root, "x")
+    cfg["output"] = {"path": str(tmp_path / "maps.zarr"), "tracker_maps": True}
+    path = tmp_path / "maps.yaml"
+    path.write_text(json.dumps(cfg))
+    assert main(["-q", "run", str(path)]) == 0
+    out = tmp_path / "maps.zarr"
+    seg = open_array(whole / "segmentation", mode="r")[...]
+    fg, edges = (open_array(out / n, mode="r") for n in ("foreground", "contours"))
+    assert fg.shape == edges.shape == seg.shape and fg.chunks == (1, 16, 48, 48) and fg.dtype == np.uint8
+    for t in range(3):
+        np.testing.assert_array_equal(fg[t], seg[t] > 0)
+        np.testing.assert_array_equal(edges[t], find_boundaries(seg[t], connectivity=1, mode="inner"))
+    victim = next(p for p in sorted((out / "contours" / "c" / "1").rglob("*")) if p.is_file())
+    victim.write_bytes(b"\0" * 3)
+    assert main(["-q", "verify", str(path), "--integrity"]) == 1
+    assert main(["-q", "run", str(path), "--repair"]) == 0
+    np.testing.assert_array_equal(open_array(out / "contours", mode="r")[1], find_boundaries(seg[1], connectivity=1, mode="inner"))
+    with pytest.raises(UsageError, match="output.tracker_maps is written for time-lapses"):
+        segment({**config(root, "one.zarr", timepoint=0), "output": {"path": str(tmp_path / "one.zarr"), "tracker_maps": True}})

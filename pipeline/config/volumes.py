@@ -134,6 +134,10 @@ class OutputConfig(Frozen):
         "the input OME-Zarr image's labels/ group (napari shows it with the image); standalone = "
         "<output.path>/labels/<label_name>; auto = image for an OME-Zarr input, else standalone; none = not written"
     )
+    tracker_maps: bool = Field(
+        False, description="time-lapses: also write foreground (1 in objects) and contours (1 on the objects' inner "
+        "boundaries, as scikit-image's find_boundaries mode inner), uint8 (t, z, y, x) arrays of the output group, "
+        "the inputs of trackers that take foreground and contour maps (Ultrack)")
     label_name: str = Field(
         "segmentation", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128,
         description="name of the label image (its group under labels/); an existing one is replaced only with "

@@ -15,6 +15,7 @@ cluster, into one (t, z, y, x) label image.
       objects/part-<t>-<part>.parquet the time points' objects tables with columns t (index in the
                                       label image) and timepoint (the input's), ids unique per t
       objects.csv                     the same rows, for small results
+      foreground, contours            (output.tracker_maps) uint8 (t, z, y, x), see pipeline.stages.tracker
 
 Each time point is a run of ``input.timepoint: k`` into ``timepoints/t<t>`` (the same plan, the
 same normalisation rule applied to that time point's own intensities, its own resume key): so a
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -41,12 +43,14 @@ import zarr
 from ..cluster.deploy import Session, open_session
 from ..config import Config
 from ..errors import UsageError
-from ..plan.labels import LabelTarget, check_labels, label_target_of
+from ..plan.labels import LabelTarget, check_labels, label_target_of, recorded_output
 from ..stages.objects import CSV_LIMIT, part_files, read_objects, read_part, write_csv, write_part
+from ..stages.tracker import CONTOURS, FOREGROUND, create_maps, tracker_maps
 from ..volume.errors import InputError
 from ..volume.input_volume import InputVolume
 from ..volume.io import open_input, timepoint_count
 from ..volume.ome_metadata import labels_list
+from .engine import Engine
 from .integrity import read_manifest, vouch
 from .lock import RunLock
 from .output import check_output
@@ -62,10 +66,11 @@ STAGE = "timepoints"  # done markers: one per time point stacked
 def selected_timepoints(cfg: Config, region: Any = None) -> list[int] | None:
     """The input's time points this run segments, or None for a run of one volume (no time axis,
     one time point, or ``input.timepoint`` set); a ``region`` run reads one time point."""
-    if cfg.input.timepoint is not None:
-        return None
-    n = timepoint_count(cfg.input)
-    if n <= 1 and cfg.input.timepoints == "all":
+    n = 1 if cfg.input.timepoint is not None else timepoint_count(cfg.input)
+    if cfg.input.timepoint is not None or (n <= 1 and cfg.input.timepoints == "all"):
+        if cfg.output.tracker_maps:
+            raise UsageError("output.tracker_maps is written for time-lapses (a t axis, several time points); this "
+                             "run reads one volume: remove it, or set input.timepoints: [0] for a stack of one")
         return None
     if region is not None:
         raise UsageError("a region run reads one time point of a time-lapse: set input.timepoint to the one "
@@ -82,7 +87,7 @@ def frame_path(out: Path, t: int) -> Path:
 
 def frame_config(cfg: Config, timepoint: int, path: Path) -> Config:
     """The run of one time point: ``input.timepoint``, its own output group (its label image in it)."""
-    out = cfg.output.model_copy(update={"path": path, "overwrite": False, "objects_csv": False,
+    out = cfg.output.model_copy(update={"path": path, "overwrite": False, "objects_csv": False, "tracker_maps": False,
                                         "labels": "none" if cfg.output.labels == "none" else "standalone"})
     return cfg.model_copy(update={"input": cfg.input.model_copy(update={"timepoint": timepoint, "timepoints": "all"}),
                                   "output": out})
@@ -117,6 +122,7 @@ def segment_timelapse(cfg: Config, timepoints: list[int], segment: Callable[[Con
             _open_labels(store, target, resumed)
         store.create_markers(STAGE)
         with _session(cfg, client) as session:
+            engine = Engine(session.client, progress, abort=session.check)
             for t, k in enumerate(timepoints):
                 sub = frame_path(out, t)
                 if done is not None and done[t]:
@@ -125,7 +131,7 @@ def segment_timelapse(cfg: Config, timepoints: list[int], segment: Callable[[Con
                     logger.info("time point %d of %d (input time point %d)", t + 1, len(timepoints), k)
                     if not _complete(sub):
                         segment(frame_config(cfg, k, sub), session, progress)
-                    how |= _stack(store, target, sub, t, len(timepoints))
+                    how |= _stack(store, target, sub, t, len(timepoints), engine if o.tracker_maps else None)
                 counts.append(int(Store(str(sub), "").attrs()["pipeline"]["objects"]))
         table = _objects(out, timepoints, o.objects_csv)
         if target is not None:
@@ -155,13 +161,15 @@ def timelapse_parts(cfg: Config, timepoints: list[int]) -> list[tuple[Path, Conf
 
 
 def restack(cfg: Config, timepoints: list[int], again: list[int], tables: bool) -> None:
-    """A finished time-lapse's time points ``again`` put into the stacks anew from their runs (repair),
-    and with ``tables`` the objects table written again."""
+    """A finished time-lapse's time points ``again`` put into the stacks anew from their runs, their
+    tracker maps too (repair, serially), and with ``tables`` the objects table written again."""
     _, target = _target(cfg, timepoints)
     out = Path(cfg.output.path)
     for t in again:
         for frame, stack in _frame_arrays(frame_path(out, t), target, out):
             put_timepoint(frame, stack, t)
+        if cfg.output.tracker_maps:
+            _maps(Engine(), frame_path(out, t), out, t, len(timepoints))
     if tables:
         _objects(out, timepoints, cfg.output.objects_csv)
 
@@ -189,10 +197,6 @@ def _complete(path: Path) -> bool:
 def _open_labels(store: Store, target: LabelTarget, resumed: bool) -> None:
     """The label image group: the interrupted run's (resumed), else new (replacing what
     :func:`check_labels` allowed)."""
-    import shutil
-
-    from ..plan.labels import recorded_output
-
     if resumed and recorded_output(target.group) == str(Path(store.path).resolve()):
         return
     if target.group.exists():
@@ -213,9 +217,10 @@ def _frame_arrays(sub: Path, target: LabelTarget | None, out: Path) -> list[tupl
     return [(frame_group / d["path"], target.group / d["path"]) for d in ms["datasets"]]
 
 
-def _stack(store: Store, target: LabelTarget | None, sub: Path, t: int, n: int) -> set[str]:
-    """Time point ``t``'s label arrays into the stacks (created with the first), then its marker,
-    vouching for the stacked files (those of a linked time point: what its run's manifest says of them)."""
+def _stack(store: Store, target: LabelTarget | None, sub: Path, t: int, n: int, maps: Engine | None = None) -> set[str]:
+    """Time point ``t``'s label arrays into the stacks (created with the first) and with ``maps`` (the
+    engine that computes them) its tracker maps, then its marker, vouching for the stacked files (those
+    of a linked time point: what its run's manifest says of them) and the maps."""
     how, out, vouched = set(), Path(store.path), {}
     files = read_manifest(sub) or {}
     for frame, stack in _frame_arrays(sub, target, out):
@@ -228,8 +233,21 @@ def _stack(store: Store, target: LabelTarget | None, sub: Path, t: int, n: int) 
             prefix = os.path.relpath(frame, sub) + "/c/"
             vouched |= {_key(out, stack / "c" / str(t) / rel[len(prefix):]): v for rel, v in files.items()
                         if rel.startswith(prefix)}
+    if maps is not None:
+        vouched |= vouch(out, _maps(maps, sub, out, t, n))
     store.mark_done(STAGE, [t], files=vouched)
     return how
+
+
+def _maps(engine: Engine, sub: Path, out: Path, t: int, n: int) -> list[Path]:
+    """Time point ``t``'s tracker maps (:mod:`pipeline.stages.tracker`) from its segmentation; their files."""
+    seg = (sub / "segmentation").resolve()
+    if not (out / FOREGROUND / "zarr.json").exists():
+        create_maps(out, zarr.open_array(str(seg), mode="r"), n)
+    for name in (FOREGROUND, CONTOURS):
+        shutil.rmtree(out / name / "c" / str(t), ignore_errors=True)
+    tracker_maps(engine, seg, out, t)
+    return [f for name in (FOREGROUND, CONTOURS) for f in timepoint_files(out / name, t)]
 
 
 def _key(root: Path, path: Path) -> str:
