@@ -19,7 +19,7 @@ from pipeline.geometry import Box
 from pipeline.plan.blocks import BlockPlan, in_sweep, sweep_axes, sweep_chunks
 from pipeline.run import as_config, predict
 from pipeline.runtime.engine import Engine
-from pipeline.runtime.tasks import interleave, spans_of
+from pipeline.runtime.tasks import batched, interleave, spans_of
 from pipeline.volume.cache import DECODED, ChunkCache, _cache, chunk_cache
 from pipeline.volume.errors import InputReadError, collect_unreadable
 from pipeline.volume.io import open_array, open_input, write_zarr
@@ -215,12 +215,12 @@ def test_sweep_order_is_a_deterministic_permutation():
     axes = sweep_axes(plan, (64, 256, 256))
     assert axes == (1, 2, 0)  # y slowest (a slab of 2 x 2 x 4 chunks), then x, z fastest
     assert sweep_chunks(plan, (64, 256, 256)) == 16
-    order = in_sweep(range(len(plan)), plan.grid, axes)
-    assert sorted(order) == list(range(len(plan))) and order == in_sweep(order[::-1], plan.grid, axes)
+    order = in_sweep(range(len(plan)), plan.grid, axes).tolist()
+    assert sorted(order) == list(range(len(plan))) and order == in_sweep(order[::-1], plan.grid, axes).tolist()
     idx = np.array(np.unravel_index(order, plan.grid)).T
     steps = np.abs(np.diff(idx, axis=0)).sum(axis=1)
     assert (steps[: plan.grid[0] - 1] == 1).all()  # consecutive blocks: neighbours along z
-    assert in_sweep([5, 3, 9], plan.grid, None) == [3, 5, 9]
+    assert in_sweep([5, 3, 9], plan.grid, None).tolist() == [3, 5, 9]
 
 
 def decoded_reading(vol, plan: BlockPlan, order: list[int]) -> int:
@@ -265,9 +265,11 @@ def test_spans_give_each_worker_a_contiguous_run_of_batches(client2):
     """Batches that share input chunks (consecutive in sweep order) go to one worker: each worker
     gets a contiguous span, and the spans are submitted in turn (both workers start at once)."""
     assert spans_of(10, 3) == [range(0, 3), range(3, 6), range(6, 10)] and spans_of(2, 5) == [range(0, 1), range(1, 2)]
-    assert interleave(spans_of(5, 2)) == [0, 2, 1, 3, 4]
+    assert interleave(spans_of(5, 2)).tolist() == [0, 2, 1, 3, 4]
     ran = dict(x for r in Engine(client2).map(ran_on, [[i] for i in range(16)], desc="spans", spans=True) for x in r)
     assert sorted(ran) == list(range(16))
+    lazy = dict(x for r in Engine(client2).map(ran_on, batched(range(16), 1), desc="spans", spans=True) for x in r)
+    assert sorted(lazy) == list(range(16))  # the lazy batches, spread the same way
     workers = sorted(client2.scheduler_info()["workers"])
     on_own = sum(ran[k] == workers[w] for w, span in enumerate(spans_of(16, 2)) for k in span)
     assert on_own >= 12  # the scheduler may still move a few (work stealing balances the load)
@@ -283,3 +285,28 @@ def test_a_configured_cache_too_small_for_the_order_is_a_warning(caplog):
         assert not caplog.records
         warn_cache(64, 128 << 20)
     assert len(caplog.records) == 1 and "input.chunk_cache_mib 64 holds less than the 128 MiB" in caplog.text
+
+
+def test_lazy_batches_equal_lists_and_keep_one_array():
+    """Batches are made as asked for from one int64 array (8 bytes a block), equal to the list of
+    lists they replace, in any order the engine spreads them in."""
+    import tracemalloc
+
+    from pipeline.runtime.tasks import Batches, items_in
+
+    ids = np.arange(1000, 0, -3)
+    lazy, eager = batched(ids, 7), [ids[i:i + 7].tolist() for i in range(0, len(ids), 7)]
+    assert len(lazy) == len(eager) and list(lazy) == eager and lazy[-1] == eager[-1] and lazy[2:4] == eager[2:4]
+    assert items_in(lazy) == len(ids) == items_in(eager)
+    spans = spans_of(len(lazy), 3)
+    order = interleave(spans)
+    assert sorted(order.tolist()) == list(range(len(lazy)))
+    assert order[:3].tolist() == [s.start for s in spans]  # every span starts at once
+    again = lazy.reordered(order)
+    assert list(again) == [eager[k] for k in order] and list(again.reordered(np.arange(len(again))[::-1])) == \
+        [eager[k] for k in order[::-1]]
+    tracemalloc.start()
+    many = Batches(np.arange(10**6), 1)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(many) == 10**6 and many[123456] == [123456] and held < 10 * 10**6  # ~8 MB, not ~100 MB of lists

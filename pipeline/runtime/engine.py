@@ -18,6 +18,7 @@ with a worker cannot be recomputed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -25,9 +26,11 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
+import numpy as np
+
 from .progress import ProgressLog
 from .signals import POLL_S, REQUEST, check_stop, completed
-from .tasks import Guarded, Local, Ref, Refused, interleave, progress_of, spans_of
+from .tasks import Batches, Guarded, Local, Ref, Refused, interleave, items_in, progress_of, spans_of
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +180,7 @@ class Engine:
         (the input chunks of neighbouring blocks), so each worker is given a contiguous span of
         them (:func:`~pipeline.runtime.tasks.spans_of`, a loose restriction), the spans submitted in turn."""
         items = unit != "task"
-        bar = self._bar(sum(map(len, batches)) if items else len(batches), desc, unit, item_voxels)
+        bar = self._bar(items_in(batches) if items else len(batches), desc, unit, item_voxels)
         try:
             total = len(batches)
             REQUEST.where = f"{desc} (0 of {total} tasks done)"
@@ -198,14 +201,14 @@ class Engine:
 
             sizes: dict[str, int] = {}  # task key -> items in its batch
 
-            placed: list[str | None] = [None] * len(batches)  # the worker whose span holds each batch
+            place: Iterator[str | None] = itertools.repeat(None)  # the worker whose span holds each batch
             offered = self._offering(first_res if first else res) if spans else []
             if len(offered) > 1:  # (one worker so far, e.g. batch jobs still queued: no spans, any may join)
                 order = spans_of(len(batches), len(offered))
-                owner = {k: offered[w] for w, span in enumerate(order) for k in span}
-                batches = [batches[k] for k in interleave(order)]
-                placed = [owner[k] for k in interleave(order)]
-            place = iter(placed)
+                picked = interleave(order)
+                owner = np.repeat(np.arange(len(order)), [len(span) for span in order])[picked]
+                batches = batches.reordered(picked) if isinstance(batches, Batches) else [batches[k] for k in picked]
+                place = (offered[int(w)] for w in owner)
 
             def submit(batch: Batch) -> Any:
                 extra = per_batch(batch) if per_batch else ()

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
+
+import numpy as np
 
 from ..errors import UsageError, space_error
 
@@ -61,9 +62,14 @@ def spans_of(n: int, workers: int) -> list[range]:
     return [range(w * n // workers, (w + 1) * n // workers) for w in range(workers)]
 
 
-def interleave(spans: Sequence[range]) -> list[int]:
-    """The batches of ``spans``, one of each span in turn (every worker starts at once)."""
-    return [k for group in itertools.zip_longest(*spans) for k in group if k is not None]
+def interleave(spans: Sequence[range]) -> np.ndarray:
+    """The batches of ``spans``, one of each span in turn (every worker starts at once); int64."""
+    longest = max((len(s) for s in spans), default=0)
+    grid = np.full((longest, len(spans)), -1, dtype=np.int64)
+    for w, span in enumerate(spans):
+        grid[: len(span), w] = np.arange(span.start, span.stop, dtype=np.int64)
+    flat = grid.ravel()
+    return flat[flat >= 0]
 
 
 def progress_of(items: Iterable[Any], bar: Any) -> Iterator[Any]:
@@ -76,6 +82,51 @@ def progress_of(items: Iterable[Any], bar: Any) -> Iterator[Any]:
         bar.close()
 
 
-def batched(items: Sequence[int], size: int) -> list[list[int]]:
-    """Consecutive batches of at most ``size`` items."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+class Batches(Sequence[list[int]]):
+    """Consecutive batches of at most ``size`` of ``items`` (integers, kept as one int64 array), in
+    the order ``order`` gives (indices of batches; None: as they come): each batch is made when it is
+    asked for, so the client holds 8 bytes per block whatever the plan's size, not a list per task."""
+
+    def __init__(self, items: Iterable[int] | np.ndarray, size: int, order: np.ndarray | None = None) -> None:
+        self.items = np.asarray(items if isinstance(items, np.ndarray | range) else list(items), dtype=np.int64)
+        self.size, self.order = max(1, int(size)), order
+
+    def __len__(self) -> int:
+        return len(self.order) if self.order is not None else -(-len(self.items) // self.size)
+
+    @property
+    def total(self) -> int:
+        """How many items the batches hold."""
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, k: int) -> list[int]: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> list[list[int]]: ...
+
+    def __getitem__(self, k: int | slice) -> list[int] | list[list[int]]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k = int(self.order[k]) if self.order is not None else k % len(self)
+        return self.items[k * self.size:(k + 1) * self.size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self[k] for k in range(len(self)))
+
+    def reordered(self, order: np.ndarray) -> Batches:
+        """The same batches in the order ``order`` (indices of this one's batches)."""
+        base = self.order[order] if self.order is not None else np.asarray(order, dtype=np.int64)
+        return Batches(self.items, self.size, base)
+
+
+def batched(items: Iterable[int] | np.ndarray, size: int) -> Batches:
+    """Consecutive batches of at most ``size`` items (made as they are asked for, see :class:`Batches`)."""
+    return Batches(items, size)
+
+
+def items_in(batches: Sequence[Sequence[int]]) -> int:
+    """How many items ``batches`` hold (without making each batch of a :class:`Batches`)."""
+    return batches.total if isinstance(batches, Batches) and batches.order is None else sum(map(len, batches))

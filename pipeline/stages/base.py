@@ -220,7 +220,7 @@ class BlockStage(ABC):
 
     # ------------------------------------------------------------ client side
 
-    def batches(self, todo: list[int], blocks_per_task: int) -> list[list[int]]:
+    def batches(self, todo: np.ndarray, blocks_per_task: int) -> Sequence[list[int]]:
         """The blocks ``todo`` as the batches of tasks (a stage writing shards: whole shards each)."""
         return batched(todo, blocks_per_task)
 
@@ -245,9 +245,9 @@ class BlockStage(ABC):
             index = self.store.index(self.name, len(self.plan))
         self.recomputed = len(changed)
         todo = in_sweep(np.flatnonzero(~done & ~skip), self.plan.grid, self.task.sweep)
-        finished = np.flatnonzero(done).tolist()
+        finished = np.flatnonzero(done)
         self.resumed, self.computed = len(finished), len(todo)
-        if finished:
+        if len(finished):
             logger.info("%s: resuming, %d of %d blocks already done", self.name, len(finished), len(self.plan))
             for results in engine.map(self.recover_batch, index.batches(finished, RECOVER_BATCH),
                                       desc=f"{self.name} (resumed)", per_batch=index.files):

@@ -209,7 +209,7 @@ class LabelsStage:
                 held = self.occupied.boxes(plan, level_scales(t.levels)[i])
                 self.skipped += int((wanted & ~held).sum())
                 wanted &= held
-            todo = np.flatnonzero(wanted).tolist()
+            todo = np.flatnonzero(wanted)
             for _ in engine.map(self.write, batched(todo, 1), i, desc=f"{self.name} {level.path}"):
                 pass
         self.finish()

@@ -126,7 +126,7 @@ class RelabelStage(BlockStage):
         shards = shard_shape(self.task.shards, self.plan.volume, self.plan.write_shape) if self.target == SEGMENTATION else None
         self.store.create(self.target, self.plan.volume, self.plan.write_shape, self.dtype, shards=shards)
 
-    def batches(self, todo: list[int], blocks_per_task: int) -> list[list[int]]:
+    def batches(self, todo: np.ndarray, blocks_per_task: int) -> Sequence[list[int]]:
         """Whole shards per task when the target is sharded (one writer per shard file), else
         ``blocks_per_task`` blocks."""
         shards = getattr(self.store.array(self.target, mode="r"), "shards", None)

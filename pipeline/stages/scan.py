@@ -52,7 +52,7 @@ class ScanStage:
         if blocks is not None:
             wanted[:] = False
             wanted[list(blocks)] = True
-        todo = np.flatnonzero(wanted & ~flags).tolist()
+        todo = np.flatnonzero(wanted & ~flags)
         for empty in engine.map(self.scan, batched(todo, SCAN_BATCH), desc=self.name):
             flags[empty] = True
         return flags
