@@ -267,7 +267,7 @@ def test_docked_widgets_fit_a_1000px_screen_name_the_axes_and_write_beside_the_r
     assert widgets[1].output.text() == str(out.parent / "result-rerun.zarr-mine")
 
 
-def test_the_reader_opens_a_time_lapse_with_a_time_slider(make_napari_viewer, tmp_path):
+def test_the_reader_opens_a_time_lapse_with_a_time_slider(make_napari_viewer, qtbot, tmp_path):
     from pipeline.volume import synthetic
     from pipeline.volume.io import write_zarr
 
@@ -286,3 +286,14 @@ def test_the_reader_opens_a_time_lapse_with_a_time_slider(make_napari_viewer, tm
     viewer.dims.set_current_step(0, 2)
     viewer.dims.set_current_step(1, 8)
     np.testing.assert_array_equal(np.asarray(labels._slice.image.view), seg[2, 8])  # what the viewer shows at t 2
+    widget = SegmentViewWidget(viewer)  # "segment this view" segments the time point shown
+    viewer.window.add_dock_widget(widget)
+    widget.region.setCurrentIndex(2)  # the whole layer: at the time point shown
+    widget.start()
+    qtbot.waitUntil(lambda: "preview" in viewer.layers or widget.status.text().startswith("error"), timeout=300_000)
+    assert "preview" in viewer.layers, widget.status.text()
+    from .helpers import same_partition
+
+    preview = viewer.layers["preview"]
+    assert preview.data.shape == (1, *seg.shape[1:]) and preview.translate[0] == 2  # shown at t 2 only
+    assert same_partition(np.asarray(preview.data)[0], seg[2])

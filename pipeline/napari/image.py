@@ -78,6 +78,8 @@ def image_layer(result: Path, meta: dict[str, Any], times: list[int] | None = No
                               "scale": scale, "translate": translate, "multiscale": len(data) > 1,
                               "metadata": {"pipeline": {"input": {**recorded, "path": str(where)}, "run": kept,
                                                         "opened_from": str(result)}}}
+    if times is not None and "t" in vol.axes:  # the input's time point of each step of the layer's t axis
+        kwargs["metadata"]["pipeline"]["timepoints"] = list(times)
     if "offset" in norm and "scale" in norm:  # what the network saw as 0..1
         kwargs["contrast_limits"] = [float(norm["offset"]), float(norm["offset"]) + float(norm["scale"])]
     if views[0][1]:

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..geometry import Box
 from ..plan.region import RegionRecord, exact_mask, read_record
 from .features import objects_features
+from .frame import Frame
 from .viewer import layer_frame, level0, shapes_box, view_box
 from .widget_parts import SettingsWidget, add_controls, pin_blocks, show_progress
 
@@ -48,6 +49,17 @@ def where(target: Any) -> str:
     if target.mode == "image":
         return f"under the input image, {target.group} (NGFF {target.version}, {len(target.levels)} levels)"
     return f"standalone, <output>/labels/{target.name} (NGFF {target.version}, {len(target.levels)} levels)"
+
+
+def at_timepoint(config: dict[str, Any], region: Box, layer: Any, viewer: Any) -> Box:
+    """A time-lapse layer (t, z, y, x): ``region`` at the time point shown (``config`` reads that one
+    of the input), without its t axis; any other layer: ``region``."""
+    times = (getattr(layer, "metadata", {}) or {}).get("pipeline", {}).get("timepoints")
+    if times is None:
+        return region
+    t = int(np.clip(np.round(np.asarray(layer.world_to_data(viewer.dims.point))[0]), 0, len(times) - 1))
+    config["input"] = {**config["input"], "timepoint": int(times[t]), "timepoints": "all"}
+    return Box(region.offset[1:], region.shape[1:])
 
 
 def plan_text(config: dict[str, Any], region: Box) -> str:
@@ -127,6 +139,7 @@ class SegmentViewWidget(SettingsWidget):
             out = self.scratch / f"preview-{self.previews}.zarr"
             config = self.settings.config(out, {"kind": "serial"})
             config["output"]["labels"] = "none"
+            region = at_timepoint(config, region, layer, self.viewer)
             from ..config import validate_config
 
             validate_config(config)
@@ -203,6 +216,14 @@ def add_preview(viewer: Any, out: Path, image: Any) -> Any:
     if name in viewer.layers:
         viewer.layers.remove(name)
     exact = exact_mask(labels, rec.edge)
-    return viewer.add_labels(labels, name=name, features=features, **frame.scaled([1.0] * labels.ndim, rec.computed.offset),
+    coords = Frame(frame.voxel_size[-labels.ndim:], frame.origin[-labels.ndim:]).scaled([1.0] * labels.ndim,
+                                                                                           rec.computed.offset)
+    times = (getattr(image, "metadata", {}) or {}).get("pipeline", {}).get("timepoints")
+    if times is not None:  # a time-lapse: the preview at the time point it was computed for, not over every one
+        k = zarr.open_group(str(out), mode="r").attrs["pipeline"]["config"]["input"]["timepoint"]
+        labels = labels[None]
+        coords = {"scale": [frame.voxel_size[0], *coords["scale"]],
+                  "translate": [frame.origin[0] + times.index(k) * frame.voxel_size[0], *coords["translate"]]}
+    return viewer.add_labels(labels, name=name, features=features, **coords,
                              metadata={"pipeline": {"result": str(out), "region": rec.to_json(),
                                                     "exact_voxels": int(exact.sum())}})
