@@ -18,7 +18,6 @@ with a worker cannot be recomputed.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sys
 import time
@@ -26,11 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-import numpy as np
-
 from .progress import ProgressLog
 from .signals import POLL_S, REQUEST, check_stop, completed
-from .tasks import Batches, Guarded, Local, Ref, Refused, interleave, items_in, progress_of, spans_of
+from .tasks import Guarded, Local, Ref, Refused, items_in, progress_of, spread
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +198,8 @@ class Engine:
 
             sizes: dict[str, int] = {}  # task key -> items in its batch
 
-            place: Iterator[str | None] = itertools.repeat(None)  # the worker whose span holds each batch
-            offered = self._offering(first_res if first else res) if spans else []
-            if len(offered) > 1:  # (one worker so far, e.g. batch jobs still queued: no spans, any may join)
-                order = spans_of(len(batches), len(offered))
-                picked = interleave(order)
-                owner = np.repeat(np.arange(len(order)), [len(span) for span in order])[picked]
-                batches = batches.reordered(picked) if isinstance(batches, Batches) else [batches[k] for k in picked]
-                place = (offered[int(w)] for w in owner)
+            # the worker whose span holds each batch (one worker so far, e.g. batch jobs still queued: any may join)
+            batches, place = spread(batches, self._offering(first_res if first else res) if spans else [])
 
             def submit(batch: Batch) -> Any:
                 extra = per_batch(batch) if per_batch else ()

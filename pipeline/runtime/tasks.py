@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -70,6 +71,19 @@ def interleave(spans: Sequence[range]) -> np.ndarray:
         grid[: len(span), w] = np.arange(span.start, span.stop, dtype=np.int64)
     flat = grid.ravel()
     return flat[flat >= 0]
+
+
+def spread(batches: Sequence[Sequence[int]], workers: Sequence[str]) -> tuple[Sequence[Sequence[int]], Iterator[str | None]]:
+    """``batches`` in the order that gives each of ``workers`` a contiguous span of them, the spans
+    submitted in turn (:func:`spans_of`, :func:`interleave`), and the worker of each batch in that order;
+    with one worker or none, as they are and no worker named."""
+    if len(workers) <= 1:
+        return batches, itertools.repeat(None)
+    order = spans_of(len(batches), len(workers))
+    picked = interleave(order)
+    owner = np.repeat(np.arange(len(order)), [len(span) for span in order])[picked]
+    out = batches.reordered(picked) if isinstance(batches, Batches) else [batches[int(k)] for k in picked]
+    return out, (workers[int(w)] for w in owner)
 
 
 def progress_of(items: Iterable[Any], bar: Any) -> Iterator[Any]:
