@@ -45,7 +45,7 @@ def report(result: str | Path, out: str | Path | None = None, seams: bool = True
     if meta.get("timelapse"):
         from .timelapse_report import timelapse_report
 
-        return timelapse_report(result, meta, out, seams)
+        return timelapse_report(result, meta, out, report, seams)
     out.mkdir(parents=True, exist_ok=True)
     p = meta["plan"]
     plan = BlockPlan(tuple(p["volume_shape"]), tuple(p["write_shape"]), tuple(p["context"]), tuple(p["step"]))

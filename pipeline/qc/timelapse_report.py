@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ import numpy as np
 
 from ..runtime.timelapse import TIMEPOINTS
 from . import figures
-from .report import report
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ def reported_timepoints(n: int, most: int = REPORTED) -> list[int]:
     return sorted({round(float(x)) for x in np.linspace(0, n - 1, min(n, most))})
 
 
-def timelapse_report(result: Path, meta: dict[str, Any], out: Path, seams: bool = True) -> dict[str, Any]:
-    """Write the index and the chosen time points' reports into ``out``."""
+def timelapse_report(result: Path, meta: dict[str, Any], out: Path, report: Callable[..., dict[str, Any]],
+                     seams: bool = True) -> dict[str, Any]:
+    """Write the index and the chosen time points' reports (``report``: the report of one run) into ``out``."""
     t0 = time.perf_counter()
     timepoints, counts = list(meta["timepoints"]), list(meta["objects_per_timepoint"])
     out.mkdir(parents=True, exist_ok=True)
