@@ -357,3 +357,19 @@ def test_tracker_maps_equal_find_boundaries_and_are_checked(movie, whole, tmp_pa
     np.testing.assert_array_equal(open_array(out / "contours", mode="r")[1], find_boundaries(seg[1], connectivity=1, mode="inner"))
     with pytest.raises(UsageError, match="output.tracker_maps is written for time-lapses"):
         segment({**config(root, "one.zarr", timepoint=0), "output": {"path": str(tmp_path / "one.zarr"), "tracker_maps": True}})
+
+
+def test_evaluate_scores_each_time_point_and_pools_them_without_crossing(whole, tmp_path, capsys):
+    from pipeline.qc.metrics import contingency, scores
+
+    gt = np.stack([synthetic.generate(synthetic.appearance("demo", shape=SHAPE), seed=10 + t)[1] for t in range(3)])
+    write_zarr(tmp_path / "gt.zarr", gt.astype(np.uint32), chunks=(1, 16, 48, 48), dims="tzyx")
+    assert main(["-q", "evaluate", "--pred", str(whole), "--gt", str(tmp_path / "gt.zarr"), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    seg = open_array(whole / "segmentation", mode="r")[...]
+    per = [scores(contingency(seg[t], gt[t])).at(0.5) for t in range(3)]
+    assert [r["ap50"] for r in found["per_timepoint"]] == [p["ap"] for p in per]
+    pooled = next(r for r in found["per_threshold"] if abs(r["threshold"] - 0.5) < 1e-9)
+    for key in ("tp", "fp", "fn"):  # a match never crosses time points: the pooled counts are the sums
+        assert pooled[key] == sum(p[key] for p in per)
+    assert found["n_gt"] == sum(len(np.unique(g)) - 1 for g in gt) and pooled["ap"] > 0.8

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from ..volume.errors import InputError
 from .options import _config_args, _load
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..qc.metrics import by_size, contingency, restrict, scores
+    from ..qc.over_time import over_time
     from ..volume.io import open_label_array
 
     pred = open_label_array(args.pred, args.pred_dataset)
@@ -25,12 +28,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if mask.shape != gt.shape:
             raise InputError(f"--annotated {list(mask.shape)} and --gt {list(gt.shape)} differ in shape")
         pred, gt = restrict(np.asarray(pred[...]), np.asarray(gt[...]), np.asarray(mask[...]) != 0)
-    table = contingency(pred, gt)
+    timelapse = args.time or (pred.ndim == 4 and _is_timelapse(args.pred))
+    table, per_t = over_time(pred, gt) if timelapse else (contingency(pred, gt), None)
     s, sizes = scores(table), by_size(table)
     if args.json:
         print(json.dumps({**s.summary(), "per_threshold": [
-            {"threshold": t, **s.at(t)} for t in s.thresholds], "by_size": sizes}, indent=2))
+            {"threshold": t, **s.at(t)} for t in s.thresholds], "by_size": sizes,
+            **({"per_timepoint": per_t} if per_t is not None else {})}, indent=2))
         return 0
+    if per_t is not None:
+        print(f"a time-lapse of {len(per_t)} time points, ids per time point; AP@0.5 per time point: "
+              + ", ".join(f"t{r['t']} {r['ap50']:.3f} ({r['predicted']}/{r['ground_truth']})" for r in per_t))
+        print("all time points together:")
     print(f"objects: predicted {s.n_pred}, ground truth {s.n_gt}; false splits {s.false_splits}, "
           f"false merges {s.false_merges}")
     print("threshold     AP  precision  recall     F1")
@@ -46,6 +55,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"{size:>12} {r['objects']:9d} {r['found']:6d} {r['missed']:7d} {r['false_splits']:13d} "
                   f"{r['false_merges']:13d}")
     return 0
+
+
+def _is_timelapse(path: str) -> bool:
+    """Whether ``path`` is a time-lapse result (its attributes say so)."""
+    from ..qc.result import result_meta
+
+    try:
+        return bool(result_meta(Path(path)).get("timelapse"))
+    except UsageError:
+        return False
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -88,6 +107,8 @@ def add_evaluate_command(sub: Any) -> None:
     p.add_argument("--annotated", default=None, help="mask of the annotated voxels of a partly annotated --gt "
                    "(nonzero = annotated): only they are scored, and predicted objects mostly outside it are ignored")
     p.add_argument("--annotated-dataset", default=None)
+    p.add_argument("--time", action="store_true", help="the first axis is time (ids per time point): score each "
+                   "time point and all together; automatic for a time-lapse result")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
