@@ -159,3 +159,23 @@ def test_auto_says_what_it_cannot_do(tmp_path):
     ckpt = make_checkpoint(tmp_path / "plain.pt")
     with pytest.raises(UsageError, match="records no training object diameter"):
         prepare({**cfg, "model": {"checkpoint": str(ckpt)}})
+
+
+def test_a_time_lapse_is_measured_once_on_its_first_time_point(tmp_path, caplog):
+    """input.diameter auto on a time-lapse: the first time point is measured, the others keep its zoom
+    (one scale over the movie, as a tracker needs; no measurement per time point)."""
+    import zarr
+
+    spec = appearance("demo", shape=(32, 96, 96))
+    spec = replace(spec, radius=tuple(r * 0.6 for r in spec.radius), blur=spec.blur * 0.6)
+    movie = np.stack([generate(spec, seed=4101 + t)[0] for t in range(2)])
+    write_zarr(tmp_path / "in.zarr", movie, chunks=(1, 32, 96, 96), name="raw", dims="tzyx")
+    cfg = {"input": {"path": str(tmp_path / "in.zarr"), "dataset": "raw", "diameter": "auto"},
+           "output": {"path": str(tmp_path / "out.zarr"), "labels": "none"}, "cluster": {"kind": "serial"}}
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        out = segment(cfg)
+    plans = [dict(zarr.open_group(str(out / "timepoints" / f"t{t:05d}"), mode="r").attrs)["pipeline"]["plan"]
+             for t in range(2)]
+    assert plans[0]["zoom"] is not None and plans[1]["zoom"] == plans[0]["zoom"]
+    assert plans[0]["diameter"].startswith("auto: ") and "kept from the output" in plans[1]["diameter"]
+    assert caplog.text.count("was begun with zoom") == 1

@@ -195,8 +195,13 @@ def model_segmenter(checkpoint: Checkpoint, cfg: Config, stats: NormStats) -> Se
 def begun_zoom(cfg: Config) -> tuple[tuple[float, ...] | None] | None:
     """``(zoom,)``: the zoom (None: unzoomed) an output at ``output.path`` was begun with by a run
     of this input (not with ``output.overwrite``), so that a rerun resumes rather than measures
-    again (a measurement is deterministic on one machine, not across CPUs). None: no such output."""
+    again (a measurement is deterministic on one machine, not across CPUs); a time-lapse's time
+    point after the first: the first's (objects keep one scale over the movie). None: no such output."""
     out = Path(cfg.output.path)
+    first = out.parent / "t00000"  # a time-lapse's later time point (pipeline.runtime.timelapse's layout): the
+    if (cfg.input.timepoint is not None and out.parent.name == "timepoints" and not (out / "zarr.json").is_file()
+            and (first / "zarr.json").is_file()):  # zoom of its first, one scale for the whole movie
+        out = first
     if cfg.output.overwrite or not (out / "zarr.json").is_file():
         return None
     import zarr

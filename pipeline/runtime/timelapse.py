@@ -18,7 +18,8 @@ cluster, into one (t, z, y, x) label image.
       foreground, contours            (output.tracker_maps) uint8 (t, z, y, x), see pipeline.stages.tracker
 
 Each time point is a run of ``input.timepoint: k`` into ``timepoints/t<t>`` (the same plan, the
-same normalisation rule applied to that time point's own intensities, its own resume key): so a
+same normalisation rule applied to that time point's own intensities, ``input.diameter: auto``'s
+zoom measured on the first and kept, its own resume key): so a
 time point of a time-lapse equals a run on that time point alone, and a run interrupted anywhere
 resumes at the time point it stopped in, inside it at the block. The finished time point's label
 arrays become time point t of the stacks by hard links (:mod:`pipeline.runtime.stack`): the
