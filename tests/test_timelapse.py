@@ -373,3 +373,19 @@ def test_evaluate_scores_each_time_point_and_pools_them_without_crossing(whole, 
     for key in ("tp", "fp", "fn"):  # a match never crosses time points: the pooled counts are the sums
         assert pooled[key] == sum(p[key] for p in per)
     assert found["n_gt"] == sum(len(np.unique(g)) - 1 for g in gt) and pooled["ap"] > 0.8
+
+
+def test_a_movie_that_clearly_does_not_fit_is_refused_before_it_starts(movie, tmp_path, monkeypatch):
+    import pipeline.plan.space as space
+    from pipeline.plan.labels import label_target
+    from pipeline.plan.prepare import prepare
+
+    root, _ = movie
+    one = prepare({**config(root, "x", timepoint=0), "output": {"path": str(tmp_path / "m.zarr" / "timepoints" / "t00000")}})
+    need = space.estimate(one, label_target(one))
+    free = int(space.CLEARLY * need.peak) + 1  # one time point is not clearly refused; three are
+    assert free < space.CLEARLY * need.over_time(3).peak and need.over_time(3).final == 3 * need.final
+    monkeypatch.setattr(space, "free_bytes", lambda _: free)
+    with pytest.raises(UsageError, match="this run needs about"):
+        segment({**config(root, "x"), "output": {"path": str(tmp_path / "m.zarr")}})
+    assert not (tmp_path / "m.zarr" / "timepoints").exists()  # nothing ran

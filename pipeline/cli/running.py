@@ -64,12 +64,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
                               f"{'under the input image' if target.mode == 'image' else 'standalone'})"
                               if target else "none (output.labels: none)")
     summary["files_per_array"] = array_files(run, target)
-    summary.update(space_summary(run, target))
+    summary.update(space_summary(run, target, len(timepoints or [0])))
     absent = listed_empty(run.plan, run.empty, run.config.input, run.zoom, run.listing)
     problems = []  # what `pipeline run` would refuse before starting
     for check in (lambda: check_output(out.path, out.overwrite),
                   lambda: check_labels(target, Path(out.path), out.overwrite) if target else None,
-                  lambda: check_space(run, target, fraction=work_fraction(len(run.plan), None, absent))):
+                  lambda: check_space(run, target, fraction=work_fraction(len(run.plan), None, absent),
+                                      timepoints=len(timepoints or [0]))):
         try:
             check()
         except UsageError as exc:

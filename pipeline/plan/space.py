@@ -61,6 +61,10 @@ class Estimate:
     def final(self) -> int:
         return self.peak - self.parts.get("scratch", 0)
 
+    def over_time(self, n: int) -> Estimate:
+        """``n`` time points run one after the other: what each keeps, ``n`` times; the scratch of one."""
+        return Estimate({k: v if k == "scratch" else v * n for k, v in self.parts.items()}, self.elsewhere * n)
+
     def describe(self) -> str:
         parts = ", ".join(f"{name} {gib(n)}" for name, n in self.parts.items())
         where = f"; label image under the input image {gib(self.elsewhere)}" if self.elsewhere else ""
@@ -138,11 +142,13 @@ def done_fraction(output: Path) -> float:
     return min(1.0, marked_blocks(folder) / max(blocks, 1))
 
 
-def check_space(run: Prepared, target: LabelTarget | None, predict_only: bool = False, fraction: float = 1.0) -> Estimate:
+def check_space(run: Prepared, target: LabelTarget | None, predict_only: bool = False, fraction: float = 1.0,
+                timepoints: int = 1) -> Estimate:
     """Refuse to start (:class:`SpaceError`, with the numbers) when the output's filesystem has
     clearly less free space than the run needs; a resumed run needs only what is left. ``fraction``:
-    the share of the plan's blocks a region run computes (its arrays hold only their chunks)."""
-    need = estimate(run, target, predict_only)
+    the share of the plan's blocks a region run computes (its arrays hold only their chunks);
+    ``timepoints``: a time-lapse of that many time points like ``run``'s."""
+    need = estimate(run, target, predict_only).over_time(timepoints)
     if fraction < 1.0:
         need = Estimate({k: int(v * fraction) for k, v in need.parts.items()}, elsewhere=int(need.elsewhere * fraction))
     out = run.config.output
@@ -164,7 +170,7 @@ def check_space(run: Prepared, target: LabelTarget | None, predict_only: bool = 
     return need
 
 
-def space_summary(run: Prepared, target: LabelTarget | None) -> dict[str, Any]:
-    """What ``pipeline plan`` prints about space."""
-    need = estimate(run, target)
+def space_summary(run: Prepared, target: LabelTarget | None, timepoints: int = 1) -> dict[str, Any]:
+    """What ``pipeline plan`` prints about space (``timepoints``: of a time-lapse like ``run``)."""
+    need = estimate(run, target).over_time(timepoints)
     return {"output_size": need.describe(), "output_free_space": gib(free_bytes(run.config.output.path))}

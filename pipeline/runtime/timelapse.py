@@ -44,8 +44,10 @@ import zarr
 from ..cluster.deploy import Session, open_session
 from ..config import Config
 from ..errors import UsageError
-from ..plan.labels import LabelTarget, check_labels, label_target_of, recorded_output
-from ..stages.objects import CSV_LIMIT, part_files, read_objects, read_part, write_csv, write_part
+from ..plan.labels import LabelTarget, check_labels, label_target, label_target_of, recorded_output
+from ..plan.prepare import prepare
+from ..plan.space import check_space
+from ..stages.objects import timelapse_table
 from ..stages.tracker import CONTOURS, FOREGROUND, create_maps, tracker_maps
 from ..volume.errors import InputError
 from ..volume.input_volume import InputVolume
@@ -86,6 +88,11 @@ def frame_path(out: Path, t: int) -> Path:
     return out / TIMEPOINTS / f"t{t:05d}"
 
 
+def _runs(out: Path, timepoints: list[int]) -> list[tuple[int, int, Path]]:
+    """(t, the input's time point, its run's output) of every time point."""
+    return [(t, k, frame_path(out, t)) for t, k in enumerate(timepoints)]
+
+
 def frame_config(cfg: Config, timepoint: int, path: Path) -> Config:
     """The run of one time point: ``input.timepoint``, its own output group (its label image in it)."""
     out = cfg.output.model_copy(update={"path": path, "overwrite": False, "objects_csv": False, "tracker_maps": False,
@@ -122,6 +129,7 @@ def segment_timelapse(cfg: Config, timepoints: list[int], segment: Callable[[Con
         if target is not None:
             _open_labels(store, target, resumed)
         store.create_markers(STAGE)
+        _check_space(cfg, timepoints, len(timepoints) - int(done.sum()) if done is not None else len(timepoints))
         with _session(cfg, client) as session:
             engine = Engine(session.client, progress, abort=session.check)
             for t, k in enumerate(timepoints):
@@ -134,7 +142,7 @@ def segment_timelapse(cfg: Config, timepoints: list[int], segment: Callable[[Con
                         segment(frame_config(cfg, k, sub), session, progress)
                     how |= _stack(store, target, sub, t, len(timepoints), engine if o.tracker_maps else None)
                 counts.append(int(Store(str(sub), "").attrs()["pipeline"]["objects"]))
-        table = _objects(out, timepoints, o.objects_csv)
+        table = timelapse_table(out, _runs(out, timepoints), o.objects_csv)
         if target is not None:
             _finish_labels(target, sub, out, time_axis(vol.ome, cfg.input.scale_level))
         meta = {"timelapse": True, "timepoints": timepoints, "objects_per_timepoint": counts, "objects": sum(counts),
@@ -172,7 +180,15 @@ def restack(cfg: Config, timepoints: list[int], again: list[int], tables: bool) 
         if cfg.output.tracker_maps:
             _maps(Engine(), frame_path(out, t), out, t, len(timepoints))
     if tables:
-        _objects(out, timepoints, cfg.output.objects_csv)
+        timelapse_table(out, _runs(out, timepoints), cfg.output.objects_csv)
+
+
+def _check_space(cfg: Config, timepoints: list[int], left: int) -> None:
+    """Refuse to start a movie whose time points left clearly do not fit (each run checks its own too);
+    not with input.diameter auto (planning a time point would measure it once more)."""
+    if left > 1 and cfg.output.check_space and cfg.input.diameter != "auto":
+        first = prepare(frame_config(cfg, timepoints[0], frame_path(Path(cfg.output.path), 0)))
+        check_space(first, label_target(first), timepoints=left)
 
 
 def _session(cfg: Config, client: Any) -> AbstractContextManager[Session]:
@@ -272,29 +288,3 @@ def _finish_labels(target: LabelTarget, sub: Path, out: Path, time: tuple[dict[s
         link.unlink()
     real = (target.group / level0).resolve()
     os.symlink(os.path.relpath(real, out.resolve()) if real.is_relative_to(out.resolve()) else str(real), link)
-
-
-def _objects(out: Path, timepoints: list[int], csv: bool | None) -> dict[str, Any]:
-    """The time points' objects tables as one, with ``t`` and ``timepoint`` first."""
-    import numpy as np
-
-    rows = 0
-    for old in part_files(out):
-        old.unlink()
-    empty = None
-    for t, k in enumerate(timepoints):
-        for i, part in enumerate(part_files(frame_path(out, t))):
-            cols = read_part(part)
-            n = len(cols["id"])
-            cols = {"t": np.full(n, t, np.int32), "timepoint": np.full(n, k, np.int32), **cols}
-            if n == 0:  # a time point without objects (its table has fewer columns): no rows to add
-                empty = (f"part-{t:05d}-{i:05d}.parquet", cols) if empty is None else empty
-                continue
-            write_part(out / "objects" / f"part-{t:05d}-{i:05d}.parquet", cols)
-            rows += n
-    if rows == 0 and empty is not None:
-        write_part(out / "objects" / empty[0], empty[1])
-    written = csv if csv is not None else rows <= CSV_LIMIT
-    if written:
-        write_csv(out / "objects.csv", read_objects(out))
-    return {"rows": rows, "csv": written}

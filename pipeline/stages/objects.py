@@ -191,3 +191,28 @@ def scratch_layout(run: Prepared) -> dict[str, Any]:
     layout is not resumed): object rows per part, fragment ids, what the rows measure."""
     return {"object_rows_per_part": ROWS_PER_PART, "fragments": FRAGMENTS_LAYOUT, "faces": FACES_LAYOUT,
             "object_stats": run.measure.layout if run.measure else "counts"}
+
+
+def timelapse_table(out: Path, runs: Sequence[tuple[int, int, Path]], csv: bool | None) -> dict[str, Any]:
+    """A time-lapse's objects table in ``out``: its time points' tables (``runs``: t, the input's time
+    point, its run's output) as one, with ``t`` and ``timepoint`` first (:mod:`pipeline.runtime.timelapse`)."""
+    rows = 0
+    for old in part_files(out):
+        old.unlink()
+    empty = None
+    for t, k, run in runs:
+        for i, part in enumerate(part_files(run)):
+            cols = read_part(part)
+            n = len(cols["id"])
+            cols = {"t": np.full(n, t, np.int32), "timepoint": np.full(n, k, np.int32), **cols}
+            if n == 0:  # a time point without objects (its table has fewer columns): no rows to add
+                empty = (f"part-{t:05d}-{i:05d}.parquet", cols) if empty is None else empty
+                continue
+            write_part(out / "objects" / f"part-{t:05d}-{i:05d}.parquet", cols)
+            rows += n
+    if rows == 0 and empty is not None:
+        write_part(out / "objects" / empty[0], empty[1])
+    written = csv if csv is not None else rows <= CSV_LIMIT
+    if written:
+        write_csv(out / "objects.csv", read_objects(out))
+    return {"rows": rows, "csv": written}
