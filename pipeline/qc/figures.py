@@ -208,8 +208,11 @@ def series(path: Path, x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str) -
     """One line of ``y`` over ``x`` (e.g. objects per time point)."""
     fig = Figure(figsize=(6, 2.6))
     ax = fig.add_subplot()
+    from matplotlib.ticker import MaxNLocator
+
     ax.plot(x, y, marker="o", ms=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # time points are whole numbers
+    ax.set_ylim(0, max(1.0, float(np.max(y, initial=0)) * 1.1))
     return _save(fig, path)
