@@ -47,6 +47,7 @@ from ..errors import UsageError
 from ..plan.labels import LabelTarget, check_labels, label_target, label_target_of, recorded_output
 from ..plan.prepare import prepare
 from ..plan.space import check_space
+from ..stages.labels import new_label_group
 from ..stages.objects import timelapse_table
 from ..stages.tracker import CONTOURS, FOREGROUND, create_maps, tracker_maps
 from ..volume.errors import InputError
@@ -214,15 +215,8 @@ def _complete(path: Path) -> bool:
 def _open_labels(store: Store, target: LabelTarget, resumed: bool) -> None:
     """The label image group: the interrupted run's (resumed), else new (replacing what
     :func:`check_labels` allowed)."""
-    if resumed and recorded_output(target.group) == str(Path(store.path).resolve()):
-        return
-    if target.group.exists():
-        shutil.rmtree(target.group)
-    labels = zarr.open_group(str(target.labels_group), mode="a", zarr_format=target.zarr_format)  # type: ignore[arg-type]
-    if not dict(labels.attrs):
-        labels.attrs.put({"labels": []} if target.version == "0.4" else {"ome": {"version": target.version, "labels": []}})
-    group = zarr.open_group(str(target.group), mode="w", zarr_format=target.zarr_format)  # type: ignore[arg-type]
-    group.attrs.update({"pipeline": {"output": str(Path(store.path).resolve()), "complete": False}})
+    if not (resumed and recorded_output(target.group) == str(Path(store.path).resolve())):
+        new_label_group(target, Path(store.path))
 
 
 def _frame_arrays(sub: Path, target: LabelTarget | None, out: Path) -> list[tuple[Path, Path]]:

@@ -51,19 +51,25 @@ def open_label_image(store: Store, target: LabelTarget) -> bool:
     """Client side, before anything writes the segmentation: the label image group, new
     (replacing what :func:`pipeline.plan.labels.check_labels` allowed; True) or the one this output's interrupted run
     began (False). Its levels are created when they are written (:meth:`LabelsStage.run`)."""
-    t = target
-    if store.has_markers(LabelsStage.name) and recorded_output(t.group) == str(Path(store.path).resolve()):
+    if store.has_markers(LabelsStage.name) and recorded_output(target.group) == str(Path(store.path).resolve()):
         return False
+    new_label_group(target, Path(store.path))
+    store.clear_markers_of(f"{LabelsStage.name}_")  # a resumed run that now writes another label image
+    store.create_markers(LabelsStage.name)
+    return True
+
+
+def new_label_group(target: LabelTarget, output: Path) -> None:
+    """The label image's group, empty (what was there removed), recording the run ``output`` that
+    writes it; the ``labels`` group above it made where there is none."""
+    t = target
     if t.group.exists():
         shutil.rmtree(t.group)
     labels = zarr.open_group(str(t.labels_group), mode="a", zarr_format=t.zarr_format)  # type: ignore[arg-type]
     if not dict(labels.attrs):  # a new labels group: valid and empty until the label image is complete
         labels.attrs.put({"labels": []} if t.version == "0.4" else {"ome": {"version": t.version, "labels": []}})
     group = zarr.open_group(str(t.group), mode="w", zarr_format=t.zarr_format)  # type: ignore[arg-type]
-    group.attrs.update({"pipeline": {"output": str(Path(store.path).resolve()), "complete": False}})
-    store.clear_markers_of(f"{LabelsStage.name}_")  # a resumed run that now writes another label image
-    store.create_markers(LabelsStage.name)
-    return True
+    group.attrs.update({"pipeline": {"output": str(output.resolve()), "complete": False}})
 
 
 @dataclass(frozen=True)
