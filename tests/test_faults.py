@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import zarr
 from scipy import ndimage
 
 from pipeline.cli import main
@@ -210,6 +211,46 @@ def test_killed_mid_batch_resumed_on_a_dask_cluster(data, monkeypatch, client1):
     for name, records in before.items():  # restamped in place: same blocks, same digests, new stamps
         assert [r["input"] for r in seen[name]] == [r["input"] for r in records]
         assert [r["stamp"] for r in seen[name]] != [r["stamp"] for r in records]
+
+
+SHARDS = {"shards": [16, 32, 32]}  # 4 shards of 2 x 2 x 2 blocks
+
+
+@pytest.mark.parametrize("mid", [False, True], ids=["between-shards", "mid-shard"])
+def test_sharded_fragments_resume_exactly(data, monkeypatch, capsys, mid):
+    """Sharded fragments (one task per shard, streamed): a run stopped after its first shard (or with
+    the second shard written but not marked) resumes to the uninterrupted result; the scratch holds one
+    file per shard written."""
+    name = f"sharded-{'mid' if mid else 'between'}"
+    cfg = config(data, name, output=SHARDS)
+    crash_in(monkeypatch, cfg, "fragments", after=8, mid=mid)
+    out = data / f"{name}.zarr"
+    assert marked_blocks(out / "scratch" / "done_fragments") == 8  # the first shard, one marker
+    assert len(list((out / "scratch" / "done_fragments").iterdir())) == 1
+    files = [p for p in (out / "scratch" / "fragments" / "c").rglob("*") if p.is_file()]
+    assert len(files) == (2 if mid else 1)
+    code, err = run(["run", str(cfg)], capsys)
+    assert code == 0, err
+    same_result(out, data / "reference.zarr")
+    assert open_group(out).attrs["resumed_blocks"] == 8
+
+
+def test_sharded_fragments_changed_input_recomputes_whole_shards(data, monkeypatch, capsys):
+    """The input changed near one corner after the first shard finished (the blocks whose reads see it:
+    8 of that shard's 16): --recompute-changed computes the whole shard again (a shard has one writer,
+    its batch; its marker would otherwise vouch for a file rewritten since), and the result is the
+    uninterrupted one of the new input."""
+    copy_input(data, "in.zarr", "sharded-in.zarr")
+    cfg = config(data, "sharded-replaced", "sharded-in.zarr", output={"shards": [16, 32, 64]})  # 2 x 2 x 4 blocks
+    crash_in(monkeypatch, cfg, "fragments", after=16)
+    raw = zarr.open_array(str(data / "sharded-in.zarr" / "raw"), mode="r+")
+    raw[2:6, 4:12, 4:12] = 1.0  # inside block 0 (z 0:8, y 0:16, x 0:16): read by it and its 7 neighbours
+    code, err = run(["run", str(cfg), "--recompute-changed"], capsys)
+    assert code == 0, err
+    out = data / "sharded-replaced.zarr"
+    assert open_group(out).attrs["pipeline"]["recomputed_blocks"] == 16
+    assert main(["-q", "run", str(config(data, "sharded-replaced-ref", "sharded-in.zarr"))]) == 0
+    same_result(out, data / "sharded-replaced-ref.zarr")
 
 
 def test_empty_mask_changed(data, tmp_path, monkeypatch, capsys):

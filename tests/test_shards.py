@@ -52,6 +52,38 @@ def test_shard_batches_partition_blocks_by_shard(case):
         assert b == [i for i in todo if shard_of[i] == shard_of[b[0]]]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3).flatmap(
+    lambda grid: st.tuples(st.just(grid), st.lists(st.integers(1, 3), min_size=len(grid), max_size=len(grid)),
+                           st.lists(st.integers(0, int(np.prod(grid)) - 1), max_size=5))))
+def test_shard_mates_are_the_blocks_of_the_touched_shards(case):
+    from pipeline.plan.blocks import BlockPlan
+    from pipeline.stages.sharded import shard_mates
+
+    grid, per, linears = case
+    write = (2,) * len(grid)
+    plan = BlockPlan(tuple(g * 2 for g in grid), write, (0,) * len(grid), (1,) * len(grid))
+    assert tuple(plan.grid) == tuple(grid)
+    shard = lambda i: tuple(c // p for c, p in zip(np.unravel_index(i, grid), per, strict=True))  # noqa: E731
+    want = sorted(i for i in range(int(np.prod(grid))) if shard(i) in {shard(j) for j in linears})
+    assert shard_mates(plan, [p * 2 for p in per], linears).tolist() == want
+
+
+def test_clustering_threads_keep_the_order():
+    import time
+
+    from pipeline.stages.fragments import in_order
+
+    def job(k):
+        def run():
+            time.sleep(0.002 * ((7 * k) % 5))  # finishing out of order
+            return k
+        return run
+
+    for threads in (0, 1, 3):
+        assert list(in_order((job(k) for k in range(20)), threads)) == list(range(20))
+
+
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
@@ -68,9 +100,12 @@ def run(root: Path, name: str, shards, cluster, watch: dict | None = None) -> Pa
         return segment(cfg)
     finish = Store.finish
 
-    def snapshot(self, attrs):  # the relabel markers, before the scratch goes
+    def snapshot(self, attrs):  # the relabel and fragments markers and files, before the scratch goes
         index = self.index("relabel", 32)
         watch["owner"], watch["names"] = index.owner.copy(), index.names
+        watch["fragments"] = self.index("fragments", 32).owner.copy()
+        watch["fragment_files"] = chunk_files(Path(self.path) / "scratch" / "fragments")
+        watch["face_files"] = len(list((Path(self.path) / "scratch" / "faces").iterdir()))
         return finish(self, attrs)
 
     Store.finish = snapshot
@@ -84,7 +119,8 @@ def chunk_files(array: Path) -> int:
     return sum(1 for p in (array / "c").rglob("*") if p.is_file()) if (array / "c").is_dir() else 0
 
 
-@pytest.mark.parametrize("cluster", [{"kind": "serial"}, {"kind": "local", "n_workers": 2}], ids=["serial", "dask"])
+@pytest.mark.parametrize("cluster", [{"kind": "serial"}, {"kind": "local", "n_workers": 2, "threads_per_worker": 2}],
+                         ids=["serial", "dask"])
 def test_sharded_run_equals_unsharded_one_writer_per_shard(volume, cluster):
     plain = run(volume, f"plain-{cluster['kind']}", "none", cluster)
     watch: dict = {}
@@ -97,13 +133,16 @@ def test_sharded_run_equals_unsharded_one_writer_per_shard(volume, cluster):
         np.testing.assert_array_equal(a[key], b[key])
     assert chunk_files(sharded / "segmentation") == 4 < chunk_files(plain / "segmentation")
     # one writer per shard: the blocks of each shard (grid (2, 4, 4), 2 x 2 blocks in y, x per shard)
-    # were relabelled by one task, whose marker names them all
-    owner = watch["owner"].reshape(2, 4, 4)
-    for y in range(2):
-        for x in range(2):
-            held = owner[:, 2 * y: 2 * y + 2, 2 * x: 2 * x + 2]
-            assert len(set(held[held >= 0].tolist())) == 1
-    assert len(set(watch["owner"][watch["owner"] >= 0].tolist())) == 4
+    # were relabelled by one task, whose marker names them all; the same for the fragments scratch,
+    # sharded alike: one file and one task (one faces file) per shard
+    for key in ("owner", "fragments"):
+        owner = watch[key].reshape(2, 4, 4)
+        for y in range(2):
+            for x in range(2):
+                held = owner[:, 2 * y: 2 * y + 2, 2 * x: 2 * x + 2]
+                assert len(set(held[held >= 0].tolist())) == 1
+        assert len(set(watch[key][watch[key] >= 0].tolist())) == 4
+    assert watch["fragment_files"] == 4 and watch["face_files"] == 4
     # the label image: every level equal, sharded where asked, valid OME-Zarr 0.5
     levels = json.loads((sharded / "labels" / "segmentation" / "zarr.json").read_text())["attributes"]["ome"]
     for ds in levels["multiscales"][0]["datasets"]:

@@ -24,14 +24,14 @@ def input_format(path: Path | str, vol: Any) -> str:
 
 
 def array_files(run: Any, target: Any) -> str:
-    """The most files each label array will have (output.shards; the fragments scratch: one per chunk)."""
+    """The most files each label array and the fragments scratch will have (output.shards)."""
     from ..plan.shards import describe_files
     from ..stages.relabel import restore_plan
 
     plan = restore_plan(run.volume.shape, run.plan, run.zoom) if run.zoom else run.plan
     arrays = {"segmentation": (plan.volume, plan.write_shape)}
     arrays |= {f"label level {lv.path}": (lv.shape, lv.chunks) for lv in (target.levels if target else ()) if lv.kind != "copy"}
-    scratch = describe_files("none", {"scratch/fragments": (run.plan.volume, run.plan.write_shape)})
+    scratch = describe_files(run.config.output.shards, {"scratch/fragments": (run.plan.volume, run.plan.write_shape)})
     return f"{describe_files(run.config.output.shards, arrays)}; {scratch} (scratch, removed at the end)"
 
 

@@ -124,7 +124,7 @@ class OutputConfig(Frozen):
         "none: only when there are at most 100,000 objects"
     )
     shards: Literal["auto", "none"] | tuple[Annotated[int, Field(gt=0)], ...] = Field(
-        "auto", description="the label arrays (segmentation, the label image's levels) as zarr v3 shards, one file "
+        "auto", description="the label arrays (segmentation, the label image's levels) and the fragments scratch as zarr v3 shards, one file "
         "per brick of chunks, each written by one task: [z, y, x] voxels per shard (rounded up to whole "
         "chunks); auto = shards of about 2**26 voxels for an array of more than 10,000 chunks (a dense 1 TB "
         "volume: 8,192 files instead of 2 million), else one file per chunk; none = one file per chunk. "

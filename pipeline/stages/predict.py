@@ -108,28 +108,41 @@ def prefetched(cfg: InputConfig, blocks: Sequence[Block], zoom: tuple[float, ...
 Predicted = tuple[np.ndarray, np.ndarray] | None
 
 
-def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False) -> list[tuple[Predicted, dict[str, Any]]]:
-    """``((embeddings (E, *valid), foreground (*valid)), record)`` of every block: the network's
-    output cropped to the part of the write box inside the volume, and the block's input record
-    (see :func:`read_input`); with ``skip_empty``, None instead of the output for a block whose
-    input is background (see :mod:`pipeline.plan.empty`), not predicted."""
+def predict_stream(task: Task, blocks: Sequence[Block], skip_empty: bool = False) -> Iterator[tuple[Predicted, dict[str, Any]]]:
+    """``((embeddings (E, *valid), foreground (*valid)), record)`` of every block, in order, as the
+    network gives them: the output cropped to the part of the write box inside the volume, and the
+    block's input record (see :func:`read_input`); with ``skip_empty``, None instead of the output for
+    a block whose input is background (see :mod:`pipeline.plan.empty`), not predicted. Holds the
+    outputs of one forward pass (and the prefetched inputs), not the batch's."""
     pred = get_predictor(task.checkpoint, task.device, task.precision, task.channels_last, task.threads)
-    out: list[Predicted] = [None] * len(blocks)
     records: list[dict[str, Any]] = [{}] * len(blocks)
-    predicted: list[int] = []
+    predicted: deque[int] = deque()
+    read = 0  # blocks whose input was read (and records taken)
 
     def inputs() -> Iterator[np.ndarray]:
+        nonlocal read
         for i, (_, data, record) in enumerate(prefetched(task.input, blocks, task.zoom)):
-            records[i] = record
+            records[i], read = record, i + 1
             if not (skip_empty and task.background is not None and is_empty(data, task.background)):
                 predicted.append(i)
                 yield data
 
-    for k, y in enumerate(pred.stream(inputs(), task.stats, task.batch_size)):
-        block = blocks[predicted[k]]
+    done = 0  # blocks yielded
+    for y in pred.stream(inputs(), task.stats, task.batch_size):
+        k = predicted.popleft()
+        for i in range(done, k):  # empty blocks read before this one
+            yield None, records[i]
+        block = blocks[k]
         rel = block.valid.to_slices(relative_to=block.write)
-        out[predicted[k]] = (y[(slice(0, -1), *rel)], y[(-1, *rel)])
-    return list(zip(out, records, strict=True))
+        yield (y[(slice(0, -1), *rel)], y[(-1, *rel)]), records[k]
+        done = k + 1
+    for i in range(done, read):  # empty blocks after the last predicted one
+        yield None, records[i]
+
+
+def predict_blocks(task: Task, blocks: Sequence[Block], skip_empty: bool = False) -> list[tuple[Predicted, dict[str, Any]]]:
+    """:func:`predict_stream` of ``blocks`` as a list (the batch's outputs held together)."""
+    return list(predict_stream(task, blocks, skip_empty))
 
 
 def changed_inputs(task: Task, stage: str, linears: Batch, content: bool, files: Sequence[str]) -> list[int]:

@@ -22,11 +22,10 @@ from scipy import ndimage
 
 from ..geometry import Box
 from ..plan.blocks import Block, BlockPlan, rows, span
-from ..plan.shards import shard_batches, shard_shape
+from ..plan.shards import shard_shape
 from ..runtime.engine import Batch, Engine
 from ..runtime.markers import batch_name, marker_name
 from ..runtime.store import FRAGMENTS, ZOOMED
-from ..volume.io import write_region
 from ..volume.resample import nearest_indices
 from .base import BlockStage, Task
 from .ids import object_stats
@@ -35,6 +34,7 @@ from .merge import select_tables
 from .objects import part_of, stats_rows
 from .predict import input_volume
 from .relabel_kernel import relabel_block
+from .sharded import Output, batches_for
 
 SEGMENTATION = "segmentation"
 
@@ -127,13 +127,8 @@ class RelabelStage(BlockStage):
         self.store.create(self.target, self.plan.volume, self.plan.write_shape, self.dtype, shards=shards)
 
     def batches(self, todo: np.ndarray, blocks_per_task: int) -> Sequence[list[int]]:
-        """Whole shards per task when the target is sharded (one writer per shard file), else
-        ``blocks_per_task`` blocks."""
-        shards = getattr(self.store.array(self.target, mode="r"), "shards", None)
-        if not shards:
-            return super().batches(todo, blocks_per_task)
-        per = [s // w for s, w in zip(shards, self.plan.write_shape, strict=True)]
-        return shard_batches(todo, self.plan.grid, per)
+        """Whole shards per task when the target is sharded (one writer per shard file)."""
+        return batches_for(self.store.array(self.target, mode="r"), self.plan, todo, blocks_per_task)
 
     def process(self, blocks: Sequence[Block], loaded: Any, *args: Any) -> Iterator[tuple[Block, None]]:
         """Neighbouring blocks along the last axis are read and written together (one zarr
@@ -198,30 +193,6 @@ class RelabelStage(BlockStage):
             ring = ring_partials(labels[around.to_slices(relative_to=grown)],
                                  block.valid.to_slices(relative_to=around), values, self.ring, found["id"])
         return block_partials(found, own, ring)
-
-
-class Output:
-    """Where a batch's labels go: into the array box by box; for a sharded array, into one buffer over
-    the batch's blocks (whole shards, see :meth:`RelabelStage.batches`), written once by :meth:`close`
-    (a shard written in pieces is read and rewritten whole each time)."""
-
-    def __init__(self, arr: Any, blocks: Sequence[Block], dtype: str) -> None:
-        self.arr, self.box, self.buffer = arr, None, None
-        if getattr(arr, "shards", None) and blocks:
-            lo = np.min([b.valid.offset for b in blocks], axis=0)
-            hi = np.max([b.valid.end for b in blocks], axis=0)
-            self.box = Box(tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo))
-            self.buffer = np.zeros(self.box.shape, dtype)
-
-    def put(self, box: Box, labels: np.ndarray) -> None:
-        if self.buffer is None or self.box is None:
-            write_region(self.arr, box.to_slices(), labels)
-        else:
-            self.buffer[box.to_slices(relative_to=self.box)] = labels
-
-    def close(self) -> None:
-        if self.buffer is not None and self.box is not None:
-            write_region(self.arr, self.box.to_slices(), self.buffer)
 
 
 def ring_linears(plan: BlockPlan, linears: Batch, ring: int) -> list[int]:
