@@ -389,3 +389,30 @@ def test_a_movie_that_clearly_does_not_fit_is_refused_before_it_starts(movie, tm
     with pytest.raises(UsageError, match="this run needs about"):
         segment({**config(root, "x"), "output": {"path": str(tmp_path / "m.zarr")}})
     assert not (tmp_path / "m.zarr" / "timepoints").exists()  # nothing ran
+
+
+def test_a_time_point_of_wider_labels_widens_the_stack(tmp_path):
+    """A time point whose labels need uint64 (more than 2**32 - 1 objects) after uint32 ones: the stack
+    is rewritten in uint64, the earlier time points kept, the new one put in (linked: same layout now)."""
+    from pipeline.runtime.stack import create_stack, put_timepoint
+    from pipeline.volume.io import create_array, open_group
+
+    rng = np.random.default_rng(0)
+    group = open_group(tmp_path / "frames.zarr", mode="w")
+    narrow = create_array(group, "t0", (6, 8, 8), (3, 4, 4), "uint32")
+    first = rng.integers(0, 5, (6, 8, 8)).astype(np.uint32)
+    narrow[...] = first
+    wide = create_array(group, "t1", (6, 8, 8), (3, 4, 4), "uint64")
+    second = rng.integers(0, 5, (6, 8, 8)).astype(np.uint64) * (2**40)
+    wide[...] = second
+    open_group(tmp_path / "out.zarr", mode="w")
+    stack = create_stack(tmp_path / "out.zarr", "stack", narrow, 2)
+    assert str(stack.dtype) == "uint32"
+    assert put_timepoint(tmp_path / "frames.zarr" / "t0", tmp_path / "out.zarr" / "stack", 0) == "linked"
+    assert put_timepoint(tmp_path / "frames.zarr" / "t1", tmp_path / "out.zarr" / "stack", 1) == "linked"
+    out = zarr.open_array(str(tmp_path / "out.zarr" / "stack"), mode="r")
+    assert str(out.dtype) == "uint64" and out.metadata.dimension_names == ("t", "z", "y", "x")
+    np.testing.assert_array_equal(out[0], first)
+    np.testing.assert_array_equal(out[1], second)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "frames.zarr" / "t0"), mode="r")[...], first)
+    assert sorted(p.name for p in (tmp_path / "out.zarr").iterdir()) == ["stack", "zarr.json"]

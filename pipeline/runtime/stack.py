@@ -75,19 +75,45 @@ def put_timepoint(frame_path: Path, stack_path: Path, t: int) -> str:
     if tuple(stack.shape[1:]) != tuple(frame.shape) or stack.ndim != frame.ndim + 1:
         raise OutputError(f"time point {t} ({frame_path}) has shape {list(frame.shape)}, the other time points "
                           f"{list(stack.shape[1:])}: every time point of a time-lapse must have the same shape")
-    if np.dtype(frame.dtype).itemsize > np.dtype(stack.dtype).itemsize:
-        raise OutputError(f"time point {t} ({frame_path}) holds {frame.dtype} labels, the stack {stack.dtype}: "
-                          "more than 2**32 - 1 objects in one time point; rerun with --overwrite")
+    if np.dtype(frame.dtype).itemsize > np.dtype(stack.dtype).itemsize:  # more than 2**32 - 1 objects in this one
+        logger.info("time point %d holds %s labels, the earlier ones %s: the stack %s is rewritten in %s",
+                    t, frame.dtype, stack.dtype, stack_path.name, frame.dtype)
+        stack = widen_stack(stack_path, frame.dtype)
     if same_layout(frame, stack):
         return _link_files(Path(frame.store_path.store.root) / frame.store_path.path, stack_path, t)
     _clear_timepoint(stack, t)
-    step = tuple(getattr(frame, "shards", None) or frame.chunks)
-    for corner in np.ndindex(*(-(-n // s) for n, s in zip(frame.shape, step, strict=True))):
-        box = tuple(slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(corner, step, frame.shape, strict=True))
-        data = np.asarray(frame[box])
-        if data.any() or frame.fill_value != stack.fill_value:
-            write_region(stack, (slice(t, t + 1), *box), data.astype(stack.dtype, copy=False)[None])
+    _recode(frame, stack, t)
     return "recoded"
+
+
+def _recode(src: zarr.Array, dst: zarr.Array, t: int | None = None) -> None:
+    """``src`` decoded shard by shard (or chunk by chunk) and written into ``dst`` (at time point ``t``
+    of it when given) in ``dst``'s data type; cells holding only 0 are left out where the fill values agree."""
+    step = tuple(getattr(src, "shards", None) or src.chunks)
+    for corner in np.ndindex(*(-(-n // s) for n, s in zip(src.shape, step, strict=True))):
+        box = tuple(slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(corner, step, src.shape, strict=True))
+        data = np.asarray(src[box]).astype(dst.dtype, copy=False)
+        if data.any() or src.fill_value != dst.fill_value:
+            write_region(dst, box if t is None else (slice(t, t + 1), *box), data if t is None else data[None])
+
+
+def widen_stack(stack_path: Path, dtype: Any) -> zarr.Array:
+    """The stack at ``stack_path`` rewritten in the wider ``dtype`` (a time point with more than 2**32 - 1
+    objects after time points of fewer): written beside it, then put in its place; its chunk files no
+    longer share bytes with the earlier time points' arrays (those are kept as they are)."""
+    old = zarr.open_array(str(stack_path), mode="r")
+    beside, narrow = (stack_path.with_name(f"{stack_path.name}.{what}") for what in ("wider", "narrow"))
+    for leftover in (beside, narrow):  # of a run stopped while widening
+        shutil.rmtree(leftover, ignore_errors=True)
+    dims = old.metadata.dimension_names if old.metadata.zarr_format == 3 else None
+    new = create_array(open_group(stack_path.parent), beside.name, old.shape, old.chunks, str(np.dtype(dtype)),
+                       fill_value=old.fill_value, shards=getattr(old, "shards", None), dims=dims)
+    new.attrs.update(dict(old.attrs))
+    _recode(old, new)
+    os.rename(stack_path, narrow)
+    os.rename(beside, stack_path)
+    shutil.rmtree(narrow)
+    return zarr.open_array(str(stack_path), mode="r+")
 
 
 def _link_files(frame: Path, stack: Path, t: int) -> str:
