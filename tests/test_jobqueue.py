@@ -159,6 +159,22 @@ def test_guard_counts_a_retirement_seen_late_as_a_retirement():
     assert set(fake.workers) == {"job-1"} and guard.fatal is None
 
 
+def test_guard_submits_again_a_job_the_cluster_closed_before_it_connected():
+    """dask's SpecCluster reuses a replaced job's name for its replacement and closes the job of that name
+    15 s after the old worker left if no worker of that name is connected: the replacement, slow to
+    start, is cancelled with its spec kept. The guard submits it again (the run would wait forever)."""
+    fake = FakeCluster(1)
+    cfg = cluster(kind="pbs", n_workers=1, worker_lifetime="20s", max_worker_restarts=0)
+    guard = JobGuard(fake, cfg, interval=1, grace=5)
+    guard.check(now=0)
+    fake.workers.pop("job-0")  # closed by the cluster, its spec kept
+    guard.check(now=1)
+    guard.check(now=4)
+    assert not fake.workers  # within the grace: maybe the cluster is still submitting it
+    guard.check(now=7)
+    assert len(fake.workers) == 1 and guard.restarts == 0 and guard.lost == 0 and guard.fatal is None
+
+
 def test_engine_stops_when_the_guard_gives_up(client1):
     """A fatal guard error ends a wait on tasks that can never run (cancelled futures), within seconds."""
     from pipeline.cluster.deploy import cancel_all

@@ -37,6 +37,7 @@ class JobGuard:
         self._seen: dict[str, float] = {}  # job -> when its workers connected, at the earliest
         self._last: float | None = None  # when the previous check began
         self._gone: dict[str, float] = {}  # job -> since when its workers are missing
+        self._unopened: dict[str, float] = {}  # job spec without a job -> since when
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-guard", daemon=True)
 
@@ -130,6 +131,7 @@ class JobGuard:
                            self.restarts, self.cfg.max_worker_restarts)
         if ended and self.cfg.adaptive is None:
             self.cluster.scale(jobs=max(0, jobs(self.cfg) - self.lost))
+        self.reopen(now)
         if self.lost and not self.cluster.workers and not self.cluster.scheduler_info.get("workers"):
             self.fatal = WorkersLost(
                 f"cluster: every {self.cfg.kind} worker job is gone and cluster.max_worker_restarts "
@@ -140,3 +142,20 @@ class JobGuard:
             if self.on_fatal is not None:
                 self.on_fatal(self.fatal)
 
+
+    def reopen(self, now: float) -> None:
+        """Submit again the jobs whose spec has had no job for ``grace`` seconds. dask's SpecCluster gives
+        a replacement the name of the job it replaces, and closes the job of that name once the old
+        worker has been gone ``distributed.deploy.lost-worker-timeout`` (15 s) if no worker of that name
+        is connected by then: a replacement slow to start is cancelled, its spec kept, nothing submitted
+        again, and the run would wait for workers forever."""
+        if self.cfg.adaptive is not None:
+            return
+        missing = set(self.cluster.worker_spec) - set(self.cluster.workers)
+        self._unopened = {name: self._unopened.get(name, now) for name in missing}
+        late = [name for name, since in self._unopened.items() if now - since >= self.grace]
+        if late:
+            logger.info("%d worker job(s) closed by the cluster before their worker connected; submitting them "
+                        "again", len(late))
+            self._unopened.clear()
+            self.cluster.scale(jobs=len(self.cluster.worker_spec))  # the same jobs: those missing are opened
