@@ -8,7 +8,7 @@ import torch
 
 from pipeline.config import ConfigError
 from pipeline.network.checkpoint import load_checkpoint
-from pipeline.network.model import ModelSpec
+from pipeline.network.model import ModelSpec, init_model
 from pipeline.train import AugmentConfig, CropSampler, SyntheticSource, TrainConfig, train
 from pipeline.volume.synthetic import SyntheticSpec, generate
 
@@ -141,7 +141,7 @@ def test_a_time_limit_cuts_the_calibration_grid_and_records_who_trained(tmp_path
     monkeypatch.setattr(calibrate, "EVERY_S", 0.0)
     orig = calibrate.fragments
 
-    def slow(*a, **k):  # 0.2 s per clustering key and volume: the grid's 40 keys take 16 s
+    def slow(*a, **k):  # 0.2 s per clustering key and volume: the grid's 50 keys take 20 s
         time.sleep(0.2)
         return orig(*a, **k)
 
@@ -196,6 +196,45 @@ def test_calibrate_stores_the_best_clustering(tmp_path):
     assert evaluate(seg, lab).at(0.5)["ap"] == pytest.approx(extra["metrics"]["ap50"])
 
 
+def test_calibration_by_worst_volume_keeps_the_setting_no_volume_fails(monkeypatch):
+    """``calibrate_by: worst`` ranks a clustering setting by the volume it does worst on, so a dense
+    volume of 20 objects cannot outvote one of 2 (as synthetic looks outvoted the real BBBC050 volume,
+    RESULTS.md); ``pooled`` keeps the most objects right overall. A stand-in clustering loses objects by
+    foreground threshold: at 0.95 the 2-object volume loses one, at 0.9 the 20-object volume loses 4."""
+    import importlib
+
+    from pipeline.train.data import Volume
+
+    calibrate = importlib.import_module("pipeline.train.calibrate")  # the module, not the function
+    assert calibrate.ranking(0.95, 0.5, [1.0, 0.5], 0, "worst") < calibrate.ranking(0.8, 0.5, [0.8, 1.0], 1, "worst")
+    assert calibrate.ranking(0.95, 0.5, [1.0, 0.5], 0) > calibrate.ranking(0.8, 0.5, [0.8, 1.0], 1)
+
+    def squares(n: int) -> np.ndarray:
+        labels = np.zeros((8, 8 * n), np.uint32)
+        for i in range(n):
+            labels[2:6, 8 * i + 2 : 8 * i + 6] = i + 1
+        return labels
+
+    rng = np.random.default_rng(0)
+    volumes = [Volume(rng.random((8, 8 * n), np.float32), squares(n)) for n in (20, 2)]
+    lost = {0.95: (0, 1), 0.9: (4, 0)}  # objects lost per volume at a threshold; 10 and 1 at any other
+
+    def stand_in(emb, fg, params):
+        which = int(fg.shape[-1] == 16)
+        keep = squares(len(np.unique(volumes[which].labels)) - 1)
+        drop = lost.get(params.foreground_threshold, (10, 1))[which]
+        return np.where(keep > keep.max() - drop, 0, keep)
+
+    monkeypatch.setattr(calibrate, "predict_whole", lambda pred, image, stats: np.zeros((2, *image.shape[1:]), np.float32))
+    monkeypatch.setattr(calibrate, "fragments", stand_in)
+    model = init_model(ModelSpec(ndim=2, downsample=[[2, 2]], base_features=2, embed_dim=2))
+    pooled = calibrate.validate(model, volumes, 1.5, "cpu")
+    worst = calibrate.validate(model, volumes, 1.5, "cpu", by="worst")
+    assert pooled["clustering"]["foreground_threshold"] == 0.95 and pooled["worst_ap50"] == pytest.approx(0.5)
+    assert worst["clustering"]["foreground_threshold"] == 0.9 and worst["worst_ap50"] == pytest.approx(0.8)
+    assert (worst["ap50"], pooled["ap50"]) == pytest.approx((18 / 22, 21 / 22))  # worst gives up pooled AP
+
+
 def test_data_loading_workers_use_one_thread():
     """Workers limit numpy's BLAS and torch to one thread each (N workers x all-core pools
     oversubscribe the CPU)."""
@@ -236,7 +275,7 @@ def test_full_calibration_grid_only_at_the_end(tmp_path, monkeypatch):
                       val_every=5, calibrate=False, out=tmp_path / "q.pt"))
     assert calls == [False, False]
     assert len(train_mod.clustering_grid(1.5, 100.0, full=False)) == 2
-    assert len(train_mod.clustering_grid(1.5, 100.0)) == 4 * (4 + 2 * 3) * 3
+    assert len(train_mod.clustering_grid(1.5, 100.0)) == 5 * (4 + 2 * 3) * 3
 
 
 # a few seconds on 2 CPU cores: one iteration of a 2-feature net on two small generated volumes

@@ -125,8 +125,12 @@ class TrainConfig(Frozen):
     lr: float | None = Field(None, gt=0, description="none: 1e-3 (a fine-tune: 5e-4)")
     val_every: int | None = Field(None, gt=0, description="none: 200 (a fine-tune on a CPU: 100)")
     calibrate: bool = Field(True, description="score the full clustering grid at the last validation and keep "
-                            "the best as the checkpoint's clustering (minutes on a CPU: ~3 per (40,128,128) crop); "
+                            "the best as the checkpoint's clustering (minutes on a CPU: ~4 per (40,128,128) crop); "
                             "false: the two quick candidates (`pipeline calibrate` can score the grid later)")
+    calibrate_by: Literal["pooled", "worst"] = Field(
+        "pooled", description="how calibration ranks clustering settings over several validation volumes: pooled "
+        "(AP@0.5 of all their objects together) or worst (the AP@0.5 of the volume a setting does worst on first: "
+        "for validation volumes of different looks, where one dense look would outvote a volume of few objects)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0)

@@ -173,6 +173,7 @@ def train(cfg: TrainConfig, progress: bool = False) -> Path:
             # the full calibration grid at the end (unless calibrate: false), two candidates before
             started = time.perf_counter()
             metrics = validate(model, val, cfg.loss.delta_d, device, full=last and cfg.calibrate, timing=timing,
+                               by=cfg.calibrate_by,
                                deadline=t0 + sch.time_limit_s if sch.time_limit_s and last else None)
             if last and cfg.calibrate:
                 logger.info("calibrated the clustering on %d validation volume(s) in %.0f s", len(val),
