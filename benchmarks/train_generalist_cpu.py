@@ -9,7 +9,12 @@ distinct from `benchmarks/looks.py`'s 2000/2001).
 
 Each sitting trains for ``--minutes`` (checkpoint at every validation, so a killed sitting loses at
 most ``val_every`` iterations), then scores every held-out look on its own and appends one row per
-look to ``<work>/curve.tsv``; the next sitting resumes ``<work>/generalist.pt``. Run it in the
+look to ``<work>/curve.tsv``; the next sitting resumes ``<work>/generalist.pt``. A sitting ends with the
+full calibration grid on the held-out volumes (inside its time limit; ``calibrate_by: worst``, the setting
+whose worst look scores highest, so that the dense look's many nuclei do not pick a foreground threshold
+that splits real nuclei), so each row scores the weights with
+the clustering they would ship with (until iteration 9,136 the checkpoints kept the better of the two quick
+candidates and the curve understated the weights: see RESULTS.md). Run it in the
 background under ``nice`` and stop it with SIGTERM or by killing it: the last checkpoint stays.
 
     nice -n 19 python benchmarks/train_generalist_cpu.py --work ~/generalist --minutes 40 --sittings 15
@@ -78,8 +83,8 @@ def write_volumes(work: Path) -> tuple[list[dict[str, str]], dict[str, Path]]:
 
 
 def score_looks(checkpoint: Path, held_out: dict[str, Path]) -> dict[str, float]:
-    """AP@0.5 per held-out look with the checkpoint's own clustering (no calibration; whole-volume
-    prediction and one clustering, objects under min_size removed, as a run of one block)."""
+    """AP@0.5 per held-out look with the checkpoint's own clustering (the sitting's final calibration;
+    whole-volume prediction and one clustering, objects under min_size removed, as a run of one block)."""
     from pipeline.volume.io import open_array
 
     ckpt = open_checkpoint(str(checkpoint))
@@ -118,8 +123,8 @@ def main() -> None:
                           validation=tuple({"image": str(p), "labels": str(p), "image_dataset": "raw",
                                             "labels_dataset": "labels"} for p in held_out.values()),
                           loss={"delta_v": 0.5, "delta_d": 1.5, "foreground": 2.0},
-                          output_shape=(16, 48, 48), batch_size=4, lr=5e-4, val_every=200, calibrate=False,
-                          time_limit_s=args.minutes * 60, threads=args.threads, out=out, overwrite=True)
+                          output_shape=(16, 48, 48), batch_size=4, lr=5e-4, val_every=200, calibrate=True,
+                          calibrate_by="worst", time_limit_s=args.minutes * 60, threads=args.threads, out=out, overwrite=True)
         train(cfg)
         row = score_looks(out, held_out)
         iterations = open_checkpoint(str(out)).info.iterations

@@ -44,7 +44,8 @@ def write_demo_input(src: Path, size: tuple[int, ...] | list[int] = (48, 128, 12
 
 
 def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed: int = 7, overwrite: bool = False,
-             n_workers: int = 2, progress: bool = False, look: str = "demo", crops: int = 0) -> dict[str, Any]:
+             n_workers: int = 2, progress: bool = False, look: str = "demo", crops: int = 0,
+             model: str = "demo") -> dict[str, Any]:
     if look not in APPEARANCES:
         raise OutputError(f"--look '{look}' is not an appearance; use one of {', '.join(APPEARANCES)}")
     if out.exists():
@@ -54,12 +55,12 @@ def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed
     out.mkdir(parents=True)
     src = out / "input.zarr"
     labels = write_demo_input(src, size, seed, look)
-    finetune = write_crops(out, look, crops, seed) if crops else None
+    finetune = write_crops(out, look, crops, seed, init=model) if crops else None
     t0 = time.perf_counter()
     result = segment({
         "input": {"path": str(src), "dataset": "raw"},
         "output": {"path": str(out / "result.zarr")},
-        "model": {"checkpoint": "demo"},
+        "model": {"checkpoint": model},
         "cluster": {"kind": "local", "n_workers": n_workers, "threads_per_worker": 1},
     }, progress=progress)
     seconds = time.perf_counter() - t0
@@ -70,11 +71,12 @@ def run_demo(out: Path, size: tuple[int, ...] | list[int] = (48, 128, 128), seed
 
 
 def write_crops(out: Path, look: str, count: int, seed: int, shape: tuple[int, ...] = CROP_SHAPE,
-                fraction: float = CROP_FRACTION) -> Path:
+                fraction: float = CROP_FRACTION, init: str = "demo") -> Path:
     """``count`` training crops of ``look`` (other seeds than the demo volume), each a zarr group
     ``crops/crop-NNN.zarr`` with ``image``, ``labels`` and ``annotated`` (``fraction`` of the nuclei
     and a background ring around them), and ``finetune.yaml`` that fine-tunes the bundled model on
-    them (the last crop held out for validation and calibration). Returns the config's path."""
+    them (the last crop held out for validation and calibration; ``init``: the model it starts from).
+    Returns the config's path."""
     entries = []
     for k in range(count):
         image, labels = generate(demo_spec(look, shape), seed=seed + 1000 + k)
@@ -84,10 +86,10 @@ def write_crops(out: Path, look: str, count: int, seed: int, shape: tuple[int, .
             write_zarr(path, arr, chunks=(16, 64, 64), name=name)
         entries.append({"image": str(path), "image_dataset": "image", "labels": str(path), "labels_dataset": "labels",
                         "annotated": str(path), "annotated_dataset": "annotated"})
-    config = {"init": "demo", "data": entries, "validation_split": 1,
+    config = {"init": init, "data": entries, "validation_split": 1,
               "out": str((out / "finetuned.pt").resolve())}
     target = out / "finetune.yaml"
-    header = (f"# Fine-tune the bundled model on {count} partly annotated crops of the '{look}' look ({fraction:.0%} of\n"
+    header = (f"# Fine-tune the bundled model '{init}' on {count} partly annotated crops of the '{look}' look ({fraction:.0%} of\n"
               "# their nuclei labelled; 'annotated' marks what was). On a CPU without schedule keys: 10 minutes.\n"
               f"#   pipeline train {target}\n")
     target.write_text(header + yaml.safe_dump(config, sort_keys=False))

@@ -134,7 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.crops is None:
         args.crops = 0 if args.look == "demo" else 3
     result = run_demo(Path(args.out), size=args.size, seed=args.seed, overwrite=args.overwrite,
-                      n_workers=args.workers, progress=not args.quiet, look=args.look, crops=args.crops)
+                      n_workers=args.workers, progress=not args.quiet, look=args.look, crops=args.crops,
+                      model=args.model)
     print(f"demo volume: {result['input']}")
     print(f"segmentation: {result['output']}/segmentation ({result['objects']} objects, "
           f"ground truth {result['gt_objects']})")
@@ -177,14 +178,16 @@ def add_run_command(sub: Any) -> None:
 
 
 def add_demo_command(sub: Any) -> None:
-    p = sub.add_parser("demo", help="generate a synthetic volume, segment it with the demo model, score it")
+    p = sub.add_parser("demo", help="generate a synthetic volume, segment it with a bundled model, score it")
     p.add_argument("--out", default="pipeline-demo", help="folder for the demo input and output")
     p.add_argument("--size", type=int, nargs=3, default=[48, 128, 128], metavar=("Z", "Y", "X"))
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--look", default="demo", help="appearance of the volume: demo (the bundled model's training "
-                   "look), lightsheet, lightsheet-dense, confocal, widefield")
+                   "look), lightsheet, lightsheet-dense, confocal, stardist-like, widefield")
+    p.add_argument("--model", default="demo", help="the model that segments it (and that --crops' config "
+                   "fine-tunes): demo (the default) or generalist (every look), or a checkpoint file")
     p.add_argument("--crops", type=int, default=None, help="also write this many partly annotated training crops and "
                    "a fine-tuning config (default: 3 with a --look other than demo, else 0)")
     p.set_defaults(func=cmd_demo)

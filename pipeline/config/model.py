@@ -36,7 +36,8 @@ class NormalisationConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    checkpoint: str = Field("demo", description="checkpoint file, or `demo` for the bundled model")
+    checkpoint: str = Field("demo", description="checkpoint file, or a bundled model: `demo` (the default, one look "
+                            "of nuclei) or `generalist` (light-sheet, confocal, widefield and dense looks too)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["float32", "tf32", "float64", "bfloat16"] = Field(
         "float32", description="float32: IEEE on every device; tf32 (GPU): TF32 convolutions and matmuls; "

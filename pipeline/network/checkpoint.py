@@ -42,6 +42,9 @@ FORMAT = "pipeline-unet"
 FORMAT_VERSION = 1
 
 DEMO_CHECKPOINT = Path(__file__).parents[1] / "data" / "demo.pt"
+# the bundled models by name: the default (trained on one look of nuclei) and the CPU-trained generalist
+# (every generated look and BBBC050-8; opt-in until it is as good on the demo look, benchmarks/RESULTS.md)
+BUNDLED = {"demo": DEMO_CHECKPOINT, "generalist": DEMO_CHECKPOINT.with_name("generalist.pt")}
 _FIX_METADATA = "correct it in the checkpoint's 'extra' JSON, or re-create the checkpoint with 'pipeline train'"
 
 
@@ -63,19 +66,17 @@ class Checkpoint:
         return self.model.spec
 
 
-DEMO_AUTHORS = ("the pipeline's developers",)  # the bundled model records none
+DEMO_AUTHORS = ("the pipeline's developers",)  # the bundled demo model records none
 
 
 def checkpoint_authors(ck: Checkpoint) -> tuple[str, ...]:
-    """The authors a checkpoint records (the bundled model: :data:`DEMO_AUTHORS`); () if none."""
-    return ck.info.authors or (DEMO_AUTHORS if ck.path == DEMO_CHECKPOINT else ())
+    """The authors a checkpoint records (a bundled model: :data:`DEMO_AUTHORS`); () if none."""
+    return ck.info.authors or (DEMO_AUTHORS if ck.path in BUNDLED.values() else ())
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """``demo`` names the bundled model; anything else is a file path."""
-    if str(path) == "demo":
-        return DEMO_CHECKPOINT
-    return Path(path)
+    """``demo`` and ``generalist`` name the bundled models (:data:`BUNDLED`); anything else is a file path."""
+    return BUNDLED.get(str(path), Path(path))
 
 
 def _digest(data: bytes) -> str:
@@ -134,8 +135,8 @@ def _read(path: str | Path) -> tuple[Path, bytes, UNet, dict[str, Any]]:
     if not p.is_file():
         raise CheckpointError(
             f"model.checkpoint: no file at '{p}' (give the path of a .pt file made by "
-            "'pipeline model init' or 'pipeline train', a bioimage.io package's rdf.yaml, or 'demo' for the "
-            "bundled model)"
+            "'pipeline model init' or 'pipeline train', a bioimage.io package's rdf.yaml, or 'demo' or "
+            "'generalist' for a bundled model)"
         )
     if is_package(p):
         data, model, extra = read_bioimageio(p)
@@ -248,6 +249,7 @@ def read_bioimageio(path: Path) -> tuple[bytes, UNet, dict[str, Any]]:
 
 
 __all__ = [
+    "BUNDLED",
     "DEMO_AUTHORS",
     "DEMO_CHECKPOINT",
     "FORMAT",

@@ -32,7 +32,7 @@ import tifffile
 import torch
 import yaml
 
-from .checkpoint import CheckpointError, ExportNet, checkpoint_authors, open_checkpoint
+from .checkpoint import BUNDLED, CheckpointError, ExportNet, checkpoint_authors, open_checkpoint
 from .metadata import local_author
 from .model import ModelSpec, UNet
 
@@ -135,7 +135,7 @@ def export_bioimageio(checkpoint: str | Path, out: str | Path, name: str | None 
         raise CheckpointError(f"--out '{out}' is a folder that is not empty; choose another or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     spec, info = ckpt.spec, ckpt.info.model_dump(mode="json", exclude_unset=True)
-    name = name or ("pipeline demo nuclei" if str(checkpoint) == "demo" else Path(str(checkpoint)).stem)
+    name = name or (f"pipeline {checkpoint} nuclei" if str(checkpoint) in BUNDLED else Path(str(checkpoint)).stem)
     net = ExportNet(ckpt.model.float().eval())
     torch.save(net.state_dict(), out / WEIGHTS)
 
