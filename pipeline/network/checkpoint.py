@@ -43,7 +43,8 @@ FORMAT_VERSION = 1
 
 DEMO_CHECKPOINT = Path(__file__).parents[1] / "data" / "demo.pt"
 # the bundled models by name: the default (trained on one look of nuclei) and the CPU-trained generalist
-# (every generated look and BBBC050-8; opt-in until it is as good on the demo look, benchmarks/RESULTS.md)
+# (every generated look and BBBC050-8; opt-in until it is at least as good on every look and on BBBC050-16,
+# benchmarks/RESULTS.md)
 BUNDLED = {"demo": DEMO_CHECKPOINT, "generalist": DEMO_CHECKPOINT.with_name("generalist.pt")}
 _FIX_METADATA = "correct it in the checkpoint's 'extra' JSON, or re-create the checkpoint with 'pipeline train'"
 
