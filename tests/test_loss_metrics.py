@@ -118,6 +118,27 @@ def test_evaluate_many_pools_volumes_without_id_collisions():
     assert s.n_gt == 4 and s.n_pred == 4 and s.at(0.5)["ap"] == 1.0
 
 
+def test_pooled_tables_equal_the_contingency_of_all_voxels_with_offset_ids():
+    """Pooling per-volume tables (calibration scores each volume and the pool from one table each) counts
+    exactly what one table of every volume's voxels, ids offset per volume, counts."""
+    from pipeline.qc.metrics import contingency, pooled, restrict, scores, volume_tables
+
+    rng = np.random.default_rng(3)
+    pairs = [(rng.integers(0, 5, (4, 9, 7)), rng.integers(0, 4, (4, 9, 7))),
+             (rng.integers(0, 7, (6, 5)), rng.integers(0, 6, (6, 5)), rng.random((6, 5)) > 0.3),
+             (np.zeros((3, 3), int), rng.integers(0, 3, (3, 3)))]
+    flat_p, flat_g, p_off, g_off = [], [], 0, 0
+    for p, g, *ann in pairs:
+        p, g = (np.asarray(a, np.int64).ravel() for a in restrict(p, g, ann[0] if ann else None))
+        flat_p.append(np.where(p > 0, p + p_off, 0))
+        flat_g.append(np.where(g > 0, g + g_off, 0))
+        p_off, g_off = p_off + p.max(), g_off + g.max()
+    reference = contingency(np.concatenate(flat_p), np.concatenate(flat_g))
+    assert pooled(volume_tables(pairs)).keys == reference.keys
+    ours, theirs = scores(pooled(volume_tables(pairs))), scores(reference)
+    assert (ours.ap, ours.tp, ours.n_pred, ours.n_gt) == (theirs.ap, theirs.tp, theirs.n_pred, theirs.n_gt)
+
+
 def test_errors_by_object_size_add_up_to_the_totals():
     """`by_size` splits found/missed objects, false splits and merges by ground-truth size; its
     sums equal the totals of `scores` (so the breakdown neither loses nor invents errors)."""

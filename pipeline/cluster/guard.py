@@ -142,7 +142,6 @@ class JobGuard:
             if self.on_fatal is not None:
                 self.on_fatal(self.fatal)
 
-
     def reopen(self, now: float) -> None:
         """Submit again the jobs whose spec has had no job for ``grace`` seconds. dask's SpecCluster gives
         a replacement the name of the job it replaces, and closes the job of that name once the old

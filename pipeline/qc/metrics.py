@@ -238,19 +238,28 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = THR
     return scores(contingency(*restrict(pred, gt, annotated)), thresholds)
 
 
+def volume_tables(pairs: Iterable[tuple[np.ndarray, ...]]) -> list[Contingency]:
+    """The contingency table of each ``(pred, gt[, annotated])`` pair (:func:`restrict`)."""
+    return [contingency(*restrict(p, g, ann[0] if ann else None)) for p, g, *ann in pairs]
+
+
+def pooled(tables: Iterable[Contingency]) -> Contingency:
+    """One table of several volumes', ids offset so that objects of different volumes never collide
+    (what the voxels of all of them with offset ids would count; from the tables, no voxel read again)."""
+    out, p_off, g_off = Contingency(), 0, 0
+    for t in tables:
+        for (p, g), c in t.keys.items():
+            key = (p + p_off if p else 0, g + g_off if g else 0)
+            out.keys[key] = out.keys.get(key, 0) + c
+        p_off += max((p for p, _ in t.keys), default=0)
+        g_off += max((g for _, g in t.keys), default=0)
+    return out
+
+
 def evaluate_many(pairs: Iterable[tuple[np.ndarray, ...]]) -> Scores:
     """Scores pooled over several volumes (ids of different volumes never collide); a pair may
     carry a third item, the volume's annotation mask (:func:`restrict`)."""
-    table = Contingency()
-    p_off = g_off = 0
-    for p, g, *ann in pairs:
-        p, g = restrict(p, g, ann[0] if ann else None)
-        p = np.asarray(p).astype(np.uint64)
-        g = np.asarray(g).astype(np.uint64)
-        table.add(np.where(p > 0, p + np.uint64(p_off), 0), np.where(g > 0, g + np.uint64(g_off), 0))
-        p_off += int(p.max(initial=0))
-        g_off += int(g.max(initial=0))
-    return scores(table)
+    return scores(pooled(volume_tables(pairs)))
 
 
 def object_diameters(labels: np.ndarray, min_voxels: int = 8) -> tuple[float, ...]:

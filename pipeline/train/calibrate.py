@@ -85,7 +85,7 @@ def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, devi
     key is started that would end past it, except the quick candidates' (scored first, always: a
     training paused past its limit once saved the first quick candidate, connectivity at AP@0.5 0.19,
     over the agglomeration at 0.79), so a time limit holds; the full grid logs progress lines."""
-    from ..qc.metrics import evaluate_many
+    from ..qc.metrics import pooled, scores, volume_tables
 
     t0 = time.perf_counter()
     pred = Predictor(model, device=device)
@@ -108,9 +108,10 @@ def validate(model: torch.nn.Module, volumes: list[Volume], delta_d: float, devi
         params = ClusteringParams.from_dict({**group[0][1], "min_size": 0})  # min_size varies within a key
         segs = [fragments(o[:-1], o[-1], params) for o in outs]
         for index, cand in group:
-            pairs = [(remove_small(seg, cand["min_size"]), v.labels, v.annotated) for seg, v in zip(segs, volumes)]
-            s = evaluate_many(pairs)
-            each = [evaluate_many([pair]).at(0.5)["ap"] for pair in pairs] if len(pairs) > 1 else [s.at(0.5)["ap"]]
+            tables = volume_tables((remove_small(seg, cand["min_size"]), v.labels, v.annotated)
+                                   for seg, v in zip(segs, volumes))
+            s = scores(pooled(tables))
+            each = [scores(t).at(0.5)["ap"] for t in tables] if len(tables) > 1 else [s.at(0.5)["ap"]]
             row = {"ap50": s.at(0.5)["ap"], "avap": s.avap, "worst_ap50": min(each), "clustering": cand,
                    "key": ranking(s.at(0.5)["ap"], s.avap, each, index, by)}
             if not best or row["key"] > best["key"]:
